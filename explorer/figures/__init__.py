@@ -1,0 +1,7 @@
+"""Pure functions from recorded steps to Plotly figures and sentences, one module per method."""
+from explorer.figures import autoregressive
+from explorer.figures.common import View
+
+VIEWS: dict[str, View] = {
+    "autoregressive": autoregressive.VIEW,
+}

