@@ -213,10 +213,11 @@ class LM:
     def crop(kv: "KV", length: int) -> None:
         """Drop everything after the first `length` cached tokens."""
         if length < len(kv):
-            kv.cache.crop(length)
+            kv.cache.crop(length - len(kv))  # negative: "remove n tokens", the form 4.x and 5.x both accept
             del kv.tokens[length:]
 
     @staticmethod
+    @torch.inference_mode()
     def keep(kv: "KV", start: int, rows: Sequence[int]) -> None:
         """Keep cached tokens [0, start) followed by the rows start + rows[i] (an accepted tree path)."""
         index = torch.tensor([start + r for r in rows], dtype=torch.long)

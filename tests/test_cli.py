@@ -1,0 +1,42 @@
+"""The command line: JSON on stdout; bad input -> one line on stderr and exit code 2."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engines", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_trace_prints_the_json_trace(tiny_target):
+    r = cli("trace", "--method", "autoregressive", "--prompt", "Once upon a time", "--max-new-tokens", "5",
+            "--target", tiny_target.source)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["method"] == "autoregressive" and len(d["output_ids"]) == 5
+    assert d["models"]["target"] == tiny_target.source
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--prompt", "", "--method", "autoregressive"], "prompt is empty"),
+    (["--prompt", "x", "--method", "autoregressive", "--max-new-tokens", "0"], "max new tokens"),
+    (["--prompt", "x", "--method", "autoregressive", "--max-new-tokens", "100000"], "max new tokens"),
+    (["--prompt", "x", "--method", "autoregressive", "--temperature", "-1"], "temperature"),
+    (["--prompt", "x", "--method", "no-such-method"], "invalid choice"),
+    (["--prompt", "x", "--method", "autoregressive", "--target", "no-such-model"], "Unknown model"),
+    (["--prompt", "x", "--method", "autoregressive", "--top-p", "abc"], "invalid float"),
+])
+def test_bad_input_gives_one_line_and_exit_code_2(args, says):
+    r = cli("trace", *args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0] and "Traceback" not in r.stderr
+
+
+def test_models_lists_every_preset():
+    r = cli("models")
+    assert r.returncode == 0
+    for name in ("smollm2-135m-instruct", "tiny-target", "tiny-draft", "tiny-masked"):
+        assert name in r.stdout

@@ -1,0 +1,106 @@
+"""The model adapter: cache crop, tree forward, refusals with clear messages."""
+import pytest
+import torch
+
+from engines import lm
+from tests.conftest import PROMPTS
+
+
+def full_logits(model: lm.LM, ids: list[int]) -> torch.Tensor:
+    return model.forward(model.new_kv(), ids)
+
+
+@pytest.mark.parametrize("which", ["tiny_target", "smollm2"])
+def test_crop_then_refeed_matches_a_fresh_forward(which, request):
+    model = request.getfixturevalue(which)
+    ids = model.encode(PROMPTS[1])
+    kv = model.new_kv()
+    model.forward(kv, ids + [11, 12, 13])          # a rejected draft of three tokens
+    model.crop(kv, len(ids))
+    assert len(kv) == len(ids) == kv.cache.get_seq_length()
+    again = model.forward(kv, [42, 43])
+    fresh = full_logits(model, ids + [42, 43])[-2:]
+    assert torch.allclose(again, fresh, atol=1e-4)
+
+
+@pytest.mark.parametrize("which", ["tiny_target", "smollm2"])
+def test_tree_forward_equals_each_branch_alone(which, request):
+    model = request.getfixturevalue(which)
+    prefix = model.encode(PROMPTS[0])
+    # tree: 0 -> 1 -> 3 and 0 -> 2; node tokens
+    tokens, parents = [11, 22, 33, 44], [-1, 0, 0, 1]
+    depths = [0, 1, 1, 2]
+    attend = torch.zeros(4, 4, dtype=torch.bool)
+    for i, p in enumerate(parents):
+        attend[i, i] = True
+        while p >= 0:
+            attend[i, p] = True
+            p = parents[p]
+    kv = model.new_kv()
+    model.forward(kv, prefix)
+    tree = model.forward(kv, tokens, depths=depths, attend=attend)
+    for node, path in {0: [0], 1: [0, 1], 2: [0, 2], 3: [0, 1, 3]}.items():
+        alone = full_logits(model, prefix + [tokens[i] for i in path])[-1]
+        assert torch.allclose(tree[node], alone, atol=1e-4), node
+
+
+def test_keep_moves_an_accepted_path_into_place(tiny_target):
+    model = tiny_target
+    prefix = model.encode(PROMPTS[0])
+    tokens, depths = [11, 22, 33], [0, 1, 1]
+    attend = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
+    kv = model.new_kv()
+    model.forward(kv, prefix)
+    model.forward(kv, tokens, depths=depths, attend=attend)
+    model.keep(kv, len(prefix), [0, 2])             # the path 11 -> 33 won
+    assert kv.tokens == prefix + [11, 33] and kv.cache.get_seq_length() == len(prefix) + 2
+    nxt = model.forward(kv, [5])[-1]
+    assert torch.allclose(nxt, full_logits(model, prefix + [11, 33, 5])[-1], atol=1e-4)
+
+
+def test_catch_up_feeds_only_what_differs(tiny_target):
+    model = tiny_target
+    kv = model.new_kv()
+    model.forward(kv, [1, 2, 3, 4, 5])
+    logits = model.catch_up(kv, [1, 2, 3, 9, 10])
+    assert kv.tokens == [1, 2, 3, 9, 10]
+    assert torch.allclose(logits, full_logits(model, [1, 2, 3, 9, 10])[-1], atol=1e-4)
+
+
+def test_unknown_model_is_refused_in_one_sentence():
+    with pytest.raises(lm.ModelLoadError, match="Unknown model 'no-such-model'"):
+        lm.load("no-such-model")
+
+
+def test_hub_id_is_refused_when_the_hub_is_unreachable(monkeypatch):
+    monkeypatch.setattr(lm, "hub_reachable", lambda timeout=2.0: False)
+    with pytest.raises(lm.ModelLoadError, match="hub is unreachable"):
+        lm.resolve("someone/some-model")
+
+
+def test_folder_without_config_is_refused(tmp_path):
+    with pytest.raises(lm.ModelLoadError, match="no config.json"):
+        lm.resolve(str(tmp_path))
+
+
+def test_tokenizer_mismatch_is_refused(tiny_target, tmp_path):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    other_tok = AutoTokenizer.from_pretrained(lm.resolve("smollm2-135m-instruct"))
+    other_tok.add_tokens(["<extra-token-that-changes-the-vocab>"])
+    cfg = LlamaConfig(vocab_size=len(other_tok), hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    other_tok.save_pretrained(tmp_path)
+    with pytest.raises(lm.ModelLoadError, match="different tokenizers"):
+        lm.check_same_tokenizer(tiny_target, lm.load(str(tmp_path)))
+
+
+def test_uncroppable_cache_is_refused(tmp_path):
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+    tok = AutoTokenizer.from_pretrained(lm.resolve("smollm2-135m-instruct"))
+    cfg = MistralConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                        num_attention_heads=2, num_key_value_heads=1, sliding_window=16)
+    MistralForCausalLM(cfg).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    with pytest.raises(lm.ModelLoadError, match="cannot be cropped"):
+        lm.load(str(tmp_path))
