@@ -48,6 +48,11 @@ def default_target() -> str:
     return DEFAULT_TARGET if lm.available(DEFAULT_TARGET) else FALLBACK_TARGET
 
 
+def method_default_target(name: str) -> str:
+    """The model a method runs on unless told otherwise: a masked LM for the masked family."""
+    return "tiny-masked" if method(name).model_kind == "masked" else default_target()
+
+
 def method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"Unknown method '{name}': choose one of {', '.join(METHODS)}.")
@@ -63,7 +68,7 @@ class Run:
         if not prompt.strip():
             raise ValueError("The prompt is empty: type a few words for the model to continue.")
         cfg = build(m.config, settings)
-        self.target = lm.load(target or default_target(), device)
+        self.target = lm.load(target or method_default_target(method_name), device)
         self.draft = lm.load(draft or DEFAULT_DRAFT, device) if m.uses_draft else None
         if m.model_kind == "masked" and not self.target.is_masked:
             raise lm.ModelLoadError(f"{m.title} needs a masked LM such as tiny-masked, not '{self.target.name}'.")

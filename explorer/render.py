@@ -1,0 +1,102 @@
+"""A session's screen: everything the explorer shows for the step under the cursor.
+
+Pure functions of the recorded trace and the cursor; the UI only places the results.
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+from engines.methods import METHODS
+from engines.trace import Trace, totals
+from explorer.figures import VIEWS
+from explorer.figures.common import Chip, chips_html, empty, legend_html
+from explorer.session import Session
+
+TRACE_DIR = Path(tempfile.gettempdir()) / "parallel-decoding-explorer-traces"
+
+
+@dataclass
+class Screen:
+    text: str            # HTML: the text so far as token chips
+    main: go.Figure
+    side: go.Figure
+    words: str           # markdown: this step, in words
+    stats: str           # markdown: running counters
+    position: str        # HTML: "Iteration i of n" and a progress bar
+    history_max: int     # slider range: recorded steps
+    history_value: int
+    record: dict         # the raw step record
+    trace_file: str | None
+
+
+def text_chips(trace: Trace, cursor: int) -> list[Chip]:
+    view = VIEWS[trace.method]
+    chips = [Chip(t, "prompt") for t in trace.prompt_ids]
+    for s in trace.steps[:cursor]:
+        chips += [Chip(t, "earlier", f"step {s.index + 1}") for t in s.committed_ids]
+    if cursor >= 0:
+        chips += view.chips(trace, cursor)
+    return chips
+
+
+def stats_line(trace: Trace, cursor: int) -> str:
+    t = totals(trace.steps[: cursor + 1])
+    parts = [f"**tokens** {t['new_tokens']}", f"**target forwards** {t['target_forwards']}"]
+    if t["draft_forwards"]:
+        parts.append(f"**draft forwards** {t['draft_forwards']}")
+    if t["tokens_per_target_forward"]:
+        parts.append(f"**tokens / target forward** {t['tokens_per_target_forward']:.2f}")
+    parts.append(f"**tokens fed to the target** {t['tokens_fed']}")
+    parts.append(f"**engine time** {t['wall_s']:.2f} s")
+    if cursor >= 0:
+        parts.append(f"**this step** {trace.steps[cursor].wall_s * 1000:.0f} ms")
+    return " &nbsp;|&nbsp; ".join(parts)
+
+
+def position_html(session: Session) -> str:
+    trace, cursor = session.trace, session.cursor
+    made = totals(trace.steps[: cursor + 1])["new_tokens"]
+    cap = trace.config.get("max_new_tokens") or max(made, 1)
+    state = "finished" if trace.finished else ("replay of a loaded trace" if session.run is None else "running")
+    label = (f"Iteration {cursor + 1} of {len(trace.steps)} recorded" if cursor >= 0
+             else f"Before the first iteration ({len(trace.steps)} recorded)")
+    return (f'<div class="position"><span>{html.escape(label)} &middot; {made} of at most {cap} new tokens '
+            f'&middot; {state}</span><progress max="{cap}" value="{made}"></progress></div>')
+
+
+def save_trace(trace: Trace) -> str:
+    """Write the trace as the CLI prints it; the name is a hash of the contents."""
+    TRACE_DIR.mkdir(parents=True, exist_ok=True)
+    text = trace.to_json(indent=1)
+    path = TRACE_DIR / f"trace-{trace.method}-{hashlib.sha1(text.encode()).hexdigest()[:12]}.json"
+    if not path.exists():
+        path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def render(session: Session | None, method: str) -> Screen:
+    view = VIEWS[method]
+    if session is None:
+        hint = f"Press Step or Run to start {METHODS[method].title.lower()} decoding."
+        return Screen(text=legend_html(view.legend), main=empty(hint), side=empty(""), words=hint, stats="",
+                      position='<div class="position"><span>No run yet</span></div>', history_max=0,
+                      history_value=0, record={}, trace_file=None)
+    trace, cursor = session.trace, session.cursor
+    return Screen(
+        text=chips_html(trace, text_chips(trace, cursor)) + legend_html(view.legend),
+        main=view.main(trace, cursor), side=view.side(trace, cursor), words=view.words(trace, cursor),
+        stats=stats_line(trace, cursor), position=position_html(session),
+        history_max=len(trace.steps), history_value=cursor + 1,
+        record=trace.steps[cursor].to_dict() if cursor >= 0 else {"prompt_ids": trace.prompt_ids},
+        trace_file=save_trace(trace) if trace.steps else None)
+
+
+def figure_bytes(fig: go.Figure) -> int:
+    return len(json.dumps(fig.to_plotly_json(), default=str))
