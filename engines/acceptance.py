@@ -1,0 +1,91 @@
+"""Verification rules, pure and batched, in the papers' notation: p = target, q = draft.
+
+Speculative sampling (Leviathan et al. 2023, "Fast Inference from Transformers via
+Speculative Decoding", Algorithm 1; Chen et al. 2023, "Accelerating Large Language Model
+Decoding with Speculative Sampling", Algorithm 2): draft x_i ~ q_i; accept x_i while
+u_i <= min(1, p_i(x_i) / q_i(x_i)); at the first rejection draw from
+norm(max(0, p_i - q_i)); when all k are accepted draw the bonus token from p_{k+1}.
+
+A deterministic drafter (greedy draft, n-gram lookup, a top-k tree) has a one-hot q, so
+the same rule reads: accept x with probability p(x); on rejection zero p(x) and
+renormalise (`residual(p, one_hot(x))`), then try the next sibling if there is one.
+
+Every function takes its uniform draws as arguments and works on any leading batch shape,
+so a test can apply a rule to 200,000 draws at once and an engine to one draft.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def accepted_count(accept: torch.Tensor) -> torch.Tensor:
+    """Length of the accepted prefix: the number of leading True values along the last dim."""
+    return accept.to(torch.long).cumprod(-1).sum(-1)
+
+
+def greedy_accept(draft: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+    """Greedy verification: x_i is kept while it equals the target's argmax at its parent.
+
+    draft [..., k] drafted ids; choice [..., k+1] the target's argmax after the text and after
+    each drafted token. Returns n [...]; the target's own token choice[n] always follows.
+    """
+    return accepted_count(draft == choice[..., : draft.shape[-1]])
+
+
+def ratio(p: torch.Tensor, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """min(1, p(x) / q(x)), the probability of keeping a drafted x (Leviathan et al. 2023, Sec. 2.3).
+
+    p, q [..., V]; x [...]. A token the draft could not have sampled (q(x) = 0) gets 0 when
+    p(x) = 0 and 1 otherwise, so the rule never divides by zero.
+    """
+    px = p.gather(-1, x.unsqueeze(-1)).squeeze(-1)
+    qx = q.gather(-1, x.unsqueeze(-1)).squeeze(-1)
+    return (px / qx).nan_to_num(0.0).clamp(max=1.0)
+
+
+def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """norm(max(0, p - q)): what is left of p after the draft's share (Leviathan et al. 2023, Eq. 1 ff.).
+
+    With q = one_hot(x) this is p with x zeroed and renormalised. Where nothing is left
+    (p <= q everywhere, so a rejection had probability 0 and only rounding got us here),
+    p itself is returned.
+    """
+    left = (p - q).clamp(min=0)
+    total = left.sum(-1, keepdim=True)
+    return torch.where(total > 0, left / total.clamp(min=torch.finfo(left.dtype).tiny), p)
+
+
+def correction(p: torch.Tensor, q: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """The distribution of the token that follows n accepted drafts.
+
+    p [..., k+1, V] target distributions after the text and after each drafted token;
+    q [..., k, V] the draft's; n [...] accepted counts. For n < k: residual(p_n, q_n) (the
+    rejection); for n = k: p_{k+1} (the bonus), which is residual(p, 0), so one formula serves.
+    """
+    q_then_nothing = torch.cat([q, q.new_zeros(*q.shape[:-2], 1, q.shape[-1])], dim=-2)
+    at = n.reshape(*n.shape, 1, 1).expand(*n.shape, 1, p.shape[-1])
+    return residual(p.gather(-2, at).squeeze(-2), q_then_nothing.gather(-2, at).squeeze(-2))
+
+
+def speculative_accept(p: torch.Tensor, q: torch.Tensor, draft: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Accepted count n [...] of drafts [..., k] with uniforms u [..., k] in (0, 1]: keep x_i while
+    u_i <= min(1, p_i(x_i) / q_i(x_i)). p [..., k+1 or k, V], q [..., k, V]."""
+    k = draft.shape[-1]
+    return accepted_count(u <= ratio(p[..., :k, :], q, draft))
+
+
+def one_hot(x: torch.Tensor, vocab: int, like: torch.Tensor | None = None) -> torch.Tensor:
+    """The q of a deterministic drafter: all mass on the token it proposed."""
+    dtype = like.dtype if like is not None else torch.float32
+    return torch.nn.functional.one_hot(x, vocab).to(dtype)
+
+
+def pick(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw: the token whose cumulative probability first reaches u in (0, 1].
+
+    probs [..., V], u [...]. Lets a test draw from residuals of a whole batch at once.
+    """
+    cdf = probs.cumsum(-1)
+    cdf = cdf / cdf[..., -1:]           # rounding must not leave the last bucket short of 1
+    index = torch.searchsorted(cdf, u.unsqueeze(-1).to(cdf.dtype).contiguous()).squeeze(-1)
+    return index.clamp(max=probs.shape[-1] - 1)
