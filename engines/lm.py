@@ -247,6 +247,49 @@ class LM:
         """Bidirectional forward of a masked LM: ids [batch, n] -> float32 logits [batch, n, vocab]."""
         return self.model(input_ids=ids.to(self.device)).logits.float()
 
+    # --------------------------------------------------------------- growing a tree level by level
+    @torch.inference_mode()
+    def forward_tree_level(self, kv: "KV", ids: Sequence[int], *, start: int, depths: Sequence[int],
+                           attend: torch.Tensor) -> torch.Tensor:
+        """Append one level of a token tree whose upper levels are already cached (a draft growing a tree
+        one forward per level) and return their next-token logits, float32 [len(ids), vocab].
+
+        Cached tokens [0, start) are the committed text, which every new token sees. `attend[i, j]`
+        (bool, len(ids) x (len(kv) - start + len(ids))) says whether new token i may see tree token j,
+        counting the cached tree rows first; `depths[i]` puts it at position start + depths[i].
+        """
+        n, past = len(ids), len(kv)
+        if tuple(attend.shape) != (n, past - start + n):
+            raise ValueError(f"a tree level of {n} tokens over {past - start} cached tree rows needs a "
+                             f"{n} x {past - start + n} attend matrix, not {tuple(attend.shape)}")
+        allowed = torch.ones(n, past + n, dtype=torch.bool, device=self.device)
+        allowed[:, start:] = attend.to(self.device, torch.bool)
+        mask = torch.zeros(n, past + n, dtype=self.dtype, device=self.device)
+        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        out = self.model(input_ids=torch.tensor([list(ids)], device=self.device), past_key_values=kv.cache,
+                         use_cache=True, attention_mask=mask.view(1, 1, n, past + n),
+                         position_ids=(start + torch.as_tensor(depths, device=self.device)).view(1, n))
+        kv.tokens.extend(int(t) for t in ids)
+        return out.logits[0].float()
+
+    @torch.inference_mode()
+    def masked_logits_rows(self, rows: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """Rows of different lengths in one bidirectional batch (mask-predict's length beam): right-padded,
+        the padding hidden from attention, so each row's logits are those of the row run alone.
+        Returns float32 [len(row), vocab] for every row."""
+        longest = max(len(r) for r in rows)
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit and longest > limit:
+            raise ValueError(f"The prompt and span need {longest} positions but '{self.name}' has {limit}; "
+                             f"shorten the prompt or the span length.")
+        ids = torch.full((len(rows), longest), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        attend = torch.zeros(len(rows), longest, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(list(r), dtype=torch.long)
+            attend[i, :len(r)] = 1
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=attend.to(self.device)).logits.float()
+        return [logits[i, :len(r)] for i, r in enumerate(rows)]
+
 
 @dataclass
 class KV:
@@ -270,7 +313,8 @@ def _check_croppable(model: PreTrainedModel, name: str) -> None:
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
-    ids = model.generation_config.eos_token_id
+    generation = getattr(model, "generation_config", None)  # masked LMs have none in transformers 5
+    ids = generation.eos_token_id if generation is not None else None
     ids = [ids] if isinstance(ids, int) else list(ids or [])
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
@@ -294,7 +338,12 @@ def load(name: str, device: str | None = None, dtype: str | None = None) -> LM:
         raise ModelLoadError(f"Could not load '{name}' from {source}: {str(e).splitlines()[0]}") from e
     if not masked:
         _check_croppable(model, name)
-    return LM(name=name, source=source, model=model, tokenizer=tokenizer, eos_ids=_eos_ids(model, tokenizer))
+    loaded = LM(name=name, source=source, model=model, tokenizer=tokenizer, eos_ids=_eos_ids(model, tokenizer))
+    if not masked:  # the first forwards pay one-off kernel set-up; keep that out of step timings
+        kv = loaded.new_kv()
+        loaded.forward(kv, [0, 0, 0])
+        loaded.forward(kv, [0])
+    return loaded
 
 
 def check_same_tokenizer(target: LM, draft: LM) -> None:

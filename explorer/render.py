@@ -64,7 +64,7 @@ def position_html(session: Session) -> str:
     trace, cursor = session.trace, session.cursor
     made = totals(trace.steps[: cursor + 1])["new_tokens"]
     cap = trace.config.get("max_new_tokens") or max(made, 1)
-    state = "finished" if trace.finished else ("replay of a loaded trace" if session.run is None else "running")
+    state = "replay of a loaded trace" if session.run is None else ("finished" if trace.finished else "running")
     label = (f"Iteration {cursor + 1} of {len(trace.steps)} recorded" if cursor >= 0
              else f"Before the first iteration ({len(trace.steps)} recorded)")
     return (f'<div class="position"><span>{html.escape(label)} &middot; {made} of at most {cap} new tokens '

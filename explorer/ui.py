@@ -107,8 +107,9 @@ def control(f: dataclasses.Field, key: str | None = None) -> gr.components.Compo
     if f.type in ("float", float):
         step = 0.01 if (m["high"] or 1) <= 1 else 0.05
         return gr.Slider(m["low"], m["high"], value=f.default, step=step, label=label, info=m["help"], key=key)
-    return gr.Number(value=f.default, precision=0, minimum=m["low"], maximum=m["high"], label=label,
-                     info=m["help"], key=key)
+    # No minimum/maximum here: the config's own check names the setting in its error sentence.
+    return gr.Number(value=f.default, precision=0, label=label, key=key,
+                     info=f"{m['help']} ({m['low']:g} to {m['high']:g})")
 
 
 # ----------------------------------------------------------------------------- handlers
@@ -211,7 +212,7 @@ def build() -> gr.Blocks:
                                      info="a preset, a local folder or a Hugging Face id")
                 draft = gr.Dropdown(DRAFTS, value="tiny-draft", label="Draft model", allow_custom_value=True,
                                     visible=False, elem_id="draft")
-                seed = gr.Number(0, precision=0, minimum=0, label="Seed", elem_id="seed")
+                seed = gr.Number(0, precision=0, label="Seed", elem_id="seed")
                 common = {f.name: control(f) for f in fields(DecodeConfig)}
                 own, groups = {}, {}
                 for m in METHODS.values():
@@ -253,11 +254,12 @@ def build() -> gr.Blocks:
         screen = [sessions, text, main_plot, side_plot, words, stats, position, history, record, download]
         run_inputs = [sessions, *controls.inputs()]
         reset_btn.click(h["reset"], run_inputs, screen, api_name="reset")
-        step_btn.click(h["step"], run_inputs, screen, api_name="step", trigger_mode="once")
-        back_btn.click(h["back"], [sessions, method], screen, api_name="back")
+        step_btn.click(h["step"], run_inputs, screen, api_name="step", trigger_mode="once",
+                       show_progress="minimal")
+        back_btn.click(h["back"], [sessions, method], screen, api_name="back", show_progress="hidden")
         run_evt = run_btn.click(h["run"], run_inputs, screen, api_name="run", show_progress="hidden")
         stop_btn.click(None, None, None, cancels=[run_evt], api_name="stop")
-        history.release(h["seek"], [sessions, method, history], screen, api_name="seek")
+        history.release(h["seek"], [sessions, method, history], screen, api_name="seek", show_progress="hidden")
         upload.upload(h["load_trace"], [sessions, upload], [method, *screen], api_name="load_trace")
         method.change(h["show_method"], [sessions, method], [*groups.values(), target, draft, help_md, *screen],
                       api_name="show_method")

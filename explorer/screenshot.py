@@ -1,0 +1,96 @@
+"""Retake the README's screenshot: the real app, mid-run, in headless Debian Chromium.
+
+    python -m explorer.screenshot [--method speculative] [--steps 6] [--out assets/screenshot.png]
+
+Launches the app on a free local port, drives it with Playwright (never `playwright install`:
+it uses /usr/bin/chromium), presses Step a few times and saves a PNG.
+"""
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync", "--disable-quic"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve():
+    """The app on 127.0.0.1:<free port>, in this process; yields its URL."""
+    from explorer.ui import build, launch_kwargs
+    demo = build()
+    port = free_port()
+    demo.queue(default_concurrency_limit=4).launch(server_name="127.0.0.1", server_port=port,
+                                                   prevent_thread_lock=True, quiet=True, **launch_kwargs())
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@contextmanager
+def browser_page(width: int = 1400, height: int = 1000):
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True)
+            yield page
+        finally:
+            browser.close()
+
+
+def choose_method(page, title: str) -> None:
+    page.get_by_role("radio", name=title, exact=True).check()
+    page.wait_for_timeout(800)
+
+
+def iteration(page) -> int:
+    """The iteration the page shows (0 before the first)."""
+    return int(page.evaluate(
+        "() => (/Iteration (\\d+) of/.exec(document.querySelector('#position').innerText) || [0, 0])[1]"))
+
+
+def press_step(page, times: int = 1) -> None:
+    """Press Step and wait until the page shows the next iteration."""
+    for _ in range(times):
+        expected = iteration(page) + 1
+        page.click("#step-btn")
+        page.wait_for_function(
+            "n => ((/Iteration (\\d+) of/.exec(document.querySelector('#position').innerText) || [0, 0])[1]) == n",
+            arg=expected, timeout=120_000)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m explorer.screenshot")
+    p.add_argument("--method", default="Autoregressive", help="the method's title as on its tab")
+    p.add_argument("--target", default=None)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "assets" / "screenshot.png"))
+    args = p.parse_args(argv)
+    with serve() as url, browser_page() as page:
+        page.goto(url)
+        page.wait_for_selector("#step-btn")
+        choose_method(page, args.method)
+        if args.target:
+            page.locator("#target input").fill(args.target)
+            page.keyboard.press("Enter")
+        press_step(page, args.steps)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=args.out, full_page=True)
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

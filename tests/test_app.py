@@ -1,0 +1,104 @@
+"""The app driven as a program: gradio_client against a local launch."""
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from gradio_client import Client, handle_file
+
+from engines import lm
+from explorer.screenshot import serve
+
+TARGET = "tiny-target" if lm.available("tiny-target") else "smollm2-135m-instruct"
+POSITION, RECORD, DOWNLOAD = 5, 7, 8   # indices in the screen outputs (the client hides the state)
+
+
+def settings(prompt="Once upon a time", max_new_tokens=6, method="autoregressive", target=TARGET):
+    # Method, Prompt, Target, Draft, Seed, then the shared decode settings and every method's own options
+    return [method, prompt, target, "tiny-draft", 0, max_new_tokens, 0.0, 0, 1.0]
+
+
+@pytest.fixture(scope="module")
+def url():
+    with serve() as address:
+        yield address
+
+
+def call(client: Client, api: str, *args):
+    return client.predict(*args, api_name=api)
+
+
+def full_args(client: Client, base: list) -> list:
+    """Fill every method-specific option with its default (the API lists them after the shared ones)."""
+    params = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/step"]["parameters"]
+    return base + [p.get("parameter_default") for p in params[len(base):]]
+
+
+def test_reset_step_back_run(url):
+    c = Client(url, verbose=False)
+    args = full_args(c, settings())
+    out = call(c, "/reset", *args)
+    assert "Before the first iteration" in out[POSITION]
+    for i in range(3):
+        out = call(c, "/step", *args)
+        assert f"Iteration {i + 1} of {i + 1}" in out[POSITION]
+    third = out[RECORD]
+    out = call(c, "/back", "autoregressive")
+    assert "Iteration 2 of 3" in out[POSITION]
+    assert out[RECORD]["index"] == 1 and out[RECORD] != third
+    out = call(c, "/step", *args)                 # replays the recorded third step
+    assert out[RECORD] == third
+    outs = list(c.submit(*args, api_name="/run"))
+    last = outs[-1]
+    assert "finished" in last[POSITION]
+    trace = json.loads(open(last[DOWNLOAD]["value"]).read())
+    assert len(trace["output_ids"]) == 6 and trace["steps"][2] == third
+
+
+def test_two_clients_keep_separate_traces(url):
+    def run(prompt):
+        c = Client(url, verbose=False)
+        args = full_args(c, settings(prompt=prompt, max_new_tokens=3))
+        call(c, "/reset", *args)
+        for _ in range(3):
+            out = call(c, "/step", *args)
+        return json.loads(open(out[DOWNLOAD]["value"]).read())
+
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(run, ["Once upon a time", "The capital of France is"])
+    assert a["prompt"] == "Once upon a time" and b["prompt"] == "The capital of France is"
+    assert len(a["steps"]) == len(b["steps"]) == 3
+
+
+def test_a_loaded_trace_replays_without_a_model(url, tmp_path):
+    c = Client(url, verbose=False)
+    args = full_args(c, settings(max_new_tokens=4))
+    outs = list(c.submit(*args, api_name="/run"))
+    path = outs[-1][DOWNLOAD]["value"]
+    loaded = call(c, "/load_trace", handle_file(path))
+    assert loaded[0]["value"] == "autoregressive" and "replay of a loaded trace" in loaded[1 + POSITION]
+    back = call(c, "/back", "autoregressive")
+    assert "Iteration 3 of 4" in back[POSITION]
+
+
+@pytest.mark.parametrize("change, says", [
+    ({1: "   "}, "prompt is empty"),
+    ({5: 0}, "max new tokens"),
+    ({2: "no-such-model"}, "Unknown model"),
+    ({2: "someone/not-reachable"}, "hub"),
+])
+def test_bad_input_is_one_sentence(url, change, says):
+    c = Client(url, verbose=False)
+    args = full_args(c, settings())
+    for i, v in change.items():
+        args[i] = v
+    with pytest.raises(Exception) as e:
+        call(c, "/reset", *args)
+    assert says in str(e.value) and "Traceback" not in str(e.value)
+
+
+def test_a_file_that_is_not_a_trace_is_refused(url, tmp_path):
+    c = Client(url, verbose=False)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"hello": 1}')
+    with pytest.raises(Exception, match="not a trace"):
+        call(c, "/load_trace", handle_file(str(bad)))

@@ -1,0 +1,79 @@
+"""A person's path through the app, in a real browser (Debian's Chromium driven by Playwright)."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from engines import lm
+from explorer.screenshot import CHROMIUM, browser_page, iteration, press_step, serve
+
+TARGET = "tiny-target" if lm.available("tiny-target") else "smollm2-135m-instruct"
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("REQUIRE_BROWSER"):
+        raise RuntimeError(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
+    pytest.skip("Debian's chromium is not installed", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def page():
+    with serve() as url, browser_page() as p:
+        p.goto(url)
+        p.wait_for_selector("#step-btn")
+        p.locator("#target input").fill(TARGET)
+        p.locator("#target input").press("Enter")
+        p.locator("#prompt textarea").fill("Alice was beginning to get very tired of")
+        yield p
+
+
+def plot_json(page) -> str:
+    return page.evaluate("() => JSON.stringify(document.querySelector('#main-plot .js-plotly-plot')?.data || null)")
+
+
+def test_step_back_download_and_reload(page, tmp_path):
+    texts, plots = [], []
+    for _ in range(3):
+        press_step(page)
+        texts.append(page.locator("#text-so-far").inner_text())
+        plots.append(plot_json(page))
+    assert iteration(page) == 3
+    assert len(set(texts)) == 3 and len(set(plots)) == 3          # the text and the figure changed each step
+    assert "next-token distribution" in page.locator("#main-plot").inner_text()
+    assert "Runners-up" in page.locator("#words").inner_text()
+
+    page.click("#back-btn")
+    page.wait_for_function("() => document.querySelector('#position').innerText.includes('Iteration 2 of 3')")
+    assert page.locator("#text-so-far").inner_text() == texts[1]
+
+    with page.expect_download() as download:
+        page.click("#download-btn")
+    saved = tmp_path / "trace.json"
+    download.value.save_as(saved)
+    trace = json.loads(saved.read_text())
+    assert trace["method"] == "autoregressive" and len(trace["steps"]) == 3
+
+    page.locator("input[type=file]").first.set_input_files(str(saved))   # the Load trace button's input
+    page.wait_for_function("() => document.querySelector('#position').innerText.includes('replay of a loaded trace')")
+    assert iteration(page) == 3
+
+
+def test_keyboard_step_but_not_while_typing(page):
+    page.click("#reset-btn")
+    page.wait_for_function("() => document.querySelector('#position').innerText.includes('Before the first')")
+    page.locator("#prompt textarea").press("n")            # typing an 'n' into the prompt must not step
+    page.wait_for_timeout(500)
+    assert iteration(page) == 0
+    page.locator("#prompt textarea").press("Backspace")
+    page.locator("body").click(position={"x": 5, "y": 5})
+    page.keyboard.press("n")
+    page.wait_for_function("() => document.querySelector('#position').innerText.includes('Iteration 1 of')")
+
+
+def test_run_to_end_streams_to_the_finish(page):
+    page.click("#reset-btn")
+    page.wait_for_function("() => document.querySelector('#position').innerText.includes('Before the first')")
+    page.click("#run-btn")
+    page.wait_for_function("() => document.querySelector('#position').innerText.includes('finished')",
+                           timeout=300_000)
+    assert iteration(page) >= 1
