@@ -148,7 +148,7 @@ def masked_model(args, tok) -> BertForMaskedLM:
     config = BertConfig(
         vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.mlp or 4 * args.hidden,
         num_hidden_layers=args.layers, num_attention_heads=max(1, args.hidden // 64),
-        max_position_embeddings=WINDOW, type_vocab_size=1, pad_token_id=tok.pad_token_id,
+        max_position_embeddings=args.seq, type_vocab_size=1, pad_token_id=tok.pad_token_id,
         tie_word_embeddings=True)
     return BertForMaskedLM(config)
 
