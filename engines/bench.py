@@ -15,6 +15,7 @@ import torch
 
 from engines import lm
 from engines.methods import Run, default_target
+from engines.speculative import bench_speculative
 
 PROMPTS = [
     "Once upon a time",
@@ -67,7 +68,7 @@ def bench_autoregressive(models: Models, prompts: list[str], quick: bool) -> lis
     return rows
 
 
-SECTIONS: list[Callable[[Models, list[str], bool], list[dict]]] = [bench_autoregressive]
+SECTIONS: list[Callable[[Models, list[str], bool], list[dict]]] = [bench_autoregressive, bench_speculative]
 
 
 def summarise(rows: list[dict]) -> None:

@@ -14,6 +14,7 @@ import torch
 from engines import lm
 from engines.autoregressive import AutoregressiveConfig, autoregressive
 from engines.config import DecodeConfig, build
+from engines.speculative import SpeculativeConfig, speculative
 from engines.trace import Step, Trace
 
 
@@ -37,6 +38,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            paper="the baseline every method is measured against",
            summary="One target forward per token. Each step shows the next-token distribution before and "
                    "after temperature / top-k / top-p, and the token that was chosen."),
+    Method("speculative", "Speculative", SpeculativeConfig, speculative, uses_draft=True,
+           lossless="equals target.generate() under greedy; under sampling it is distributed as the target's "
+                    "own sampling",
+           paper="Leviathan et al. 2023 (arXiv 2211.17192); Chen et al. 2023 (arXiv 2302.01318)",
+           summary="A cheap drafter (the draft model, or prompt lookup of n-grams) proposes k tokens; one target "
+                   "forward scores them all. Each drafted token x is kept when u <= min(1, p(x)/q(x)); the first "
+                   "rejection is replaced by a draw from norm(max(0, p - q)), and a fully accepted draft earns "
+                   "a bonus token from the target."),
 )}
 
 DEFAULT_TARGET = "smollm2-135m-instruct"

@@ -1,0 +1,314 @@
+"""Speculative decoding: draft k tokens cheaply, verify them with ONE target forward.
+
+Leviathan et al. 2023 ("Fast Inference from Transformers via Speculative Decoding") and
+Chen et al. 2023 ("Accelerating Large Language Model Decoding with Speculative Sampling").
+Each iteration:
+
+1. propose: the draft model samples x_1..x_k from q_1..q_k (its cache reused), or prompt
+   lookup copies the k tokens that followed the latest earlier match of the text's last
+   n-gram (Saxena 2023), a deterministic drafter with one-hot q;
+2. verify: one target forward over [pending token, x_1..x_k] gives p_1..p_{k+1};
+   the rules in engines/acceptance.py keep a prefix of n drafts and pick one more token
+   (the residual's at a rejection, the bonus from p_{k+1} when all k pass);
+3. crop both caches back to the committed text, so nothing is ever re-run.
+
+p and q both come from sampling.probabilities with the same settings, and q is exactly
+the distribution each draft token was sampled from.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from time import perf_counter
+from typing import Iterator, Sequence
+
+import torch
+
+from engines.acceptance import accepted_count, correction, greedy_accept, one_hot, ratio
+from engines.config import DecodeConfig, option
+from engines.lm import LM, KV
+from engines.sampling import Sampling, choose, probabilities, raw_probabilities, top
+from engines.trace import Step
+
+MAX_K = 16
+TOP = 5
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig(DecodeConfig):
+    k: int = option(4, "tokens drafted per iteration (the starting value when the schedule is adaptive)", 1, MAX_K)
+    drafter: str = option("model", "model: the draft model proposes; ngram: prompt lookup copies what followed "
+                                   "the text's last n-gram earlier in the prompt or output", choices=("model", "ngram"))
+    schedule: str = option("constant", "constant k, or adaptive: k + 2 after a fully accepted draft, k - 1 after a "
+                                       "rejection (transformers' heuristic), within 1-16",
+                           choices=("constant", "adaptive"))
+    lookup_ngram: int = option(3, "longest n-gram prompt lookup tries to match (ngram drafter)", 1, 8,
+                               label="lookup n-gram")
+
+
+@dataclass
+class Draft:
+    """What a drafter proposed: the tokens and, for the draft model, its processed and raw distributions."""
+    tokens: list[int]
+    q: torch.Tensor | None = None        # [m, V] the distributions the tokens were sampled from
+    q_raw: torch.Tensor | None = None    # [m, V] the draft model's distributions at temperature 1
+    forwards: int = 0
+    lookup: dict | None = None           # prompt lookup: the n-gram matched and where
+
+
+def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: SpeculativeConfig,
+                rng: torch.Generator) -> Iterator[Step]:
+    """Yield one Step per draft-and-verify iteration until max_new_tokens or an end-of-text token."""
+    check_models(target, draft, cfg)
+    if not prompt_ids:
+        raise ValueError("The prompt has no tokens: type a few words for the model to continue.")
+    s = cfg.sampling
+    target_kv = target.new_kv()
+    draft_kv = draft.new_kv() if cfg.drafter == "model" else None
+    text = list(prompt_ids)
+    k, produced, index = cfg.k, 0, 0
+    while produced < cfg.max_new_tokens:
+        start = perf_counter()
+        # never draft what the budget could not keep: n accepted + 1 more must fit
+        k_now = min(k, cfg.max_new_tokens - produced - 1)
+        draft_before = len(draft_kv) if draft_kv is not None else 0
+        proposal = propose(draft, draft_kv, text, k_now, cfg, rng, target.eos_ids)
+        draft_after = len(draft_kv) if draft_kv is not None else 0
+
+        m, target_before = len(proposal.tokens), len(target_kv)
+        fed = text[target_before:] + proposal.tokens
+        logits = target.forward(target_kv, fed)[-(m + 1):]
+        target_after = len(target_kv)
+        p = probabilities(logits, s)
+        q = proposal.q if proposal.q is not None else one_hot(
+            torch.tensor(proposal.tokens, dtype=torch.long, device=p.device), p.shape[-1], like=p)
+        verdict = verify(p, q, proposal.tokens, s, rng)
+        n = verdict.accepted
+
+        committed = proposal.tokens[:n]
+        ended = bool(committed) and committed[-1] in target.eos_ids  # an accepted EOS ends the text: no bonus
+        next_token, dist = None, None
+        if not ended:
+            dist = correction(p, q, torch.tensor(n, device=p.device))
+            next_token = choose(dist, s, rng)
+            committed = committed + [next_token]
+            ended = next_token in target.eos_ids
+
+        target.crop(target_kv, len(text) + n)   # the cache keeps the committed text but the pending token
+        if draft_kv is not None:
+            draft.crop(draft_kv, min(len(draft_kv), len(text) + n))
+        text += committed
+        produced += len(committed)
+        k_next = next_k(k, n, m, cfg.schedule)
+        detail = record(p, logits, q, proposal, verdict, next_token, dist)
+        detail.update({
+            "drafter": cfg.drafter, "k": k_now, "k_next": k_next, "schedule": cfg.schedule, "ended": ended,
+            "target_cache": [target_before, target_after, len(target_kv)],
+            "draft_cache": [draft_before, draft_after, len(draft_kv)] if draft_kv is not None else None,
+        })
+        yield Step(index, tuple(committed), target_forwards=1, draft_forwards=proposal.forwards,
+                   tokens_fed=len(fed), wall_s=perf_counter() - start, detail=detail)
+        if ended:
+            return
+        k, index = k_next, index + 1
+
+
+def check_models(target: LM, draft: LM | None, cfg: SpeculativeConfig) -> None:
+    if cfg.drafter != "model":
+        return
+    if draft is None:
+        raise ValueError("The model drafter needs a draft model: pick one, or choose the ngram drafter.")
+    vt, vd = target.model.config.vocab_size, draft.model.config.vocab_size
+    if vt != vd:
+        raise ValueError(f"The draft '{draft.name}' has {vd} output tokens and the target '{target.name}' {vt}; "
+                         f"pick a draft with the target's vocabulary.")
+
+
+# ----------------------------------------------------------------------------- drafting
+
+def propose(draft: LM | None, kv: KV | None, text: list[int], k: int, cfg: SpeculativeConfig,
+            rng: torch.Generator, stop_ids: frozenset[int]) -> Draft:
+    if k == 0:
+        return Draft([])
+    if cfg.drafter == "model":
+        return draft_with_model(draft, kv, text, k, cfg.sampling, rng, stop_ids)
+    return draft_by_lookup(text, k, cfg.lookup_ngram, stop_ids)
+
+
+def draft_with_model(draft: LM, kv: KV, text: list[int], k: int, s: Sampling, rng: torch.Generator,
+                     stop_ids: frozenset[int]) -> Draft:
+    """x_i ~ q_i, one draft forward per token; the cache is brought up to the text first (catch-up
+    feeds only what it lacks). Drafting stops after an end-of-text token: nothing after it could count."""
+    logits = draft.catch_up(kv, text)
+    tokens, qs, raws = [], [], []
+    while True:
+        q = probabilities(logits, s)
+        x = choose(q, s, rng)
+        tokens.append(x)
+        qs.append(q)
+        raws.append(logits)
+        if len(tokens) == k or x in stop_ids:
+            break
+        logits = draft.forward(kv, [x])[-1]
+    return Draft(tokens, torch.stack(qs), raw_probabilities(torch.stack(raws)), forwards=len(tokens))
+
+
+def draft_by_lookup(text: list[int], k: int, longest: int, stop_ids: frozenset[int]) -> Draft:
+    """Prompt lookup decoding (Saxena 2023): find the latest earlier occurrence of the text's last
+    n tokens (n from `longest` down to 1) and propose the k tokens that followed it."""
+    for n in range(min(longest, len(text) - 1), 0, -1):
+        tail = text[-n:]
+        for start in range(len(text) - n - 1, -1, -1):
+            if text[start:start + n] == tail:
+                follow = text[start + n:start + n + k]
+                cut = next((i + 1 for i, t in enumerate(follow) if t in stop_ids), len(follow))
+                return Draft(follow[:cut], lookup={"ngram_tokens": tail, "match_at": start, "n": n})
+    return Draft([], lookup=None)
+
+
+def next_k(k: int, accepted: int, drafted: int, schedule: str) -> int:
+    """transformers' heuristic schedule: +2 when every drafted token was accepted, else -1."""
+    if schedule != "adaptive" or drafted == 0:
+        return k
+    return min(MAX_K, k + 2) if accepted == drafted else max(1, k - 1)
+
+
+# ----------------------------------------------------------------------------- verifying
+
+@dataclass
+class Verdict:
+    accepted: int
+    choice: torch.Tensor                # [m+1] the target's argmax at every position
+    u: torch.Tensor | None = None       # [m] uniforms in (0, 1]; None under greedy (no draws)
+    ratios: torch.Tensor | None = None  # [m] min(1, p/q); None under greedy
+
+
+def verify(p: torch.Tensor, q: torch.Tensor, tokens: list[int], s: Sampling, rng: torch.Generator) -> Verdict:
+    """How many drafts the target keeps. Greedy: while each equals the target's argmax.
+    Sampling: while u_i <= min(1, p_i(x_i)/q_i(x_i)) (Leviathan et al. 2023, Algorithm 1)."""
+    x = torch.tensor(tokens, dtype=torch.long, device=p.device)
+    choice = p.argmax(-1)
+    if s.greedy:
+        return Verdict(int(greedy_accept(x, choice)), choice)
+    # drawn in (0, 1] so that u <= 0 can never keep a token the target rules out
+    u = 1.0 - torch.rand(len(tokens), generator=rng)
+    r = ratio(p[:len(tokens)], q, x)
+    return Verdict(int(accepted_count(u.to(r.device) <= r)), choice, u, r)
+
+
+# ----------------------------------------------------------------------------- recording
+
+def record(p: torch.Tensor, logits: torch.Tensor, q: torch.Tensor, proposal: Draft, verdict: Verdict,
+           next_token: int | None, dist: torch.Tensor | None) -> dict:
+    """The step's internals as plain data: per drafted position p(x), q(x), their top-5 (processed
+    and raw), min(1, p/q), u and the decision; then the token that followed and its distribution."""
+    m, n = len(proposal.tokens), verdict.accepted
+    p_raw = raw_probabilities(logits)
+    x = torch.tensor(proposal.tokens, dtype=torch.long, device=p.device).unsqueeze(-1)
+    px, qx, px_raw = (t[:m].gather(-1, x).squeeze(-1).tolist() for t in (p, q, p_raw))
+    qx_raw = proposal.q_raw.gather(-1, x.to(proposal.q_raw.device)).squeeze(-1).tolist() \
+        if proposal.q_raw is not None else [None] * m
+    u = verdict.u.tolist() if verdict.u is not None else [None] * m
+    r = verdict.ratios.tolist() if verdict.ratios is not None else [None] * m
+    choice = verdict.choice.tolist()
+    p_top, q_top, p_raw_top = top_rows(p), top_rows(q), top_rows(p_raw)
+    q_raw_top = top_rows(proposal.q_raw) if proposal.q_raw is not None else [None] * m
+    positions = []
+    for i, token in enumerate(proposal.tokens):
+        status = "accepted" if i < n else "rejected" if i == n else "not_reached"
+        positions.append({
+            "token": token, "status": status, "p": px[i], "q": qx[i], "ratio": r[i], "u": u[i],
+            "p_raw": px_raw[i], "q_raw": qx_raw[i], "target_token": choice[i],
+            "p_top": p_top[i], "q_top": q_top[i], "p_raw_top": p_raw_top[i], "q_raw_top": q_raw_top[i],
+        })
+    detail = {
+        "draft_tokens": list(proposal.tokens), "accepted": n, "positions": positions,
+        "bonus_p_top": p_top[m], "bonus_p_raw_top": p_raw_top[m],
+        "lookup": proposal.lookup,
+        "next_token": next_token, "next_kind": None, "next_p": None, "next_top": None,
+    }
+    if next_token is not None:
+        detail.update({
+            "next_kind": "bonus" if n == m else "resampled",
+            # the distribution the next token was drawn from: residual norm(max(0, p - q)) or p_{k+1}
+            "next_p": float(dist[next_token]), "next_top": top(dist, TOP),
+            "next_raw_p": float(p_raw[n, next_token]),
+        })
+    return detail
+
+
+def top_rows(probs: torch.Tensor, k: int = TOP) -> list[list[tuple[int, float]]]:
+    """sampling.top for every row of [n, V] at once (one topk call instead of n)."""
+    values, ids = probs.float().topk(min(k, probs.shape[-1]), dim=-1)
+    return [[(int(i), round(float(v), 6)) for i, v in zip(row_ids, row_values) if v > 0]
+            for row_ids, row_values in zip(ids.tolist(), values.tolist())]
+
+
+# ----------------------------------------------------------------------------- bench
+
+def bench_speculative(models, prompts: list[str], quick: bool) -> list[dict]:
+    """Greedy, k = 4: target forwards per new token, and wall time against transformers' own assisted
+    generation (constant schedule of 4, no confidence early stop), back to back in this process: the
+    engine with its full step records, and the whole Run (token texts, model checks) as the CLI makes
+    it. The model drafter runs on the embedded pair; prompt lookup runs on the default target against
+    generate(prompt_lookup_num_tokens=4)."""
+    from engines import lm
+    from engines.bench import run_trace, timed   # here, not at the top: engines.bench imports the methods
+    n, k, repeats = (24, 4, 1) if quick else (64, 4, 3)
+    rows = []
+    try:
+        pair = lm.load(models.tiny_target, models.device), lm.load(models.draft, models.device)
+    except lm.ModelLoadError as e:
+        print(f"speculative: the model drafter is skipped: {e}", flush=True)
+        pair = None
+    cases = [("speculative", pair, {"drafter": "model"})] if pair else []
+    cases.append(("speculative:ngram", (lm.load(models.target, models.device), None),
+                  {"drafter": "ngram", "lookup_ngram": 3}))
+    for method, (target, draft), settings in cases:
+        cfg = SpeculativeConfig(**settings, k=k, max_new_tokens=n)
+        for prompt in prompts:
+            ids = target.encode(prompt)
+            reference = lambda: assisted_generate(target, draft, torch.tensor([ids], device=target.device), n, k)
+            engine = lambda: list(speculative(target, draft, ids, cfg, torch.Generator().manual_seed(0)))
+            # the whole recorded run as the CLI and UI make it; lookup ignores the draft Run loads for it
+            run = lambda: run_trace("speculative", prompt, asdict(cfg), target.source, (draft or target).source,
+                                    models.device)
+            reference(), engine(), run()   # warm up
+            ref_s, ref_out = timed(reference, repeats)
+            engine_s, steps = timed(engine, repeats)
+            run_s, _ = timed(run, repeats)
+            made = sum(len(s.committed_ids) for s in steps)
+            rows.append({"method": method, "target": target.name, "new_tokens": made,
+                         "target_forwards_per_token": len(steps) / made,
+                         "acceptance": acceptance_rate(steps),
+                         "same_output_as_generate": float(ref_out == [t for s in steps for t in s.committed_ids]),
+                         "wall_ratio_vs_assisted_generate": engine_s / ref_s,
+                         "run_wall_ratio_vs_assisted_generate": run_s / ref_s})
+    return rows
+
+
+def assisted_generate(target: LM, draft: LM | None, ids: torch.Tensor, n: int, k: int) -> list[int]:
+    """transformers' assisted generation with a constant k (a draft model) or prompt lookup (no draft)."""
+    kwargs = {"prompt_lookup_num_tokens": k, "max_matching_ngram_size": 3} if draft is None else \
+        {"assistant_model": draft.model}
+    saved = draft.model.generation_config if draft is not None else None
+    if draft is not None:   # the candidate generator reads its schedule from the assistant's own config
+        constant = copy.deepcopy(saved)
+        constant.num_assistant_tokens, constant.num_assistant_tokens_schedule = k, "constant"
+        constant.assistant_confidence_threshold = 0.0
+        draft.model.generation_config = constant
+    try:
+        out = target.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                                    eos_token_id=sorted(target.eos_ids),
+                                    pad_token_id=target.tokenizer.pad_token_id or 0, **kwargs)
+    finally:
+        if draft is not None:
+            draft.model.generation_config = saved
+    return out[0, ids.shape[1]:].tolist()
+
+
+def acceptance_rate(steps: Sequence[Step]) -> float | None:
+    """Accepted drafts / drafts the target examined (those up to and including the first rejection)."""
+    kept = sum(s.detail["accepted"] for s in steps)
+    examined = sum(s.detail["accepted"] + (s.detail["accepted"] < len(s.detail["draft_tokens"])) for s in steps)
+    return kept / examined if examined else None

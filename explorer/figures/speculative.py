@@ -1,0 +1,376 @@
+"""Speculative decoding's figures: p against q at every drafted position with the coin flip u
+against min(1, p/q), where the step's last token came from (the residual, the bonus or the
+target's argmax), and the running acceptance statistics against the formula of Leviathan et al.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from engines.speculative import acceptance_rate
+from engines.trace import Step, Trace
+from explorer.figures.common import (DRAFT_COLOUR, TARGET_COLOUR, Chip, View, colour, empty, layout, quoted,
+                                     show, symbol, token)
+
+BARS = 5          # tokens shown per position
+COIN = "#666666"
+
+
+def is_greedy(trace: Trace) -> bool:
+    return float(trace.config.get("temperature", 0) or 0) == 0
+
+
+def num(v: float) -> str:
+    """A probability for a sentence: three decimals, or two significant digits when tiny."""
+    return f"{v:.3f}" if v == 0 or v >= 0.001 else f"{v:.1e}"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def label(trace: Trace, token_id: int) -> str:
+    return show(token(trace, token_id))
+
+
+# ----------------------------------------------------------------------------- what a position shows
+
+@dataclass
+class Bars:
+    ids: list[int]
+    p: list[float | None]
+    q: list[float | None]
+
+
+def position_bars(trace: Trace, pos: dict) -> Bars:
+    """The drafted token and the most probable others under p and q. Greedy runs show the models'
+    temperature-1 distributions (the processed ones are one-hot); a deterministic drafter has no raw q.
+    Values outside a recorded top-5 are unknown and left out (None), never guessed."""
+    raw = is_greedy(trace)
+    p_top = dict(pos["p_raw_top"] if raw else pos["p_top"])
+    q_list = pos["q_raw_top"] if raw and pos.get("q_raw_top") is not None else pos["q_top"]
+    q_top = dict(q_list)
+    x = pos["token"]
+    p_top[x] = pos["p_raw"] if raw else pos["p"]
+    q_top[x] = pos["q_raw"] if raw and pos.get("q_raw") is not None else pos["q"]
+    others = sorted((set(p_top) | set(q_top)) - {x}, key=lambda t: -max(p_top.get(t, 0), q_top.get(t, 0)))
+    ids = [x] + others[: BARS - 1]
+    return Bars(ids, [p_top.get(t) for t in ids], [q_top.get(t) for t in ids])
+
+
+def bar_hover(trace: Trace, ids: list[int], values: list[float | None], who: str) -> list[str]:
+    return [f"{quoted(trace, t)} (id {t})<br>{who} = " + (f"{v:.4f}" if v is not None else "below its top 5")
+            for t, v in zip(ids, values)]
+
+
+def decision(trace: Trace, pos: dict) -> str:
+    """One position's verdict as a phrase with its numbers."""
+    if pos["u"] is None:   # greedy
+        if pos["token"] == pos["target_token"]:
+            return f"it is the target's argmax (raw p = {num(pos['p_raw'])})"
+        return (f"the target's argmax is {quoted(trace, pos['target_token'])}, not this token "
+                f"(raw p = {num(pos['p_raw'])})")
+    sign = "<=" if pos["u"] <= pos["ratio"] else ">"
+    return f"u = {pos['u']:.3f} {sign} min(1, p/q) = min(1, {num(pos['p'])}/{num(pos['q'])}) = {pos['ratio']:.3f}"
+
+
+# ----------------------------------------------------------------------------- main figure
+
+def draft_check(trace: Trace, index: int) -> go.Figure:
+    """One column per drafted position (and one for the bonus position): p and q as bars, and below
+    them the coin: the acceptance region [0, min(1, p/q)] with the uniform u drawn against it."""
+    if index < 0:
+        return empty("Press Step: the drafter proposes k tokens and one target forward checks them all.")
+    step = trace.steps[index]
+    d = step.detail
+    positions = d["positions"]
+    raw = is_greedy(trace)
+    cols = len(positions) + 1
+    titles = [f"{i + 1}: {label(trace, pos['token'])}" for i, pos in enumerate(positions)]
+    titles.append(f"{cols}: bonus" if d["next_kind"] == "bonus" else f"{cols}: after the draft")
+    fig = make_subplots(rows=2, cols=cols, row_heights=[0.74, 0.26], vertical_spacing=0.2,
+                        horizontal_spacing=min(0.04, 0.4 / cols), subplot_titles=titles)
+    for i, pos in enumerate(positions):
+        b = position_bars(trace, pos)
+        names = [label(trace, t) for t in b.ids]
+        first = i == 0
+        fig.add_bar(x=names, y=b.p, name="p, target" + (" (temperature 1)" if raw else ""), legendgroup="p",
+                    showlegend=first, marker_color=TARGET_COLOUR, row=1, col=i + 1,
+                    marker_line={"color": [colour(pos["status"])] + ["rgba(0,0,0,0)"] * (len(b.ids) - 1),
+                                 "width": 3},
+                    hovertext=bar_hover(trace, b.ids, b.p, "p"), hoverinfo="text")
+        fig.add_bar(x=names, y=b.q, name="q, draft" + (" (temperature 1)" if raw else ""), legendgroup="q",
+                    showlegend=first, marker_color=DRAFT_COLOUR, row=1, col=i + 1,
+                    hovertext=bar_hover(trace, b.ids, b.q, "q"), hoverinfo="text")
+        add_coin(fig, trace, pos, i + 1, first)
+    add_after(fig, trace, step, cols)
+    fig.update_yaxes(rangemode="tozero", matches="y", row=1)   # one scale, so positions compare
+    fig.update_yaxes(visible=False, row=2)
+    fig.update_xaxes(tickangle=-40, tickfont={"size": 10}, row=1)
+    fig.update_xaxes(range=[0, 1.02], tickvals=[0, 0.5, 1], row=2)
+    fig.update_yaxes(title="probability", row=1, col=1)
+    what = "greedy: kept while it is the target's argmax" if raw else "kept while u <= min(1, p/q)"
+    return layout(fig, f"Step {index + 1}: {len(positions)} drafted by the {d['drafter']} drafter, "
+                       f"{d['accepted']} kept ({what})", height=430, barmode="group", bargap=0.25)
+
+
+def add_coin(fig: go.Figure, trace: Trace, pos: dict, col: int, first: bool) -> None:
+    status = pos["status"]
+    if pos["u"] is None:
+        fig.add_annotation(text=("= argmax" if status == "accepted" else
+                                 "not reached" if status == "not_reached" else
+                                 f"argmax: {label(trace, pos['target_token'])}"),
+                           x=0.5, y=0.5, showarrow=False, font={"color": colour(status)}, row=2, col=col)
+        fig.add_scatter(x=[0.5], y=[0.0], mode="markers", marker={"symbol": symbol(status), "size": 12,
+                                                                    "color": colour(status)},
+                        name=status, showlegend=False, hovertext=f"{status}: {decision(trace, pos)}",
+                        hoverinfo="text", row=2, col=col)
+        return
+    fig.add_bar(x=[pos["ratio"]], y=["coin"], orientation="h", marker_color=colour(status), opacity=0.35,
+                name="min(1, p/q): accept region", legendgroup="ratio", showlegend=first,
+                hovertext=f"accept when u <= min(1, p/q) = {pos['ratio']:.4f}", hoverinfo="text", row=2, col=col)
+    fig.add_scatter(x=[pos["u"]], y=["coin"], mode="markers",
+                    marker={"symbol": symbol(status), "size": 13, "color": colour(status),
+                            "line": {"color": COIN, "width": 1}},
+                    name="u, the uniform draw", legendgroup="u", showlegend=first,
+                    hovertext=f"{status}: {decision(trace, pos)}", hoverinfo="text", row=2, col=col)
+
+
+def add_after(fig: go.Figure, trace: Trace, step: Step, col: int) -> None:
+    """The last column: p after the whole draft (the bonus distribution); the coin row says its fate."""
+    d = step.detail
+    raw = is_greedy(trace)
+    used = d["next_kind"] == "bonus"
+    top = with_next(d["bonus_p_raw_top"] if raw else d["bonus_p_top"], d, raw) if used else \
+        (d["bonus_p_raw_top"] if raw else d["bonus_p_top"])
+    ids = [t for t, _ in top]
+    fig.add_bar(x=[label(trace, t) for t in ids], y=[v for _, v in top], name="p after the draft",
+                showlegend=False, marker_color=TARGET_COLOUR, opacity=1.0 if used else 0.35,
+                marker_line={"color": [colour("bonus") if used and t == d["next_token"] else "rgba(0,0,0,0)"
+                                       for t in ids], "width": 3},
+                hovertext=bar_hover(trace, ids, [v for _, v in top], "p"), hoverinfo="text", row=1, col=col)
+    fate = (f"bonus: {label(trace, d['next_token'])}" if used else
+            "ended at end-of-text" if d["next_token"] is None else "not reached")
+    fig.add_scatter(x=[0.5], y=[0.0], mode="markers+text", text=[fate], textposition="top center",
+                    marker={"symbol": symbol("bonus" if used else "not_reached"), "size": 12,
+                            "color": colour("bonus" if used else "not_reached")},
+                    showlegend=False, hovertext=fate, hoverinfo="text", row=2, col=col)
+
+
+# ----------------------------------------------------------------------------- side figure
+
+@dataclass
+class Running:
+    """Acceptance statistics after each step so far."""
+    steps: list[int]
+    alpha: list[float | None]       # accepted / examined draft tokens
+    measured: list[float]           # committed tokens per target forward
+    expected: list[float | None]    # mean of (1 - alpha^(k+1)) / (1 - alpha) over the steps' draft lengths
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """Leviathan et al. 2023, Eq. 1: expected tokens per iteration for acceptance rate alpha and k drafts."""
+    return float(k + 1) if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
+
+
+def running(trace: Trace, index: int) -> Running:
+    out = Running([], [], [], [])
+    steps = trace.steps[: index + 1]
+    tokens = forwards = 0
+    for i, s in enumerate(steps):
+        tokens += len(s.committed_ids)
+        forwards += s.target_forwards
+        alpha = acceptance_rate(steps[: i + 1])
+        out.steps.append(s.index + 1)
+        out.alpha.append(alpha)
+        out.measured.append(tokens / max(forwards, 1))
+        out.expected.append(None if alpha is None else sum(
+            expected_tokens(alpha, len(t.detail["draft_tokens"])) for t in steps[: i + 1]) / (i + 1))
+    return out
+
+
+def next_token_and_stats(trace: Trace, index: int) -> go.Figure:
+    """Top: the distribution the step's last token was drawn from. Bottom: alpha, measured tokens per
+    target forward and the expected value (1 - alpha^(k+1)) / (1 - alpha), step by step."""
+    if index < 0:
+        return empty("The residual distribution and the running acceptance rate appear after the first step.")
+    d = trace.steps[index].detail
+    fig = make_subplots(rows=2, cols=1, row_heights=[0.5, 0.5], vertical_spacing=0.22,
+                        specs=[[{}], [{"secondary_y": True}]],
+                        subplot_titles=[next_title(trace, d), "Running statistics"])
+    add_next(fig, trace, d)
+    r = running(trace, index)
+    fig.add_scatter(x=r.steps, y=r.measured, mode="lines+markers", name="measured tokens / target forward",
+                    marker={"color": TARGET_COLOUR}, hovertemplate="after step %{x}: %{y:.3f} tokens per target "
+                                                                   "forward<extra></extra>", row=2, col=1)
+    fig.add_scatter(x=r.steps, y=r.expected, mode="lines+markers", line={"dash": "dash", "color": colour("bonus")},
+                    name="expected (1 - α^(k+1)) / (1 - α)",
+                    hovertemplate="after step %{x}: %{y:.3f} expected for this α and these k<extra></extra>",
+                    row=2, col=1)
+    fig.add_scatter(x=r.steps, y=r.alpha, mode="lines+markers", line={"color": colour("accepted")},
+                    marker={"symbol": "circle-open"}, name="acceptance rate α",
+                    hovertemplate="after step %{x}: α = %{y:.3f}<extra></extra>", row=2, col=1, secondary_y=True)
+    fig.update_yaxes(title="tokens / forward", rangemode="tozero", row=2, col=1, secondary_y=False)
+    fig.update_yaxes(title="α", range=[0, 1.05], tickmode="array", tickvals=[0, 0.25, 0.5, 0.75, 1],
+                     showgrid=False, row=2, col=1, secondary_y=True)
+    fig.update_yaxes(title="probability", rangemode="tozero", row=1, col=1)
+    fig.update_xaxes(title="step", tickmode="linear", tick0=1, dtick=max(1, round(len(r.steps) / 8)), row=2, col=1)
+    return layout(fig, "", height=520, barmode="group")
+
+
+def next_title(trace: Trace, d: dict) -> str:
+    if d["next_token"] is None:
+        return "No token after the draft: it ended the text"
+    if d["next_kind"] == "bonus":
+        return "Bonus token: drawn from p after the last draft" if not is_greedy(trace) else \
+            "Bonus token: the target's argmax after the draft"
+    if is_greedy(trace):
+        return "Correction: the target's argmax at the rejection"
+    return "Residual norm(max(0, p - q)) at the rejection"
+
+
+def with_next(top: list, d: dict, raw: bool) -> list:
+    """A recorded top-5 plus the token actually drawn, whose own probability is recorded too."""
+    if d["next_token"] in dict(top):
+        return top
+    return [*top, [d["next_token"], d["next_raw_p"] if raw else d["next_p"]]]
+
+
+def add_next(fig: go.Figure, trace: Trace, d: dict) -> None:
+    if d["next_token"] is None:
+        fig.add_annotation(text="An accepted end-of-text token ends the text: no bonus follows it.",
+                           x=0.5, y=0.5, xref="x domain", yref="y domain", showarrow=False)
+        return
+    n, raw = d["accepted"], is_greedy(trace)
+    rejected = d["positions"][n] if d["next_kind"] == "resampled" else None
+    if raw:   # greedy: the draw is an argmax; show the model's own distribution at that position
+        source = rejected["p_raw_top"] if rejected else d["bonus_p_raw_top"]
+        name = "p, target (temperature 1)"
+    else:
+        source = d["next_top"]
+        name = "residual norm(max(0, p - q))" if rejected else "p after the draft"
+    source = with_next(source, d, raw)
+    ids = [t for t, _ in source]
+    values = dict(source)
+    kind = d["next_kind"]
+    names = [label(trace, t) for t in ids]
+    fig.add_bar(x=names, y=[values.get(t) for t in ids], name=name, marker_color=colour(kind),
+                marker_line={"color": [colour(kind) if t == d["next_token"] else "rgba(0,0,0,0)" for t in ids],
+                             "width": 3},
+                hovertext=bar_hover(trace, ids, [values.get(t) for t in ids], name), hoverinfo="text", row=1, col=1)
+    if rejected and not raw:
+        p, q = dict(rejected["p_top"]), dict(rejected["q_top"])
+        for who, vals, c in (("p", p, TARGET_COLOUR), ("q", q, DRAFT_COLOUR)):
+            fig.add_bar(x=names, y=[vals.get(t) for t in ids], name=f"{who} at position {n + 1}", marker_color=c,
+                        opacity=0.45, hovertext=bar_hover(trace, ids, [vals.get(t) for t in ids], who),
+                        hoverinfo="text", row=1, col=1)
+
+
+# ----------------------------------------------------------------------------- words and chips
+
+def listing(trace: Trace, ids: list[int]) -> str:
+    return ", ".join(quoted(trace, t) for t in ids)
+
+
+def drafted_sentence(trace: Trace, d: dict) -> str:
+    tokens = d["draft_tokens"]
+    if d["drafter"] == "ngram":
+        look = d["lookup"]
+        if d["k"] == 0:
+            return "Only one token was left in the budget, so nothing was drafted."
+        if look is None:
+            return ("Prompt lookup found no earlier occurrence of the text's last tokens, so nothing was "
+                    "drafted and this step is a plain target forward.")
+        return (f"Prompt lookup matched the {look['n']}-gram {listing(trace, look['ngram_tokens'])} "
+                f"(seen earlier at position {look['match_at']}) and proposed what followed it: "
+                f"{listing(trace, tokens)}.")
+    if not tokens:
+        return "Only one token was left in the budget, so nothing was drafted."
+    return f"The draft proposed {plural(len(tokens), 'token')}: {listing(trace, tokens)}."
+
+
+def next_probability(trace: Trace, d: dict) -> str:
+    if is_greedy(trace):
+        return f"raw p = {num(d['next_raw_p'])}"
+    return f"probability {num(d['next_p'])} in the distribution it was drawn from"
+
+
+def verdict_sentence(trace: Trace, d: dict) -> str:
+    kept = [p for p in d["positions"] if p["status"] == "accepted"]
+    rejected = [p for p in d["positions"] if p["status"] == "rejected"]
+    parts = []
+    if kept:
+        parts.append("The target accepted " + ", ".join(f"{quoted(trace, p['token'])} ({decision(trace, p)})"
+                                                        for p in kept))
+    if rejected:
+        p = rejected[0]
+        verb = "then rejected" if kept else "The target rejected"
+        how = ("took its own argmax" if is_greedy(trace) else
+               f"drew from the residual max(0, p - q), renormalised")
+        parts.append(f"{verb} {quoted(trace, p['token'])} ({decision(trace, p)}) and {how}: "
+                     f"{quoted(trace, d['next_token'])} ({next_probability(trace, d)})")
+    text = "; ".join(parts) + "." if parts else ""
+    if d["next_kind"] == "bonus" and d["positions"]:
+        text += (f" Every drafted token passed, so the target's distribution after the last one gave a bonus "
+                 f"token: {quoted(trace, d['next_token'])} ({next_probability(trace, d)}).")
+    elif d["next_kind"] == "bonus":
+        text += f" The target chose {quoted(trace, d['next_token'])} ({next_probability(trace, d)})."
+    if d["next_token"] is None:
+        text += " The last accepted token ends the text, so no bonus token follows it."
+    elif d["ended"]:
+        text += " That token ends the text."
+    return text.strip()
+
+
+def words(trace: Trace, index: int) -> str:
+    if index < 0:
+        return ("Nothing has run yet. Each step drafts up to k tokens, checks them with one target forward, "
+                "keeps the accepted prefix and adds one token from the target.")
+    s = trace.steps[index]
+    d = s.detail
+    committed = len(s.committed_ids)
+    tc, dc = d["target_cache"], d["draft_cache"]
+    text = " ".join(x for x in (drafted_sentence(trace, d), verdict_sentence(trace, d)) if x)
+    text += (f" {plural(committed, 'token')} for 1 target forward"
+             f"{' and ' + plural(s.draft_forwards, 'draft forward') if s.draft_forwards else ''}, "
+             f"{s.wall_s * 1000:.0f} ms.")
+    text += f" The target read {plural(s.tokens_fed, 'token')} (cache {tc[0]} → {tc[1]}, cropped to {tc[2]})"
+    text += f"; the draft's cache went {dc[0]} → {dc[1]} → {dc[2]}." if dc else "."
+    if d["schedule"] == "adaptive" and not d["ended"]:
+        text += f" Adaptive schedule: k = {d['k_next']} next."
+    r = running(trace, index)
+    if r.alpha[-1] is not None:
+        text += (f" So far α = {r.alpha[-1]:.2f}: {r.measured[-1]:.2f} tokens per target forward, against "
+                 f"{r.expected[-1]:.2f} expected from (1 - α^(k+1)) / (1 - α).")
+    return text
+
+
+def chips(trace: Trace, index: int) -> list[Chip]:
+    d = trace.steps[index].detail
+    out = [Chip(p["token"], p["status"], decision(trace, p)) for p in d["positions"]]
+    if d["next_token"] is not None:
+        out.append(Chip(d["next_token"], d["next_kind"], next_probability(trace, d)))
+    return out
+
+
+VIEW = View(
+    main=draft_check, side=next_token_and_stats, words=words, chips=chips,
+    legend=("prompt", "earlier", "accepted", "rejected", "resampled", "bonus", "not_reached"),
+    help="**Speculative decoding** (Leviathan et al. 2023; Chen et al. 2023). A cheap drafter proposes k "
+         "tokens: the draft model samples them from its distribution q, or prompt lookup copies what followed "
+         "the text's last n-gram earlier on (a one-hot q). One target forward scores every drafted position at "
+         "once, giving p.\n\n"
+         "**Top figure:** one column per drafted position: p (blue) and q (pink) for the drafted token (outlined "
+         "in its fate's colour) and the likeliest others. Below each, the coin: the bar is min(1, p/q), the "
+         "chance of keeping the token, and the marker is the uniform draw u; the token is kept when u falls "
+         "inside the bar. Under greedy decoding the rule is simpler: keep while the token is the target's "
+         "argmax, and the bars show the models at temperature 1.\n\n"
+         "**Bottom figure:** where the step's last token came from: at a rejection, the residual "
+         "norm(max(0, p - q)), which is exactly what makes the output distributed as the target's; after a "
+         "fully accepted draft, a bonus token from p. Then the running acceptance rate α and tokens per target "
+         "forward beside the expected (1 - α^(k+1)) / (1 - α).\n\n"
+         "Look for: a draft that agrees with the target (high α) gives several tokens per forward; a rejection "
+         "costs the rest of the draft but never changes what the target would have written.",
+)
