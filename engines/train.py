@@ -4,6 +4,8 @@
     python -m engines.train causal tiny-target --hidden 384 --layers 6 --minutes 60
     python -m engines.train causal tiny-draft  --hidden 256 --layers 2 --minutes 40
     python -m engines.train masked tiny-masked --hidden 128 --layers 4 --minutes 20
+    python -m engines.train eval --candidates        # held-out figures of the fresh exports under build/
+    python -m engines.train publish tiny-draft       # copy an export that meets its figure into assets/models
     python -m engines.train eval                     # held-out figures -> assets/models/README.md
 
 Every command checkpoints under build/train/ and resumes where it stopped. The held-out
@@ -16,6 +18,7 @@ import json
 import math
 import random
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -291,15 +294,23 @@ def masked_accuracy(model, tok, rate: float = 0.15, seed: int = 0) -> tuple[floa
     return hits / count, base / count
 
 
+def candidate(name: str, use_exports: bool) -> str | None:
+    """What to evaluate for a model: its fresh export under build/ (--candidates), else the preset."""
+    export = WORK_DIR / name / "export"
+    if use_exports and (export / "config.json").exists():
+        return str(export)
+    return name if lm.available(name) else None
+
+
 def evaluate(args) -> None:
     torch.set_num_threads(args.threads)
-    from engines.lm import load  # noqa: the preset loader, as every user loads them
     rows, preds = {}, {}
     for name in ("smollm2-135m-instruct", "tiny-target", "tiny-draft"):
-        if not lm.available(name):
+        source = candidate(name, args.candidates)
+        if source is None:
             print(f"{name}: not available, skipped")
             continue
-        model = load(name)
+        model = lm.load(source)
         nats, n_bytes, argmax = held_out_predictions(model.model, model.tokenizer)
         preds[name] = argmax
         rows[name] = {"bits_per_byte": nats / math.log(2) / n_bytes,
@@ -311,14 +322,41 @@ def evaluate(args) -> None:
                 agree = (preds["tiny-draft"] == preds[target]).float().mean().item()
                 rows["tiny-draft"][f"agreement_with_{target}"] = agree
                 print(f"tiny-draft agrees with {target} greedy on {agree:.1%} of held-out positions")
-    if lm.available("tiny-masked"):
-        model = load("tiny-masked")
+    source = candidate("tiny-masked", args.candidates)
+    if source is not None:
+        model = lm.load(source)
         acc, base = masked_accuracy(model.model, model.tokenizer)
         rows["tiny-masked"] = {"masked_top1_at_15pct": acc, "commonest_token_baseline": base,
                                "parameters_M": sum(p.numel() for p in model.model.parameters()) / 1e6}
         print(f"tiny-masked: top-1 {acc:.1%} at 15% masking vs {base:.1%} for the commonest token")
-    (lm.MODELS_DIR / "figures.json").write_text(json.dumps(rows, indent=1))
+    out = WORK_DIR if args.candidates else lm.MODELS_DIR
+    (out / "figures.json").write_text(json.dumps(rows, indent=1))
+    (out / "README.md").write_text(models_readme(rows))
     print(json.dumps(rows, indent=1))
+
+
+GOALS = {"tiny-target": "at most 1.9 bits per byte",
+         "tiny-draft": "greedy agreement at least 35% with SmolLM2 and 50% with tiny-target",
+         "tiny-masked": "top-1 at 15% masking at least 2x the commonest-token baseline"}
+
+
+def models_readme(rows: dict) -> str:
+    """assets/models/README.md: the held-out figures, as `python -m engines.train eval` measured them."""
+    lines = ["# Embedded models", "",
+             "Trained by `python -m engines.train` on assets/corpus (public-domain books); held out: the last "
+             "5% of every book. Figures below were written by `python -m engines.train eval`.", "",
+             "| model | parameters | held-out figure | goal |", "| --- | --- | --- | --- |"]
+    for name, r in rows.items():
+        if "bits_per_byte" in r:
+            figure = f"{r['bits_per_byte']:.3f} bits/byte"
+            agree = [f"agrees with {k.removeprefix('agreement_with_')} on {v:.1%}" for k, v in r.items()
+                     if k.startswith("agreement_with_")]
+            figure = "; ".join([figure, *agree])
+        else:
+            figure = (f"top-1 {r['masked_top1_at_15pct']:.1%} at 15% masking "
+                      f"(commonest token: {r['commonest_token_baseline']:.1%})")
+        lines.append(f"| {name} | {r['parameters_M']:.1f}M | {figure} | {GOALS.get(name, 'reference')} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> None:
@@ -342,6 +380,10 @@ def main(argv=None) -> None:
         c.add_argument("--save-every", type=int, default=50)
         c.add_argument("--seed", type=int, default=0)
     e = sub.add_parser("eval")
+    e.add_argument("--candidates", action="store_true",
+                   help="evaluate the exports under build/train/ (before publishing them into assets/models)")
+    pub = sub.add_parser("publish", help="copy an export into assets/models/ (once it meets its figure)")
+    pub.add_argument("name")
     for s in (t, e, *[sub.choices[k] for k in ("causal", "masked")]):
         s.add_argument("--threads", type=int, default=2)
         s.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
@@ -350,6 +392,9 @@ def main(argv=None) -> None:
         run_teacher(args)
     elif args.command in ("causal", "masked"):
         train(args, args.command)
+    elif args.command == "publish":
+        shutil.copytree(WORK_DIR / args.name / "export", lm.MODELS_DIR / args.name, dirs_exist_ok=True)
+        print(f"published {lm.MODELS_DIR / args.name}")
     else:
         evaluate(args)
 
