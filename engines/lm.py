@@ -346,6 +346,7 @@ def load(name: str, device: str | None = None, dtype: str | None = None) -> LM:
     return loaded
 
 
+@functools.lru_cache(maxsize=16)  # comparing two 49k-entry vocabularies costs ~100 ms; models are cached anyway
 def check_same_tokenizer(target: LM, draft: LM) -> None:
     """Draft tokens are target tokens only if both models share a vocabulary."""
     a, b = target.tokenizer, draft.tokenizer
