@@ -16,6 +16,7 @@ import torch
 from engines import lm
 from engines.methods import Run, default_target
 from engines.speculative import bench_speculative
+from engines.tree import bench_tree
 
 PROMPTS = [
     "Once upon a time",
@@ -68,7 +69,7 @@ def bench_autoregressive(models: Models, prompts: list[str], quick: bool) -> lis
     return rows
 
 
-SECTIONS: list[Callable[[Models, list[str], bool], list[dict]]] = [bench_autoregressive, bench_speculative]
+SECTIONS: list[Callable[[Models, list[str], bool], list[dict]]] = [bench_autoregressive, bench_speculative, bench_tree]
 
 
 def summarise(rows: list[dict]) -> None:

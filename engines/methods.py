@@ -16,6 +16,7 @@ from engines.autoregressive import AutoregressiveConfig, autoregressive
 from engines.config import DecodeConfig, build
 from engines.speculative import SpeculativeConfig, speculative
 from engines.trace import Step, Trace
+from engines.tree import TreeConfig, tree
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                    "forward scores them all. Each drafted token x is kept when u <= min(1, p(x)/q(x)); the first "
                    "rejection is replaced by a draw from norm(max(0, p - q)), and a fully accepted draft earns "
                    "a bonus token from the target."),
+    Method("tree", "Tree", TreeConfig, tree, uses_draft=True,
+           lossless="equals target.generate() under greedy; under sampling it is distributed as the target's "
+                    "own sampling",
+           paper="SpecInfer, Miao et al. 2024 (arXiv 2305.09781); Medusa, Cai et al. 2024 (arXiv 2401.10774); "
+                 "EAGLE-2, Li et al. 2024 (arXiv 2406.16858)",
+           summary="The draft grows a tree of candidate continuations (a fixed shape of top-k ranks, or an "
+                   "EAGLE-2 tree grown by draft confidence); one target forward with a tree attention mask "
+                   "checks every branch, and the longest accepted path plus one target token is kept."),
 )}
 
 DEFAULT_TARGET = "smollm2-135m-instruct"

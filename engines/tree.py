@@ -1,0 +1,358 @@
+"""Tree speculative decoding: the draft grows a token tree, the target checks every branch in one forward.
+
+Each iteration:
+  1. draft: grow a tree of candidate continuations from the draft's top-k ranks, one draft forward
+     per level (the tree mask keeps branches apart in the draft too). Static: a fixed shape of rank
+     paths (Medusa, Cai et al. 2024, arXiv 2401.10774). Dynamic: expand the top-k children of the
+     most confident frontier nodes by cumulative draft log-probability, then keep the `budget`
+     most confident nodes (EAGLE-2, Li et al. 2024, arXiv 2406.16858, section 4).
+  2. verify: ONE target forward over the pending token(s) and every node, with the tree attention
+     mask and position = root position + depth (SpecInfer, Miao et al. 2024, section 4.2).
+     Greedy: follow the child equal to the target's argmax; the argmax where none matches is added.
+     Sampling: recursive rejection over siblings (SpecInfer's multi-step speculative sampling,
+     Algorithm 2), which is lossless: the output is distributed as the target's own sampling.
+  3. keep the accepted path in both caches (LM.keep) and drop every other branch.
+
+The drafter is deterministic (top-k ranks, no sampling), so each child was proposed from a one-hot
+q; q recorded per node is the draft's own probability (temperature 1), which ranks the children.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Iterator, Sequence
+
+import torch
+
+from engines import trees
+from engines.acceptance import one_hot, ratio, residual
+from engines.config import DecodeConfig, option
+from engines.lm import KV, LM
+from engines.sampling import probabilities, raw_probabilities, top
+from engines.trace import Step
+from engines.trees import ROOT, Path
+
+
+@dataclass(frozen=True)
+class TreeConfig(DecodeConfig):
+    tree: str = option("dynamic", "the draft tree: 'dynamic' (EAGLE-2, grown by draft confidence) or a fixed shape",
+                       choices=("dynamic",) + tuple(trees.SHAPES))
+    tree_budget: int = option(16, "dynamic tree: nodes kept for the target to verify", 1, 64,
+                              label="tree budget")
+    tree_depth: int = option(4, "dynamic tree: levels drafted, one draft forward each", 1, 8, label="tree depth")
+    tree_topk: int = option(3, "dynamic tree: children per expanded node, and nodes expanded per level", 1, 8,
+                            label="tree top-k")
+
+
+# ----------------------------------------------------------------------------- drafting
+
+@dataclass
+class Node:
+    path: Path
+    token: int
+    q: float                # the draft's probability of `token` after its parent (temperature 1)
+    logq: float             # cumulative draft log-probability from the root: EAGLE-2's confidence
+    row: int | None = None  # its row in the draft cache after the committed text, once fed to the draft
+
+
+@dataclass
+class Drafting:
+    """The draft's side of one iteration: its cache beyond the committed text and the nodes fed so far."""
+    draft: LM
+    kv: KV
+    start: int                              # committed length; tree rows follow it in the draft cache
+    fed: list[Node] = field(default_factory=list)
+    forwards: int = 0
+
+    def root(self, committed: Sequence[int]) -> torch.Tensor:
+        """Bring the draft cache to the committed text; the draft's distribution after it."""
+        self.forwards += 1
+        return raw_probabilities(self.draft.catch_up(self.kv, committed))
+
+    def expand(self, nodes: list[Node]) -> torch.Tensor:
+        """Feed one level of nodes in one draft forward, each seeing only its ancestors; their distributions."""
+        attend = trees.attend([n.path for n in nodes], [n.path for n in self.fed + nodes])
+        logits = self.draft.forward_tree_level(self.kv, [n.token for n in nodes], start=self.start,
+                                               depths=[len(n.path) - 1 for n in nodes], attend=attend)
+        for n in nodes:
+            n.row = len(self.fed)
+            self.fed.append(n)
+        self.forwards += 1
+        return raw_probabilities(logits)
+
+
+def offspring(parent: Node | None, probs: torch.Tensor, ranks: Sequence[int]) -> list[Node]:
+    """The children of `parent` (None: the root) at the given ranks of the draft's distribution."""
+    values, ids = probs.topk(max(ranks) + 1)
+    values, ids = values.tolist(), ids.tolist()
+    path, logq = (parent.path, parent.logq) if parent else ((), 0.0)
+    return [Node(path + (r,), ids[r], values[r], logq + math.log(max(values[r], 1e-30))) for r in ranks]
+
+
+def grow_static(drafting: Drafting, committed: Sequence[int], shape: Sequence[Path]) -> list[Node]:
+    """A fixed shape of rank paths, filled from the draft's top-k choices one level per forward."""
+    ranks: dict[Path, list[int]] = {}
+    for p in trees.ordered(shape):
+        ranks.setdefault(p[:-1], []).append(p[-1])
+    level = offspring(None, drafting.root(committed), ranks[()])
+    nodes = list(level)
+    while parents := [n for n in level if n.path in ranks]:
+        probs = drafting.expand(parents)
+        level = [c for n, pr in zip(parents, probs) for c in offspring(n, pr, ranks[n.path])]
+        nodes += level
+    return nodes
+
+
+def grow_dynamic(drafting: Drafting, committed: Sequence[int], depth: int, topk: int) -> list[Node]:
+    """EAGLE-2's expansion phase: each level, expand the top-k children of the top-k most confident
+    nodes of the level before. Returns every drafted candidate."""
+    level = offspring(None, drafting.root(committed), range(topk))
+    nodes = list(level)
+    for _ in range(depth - 1):
+        frontier = sorted(level, key=lambda n: -n.logq)[:topk]
+        probs = drafting.expand(frontier)
+        level = [c for n, pr in zip(frontier, probs) for c in offspring(n, pr, range(topk))]
+        nodes += level
+    return nodes
+
+
+def most_confident(nodes: list[Node], budget: int) -> list[Node]:
+    """EAGLE-2's reranking: the `budget` nodes with the highest cumulative draft log-probability. A child is
+    never more confident than its parent (ties go to the shallower node), so the kept nodes form a tree."""
+    return sorted(nodes, key=lambda n: (-n.logq, len(n.path)))[:budget]
+
+
+def grow(drafting: Drafting, committed: Sequence[int], cfg: TreeConfig, depth: int) -> tuple[list[Node], int]:
+    """The iteration's draft tree in breadth-first order (at most `depth` deep), and how many drafted
+    candidates the budget dropped."""
+    if depth < 1:
+        return [], 0
+    if cfg.tree == "dynamic":
+        drafted = grow_dynamic(drafting, committed, min(depth, cfg.tree_depth), cfg.tree_topk)
+        kept = most_confident(drafted, cfg.tree_budget)
+    else:
+        drafted = kept = grow_static(drafting, committed, [p for p in trees.SHAPES[cfg.tree] if len(p) <= depth])
+    return sorted(kept, key=lambda n: (len(n.path), n.path)), len(drafted) - len(kept)
+
+
+# ----------------------------------------------------------------------------- verification
+
+def verify_forward(target: LM, kv: KV, pending: Sequence[int], paths: Sequence[Path],
+                   tokens: Sequence[int]) -> torch.Tensor:
+    """ONE target forward over the pending tokens and every tree node. Returns logits [1 + nodes, vocab]:
+    row 0 after the root (the last pending token), row i + 1 after node i."""
+    k = len(pending)
+    mask = trees.behind(k, trees.attend(paths))
+    depths = list(range(k)) + [k - 1 + d for d in trees.depths(paths)]
+    return target.forward(kv, list(pending) + list(tokens), depths=depths, attend=mask)[k - 1:]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Where recursive rejection ended, for each of B independent runs over the same tree."""
+    last: torch.Tensor      # [B] the last accepted node, ROOT if none
+    final: torch.Tensor     # [B] the token drawn from the residual left at `last`
+    u: torch.Tensor         # [B, nodes] the uniform drawn when a node was tested; nan if never tested
+    ratio: torch.Tensor     # [B, nodes] its acceptance probability at that moment
+    residual: torch.Tensor  # [B, vocab] the distribution `final` was drawn from
+
+
+def verify_sampled(parent_of: Sequence[int], tokens: Sequence[int], p: torch.Tensor, rng: torch.Generator, *,
+                   draws: int = 1, q: torch.Tensor | None = None) -> Verdict:
+    """SpecInfer's multi-step speculative sampling over a token tree (Miao et al. 2024, Algorithm 2).
+
+    p[0] is the target's distribution at the root, p[i + 1] at node i; q[i] is the distribution node
+    i's token was proposed from (None: one-hot, as for a deterministic top-k drafter). From each
+    accepted node its children are tried in rank order: with r the residual (p at first), accept child
+    x when u <= min(1, r(x) / q(x)), else r <- norm(max(0, r - q)) and try the next sibling. When no
+    child is accepted, the final token is drawn from r. Vectorised over `draws` runs; a uniform is
+    drawn only for a run that tests a node.
+    """
+    n, vocab, device = len(tokens), p.shape[-1], p.device
+    kids = trees.children(parent_of)
+    at = torch.full((draws,), ROOT, dtype=torch.long, device=device)
+    open_ = torch.ones(draws, dtype=torch.bool, device=device)
+    u = torch.full((draws, n), math.nan, device=device)
+    chance = torch.full((draws, n), math.nan, device=device)
+    final = torch.zeros(draws, dtype=torch.long, device=device)
+    left = torch.zeros(draws, vocab, device=device)
+    for node in [ROOT, *range(n)]:                  # breadth-first: a node is settled before its children
+        here = ((at == node) & open_).nonzero().squeeze(1)
+        if here.numel() == 0:
+            continue
+        r = p[node + 1].expand(here.numel(), vocab).clone()
+        waiting = torch.ones(here.numel(), dtype=torch.bool, device=device)
+        for child in kids[node]:
+            w = waiting.nonzero().squeeze(1)
+            if w.numel() == 0:
+                break
+            x = torch.full((w.numel(),), tokens[child], dtype=torch.long, device=device)
+            qc = one_hot(x, vocab, like=r) if q is None else q[child].expand(w.numel(), vocab)
+            draw = (1.0 - torch.rand(w.numel(), generator=rng)).to(device)   # in (0, 1], as in acceptance.py
+            keep = ratio(r[w], qc, x)
+            ok = draw <= keep
+            u[here[w], child], chance[here[w], child] = draw, keep
+            at[here[w[ok]]] = child
+            waiting[w[ok]] = False
+            r[w[~ok]] = residual(r[w[~ok]], qc[~ok])
+        done = waiting.nonzero().squeeze(1)
+        if done.numel():
+            final[here[done]] = torch.multinomial(r[done].cpu(), 1, generator=rng).squeeze(1).to(device)
+            left[here[done]] = r[done]
+            open_[here[done]] = False
+    return Verdict(at, final, u, chance, left)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One iteration's verification: the accepted nodes and the token the target adds after them."""
+    path: list[int]
+    final: int
+    tested: list[bool]                 # per node: was it compared with the target at all
+    u: list[float | None]              # per node: the uniform drawn for it (sampling only)
+    ratio: list[float | None]          # per node: its acceptance probability when tested (sampling only)
+    residual: torch.Tensor | None = None  # what a resampled final token was drawn from (sampling only)
+
+
+def verify_greedy(parent_of: Sequence[int], tokens: Sequence[int], p: torch.Tensor) -> Outcome:
+    """Greedy tree verification: from the root, follow the child whose token is the target's argmax at
+    its parent; where no child matches, that argmax is the target's own next token. Every child of an
+    accepted node is compared."""
+    kids = trees.children(parent_of)
+    path, node = [], ROOT
+    while True:
+        want = int(p[node + 1].argmax())
+        match = [c for c in kids[node] if tokens[c] == want]
+        if not match:
+            break
+        node = match[0]
+        path.append(node)
+    on_path = {ROOT, *path}
+    tested = [parent_of[i] in on_path for i in range(len(tokens))]
+    return Outcome(path, want, tested, [None] * len(tokens), [None] * len(tokens))
+
+
+def verify_one(parent_of: Sequence[int], tokens: Sequence[int], p: torch.Tensor, rng: torch.Generator) -> Outcome:
+    """Sampling verification of one tree (one run of verify_sampled), as the engine records it."""
+    v = verify_sampled(parent_of, tokens, p, rng)
+    path, node = [], int(v.last[0])
+    while node != ROOT:
+        path.append(node)
+        node = parent_of[node]
+    u = [None if math.isnan(x) else x for x in v.u[0].tolist()]
+    chances = [None if math.isnan(x) else x for x in v.ratio[0].tolist()]
+    return Outcome(path[::-1], int(v.final[0]), [x is not None for x in u], u, chances, v.residual[0])
+
+
+# ----------------------------------------------------------------------------- the engine
+
+def tree(target: LM, draft: LM, prompt_ids: Sequence[int], cfg: TreeConfig, rng: torch.Generator) -> Iterator[Step]:
+    """Tree speculative decoding; one Step per draft-tree-and-verify iteration."""
+    target_kv, draft_kv = target.new_kv(), draft.new_kv()
+    committed, pending, produced, index = list(prompt_ids), list(prompt_ids), 0, 0
+    while produced < cfg.max_new_tokens:
+        start = perf_counter()
+        # never draft past the budget: the deepest path plus the target's own token fill it exactly
+        drafting = Drafting(draft, draft_kv, len(committed))
+        nodes, dropped = grow(drafting, committed, cfg, cfg.max_new_tokens - produced - 1)
+        paths, tokens = [n.path for n in nodes], [n.token for n in nodes]
+        parent_of = trees.parents(paths)
+        logits = verify_forward(target, target_kv, pending, paths, tokens)
+        p = probabilities(logits, cfg.sampling)
+        p_raw = raw_probabilities(logits)
+        outcome = (verify_greedy(parent_of, tokens, p) if cfg.sampling.greedy
+                   else verify_one(parent_of, tokens, p, rng))
+        new = until_eos([tokens[i] for i in outcome.path] + [outcome.final], target.eos_ids)
+        target.keep(target_kv, len(committed), outcome.path)
+        if nodes:
+            draft.keep(draft_kv, len(committed), [nodes[i].row for i in outcome.path if nodes[i].row is not None])
+        stop = outcome.path[-1] if outcome.path else ROOT
+        resampled = bool(trees.children(parent_of)[stop])   # the stop node had children and all were rejected
+        detail = {
+            "tree": cfg.tree, "root_token": committed[-1], "pending_ids": list(pending),
+            "nodes": node_records(nodes, outcome, p, p_raw), "dropped": dropped,
+            "mask": trees.behind(1, trees.attend(paths)).int().tolist(),
+            "positions": [len(committed) - 1] + trees.positions(paths, len(committed) - 1),
+            "accepted_path": list(outcome.path), "accepted_length": min(len(outcome.path), len(new)),
+            "stop_node": stop, "final_token": outcome.final, "final_kind": "resampled" if resampled else "bonus",
+            "final_p": round(float(p[stop + 1, outcome.final]), 6),
+            "final_p_raw": round(float(p_raw[stop + 1, outcome.final]), 6),
+            "stop_top": top(p[stop + 1], 5), "stop_raw_top": top(p_raw[stop + 1], 5),
+            "eos_cut": len(new) < len(outcome.path) + 1,
+        }
+        if outcome.residual is not None and resampled:
+            detail["residual_top"] = top(outcome.residual, 5)
+        tokens_fed = len(pending) + len(nodes)
+        committed += new
+        pending, produced = [new[-1]], produced + len(new)
+        detail["cache_len"] = len(target_kv)
+        yield Step(index, tuple(new), target_forwards=1, draft_forwards=drafting.forwards, tokens_fed=tokens_fed,
+                   wall_s=perf_counter() - start, detail=detail)
+        index += 1
+        if new[-1] in target.eos_ids:
+            return
+
+
+def until_eos(ids: list[int], eos_ids: frozenset[int]) -> list[int]:
+    """The ids up to and including the first end-of-text token."""
+    for i, t in enumerate(ids):
+        if t in eos_ids:
+            return ids[:i + 1]
+    return ids
+
+
+def node_records(nodes: list[Node], outcome: Outcome, p: torch.Tensor, p_raw: torch.Tensor) -> list[dict]:
+    """Every node with its numbers and its fate: accepted, rejected (tested and refused) or not reached."""
+    parent_of = trees.parents([n.path for n in nodes])
+    accepted = set(outcome.path)
+    rows = []
+    for i, n in enumerate(nodes):
+        row = {"id": i, "parent": parent_of[i], "token": n.token, "depth": len(n.path), "rank": n.path[-1],
+               "q": round(n.q, 6), "logq": round(n.logq, 4),
+               "p": round(float(p[parent_of[i] + 1, n.token]), 6),
+               "p_raw": round(float(p_raw[parent_of[i] + 1, n.token]), 6),
+               "status": "accepted" if i in accepted else "rejected" if outcome.tested[i] else "not_reached",
+               "expanded": n.row is not None}
+        if outcome.u[i] is not None:
+            row["u"], row["ratio"] = round(outcome.u[i], 6), round(outcome.ratio[i], 6)
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- bench
+
+BENCH_TREES = {"dynamic": {"tree": "dynamic", "tree_budget": 16, "tree_depth": 4, "tree_topk": 3},
+               "chain": {"tree": "chain"}, "balanced": {"tree": "balanced"}, "sparse": {"tree": "sparse"}}
+
+
+def bench_tree(models, prompts: list[str], quick: bool) -> list[dict]:
+    """Greedy on the embedded pair: target forwards per new token and mean accepted length of every tree,
+    beside linear speculative decoding with k = 4 (the same 4 draft forwards per step as a depth-4 tree)."""
+    from engines import lm
+    from engines.bench import run_trace, timed   # here, not at the top: engines.bench imports the methods
+    from engines.methods import METHODS
+    missing = [m for m in (models.tiny_target, models.draft) if not (lm.available(m) or os.path.isdir(m))]
+    if missing:
+        print(f"tree: {', '.join(missing)} not in assets/models yet; skipped", flush=True)
+        return []
+    n = 16 if quick else 48
+    runs = {f"tree:{name}": ("tree", settings) for name, settings in BENCH_TREES.items()}
+    if "speculative" in METHODS:
+        runs["spec:k=4"] = ("speculative", {"k": 4, "drafter": "model"})
+    rows = []
+    for prompt in prompts:
+        ar_s, _ = timed(lambda: run_trace("autoregressive", prompt, {"max_new_tokens": n}, models.tiny_target, None,
+                                          models.device))
+        for name, (method, settings) in runs.items():
+            wall, trace = timed(lambda: run_trace(method, prompt, {"max_new_tokens": n, **settings},
+                                                  models.tiny_target, models.draft, models.device))
+            t, steps = trace.totals, trace.steps
+            rows.append({"method": name, "target": models.tiny_target,
+                         "target_forwards_per_token": t["target_forwards"] / t["new_tokens"],
+                         "mean_accepted_length": sum(len(s.committed_ids) - 1 for s in steps) / len(steps),
+                         "tokens_fed_per_forward": t["tokens_fed"] / t["target_forwards"],
+                         "draft_forwards_per_step": t["draft_forwards"] / len(steps),
+                         "wall_ratio_vs_autoregressive": wall / ar_s})
+    return rows

@@ -1,0 +1,291 @@
+"""Tree speculative decoding's figures: the draft tree with its fate, and the tree attention mask.
+
+The tree is laid out in layers (x = depth, so a column is one position) with the leaves in rank
+order down the page and every parent centred on its children, so no two edges cross.
+"""
+from __future__ import annotations
+
+import html
+
+import networkx as nx
+import plotly.graph_objects as go
+
+from engines import trees
+from engines.trace import Step, Trace
+from explorer.figures.common import (GRID_COLOUR, TARGET_COLOUR, Chip, View, colour, empty, layout, quoted,
+                                     show, symbol, token)
+
+FINAL = "final"
+DIM = 0.4          # opacity of rejected and unreached branches
+HIDDEN = "rgba(128,128,128,0.12)"   # a masked cell of the attention mask
+CROWDED = 24       # leaves beyond which unreached nodes lose their text labels (hover keeps them)
+
+
+def tidy(g: nx.DiGraph, root) -> dict:
+    """Layered tree layout: x = depth; leaves take consecutive rows in rank order, parents sit midway
+    between their first and last child. Children keep their insertion (rank) order, so edges never cross."""
+    depth = nx.shortest_path_length(g, root)
+    row: dict = {}
+    leaves = 0
+    for node in nx.dfs_postorder_nodes(g, root):
+        kids = list(g.successors(node))
+        if kids:
+            row[node] = (row[kids[0]] + row[kids[-1]]) / 2
+        else:
+            row[node], leaves = leaves, leaves + 1
+    return {node: (depth[node], row[node]) for node in g}
+
+
+def choices(step: Step) -> dict[int, int]:
+    """The token the target took after each node of the accepted path (ROOT included)."""
+    path, d = step.detail["accepted_path"], step.detail
+    tokens = [d["nodes"][i]["token"] for i in path] + [d["final_token"]]
+    return dict(zip([trees.ROOT, *path], tokens))
+
+
+def node_hover(trace: Trace, step: Step, n: dict) -> str:
+    d = step.detail
+    taken = choices(step).get(n["parent"])
+    lines = [f"node {n['id']}: {hovered(trace, n['token'])} (id {n['token']})",
+             f"depth {n['depth']}, rank {n['rank']} among its siblings, position {d['positions'][n['id'] + 1]}",
+             f"q (draft, temperature 1) = {n['q']:.4f}; cumulative log q = {n['logq']:.3f}",
+             f"p (target, as verified) = {n['p']:.4f}; raw p = {n['p_raw']:.4f}"]
+    if "u" in n:
+        sign = "<=" if n["status"] == "accepted" else ">"
+        lines.append(f"u = {n['u']:.4f} {sign} accept probability {n['ratio']:.4f}")
+    if n["status"] == "rejected" and taken is not None:
+        lines.append(f"rejected: the target took {hovered(trace, taken)} here")
+    elif n["status"] == "not_reached":
+        lines.append("not reached: an ancestor or an earlier sibling settled this position")
+    lines.append("fed to the draft to grow children" if n["expanded"] else "a leaf for the draft")
+    return "<br>".join(lines)
+
+
+def draft_tree(trace: Trace, index: int) -> go.Figure:
+    """The step's draft tree: accepted path highlighted, other branches dimmed, p and q on hover."""
+    if index < 0:
+        return empty("Press Step: the draft grows a tree and the target verifies it in one forward.")
+    step = trace.steps[index]
+    d = step.detail
+    nodes = d["nodes"]
+    g = trees.graph([n["parent"] for n in nodes])
+    g.add_edge(d["stop_node"], FINAL)
+    pos = tidy(g, trees.ROOT)
+    on_path = {trees.ROOT, *d["accepted_path"], FINAL}
+    fig = go.Figure()
+    for bright in (False, True):
+        xs, ys, hover = [], [], []
+        for a, b in g.edges:
+            if (a in on_path and b in on_path) != bright:
+                continue
+            text = f"edge {label(trace, step, a)} -> {label(trace, step, b)}"
+            xs += [pos[a][0], pos[b][0], None]
+            ys += [pos[a][1], pos[b][1], None]
+            hover += [text, text, None]
+        fig.add_scatter(x=xs, y=ys, mode="lines", hovertext=hover, hoverinfo="text",
+                        name="accepted path" if bright else "other branches",
+                        line={"color": colour("accepted") if bright else GRID_COLOUR, "width": 4 if bright else 1.5})
+    root = d["root_token"]
+    groups = [("earlier", [trees.ROOT], [f"root: the last committed token {hovered(trace, root)} (id {root}), "
+                                         f"position {d['positions'][0]}"])]
+    for status in ("accepted", "rejected", "not_reached"):
+        members = [n for n in nodes if n["status"] == status]
+        groups.append((status, [n["id"] for n in members], [node_hover(trace, step, n) for n in members]))
+    final_hover = (f"{legend_name(d['final_kind'])}: the target's own token {hovered(trace, d['final_token'])} "
+                   f"(id {d['final_token']})<br>p = {d['final_p']:.4f}; raw p = {d['final_p_raw']:.4f}")
+    groups.append((d["final_kind"], [FINAL], [final_hover]))
+    leaves = sum(1 for m in g if g.out_degree(m) == 0)
+    crowded = leaves > CROWDED      # then unreached nodes lose their text labels (hover keeps them)
+    for status, members, hover in groups:
+        if not members:
+            continue
+        dimmed = status in ("rejected", "not_reached")
+        fig.add_scatter(
+            x=[pos[m][0] for m in members], y=[pos[m][1] for m in members],
+            mode="markers" if status == "not_reached" and crowded else "markers+text",
+            text=[shown(trace, token_of(step, m)) for m in members], textposition="top center",
+            hovertext=hover, hoverinfo="text", name=legend_name(status), opacity=DIM if dimmed else 1.0,
+            marker={"color": colour(status), "symbol": symbol(status), "size": 13,
+                    "line": {"width": 1, "color": colour(status)}})
+    depth = max((n["depth"] for n in nodes), default=0)
+    fig.update_xaxes(title="depth (position = root position + depth)", tickmode="linear", dtick=1,
+                     range=[-0.4, depth + 1.6])
+    fig.update_yaxes(visible=False, autorange="reversed")
+    title = (f"Step {index + 1}: draft tree of {len(nodes)} node{'s' if len(nodes) != 1 else ''}, "
+             f"{len(d['accepted_path'])} accepted + 1 from the target")
+    return layout(fig, title, height=max(320, min(1100, (20 if crowded else 34) * leaves + 120)))
+
+
+def token_of(step: Step, node) -> int:
+    d = step.detail
+    if node == FINAL:
+        return d["final_token"]
+    return d["root_token"] if node == trees.ROOT else d["nodes"][node]["token"]
+
+
+def label(trace: Trace, step: Step, node) -> str:
+    return "root" if node == trees.ROOT else hovered(trace, token_of(step, node))
+
+
+def hovered(trace: Trace, token_id: int) -> str:
+    """A quoted token for hover text, where Plotly would read "<...>" as markup."""
+    return html.escape(quoted(trace, token_id), quote=False)
+
+
+def shown(trace: Trace, token_id: int) -> str:
+    """A token for a label on the figure, escaped like hover text."""
+    return html.escape(show(token(trace, token_id)), quote=False)
+
+
+def legend_name(status: str) -> str:
+    return {"earlier": "root (last committed token)", "accepted": "accepted", "rejected": "rejected",
+            "not_reached": "not reached", "bonus": "bonus (target's own token)",
+            "resampled": "resampled / corrected"}[status]
+
+
+def attention_mask(trace: Trace, index: int) -> go.Figure:
+    """The tree attention mask of the target forward: row = a node, column = what it may see."""
+    if index < 0:
+        return empty("The tree attention mask appears after the first step.")
+    step = trace.steps[index]
+    d = step.detail
+    on_path = {0, *(i + 1 for i in d["accepted_path"])}
+    names = [f"root {shown(trace, d['root_token'])} @{d['positions'][0]}"]
+    names += [f"{n['id']}: {shown(trace, n['token'])} @{d['positions'][n['id'] + 1]}" for n in d["nodes"]]
+    z = [[(2 if r in on_path and c in on_path else 1) if seen else 0 for c, seen in enumerate(row)]
+         for r, row in enumerate(d["mask"])]
+    text = [["0 (visible)" if seen else "-inf (hidden)" for seen in row] for row in d["mask"]]
+    fig = go.Figure()
+    fig.add_heatmap(z=z, x=names, y=names, text=text, zmin=0, zmax=2, showscale=False, xgap=1, ygap=1,
+                    colorscale=[[0, HIDDEN], [0.33, HIDDEN], [0.34, TARGET_COLOUR],
+                                [0.66, TARGET_COLOUR], [0.67, colour("accepted")], [1, colour("accepted")]],
+                    hovertemplate="query %{y}<br>key %{x}<br>additive mask %{text}<extra></extra>")
+    for name, fill in (("visible (additive 0)", TARGET_COLOUR), ("visible, on the accepted path", colour("accepted")),
+                       ("hidden (additive -inf)", HIDDEN)):
+        fig.add_scatter(x=[None], y=[None], mode="markers", name=name, hoverinfo="skip",
+                        marker={"symbol": "square", "size": 12, "color": fill})
+    size = len(names)
+    layout(fig, f"Tree attention mask ({size} x {size}); every row also sees all earlier text",
+           height=max(360, min(800, 18 * size + 230)))
+    fig.update_yaxes(autorange="reversed", type="category", tickfont={"size": 10})
+    fig.update_xaxes(type="category", side="top", tickangle=-60, tickfont={"size": 10})
+    fig.update_layout(margin={"t": 150}, title={"y": 0.98, "yanchor": "top"})
+    return fig
+
+
+def words(trace: Trace, index: int) -> str:
+    if index < 0:
+        return ("Nothing has run yet. Each step, the draft grows a tree of guesses and the target checks "
+                "every branch at once in one forward pass with a tree attention mask.")
+    step = trace.steps[index]
+    d = step.detail
+    nodes = d["nodes"]
+    depth = max((n["depth"] for n in nodes), default=0)
+    shape = "dynamic (EAGLE-2)" if d["tree"] == "dynamic" else f"'{d['tree']}'"
+    if not nodes:
+        p = d["final_p_raw"] if not trace.config.get("temperature", 0) else d["final_p"]
+        parts = [f"Only one token was left to generate, so no tree was drafted: one target forward read the "
+                 f"{len(d['pending_ids'])} pending token{'s' if len(d['pending_ids']) != 1 else ''} and chose "
+                 f"{quoted(trace, d['final_token'])} (p = {p:.3g})."]
+    else:
+        dropped = f"; the budget dropped {d['dropped']} less confident candidates" if d["dropped"] else ""
+        parts = [f"The draft grew a {shape} tree of {len(nodes)} node{'s' if len(nodes) != 1 else ''}, {depth} deep, "
+                 f"in {step.draft_forwards} draft forward{'s' if step.draft_forwards != 1 else ''}{dropped}.",
+                 f"One target forward read {step.tokens_fed} tokens ({len(d['pending_ids'])} pending + "
+                 f"{len(nodes)} nodes) under the tree mask, each node at position root + depth.",
+                 won(trace, step), failures(trace, step)]
+    n = len(step.committed_ids)
+    parts.append(f"{n} token{'s' if n != 1 else ''} for 1 target forward ({step.wall_s * 1000:.0f} ms).")
+    parts.append(so_far(trace, index))
+    return " ".join(p for p in parts if p)
+
+
+def won(trace: Trace, step: Step) -> str:
+    d = step.detail
+    nodes, path = d["nodes"], d["accepted_path"]
+    if path:
+        chain = " -> ".join(quoted(trace, nodes[i]["token"]) for i in path)
+        text = f"The winning path {chain} was accepted ({len(path)} drafted token{'s' if len(path) != 1 else ''}"
+        tests = [nodes[i] for i in path if "u" in nodes[i]]
+        if tests:
+            text += "; " + ", ".join(f"u = {n['u']:.2f} <= {n['ratio']:.2f}" for n in tests)
+        text += ")."
+    else:
+        text = "No drafted token was accepted."
+    if d.get("eos_cut"):
+        return text + " It reached the end-of-text token, so the text ends there."
+    final = quoted(trace, d["final_token"])
+    greedy = not trace.config.get("temperature", 0)
+    p = f"raw p = {d['final_p_raw']:.3g}" if greedy else f"p = {d['final_p']:.3g}"
+    if d["final_kind"] == "bonus":
+        return text + f" The path ended at a leaf, so the target's own next token {final} ({p}) came free as " \
+                      f"the bonus."
+    if greedy:
+        return text + f" No child there matched the target's argmax, so the target's {final} ({p}) was added instead."
+    return text + f" The target rejected every child it tried there and drew {final} ({p}) from what was left."
+
+
+def failures(trace: Trace, step: Step) -> str:
+    """Where each other branch failed: the rejected nodes, each at the first node where it left the path."""
+    d = step.detail
+    taken = choices(step)
+    rejected = [n for n in d["nodes"] if n["status"] == "rejected"]
+    unreached = sum(1 for n in d["nodes"] if n["status"] == "not_reached")
+    if not rejected and not unreached:
+        return ""
+    said = []
+    for n in rejected[:6]:
+        why = f"u = {n['u']:.2f} > {n['ratio']:.2f}" if "u" in n else \
+            f"the target wanted {quoted(trace, taken[n['parent']])}"
+        said.append(f"{quoted(trace, n['token'])} (depth {n['depth']}, rank {n['rank']}: {why})")
+    text = ("Other branches failed at " + "; ".join(said) + (f"; and {len(rejected) - 6} more" if len(rejected) > 6
+                                                               else "") + ".") if said else ""
+    if unreached:
+        text += f" {unreached} node{'s' if unreached != 1 else ''} below or after them {'were' if unreached != 1 else 'was'}" \
+                f" never checked."
+    return text.strip()
+
+
+def so_far(trace: Trace, index: int) -> str:
+    steps = trace.steps[: index + 1]
+    accepted = [s.detail["accepted_length"] for s in steps]
+    made = sum(len(s.committed_ids) for s in steps)
+    size = sum(len(s.detail["nodes"]) for s in steps) / len(steps)
+    return (f"So far: {len(steps)} step{'s' if len(steps) != 1 else ''}, mean accepted length "
+            f"{sum(accepted) / len(steps):.2f}, {made / len(steps):.2f} tokens per target forward, "
+            f"mean tree size {size:.1f} nodes.")
+
+
+def chips(trace: Trace, index: int) -> list[Chip]:
+    step = trace.steps[index]
+    d = step.detail
+    nodes = d["nodes"]
+    out = [Chip(t, "accepted", f"node {i}, p = {nodes[i]['p']:.3f}, q = {nodes[i]['q']:.3f}")
+           for i, t in zip(d["accepted_path"], step.committed_ids)]
+    if len(step.committed_ids) > len(d["accepted_path"]):
+        out += [Chip(n["token"], "rejected", f"node {n['id']}, rejected") for n in nodes
+                if n["status"] == "rejected" and n["parent"] == d["stop_node"]]
+        out.append(Chip(d["final_token"], d["final_kind"], f"p = {d['final_p']:.3f}"))
+    return out
+
+
+VIEW = View(
+    main=draft_tree, side=attention_mask, words=words, chips=chips,
+    legend=("prompt", "earlier", "accepted", "rejected", "resampled", "bonus", "not_reached"),
+    help="**Tree speculative decoding** (SpecInfer, Miao et al. 2024; Medusa, Cai et al. 2024; EAGLE-2, "
+         "Li et al. 2024). Each step the small draft model proposes not one continuation but a tree of them: "
+         "after every node it keeps its top-ranked next tokens, either in a fixed shape ('chain', 'balanced', "
+         "'sparse') or grown where the draft is most confident ('dynamic': expand the likeliest nodes, keep the "
+         "budget's worth with the highest cumulative draft probability). The target then reads the whole tree in "
+         "ONE forward pass.\n\n"
+         "**Top figure:** the tree, root (the last committed token) on the left, one column per depth, so one "
+         "column is one position in the text. Green: the path the target accepted; star or diamond: the token "
+         "the target adds itself (a free bonus after a leaf, or its own choice where every child failed); dimmed: "
+         "branches rejected or never reached. Hover a node for the draft's q, the target's p and, when sampling, "
+         "the coin flip u against its acceptance probability.\n\n"
+         "**Bottom figure:** the tree attention mask of that one forward. Row = a node, column = what it may "
+         "attend to: only its own ancestors and itself (every node also sees all earlier text), and each node "
+         "sits at position root + depth, so every branch is scored exactly as if it were alone.\n\n"
+         "Look for: a wide tree helps when the draft's first choice is often wrong but its second or third is "
+         "right. Greedy output equals the target's own greedy decoding; sampled output has exactly the target's "
+         "distribution (recursive rejection over siblings).")
