@@ -77,3 +77,27 @@ def test_run_to_end_streams_to_the_finish(page):
     page.wait_for_function("() => document.querySelector('#position').innerText.includes('finished')",
                            timeout=300_000)
     assert iteration(page) >= 1
+
+
+@pytest.mark.parametrize("name", ["speculative", "tree", "jacobi", "lookahead", "mask-predict"])
+def test_every_method_steps_in_the_browser(page, name, request):
+    from engines.methods import METHODS
+    m = METHODS[name]
+    fixture = "tiny_masked" if m.model_kind == "masked" else "tiny_target"
+    target = request.getfixturevalue(fixture).source
+    page.get_by_role("radio", name=m.title, exact=True).check()
+    page.wait_for_function("t => document.querySelector('#words').innerText.includes(t)",
+                           arg=f"start {m.title.lower()} decoding")
+    page.locator("#target input").fill(target)
+    page.locator("#target input").press("Enter")
+    if m.uses_draft:
+        page.locator("#draft input").fill(request.getfixturevalue("tiny_draft").source)
+        page.locator("#draft input").press("Enter")
+    page.click("#reset-btn")
+    page.wait_for_function("() => document.querySelector('#position').innerText.includes('Before the first')")
+    press_step(page, 2)
+    assert iteration(page) == 2
+    assert plot_json(page) not in (None, "null", "[]")
+    words = page.locator("#words").inner_text()
+    assert len(words) > 40 and "Nothing has run yet" not in words
+    assert page.locator("#text-so-far .chip").count() > 3
