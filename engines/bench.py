@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from engines import lm
+from engines.bench_lookahead import bench_jacobi_lookahead
 from engines.methods import Run, default_target
 from engines.speculative import bench_speculative
 from engines.tree import bench_tree
@@ -69,7 +70,7 @@ def bench_autoregressive(models: Models, prompts: list[str], quick: bool) -> lis
     return rows
 
 
-SECTIONS: list[Callable[[Models, list[str], bool], list[dict]]] = [bench_autoregressive, bench_speculative, bench_tree]
+SECTIONS: list[Callable[[Models, list[str], bool], list[dict]]] = [bench_autoregressive, bench_speculative, bench_tree, bench_jacobi_lookahead]
 
 
 def summarise(rows: list[dict]) -> None:

@@ -14,6 +14,8 @@ import torch
 from engines import lm
 from engines.autoregressive import AutoregressiveConfig, autoregressive
 from engines.config import DecodeConfig, build
+from engines.jacobi import JacobiConfig, jacobi
+from engines.lookahead import LookaheadConfig, lookahead
 from engines.speculative import SpeculativeConfig, speculative
 from engines.trace import Step, Trace
 from engines.tree import TreeConfig, tree
@@ -55,6 +57,23 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            summary="The draft grows a tree of candidate continuations (a fixed shape of top-k ranks, or an "
                    "EAGLE-2 tree grown by draft confidence); one target forward with a tree attention mask "
                    "checks every branch, and the longest accepted path plus one target token is kept."),
+    Method("jacobi", "Jacobi", JacobiConfig,
+           lambda target, draft, ids, cfg, rng: jacobi(target, ids, cfg, rng),
+           lossless="equals target.generate() (greedy only)",
+           paper="Santilli et al. 2023, Accelerating Transformer Inference for Translation via Parallel "
+                 "Decoding (arXiv 2305.10427)",
+           summary="A block of guessed future tokens is refined in parallel: one forward replaces every guess by "
+                   "the target's argmax given the guesses before it. The matching prefix and the first "
+                   "corrected token are committed (at least one per forward), and the block slides on."),
+    Method("lookahead", "Lookahead", LookaheadConfig,
+           lambda target, draft, ids, cfg, rng: lookahead(target, ids, cfg, rng),
+           lossless="equals target.generate() under greedy; under sampling it is distributed as the target's "
+                    "own sampling",
+           paper="Fu et al. 2024, Break the Sequential Dependency of LLM Inference Using Lookahead Decoding "
+                 "(arXiv 2402.02057)",
+           summary="One forward runs a Jacobi step over a 2D window of past guesses (W positions x N-1 levels) "
+                   "whose diagonals become n-grams in a pool, and verifies up to G pooled n-grams that start "
+                   "with the last committed token; the longest verified prefix plus one target token is kept."),
 )}
 
 DEFAULT_TARGET = "smollm2-135m-instruct"

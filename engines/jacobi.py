@@ -1,0 +1,106 @@
+"""Jacobi decoding: refine a block of guesses in parallel until it stops changing.
+
+Santilli et al. 2023, "Accelerating Transformer Inference for Translation via Parallel
+Decoding" (arXiv 2305.10427), Eq. 3-4: greedy decoding is the fixed point of the system
+y_i = argmax p(y_i | y_<i, x), i = 1..n. A Jacobi iteration updates every y_i at once from
+the previous iterate, which is ONE causal forward over [pending] + block. Under greedy the
+leading guesses that the target reproduces are exact, and so is the first corrected one,
+so each iteration commits at least one token and the fixed point is the greedy output.
+
+This is the sliding variant (as in CLLM and lookahead decoding): the converged prefix is
+committed at once, the block slides on and the freed slots get fresh guesses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Iterator, Sequence
+
+import torch
+
+from engines.config import DecodeConfig, option
+from engines.lm import LM
+from engines.sampling import raw_probabilities
+from engines.trace import Step
+
+INITS = ("repeat", "random", "pad")
+
+
+@dataclass(frozen=True)
+class JacobiConfig(DecodeConfig):
+    block: int = option(8, "guesses refined in parallel by each forward", 1, 32)
+    init: str = option("repeat", "first guess for a new block slot: repeat the token before it, a random "
+                                 "vocabulary token (seeded), or the pad token", choices=INITS)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.temperature > 0:
+            raise ValueError("Jacobi decoding here is greedy only: set temperature to 0.")
+
+
+def guesses(init: str, before: int, count: int, target: LM, rng: torch.Generator) -> list[int]:
+    """`count` fresh guesses for the slots after token `before`."""
+    if init == "repeat":
+        return [before] * count
+    if init == "pad":
+        pad = target.tokenizer.pad_token_id
+        return [pad if pad is not None else min(target.eos_ids)] * count
+    vocab = min(target.model.config.vocab_size, len(target.tokenizer))
+    return torch.randint(vocab, (count,), generator=rng).tolist()
+
+
+def leading_matches(guess: Sequence[int], new: Sequence[int]) -> int:
+    """How many leading guesses the target reproduced (each is then exact, by induction on i)."""
+    k = 0
+    while k < len(guess) and guess[k] == new[k]:
+        k += 1
+    return k
+
+
+def cut(tokens: list[int], eos_ids: frozenset[int], budget: int) -> list[int]:
+    """Keep tokens up to the budget and up to (and including) the first end-of-sequence token."""
+    tokens = tokens[:budget]
+    for i, t in enumerate(tokens):
+        if t in eos_ids:
+            return tokens[:i + 1]
+    return tokens
+
+
+def jacobi(target: LM, prompt_ids: Sequence[int], cfg: JacobiConfig, rng: torch.Generator) -> Iterator[Step]:
+    kv = target.new_kv()
+    pending = list(prompt_ids)
+    block = guesses(cfg.init, pending[-1], cfg.block, target, rng)
+    produced = 0
+    for index in range(cfg.max_new_tokens):
+        start = perf_counter()
+        budget = cfg.max_new_tokens - produced
+        block = block[:budget - 1]                  # guesses past the budget could never be committed
+        cached = len(kv)
+        logits = target.forward(kv, pending + block)[len(pending) - 1:]   # rows predict slots 1..n+1
+        new = logits.argmax(-1).tolist()
+        probs = raw_probabilities(logits)
+        p_new = probs.gather(-1, torch.tensor(new, device=probs.device).view(-1, 1)).view(-1).tolist()
+        settled = leading_matches(block, new)
+        committed = cut(new[:settled + 1], target.eos_ids, budget)
+        # the cache keeps the committed text but its last token; the matched guesses' rows are exact
+        target.crop(kv, cached + len(pending) + len(committed) - 1)
+        produced += len(committed)
+        rest = new[len(committed):]                 # the new iterate beyond the commit slides left
+        fresh = guesses(cfg.init, rest[-1] if rest else committed[-1], cfg.block - len(rest), target, rng)
+        yield Step(index, tuple(committed), target_forwards=1, tokens_fed=len(pending) + len(block),
+                   wall_s=perf_counter() - start, detail={
+                       "block_start": produced - len(committed),
+                       "block_before_ids": list(block),
+                       "block_after_ids": new[:len(block)],
+                       "beyond_token": new[len(block)],
+                       "p_new": [round(p, 6) for p in p_new],
+                       "changed": [i for i, (a, b) in enumerate(zip(block, new)) if a != b],
+                       "fixed": [i for i, (a, b) in enumerate(zip(block, new)) if a == b],
+                       "settled": settled,
+                       "fresh_ids": fresh,
+                       "cache_len": len(kv),
+                   })
+        if committed[-1] in target.eos_ids or produced >= cfg.max_new_tokens:
+            return
+        pending = [committed[-1]]
+        block = rest + fresh

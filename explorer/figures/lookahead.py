@@ -1,0 +1,281 @@
+"""Lookahead decoding's figures: the 2D window beside the attention mask (as Fu et al. 2024 draw them, Fig. 2-3),
+and the n-gram pool as a table that grows step by step."""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from engines.lookahead import ancestry
+from engines.trace import Step, Trace
+from explorer.figures.common import Chip, View, colour, empty, layout, quoted, show, symbol, token
+from explorer.figures.jacobi import discrete_scale
+
+HIDDEN = "rgba(128,128,128,0.12)"    # a masked cell of the attention mask
+BRANCH = {"input": colour("prompt"), "lookahead": colour("chosen"), "verification": colour("accepted")}
+
+
+def short(trace: Trace, token_id: int, width: int = 7) -> str:
+    text = show(token(trace, token_id))
+    return text if len(text) <= width else text[:width - 1] + "\u2026"
+
+
+def ngram_text(trace: Trace, ids) -> str:
+    return "".join(token(trace, t) for t in ids).replace("\n", "\\n")
+
+
+def branch_of(d: dict) -> list[str]:
+    """The branch of every token fed this step, in the order the engine laid them out."""
+    levels = d["window"]
+    lookahead = len(levels[0]) - 1 + sum(len(level) for level in levels[1:])
+    return ["input"] + ["lookahead"] * lookahead + ["verification"] * (len(d["fed_ids"]) - 1 - lookahead)
+
+
+def candidate_status(d: dict, g: int, k: int) -> str:
+    m = d["matched"][g]
+    return "accepted" if k < m else "rejected" if k == m else "not_reached"
+
+
+def add_cells(fig: go.Figure, xs, ys, texts, hovers, status: str, name: str, **marker) -> None:
+    if not xs:
+        return
+    fig.add_scatter(x=xs, y=ys, mode="markers+text", text=texts, hovertext=hovers, hoverinfo="text", name=name,
+                    textposition="middle center", textfont={"size": 10, "color": "#111111"},
+                    marker={"symbol": symbol(status) if status in ("rejected", "not_reached") else "square",
+                            "size": 30, "color": colour(status), "opacity": 0.8, **marker},
+                    row=1, col=1)
+
+
+def window_panel(fig: go.Figure, trace: Trace, step: Step) -> None:
+    """Rows: the window's levels (oldest first), this forward's new level, then each pooled candidate.
+    x: position after the last committed token (0). Harvested n-grams are the diagonals."""
+    d = step.detail
+    levels, width = d["window"], len(d["window"][0])
+    rows = [f"level {j}" + (" (oldest)" if j == 0 and len(levels) > 1 else "") for j in range(len(levels))]
+    new_row = "new level (this forward)"
+    cand_rows = [f"candidate {g + 1}" for g in range(len(d["candidates"]))]
+    xs, ys, texts, hovers = [], [], [], []
+    for j, level in enumerate(levels):
+        for i, t in enumerate(level):
+            if j == 0 and i == 0:
+                continue
+            xs.append(i + j), ys.append(rows[j]), texts.append(short(trace, t))
+            hovers.append(f"level {j}, column {i}, position +{i + j}<br>{quoted(trace, t)} (id {t})<br>"
+                          f"a guess from {len(levels) - j} forward{'s' if len(levels) - j != 1 else ''} ago")
+    add_cells(fig, xs, ys, texts, hovers, "earlier", "lookahead window (past Jacobi guesses)")
+    add_cells(fig, [0], [rows[0]], [short(trace, d["input_token"])],
+              [f"the last committed token {quoted(trace, d['input_token'])}: level 0, column 0, position 0"],
+              "prompt", "last committed token (the input)", line={"width": 2, "color": colour("chosen")})
+    L = len(levels)
+    add_cells(fig, [i + L for i in range(width)], [new_row] * width,
+              [short(trace, t) for t in d["new_level_ids"]],
+              [f"column {i}, position +{i + L}<br>{quoted(trace, t)}: the target's argmax after column {i}'s chain"
+               for i, t in enumerate(d["new_level_ids"])], "chosen", "new level: this forward's outputs")
+    by_status: dict[str, list] = {}
+    for g, cand in enumerate(d["candidates"]):
+        for k, t in enumerate(cand):
+            status = candidate_status(d, g, k)
+            cell = by_status.setdefault(status, [[], [], [], []])
+            cell[0].append(k + 1), cell[1].append(cand_rows[g]), cell[2].append(short(trace, t))
+            cell[3].append(f"candidate {g + 1}, token {k + 1} at position +{k + 1}: {quoted(trace, t)}<br>"
+                           + {"accepted": "equals the committed token: accepted",
+                              "rejected": "differs from the target's token here: rejected",
+                              "not_reached": "after a rejection: not checked"}[status])
+    names = {"accepted": "pooled n-gram token accepted", "rejected": "pooled token rejected",
+             "not_reached": "pooled token not reached"}
+    for status, (cx, cy, ct, ch) in by_status.items():
+        add_cells(fig, cx, cy, ct, ch, status, names[status])
+    # the harvested n-grams are the window's diagonals: column i of levels 0..N-2, then the new output
+    lx, ly, lh = [], [], []
+    for i, (ngram, new) in enumerate(zip(d["harvested"], d["added"])):
+        if new:
+            path = [(i + j, rows[j]) for j in range(L)] + [(i + L, new_row)]
+            lx += [x for x, _ in path] + [None]
+            ly += [y for _, y in path] + [None]
+            lh += [f"n-gram {quoted_ids(trace, ngram)} added to the pool"] * len(path) + [None]
+    if lx:
+        fig.add_scatter(x=lx, y=ly, mode="lines", hovertext=lh, hoverinfo="text", row=1, col=1,
+                        name="n-gram harvested into the pool", line={"color": colour("bonus"), "width": 3})
+    order = rows + [new_row] + cand_rows
+    fig.update_yaxes(categoryorder="array", categoryarray=order[::-1], type="category", row=1, col=1)
+    fig.update_xaxes(title="position after the last committed token", dtick=1, row=1, col=1)
+
+
+def quoted_ids(trace: Trace, ids) -> str:
+    return '"' + ngram_text(trace, ids) + '"'
+
+
+def mask_panel(fig: go.Figure, trace: Trace, step: Step) -> None:
+    """Which fed token sees which: the lookahead branch's columns and the verification chains, all under
+    the input token; every row also sees the cached text."""
+    d = step.detail
+    attend, depths = ancestry(d["parents"])
+    kinds = branch_of(d)
+    code = {"input": 1, "lookahead": 2, "verification": 3}
+    names = [f"{i}: {show(token(trace, t))} +{depth}" for i, (t, depth) in enumerate(zip(d["fed_ids"], depths))]
+    z = [[code[kinds[r]] if seen else 0 for seen in row] for r, row in enumerate(attend.tolist())]
+    scale = discrete_scale([HIDDEN, BRANCH["input"], BRANCH["lookahead"], BRANCH["verification"]])
+    fig.add_heatmap(z=z, x=names, y=names, zmin=0, zmax=3, showscale=False, xgap=1, ygap=1, colorscale=scale,
+                    hovertemplate="query %{y}<br>key %{x}<extra></extra>", row=1, col=2)
+    fig.update_yaxes(autorange="reversed", type="category", tickfont={"size": 8}, row=1, col=2,
+                     showticklabels=len(names) <= 40)
+    fig.update_xaxes(type="category", tickfont={"size": 8}, tickangle=-60, row=1, col=2,
+                     showticklabels=len(names) <= 40)
+
+
+def window_and_mask(trace: Trace, index: int) -> go.Figure:
+    if index < 0:
+        return empty("Press Step: one forward runs the lookahead and the verification branch together.")
+    step = trace.steps[index]
+    d = step.detail
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.58, 0.42], horizontal_spacing=0.12,
+                        subplot_titles=("window (lookahead branch) and pooled candidates (verification branch)",
+                                        f"attention mask over the {len(d['fed_ids'])} tokens after the cache"))
+    window_panel(fig, trace, step)
+    mask_panel(fig, trace, step)
+    for kind, c in BRANCH.items():
+        fig.add_scatter(x=[None], y=[None], mode="markers", name=f"mask: {kind} branch" if kind != "input"
+                        else "mask: input token", marker={"symbol": "square", "size": 12, "color": c},
+                        hoverinfo="skip", row=1, col=2)
+    fig.add_scatter(x=[None], y=[None], mode="markers", name="mask: hidden (-inf)", hoverinfo="skip",
+                    marker={"symbol": "square", "size": 12, "color": HIDDEN}, row=1, col=2)
+    rows = len(d["window"]) + 1 + len(d["candidates"])
+    warm = " (warming up: the window is still filling)" if d["warming_up"] else ""
+    return layout(fig, f"Step {index + 1}: {len(d['window'])} level{'s' if len(d['window']) != 1 else ''} x "
+                       f"{len(d['window'][0])} columns, {len(d['candidates'])} candidate"
+                       f"{'s' if len(d['candidates']) != 1 else ''}{warm}",
+                  height=max(380, 44 * rows + 160))
+
+
+def added_at(trace: Trace, index: int) -> dict[tuple, int]:
+    """For each n-gram seen so far, the step that first put it in the pool."""
+    first: dict[tuple, int] = {}
+    for s in trace.steps[: index + 1]:
+        for ngram, new in zip(s.detail["harvested"], s.detail["added"]):
+            if new:
+                first.setdefault(tuple(ngram), s.index + 1)
+    return first
+
+
+def translucent(hex_colour: str, alpha: float = 0.35) -> str:
+    if not hex_colour.startswith("#"):
+        return hex_colour
+    r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def pool_table(trace: Trace, index: int) -> go.Figure:
+    """The pool after this step under the current first token and the most recently updated ones."""
+    if index < 0:
+        return empty("The n-gram pool fills once the window holds N - 1 levels.")
+    step = trace.steps[index]
+    d = step.detail
+    if not d["pool"]:
+        return empty(f"The pool is still empty after step {index + 1}: the window is filling "
+                     f"({len(d['window'])} of {trace.config.get('ngram', 4) - 1} levels).")
+    born = added_at(trace, index)
+    harvested = {tuple(n) for n, new in zip(d["harvested"], d["added"]) if new}
+    accepted = d["candidates"][d["accepted"]] if d["accepted"] >= 0 else None
+    cells = [[], [], [], []]
+    fills = []
+    for key, tails in d["pool"]:
+        for tail in tails:
+            ngram = (key, *tail)
+            if key == d["input_token"] and list(tail) == accepted:
+                status, fill = f"accepted: gave {d['accepted_len'] + 1} tokens", colour("accepted")
+            elif key == d["input_token"] and list(tail) in d["candidates"]:
+                status, fill = "verified, not accepted", colour("rejected")
+            elif ngram in harvested:
+                status, fill = "new this step", colour("bonus")
+            else:
+                status, fill = "", "rgba(0,0,0,0)"
+            cells[0].append(show(token(trace, key)))
+            cells[1].append(" \u00b7 ".join(show(token(trace, t)) for t in tail))
+            cells[2].append(str(born.get(ngram, "earlier")))
+            cells[3].append(status)
+            fills.append(translucent(fill))
+    fig = go.Figure()
+    fig.add_table(header={"values": ["first token", "continuation (N - 1 tokens)", "added at step", "this step"],
+                          "fill_color": "rgba(128,128,128,0.25)", "align": "left"},
+                  cells={"values": cells, "align": "left", "height": 22,
+                         "fill_color": [["rgba(0,0,0,0)"] * len(fills)] * 3 + [fills]},
+                  columnwidth=[1, 3, 1, 2])
+    for name, c in (("accepted n-gram", colour("accepted")), ("verified, not accepted", colour("rejected")),
+                    ("harvested this step", colour("bonus"))):
+        fig.add_scatter(x=[None], y=[None], mode="markers", name=name, hoverinfo="skip",
+                        marker={"symbol": "square", "size": 12, "color": c})
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return layout(fig, f"Pool after step {index + 1}: {d['pool_size']} n-grams under {d['pool_keys']} first "
+                       f"tokens (showing {len(d['pool'])})", height=min(640, 140 + 22 * len(fills)))
+
+
+def words(trace: Trace, index: int) -> str:
+    if index < 0:
+        return ("Nothing has run yet. Each step is ONE forward of the target over the last committed token, the "
+                "lookahead window (a Jacobi step on past guesses, whose diagonals become n-grams) and the pooled "
+                "n-grams that start with the last committed token.")
+    s = trace.steps[index]
+    d = s.detail
+    levels, width = len(d["window"]), len(d["window"][0])
+    cands = d["candidates"]
+    text = (f"The target read {s.tokens_fed} tokens in one forward: the last committed token "
+            f"{quoted(trace, d['input_token'])}, the window of {levels} level{'s' if levels != 1 else ''} x "
+            f"{width} columns{' (still warming up)' if d['warming_up'] else ''}")
+    text += f" and {len(cands)} pooled n-gram{'s' if len(cands) != 1 else ''} starting with it. " if cands else \
+        f"; no pooled n-gram starts with {quoted(trace, d['input_token'])}, so there was nothing to verify. "
+    ids = s.committed_ids
+    if d["accepted"] >= 0:
+        m = d["accepted_len"]
+        text += (f"Candidate {d['accepted'] + 1} {quoted_ids(trace, cands[d['accepted']])} matched {m} "
+                 f"token{'s' if m != 1 else ''} ({', '.join(quoted(trace, t) for t in ids[:m])}), so it gave "
+                 f"{len(ids)} tokens for 1 forward")
+        text += f", the last being the target's own {quoted(trace, ids[m])}." if len(ids) > m else "."
+    elif cands:
+        text += (f"None matched: the target's next token is {quoted(trace, ids[0])}, not "
+                 f"{' or '.join(sorted({quoted(trace, c[0]) for c in cands}))}; 1 token for 1 forward.")
+    else:
+        text += f"The target's next token {quoted(trace, ids[0])} was committed: 1 token for 1 forward."
+    for draw in d["draws"]:
+        sign = "<=" if draw["accepted"] else ">"
+        text += (f" Checking {quoted(trace, draw['child_token'])} at depth {draw['depth'] + 1}: "
+                 f"u = {draw['u']:.3f} {sign} p = {draw['p_child']:.3f}.")
+    new = [n for n, a in zip(d["harvested"], d["added"]) if a]
+    if d["harvested"]:
+        text += (f" The window's {len(d['harvested'])} diagonals gave {len(new)} n-gram"
+                 f"{'s' if len(new) != 1 else ''} new to the pool")
+        text += f" (e.g. {quoted_ids(trace, new[0])})." if new else "."
+    text += (f" The pool holds {d['pool_size']} n-grams under {d['pool_keys']} first tokens; the window slid "
+             f"{d['shift']} column{'s' if d['shift'] != 1 else ''} and its newest level is the target's output.")
+    return text
+
+
+def chips(trace: Trace, index: int) -> list[Chip]:
+    s = trace.steps[index]
+    d = s.detail
+    m = d["accepted_len"]
+    full = d["accepted"] >= 0 and m == len(d["candidates"][d["accepted"]])
+    out = []
+    for i, t in enumerate(s.committed_ids):
+        if i < m:
+            status, what = "accepted", f"from pooled candidate {d['accepted'] + 1}"
+        else:
+            status = "bonus" if full else "resampled" if d["candidates"] else "chosen"
+            what = "the target's own token"
+        out.append(Chip(t, status, f"{what}; target p = {d['raw_p_committed'][i]:.3f}"))
+    return out
+
+
+VIEW = View(
+    main=window_and_mask, side=pool_table, words=words, chips=chips,
+    legend=("prompt", "earlier", "accepted", "resampled", "bonus", "chosen"),
+    help="**Lookahead decoding** (Fu, Bailis, Stoica and Zhang, 2024). No draft model: ONE forward runs two "
+         "branches. The **lookahead branch** is a window of past Jacobi guesses, N - 1 levels of W columns; level j, "
+         "column i sits at position i + j, and column i reads as a chain (level 0 up to column i, then up the "
+         "levels), so the forward is one Jacobi step for W overlapping trajectories. Its outputs become the newest "
+         "level and each diagonal becomes an n-gram in the **pool**, keyed by its first token (at most G per key). "
+         "The **verification branch** feeds up to G pooled n-grams that start with the last committed token; the "
+         "longest prefix equal to the target's tokens is kept plus the target's own next token (greedy), or each "
+         "pooled token is accepted with probability p(x) and rejected ones are zeroed out (sampling, one-hot q). "
+         "The **mask** shows which fed token sees which; every one also sees the cached text. Watch the pool "
+         "table: on repetitive text, harvested n-grams come back and give several tokens per forward.",
+)
