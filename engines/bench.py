@@ -15,6 +15,7 @@ import torch
 
 from engines import lm
 from engines.bench_lookahead import bench_jacobi_lookahead
+from engines.mask_predict import bench_mask_predict
 from engines.methods import Run, default_target
 from engines.speculative import bench_speculative
 from engines.tree import bench_tree
@@ -70,7 +71,7 @@ def bench_autoregressive(models: Models, prompts: list[str], quick: bool) -> lis
     return rows
 
 
-SECTIONS: list[Callable[[Models, list[str], bool], list[dict]]] = [bench_autoregressive, bench_speculative, bench_tree, bench_jacobi_lookahead]
+SECTIONS: list[Callable[[Models, list[str], bool], list[dict]]] = [bench_autoregressive, bench_speculative, bench_mask_predict, bench_tree, bench_jacobi_lookahead]
 
 
 def summarise(rows: list[dict]) -> None:

@@ -16,6 +16,7 @@ from engines.autoregressive import AutoregressiveConfig, autoregressive
 from engines.config import DecodeConfig, build
 from engines.jacobi import JacobiConfig, jacobi
 from engines.lookahead import LookaheadConfig, lookahead
+from engines.mask_predict import MaskPredictConfig, mask_predict
 from engines.speculative import SpeculativeConfig, speculative
 from engines.trace import Step, Trace
 from engines.tree import TreeConfig, tree
@@ -49,6 +50,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                    "forward scores them all. Each drafted token x is kept when u <= min(1, p(x)/q(x)); the first "
                    "rejection is replaced by a draw from norm(max(0, p - q)), and a fully accepted draft earns "
                    "a bonus token from the target."),
+    Method("mask-predict", "Mask-predict", MaskPredictConfig,
+           lambda target, draft, ids, cfg, rng: mask_predict(target, ids, cfg, rng), model_kind="masked",
+           paper="Ghazvininejad et al. 2019, Mask-Predict (arXiv 1904.09324); LLaDA, Nie et al. 2025 "
+                 "(arXiv 2502.09992)",
+           summary="A span of masks after the prompt is filled in over T forwards of a masked LM: mask-predict "
+                   "re-masks the least confident tokens each time; masked diffusion commits the most confident "
+                   "and never re-masks, optionally block by block."),
     Method("tree", "Tree", TreeConfig, tree, uses_draft=True,
            lossless="equals target.generate() under greedy; under sampling it is distributed as the target's "
                     "own sampling",

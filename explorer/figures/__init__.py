@@ -2,6 +2,7 @@
 from explorer.figures import autoregressive
 from explorer.figures import jacobi
 from explorer.figures import lookahead
+from explorer.figures import mask_predict
 from explorer.figures import speculative
 from explorer.figures import tree
 from explorer.figures.common import View
@@ -11,5 +12,6 @@ VIEWS: dict[str, View] = {
     "jacobi": jacobi.VIEW,
     "lookahead": lookahead.VIEW,
     "speculative": speculative.VIEW,
+    "mask-predict": mask_predict.VIEW,
     "tree": tree.VIEW,
 }

@@ -1,0 +1,244 @@
+"""Mask-predict and masked diffusion: the order in which the span unmasks, and how sure the model was.
+
+Main figure: positions x iterations, the token in every cell coloured by confidence, masks grey,
+re-masked cells crossed; below it the text as it stands, coloured by the iteration each token settled.
+Side figure: this iteration's confidence at every position, and the masks left per iteration against
+the schedule and the paper's formula. Everything is read from the recorded Steps.
+"""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from engines.trace import Trace
+from explorer.figures.common import TARGET_COLOUR, Chip, View, colour, empty, layout, quoted, show, symbol, token
+
+CELL_BUDGET = 384           # heatmap cells drawn at most, so one step's figure stays small
+ROWS_SHOWN = 32             # iterations drawn at most, so rows stay readable
+CONFIDENCE_SCALE = "Cividis"
+SETTLED_SCALE = "Plasma"
+MASK_GREY = colour("masked")
+
+
+def span_at(trace: Trace, index: int) -> dict:
+    """The record of the candidate span the step ranks best (the only one unless the length is predicted)."""
+    d = trace.steps[index].detail
+    return d["spans"][d["best"]]
+
+
+def mask_id(trace: Trace) -> int:
+    """The mask token: what every position of the span holds before the first iteration."""
+    return trace.steps[0].detail["spans"][0]["input_tokens"][0]
+
+
+def state(r: dict, i: int, mask: int) -> str:
+    """What happened at position i in one iteration."""
+    if i in r["remasked"]:
+        return "re-masked"
+    if i in r["unmasked"]:
+        return "unmasked"
+    if r["tokens"][i] == mask:
+        return "guessed, still masked" if i in r["masked_before"] else "masked"
+    return "kept"
+
+
+def fmt(x) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def cell_text(trace: Trace, r: dict, i: int, mask: int) -> str:
+    """The token a cell shows: the prediction (also for re-masked cells), nothing for a plain mask."""
+    kind = state(r, i, mask)
+    return "" if kind in ("masked", "guessed, still masked") else show(token(trace, r["predicted_tokens"][i]))
+
+
+def hover(trace: Trace, r: dict, i: int, iteration: int, mask: int, candidates: int = 0) -> str:
+    """What was recorded about position i in one iteration, with its best `candidates` of the top-5."""
+    kind = state(r, i, mask)
+    guess = r["predicted_tokens"][i]
+    text = f"iter {iteration + 1}, pos {i}: {kind}"
+    if guess != mask:
+        text += f"<br>{show(token(trace, guess))} (id {guess}) conf {fmt(r['confidence'][i])} p {fmt(r['p'][i])}"
+        if r["settled"][i] is not None:
+            text += f"<br>unchanged since iter {r['settled'][i] + 1}"
+    if candidates and r["top"][i]:
+        text += "<br>candidates: " + ", ".join(f"{show(token(trace, t))} {fmt(p)}" for t, p in r["top"][i][:candidates])
+    return text
+
+
+def unmasking(trace: Trace, index: int) -> go.Figure:
+    """The unmasking-order heatmap (recent iterations x positions) and the settled-iteration strip."""
+    if index < 0 or not trace.steps:
+        return empty("Press Step: one forward predicts every masked position at once.")
+    mask, best = mask_id(trace), trace.steps[index].detail["best"]
+    length = span_at(trace, index)["length"]
+    shown = max(1, min(index + 1, CELL_BUDGET // length, ROWS_SHOWN))
+    rows = range(index + 1 - shown, index + 1)
+    records = [trace.steps[s].detail["spans"][best] for s in rows]
+    y = [f"iter {s + 1}" for s in rows]
+    x = list(range(length))
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.76, 0.24], vertical_spacing=0.06)
+    grey = [[1 if state(r, i, mask) in ("masked", "guessed, still masked") else None for i in x] for r in records]
+    fig.add_heatmap(x=x, y=y, z=grey, colorscale=[[0, MASK_GREY], [1, MASK_GREY]], showscale=False,
+                    hoverinfo="skip", xgap=1, ygap=1, row=1, col=1)
+    conf = [[None if state(r, i, mask) in ("masked", "guessed, still masked") else r["confidence"][i]
+             for i in x] for r in records]
+    low = min([0.0] + [c for row in conf for c in row if c is not None])
+    fig.add_heatmap(x=x, y=y, z=conf, zmin=low, zmax=1, colorscale=CONFIDENCE_SCALE, xgap=1, ygap=1,
+                    text=[[cell_text(trace, r, i, mask) for i in x] for r in records],
+                    texttemplate="%{text}", textfont={"size": 9},
+                    customdata=[[hover(trace, r, i, s, mask) for i in x] for s, r in zip(rows, records)],
+                    hovertemplate="%{customdata}<extra></extra>", name="confidence",
+                    colorbar={"title": {"text": "confidence"}, "len": 0.66, "y": 0.66}, row=1, col=1)
+    for kind, status, label in (("unmasked", "chosen", "unmasked this iteration"),
+                                ("re-masked", "rejected", "re-masked (may change)")):
+        cells = [(i, y[k]) for k, r in enumerate(records) for i in x if state(r, i, mask) == kind]
+        corner = -0.32 if kind == "unmasked" else 0.32   # in the cell's corner, clear of its token
+        fig.add_scatter(x=[c[0] + corner for c in cells], y=[c[1] for c in cells], mode="markers", name=label,
+                        marker={"symbol": symbol(status), "color": colour(status), "size": 7,
+                                "line": {"width": 1.5, "color": colour(status)}},
+                        customdata=[c[0] for c in cells],
+                        hovertemplate=f"{label}<br>position %{{customdata}}, %{{y}}<extra></extra>", row=1, col=1)
+    fig.add_scatter(x=[None], y=[None], mode="markers", name="masked",
+                    marker={"symbol": "square", "color": MASK_GREY, "size": 12}, hoverinfo="skip", row=1, col=1)
+    add_settled_strip(fig, trace, records[-1], index, mask)
+    fig.update_yaxes(autorange="reversed", row=1, col=1)
+    fig.update_xaxes(range=[-0.5, length - 0.5])
+    fig.update_xaxes(title="position in the span", row=2, col=1, dtick=1 if length <= 40 else None)
+    hidden = f" (last {shown} of {index + 1} iterations)" if shown < index + 1 else ""
+    return layout(fig, f"Iteration {index + 1}: unmasking order, colour = confidence{hidden}",
+                  height=min(720, max(380, 140 + 22 * shown)))
+
+
+def add_settled_strip(fig: go.Figure, trace: Trace, r: dict, index: int, mask: int) -> None:
+    """The text as it stands after this iteration, each token coloured by the iteration it settled."""
+    x = list(range(r["length"]))
+    settled = [None if r["tokens"][i] == mask else r["settled"][i] + 1 for i in x]
+    fig.add_heatmap(x=x, y=["text now"], z=[settled], zmin=1, zmax=max(index + 1, 2), colorscale=SETTLED_SCALE,
+                    xgap=1, text=[[show(token(trace, r["tokens"][i])) if s else "" for i, s in zip(x, settled)]],
+                    texttemplate="%{text}", textfont={"size": 9},
+                    customdata=[[f"position {i}: {show(token(trace, r['tokens'][i]))}, settled at iteration {s}"
+                                 if s else f"position {i}: masked" for i, s in zip(x, settled)]],
+                    hovertemplate="%{customdata}<extra></extra>", name="settled at iteration",
+                    colorbar={"title": {"text": "settled at", "side": "top"}, "len": 0.28, "y": 0.1,
+                              "thickness": 10, "dtick": max(1, (index + 1) // 3)}, row=2, col=1)
+    fig.add_heatmap(x=x, y=["text now"], z=[[1 if s is None else None for s in settled]], showscale=False,
+                    colorscale=[[0, MASK_GREY], [1, MASK_GREY]], xgap=1, hoverinfo="skip", row=2, col=1)
+
+
+def confidence_and_schedule(trace: Trace, index: int) -> go.Figure:
+    """This iteration's confidence per position; masks left per iteration against the schedule."""
+    if index < 0 or not trace.steps:
+        return empty("The schedule appears after the first iteration.")
+    mask, r = mask_id(trace), span_at(trace, index)
+    x = list(range(r["length"]))
+    kinds = [state(r, i, mask) for i in x]
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.1,
+                        subplot_titles=("confidence at every position", "masks left per iteration"))
+    style = {"unmasked": ("chosen", ""), "re-masked": ("rejected", "x"), "kept": ("earlier", ""),
+             "guessed, still masked": ("masked", "/")}   # plain masks have no confidence yet: no bar
+    for kind, (status, pattern) in style.items():
+        at = [i for i in x if kinds[i] == kind]
+        if not at:
+            continue
+        fig.add_bar(x=at, y=[r["confidence"][i] for i in at], name=kind, marker_color=colour(status), width=0.8,
+                    marker_pattern_shape=pattern,
+                    customdata=[hover(trace, r, i, index, mask, 5 if r["length"] <= 64 else 3) for i in at],
+                    hovertemplate="%{customdata}<extra></extra>", row=1, col=1)
+    plan = trace.steps[0].detail["spans"][trace.steps[index].detail["best"]]
+    iterations = list(range(1, len(plan["plan_masks"]) + 1))
+    fig.add_scatter(x=iterations, y=plan["plan_formula"], mode="lines", name="formula N(T-t)/T",
+                    line={"color": colour("earlier"), "dash": "dot"},
+                    hovertemplate="iteration %{x}: formula %{y:.2f} masks<extra></extra>", row=1, col=2)
+    fig.add_scatter(x=iterations, y=plan["plan_masks"], mode="lines", line_shape="hv", name="schedule",
+                    line={"color": TARGET_COLOUR},
+                    hovertemplate="iteration %{x}: schedule %{y} masks<extra></extra>", row=1, col=2)
+    seen = [trace.steps[s].detail["spans"][trace.steps[index].detail["best"]] for s in range(index + 1)]
+    fig.add_scatter(x=list(range(1, index + 2)), y=[q["input_tokens"].count(mask) for q in seen],
+                    mode="markers", name="masks at the start (recorded)",
+                    marker={"color": colour("chosen"), "symbol": symbol("chosen"), "size": 8},
+                    hovertemplate="iteration %{x}: %{y} masks going in<extra></extra>", row=1, col=2)
+    fig.update_yaxes(title="confidence", row=1, col=1)
+    fig.update_xaxes(title="position", range=[-0.5, r["length"] - 0.5], row=1, col=1)
+    fig.update_xaxes(title="iteration", row=1, col=2)
+    fig.update_yaxes(rangemode="tozero", row=1, col=2)
+    return layout(fig, f"Iteration {index + 1}: confidence and schedule", height=300, barmode="overlay")
+
+
+def listed(trace: Trace, r: dict, positions: list[int], limit: int = 6) -> str:
+    items = [f"{i} {quoted(trace, r['predicted_tokens'][i])} ({fmt(r['confidence'][i])})" for i in positions[:limit]]
+    more = f" and {len(positions) - limit} more" if len(positions) > limit else ""
+    return ", ".join(items) + more
+
+
+def words(trace: Trace, index: int) -> str:
+    if index < 0 or not trace.steps:
+        cfg = trace.config
+        return (f"Nothing has run yet. The span after the prompt starts as masks and is filled over "
+                f"{cfg.get('iterations', 'T')} forward passes of the masked LM ({cfg.get('strategy', '')}).")
+    step = trace.steps[index]
+    d, r, mask = step.detail, span_at(trace, index), mask_id(trace)
+    block = f", block {r['block'][0]}-{r['block'][1] - 1}" if r["block_iterations"] < d["iterations"] else ""
+    text = (f"Iteration {index + 1} of {d['iterations']} ({d['strategy']}{block}): ")
+    if not step.target_forwards:
+        text += "nothing was masked in this block, so no forward was needed."
+    else:
+        text += (f"{step.target_forwards} forward{'s' if step.target_forwards > 1 else ''} over "
+                 f"{step.tokens_fed} positions predicted the {len(r['masked_before'])} masked position"
+                 f"{'s' if len(r['masked_before']) != 1 else ''}.")
+    if r["unmasked"]:
+        text += f" Unmasked: {listed(trace, r, r['unmasked'])}."
+    if r["remasked"]:
+        text += f" Re-masked as the least confident: {listed(trace, r, r['remasked'])}."
+    text += (f" {r['masks_after']} masks remain; the schedule planned {r['scheduled_masks']} going in "
+             f"(formula {r['formula_masks']:g}).")
+    if len(d["lengths"]) > 1:
+        text += (f" The length beam runs {len(d['lengths'])} spans ({', '.join(map(str, d['lengths']))}); the best "
+                 f"mean log-probability is length {r['length']} ({fmt(r['mean_logprob'])}).")
+    if step.committed_ids:
+        text += f" The span is final: {len(step.committed_ids)} tokens committed."
+    return text
+
+
+def chips(trace: Trace, index: int) -> list[Chip]:
+    """The span as it stands: unmasked now, corrected, re-masked (struck through), kept, still masked."""
+    if index < 0 or not trace.steps:
+        return []
+    mask, r = mask_id(trace), span_at(trace, index)
+    before = span_at(trace, index - 1)["predicted_tokens"] if index > 0 and \
+        trace.steps[index - 1].detail["best"] == trace.steps[index].detail["best"] else [mask] * r["length"]
+    out = []
+    for i in range(r["length"]):
+        kind, guess = state(r, i, mask), r["predicted_tokens"][i]
+        note = f"position {i}, confidence {fmt(r['confidence'][i])}"
+        if r["settled"][i] is not None:
+            note += f", settled at iteration {r['settled'][i] + 1}"
+        if kind == "re-masked":
+            out.append(Chip(guess, "rejected", note + ", re-masked"))
+        elif kind == "unmasked":
+            changed = before[i] not in (mask, guess)
+            out.append(Chip(guess, "resampled" if changed else "chosen",
+                            note + (f", was {show(token(trace, before[i]))}" if changed else "")))
+        elif kind == "kept":
+            out.append(Chip(r["tokens"][i], "earlier", note))
+        else:
+            out.append(Chip(mask, "masked", f"position {i}, still masked" +
+                            (f", best guess {show(token(trace, guess))}" if guess != mask else "")))
+    return out
+
+
+VIEW = View(
+    main=unmasking, side=confidence_and_schedule, words=words, chips=chips,
+    legend=("earlier", "chosen", "resampled", "rejected", "masked"),
+    help="**Mask-predict** (Ghazvininejad et al. 2019) and **masked diffusion** (LLaDA, Nie et al. 2025) fill a "
+         "span of masks after the prompt with a bidirectional masked LM. Every iteration is one forward that "
+         "predicts all masked positions at once. *Mask-predict* then masks again the N(T-t)/T least confident "
+         "tokens anywhere in the span, so a token can change; *diffusion* commits the most confident masked "
+         "positions and never takes them back, block by block when a block size is set; *random* commits at "
+         "random, a control. The heatmap shows positions (across) by iterations (down): the token in every "
+         "cell, its confidence as colour, masks grey, dots where a position was unmasked, crosses where it "
+         "was re-masked. The strip below colours the text by the iteration each token settled. On the right: "
+         "this iteration's confidences (hover a bar for the model's top candidates), and the masks left "
+         "against the schedule and the formula. With length 0 "
+         "several span lengths run at once and the best mean log-probability wins (the paper's length beam).",
+)

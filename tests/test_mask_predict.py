@@ -1,0 +1,403 @@
+"""Mask-predict and masked diffusion: schedules, re-masking rules, toy models with known answers,
+the length beam, the real masked LM through Run and the CLI, and the figures."""
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+from fractions import Fraction
+
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from engines.mask_predict import (MaskPredictConfig, block_bounds, candidate_lengths, mask_predict, plan, schedule,
+                                  spread)
+from engines.methods import Run
+from engines.trace import Trace
+from explorer.figures import VIEWS
+from tests.conftest import PROMPTS
+
+VOCAB = 12
+MASK = VOCAB - 1
+
+
+# ----------------------------------------------------------------------------- toy masked models
+
+class Toy:
+    """A tiny torch module made to look like a masked LM to the engine (mask_id, eos_ids, masked_logits_rows)."""
+
+    def __init__(self, module: torch.nn.Module, eos_ids=frozenset()):
+        self.module, self.mask_id, self.eos_ids = module, MASK, frozenset(eos_ids)
+        self.batches: list[int] = []
+
+    def masked_logits_rows(self, rows):
+        self.batches.append(len(rows))
+        return [self.module(torch.tensor(list(r))) for r in rows]
+
+
+class Table(torch.nn.Module):
+    """Logits depend on the position only, so the answer is the argmax at every position."""
+
+    def __init__(self, positions: int = 600, seed: int = 0, sharp_length: int | None = None):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.logits = torch.randn(positions, VOCAB, generator=g) * 2
+        self.logits[:, MASK] = -1e9
+        self.sharp_length = sharp_length   # rows of exactly this length are four times surer
+
+    def forward(self, ids):
+        scale = 4.0 if len(ids) == self.sharp_length else 1.0
+        return self.logits[: len(ids)] * scale
+
+    def answer(self, start: int, length: int) -> list[int]:
+        return self.logits[start:start + length].argmax(-1).tolist()
+
+
+class Chain(torch.nn.Module):
+    """Position j is sure of answer[j] only when answer[j-1] stands on its left; with a mask on its left
+    it weakly prefers a wrong token, and after a wrong token it is sure of a wrong token. So the text
+    comes out right only when it is filled left to right, which confidence ordering finds."""
+
+    def __init__(self, positions: int = 64, seed: int = 1):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.answer = torch.randint(0, MASK, (positions,), generator=g)
+        self.wrong = (self.answer + 1) % MASK
+
+    def forward(self, ids):
+        n = len(ids)
+        logits = torch.zeros(n, VOCAB)
+        logits[:, MASK] = -1e9
+        left = torch.cat([ids[:1], ids[:-1]])
+        right = left == torch.cat([self.answer[:1], self.answer[:n - 1]])
+        masked = left == MASK
+        rows = torch.arange(n)
+        logits[rows[right], self.answer[:n][right]] = 8.0
+        logits[rows[masked], self.wrong[:n][masked]] = 1.0
+        other = ~right & ~masked
+        logits[rows[other], self.wrong[:n][other]] = 8.0
+        return logits
+
+
+def run(model, prompt_ids, seed=0, **settings):
+    return list(mask_predict(model, prompt_ids, MaskPredictConfig(**settings), torch.Generator().manual_seed(seed)))
+
+
+def span(step, k=None):
+    d = step.detail
+    return d["spans"][d["best"] if k is None else k]
+
+
+# ----------------------------------------------------------------------------- schedules
+
+def test_schedule_hand_checked():
+    assert schedule(10, 4, "mask-predict") == [10, 7, 5, 2]      # 10*3/4 = 7.5, 10*2/4 = 5, 10/4 = 2.5
+    assert schedule(10, 4, "diffusion") == [10, 7, 4, 2]         # commits 3, 3, 2, 2
+    assert schedule(3, 5, "mask-predict") == [3, 2, 1, 1, 0]     # T > N: some iterations re-mask nothing
+    assert schedule(3, 5, "diffusion") == schedule(3, 5, "random") == [3, 2, 1, 0, 0]
+    assert schedule(7, 1, "mask-predict") == schedule(7, 1, "diffusion") == [7]
+    assert spread(10, 4) == [3, 3, 2, 2] and spread(2, 5) == [1, 1, 0, 0, 0]
+
+
+@pytest.mark.parametrize("n", range(1, 41))
+def test_schedule_exact_for_many_lengths_and_iterations(n):
+    for t_total in range(1, 61):
+        mp = schedule(n, t_total, "mask-predict")
+        assert mp == [math.floor(Fraction(n * (t_total - t), t_total)) for t in range(t_total)]
+        diff = schedule(n, t_total, "diffusion")
+        base, extra = divmod(n, t_total)
+        assert diff == [n - t * base - min(t, extra) for t in range(t_total)]
+        assert diff[0] == mp[0] == n and all(a >= b for a, b in zip(diff, diff[1:]))
+
+
+def test_blocks_and_plan():
+    assert block_bounds(24, 8) == [(0, 8), (8, 16), (16, 24)]
+    assert block_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert block_bounds(10, 0) == block_bounds(10, 32) == [(0, 10)]
+    phases = plan(24, 8, 10)
+    assert [(p.start, p.end) for p in phases] == [(0, 8)] * 4 + [(8, 16)] * 3 + [(16, 24)] * 3
+    assert [(p.t, p.of) for p in phases] == [(0, 4), (1, 4), (2, 4), (3, 4), (0, 3), (1, 3), (2, 3)] + \
+        [(0, 3), (1, 3), (2, 3)]
+
+
+def test_candidate_lengths():
+    assert candidate_lengths(MaskPredictConfig(length=24)) == [24]
+    assert candidate_lengths(MaskPredictConfig(length=0, max_new_tokens=64, length_beam=5)) == [30, 31, 32, 33, 34]
+    assert candidate_lengths(MaskPredictConfig(length=0, max_new_tokens=64, length_beam=1)) == [32]
+    assert candidate_lengths(MaskPredictConfig(length=0, max_new_tokens=2, length_beam=5)) == [1, 2]
+
+
+@pytest.mark.parametrize("settings, says", [
+    ({"length": 80}, "span length 80 is more than max new tokens"),
+    ({"length": 0, "block": 8}, "set block to 0"),
+    ({"length": 24, "block": 2, "iterations": 10}, "12 blocks need at least 12 iterations"),
+    ({"strategy": "greedy"}, "strategy must be one of"),
+    ({"confidence": "entropy"}, "confidence must be one of"),
+    ({"iterations": 0}, "iterations must be between"),
+])
+def test_bad_settings_say_what_to_change(settings, says):
+    with pytest.raises(ValueError, match=says):
+        MaskPredictConfig(**settings)
+
+
+# ----------------------------------------------------------------------------- the engine on toys
+
+CASES = [(n, t, b) for n in (1, 2, 3, 7, 16, 24) for t in (1, 2, 3, 5, 10, 30) for b in (0, 4)
+         if len(block_bounds(n, b)) <= t]
+
+
+@pytest.mark.parametrize("strategy", ["mask-predict", "diffusion", "random"])
+def test_engine_follows_the_schedule(strategy):
+    for n, t_total, b in CASES:
+        model = Toy(Table())
+        steps = run(model, [1, 2, 3], length=n, iterations=t_total, block=b, strategy=strategy, max_new_tokens=64)
+        assert len(steps) == t_total
+        for step in steps:
+            r = span(step)
+            start, end = r["block"]
+            counts = schedule(end - start, r["block_iterations"], strategy)
+            t = r["block_iteration"]
+            after = counts[t + 1] if t + 1 < len(counts) else 0
+            assert len(r["masked_before"]) == counts[t] == r["scheduled_masks"] - (n - end)
+            assert r["masks_after"] == after + (n - end)
+            assert all(start <= i < end for i in r["masked_before"] + r["unmasked"] + r["remasked"])
+            assert all(tok != MASK for tok in r["input_tokens"][:start])      # earlier blocks are done
+            assert all(tok == MASK for tok in r["input_tokens"][end:])        # later blocks untouched
+            if strategy == "mask-predict":
+                assert len(r["remasked"]) == after
+            else:
+                assert len(r["unmasked"]) == counts[t] - after and r["remasked"] == []
+            assert step.target_forwards == (1 if counts[t] else 0)
+        assert steps[-1].committed_ids == tuple(span(steps[-1])["tokens"]) and MASK not in steps[-1].committed_ids
+        assert all(not s.committed_ids for s in steps[:-1])
+        assert model.batches == [1] * sum(s.target_forwards for s in steps)
+        plan_masks = span(steps[0])["plan_masks"]
+        assert plan_masks == [span(s)["scheduled_masks"] for s in steps]
+
+
+@pytest.mark.parametrize("strategy", ["mask-predict", "diffusion", "random"])
+def test_a_toy_with_a_known_argmax_converges_to_it(strategy):
+    table = Table(seed=4)
+    for n, t_total, b in [(12, 1, 0), (12, 4, 0), (12, 6, 4), (5, 9, 0)]:
+        steps = run(Toy(table), [1, 2, 3, 4], length=n, iterations=t_total, block=b, strategy=strategy)
+        assert list(steps[-1].committed_ids) == table.answer(4, n)
+
+
+def test_confidence_ordering_solves_the_chain_and_random_order_does_not():
+    chain = Chain()
+    prompt = chain.answer[:3].tolist()
+    want = chain.answer[3:13].tolist()
+    for strategy in ("mask-predict", "diffusion"):
+        steps = run(Toy(chain), prompt, length=10, iterations=10, strategy=strategy)
+        assert list(steps[-1].committed_ids) == want, strategy
+    steps = run(Toy(chain), prompt, length=10, iterations=10, strategy="mask-predict")
+    changed = [i for s in steps for i in span(s)["unmasked"] if span(s)["input_tokens"][i] == MASK
+               and s.index > 0 and span(steps[s.index - 1])["predicted_tokens"][i] != span(s)["predicted_tokens"][i]]
+    assert changed, "mask-predict re-predicts re-masked tokens, and in the chain they change"
+    assert list(run(Toy(chain), prompt, length=10, iterations=1, strategy="mask-predict")[-1].committed_ids) != want
+    assert list(run(Toy(chain), prompt, length=10, iterations=10, strategy="random", seed=0)[-1]
+                .committed_ids) != want
+
+
+def test_margin_confidence_is_the_gap_to_the_best_other_token():
+    table = Table(seed=5)
+    steps = run(Toy(table), [1, 2], length=6, iterations=1, confidence="margin")
+    probs = table.logits[2:8].softmax(-1)
+    top2 = probs.topk(2, dim=-1).values
+    assert span(steps[0])["confidence"] == pytest.approx((top2[:, 0] - top2[:, 1]).tolist(), abs=1e-6)
+    assert span(steps[0])["p"] == pytest.approx(top2[:, 0].tolist(), abs=1e-6)
+
+
+def test_length_beam_keeps_the_best_mean_log_probability():
+    prompt = [1, 2, 3, 4]
+    table = Table(seed=6, sharp_length=len(prompt) + 5)
+    model = Toy(table)
+    steps = run(model, prompt, length=0, max_new_tokens=10, length_beam=5, iterations=3)
+    assert steps[0].detail["lengths"] == [3, 4, 5, 6, 7]
+    assert model.batches == [5, 5, 5] and [s.target_forwards for s in steps] == [5, 5, 5]
+    means = {}
+    for n in (3, 4, 5, 6, 7):                      # each length run alone gives the same mean log-prob
+        alone = span(run(Toy(table), prompt, length=n, max_new_tokens=10, iterations=3)[-1])
+        means[n] = alone["mean_logprob"]
+        beam = steps[-1].detail["spans"][steps[-1].detail["lengths"].index(n)]
+        assert beam["tokens"] == alone["tokens"] and beam["mean_logprob"] == alone["mean_logprob"]
+        p = alone["p"]
+        assert alone["mean_logprob"] == pytest.approx(sum(math.log(x) for x in p) / n, abs=1e-5)
+    best = max(means, key=means.get)
+    assert best == 5 and span(steps[-1])["length"] == 5
+    assert list(steps[-1].committed_ids) == table.answer(len(prompt), 5)
+
+
+def test_output_stops_at_the_first_end_of_text_token():
+    table = Table(seed=7)
+    answer = table.answer(2, 8)
+    steps = run(Toy(table, eos_ids={answer[3]}), [1, 2], length=8, iterations=2)
+    assert list(steps[-1].committed_ids) == answer[:answer.index(answer[3]) + 1]
+    assert span(steps[-1])["tokens"] == answer
+
+
+# ----------------------------------------------------------------------------- the real masked LM
+
+def test_ragged_rows_equal_each_row_alone(tiny_masked):
+    rows = [tiny_masked.encode(PROMPTS[0]) + [tiny_masked.mask_id] * 5,
+            tiny_masked.encode(PROMPTS[1]) + [tiny_masked.mask_id] * 3]
+    together = tiny_masked.masked_logits_rows(rows)
+    for row, logits in zip(rows, together):
+        alone = tiny_masked.masked_logits(torch.tensor([row]))[0]
+        assert logits.shape == alone.shape and torch.allclose(logits, alone, atol=1e-4)
+    with pytest.raises(ValueError, match="shorten the prompt"):
+        tiny_masked.masked_logits_rows([[5] * 10_000])
+
+
+@pytest.mark.parametrize("strategy, block", [("diffusion", 4), ("random", 0)])
+def test_committed_tokens_are_never_re_masked(tiny_masked, strategy, block):
+    ids = tiny_masked.encode(PROMPTS[0])
+    steps = run(tiny_masked, ids, seed=3, length=12, iterations=6, block=block, strategy=strategy, temperature=1.0)
+    mask = tiny_masked.mask_id
+    for a, b in zip(steps, steps[1:]):
+        before, after = span(a)["tokens"], span(b)["tokens"]
+        assert all(y == x for x, y in zip(before, after) if x != mask)
+        assert span(b)["remasked"] == []
+    assert list(steps[-1].committed_ids) == span(steps[-1])["tokens"][:len(steps[-1].committed_ids)]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_mask_predict_re_masks_exactly_the_least_confident(tiny_masked, temperature):
+    ids = tiny_masked.encode(PROMPTS[2])
+    steps = run(tiny_masked, ids, seed=1, length=16, iterations=5, temperature=temperature)
+    for k, s in enumerate(steps):
+        r = span(s)
+        lowest = sorted(range(16), key=lambda i: (r["confidence"][i], i))[:len(r["remasked"])]
+        assert sorted(lowest) == r["remasked"]
+        kept = [r["confidence"][i] for i in range(16) if i not in r["remasked"]]
+        assert all(r["confidence"][i] <= min(kept) for i in r["remasked"])
+        if k:   # only re-predicted positions get a new confidence (the paper's update rule)
+            prev = span(steps[k - 1])
+            assert all(r["confidence"][i] == prev["confidence"][i] for i in range(16) if i not in r["masked_before"])
+
+
+def test_same_seed_same_trace_through_run(tiny_masked):
+    settings = {"length": 10, "iterations": 4, "strategy": "random", "temperature": 1.0}
+    traces = [Run("mask-predict", PROMPTS[0], settings, target=tiny_masked.source, seed=s).run() for s in (7, 7, 8)]
+    strip = lambda t: [{k: v for k, v in s.to_dict().items() if k != "wall_s"} for s in t.steps]
+    assert strip(traces[0]) == strip(traces[1])
+    assert strip(traces[0]) != strip(traces[2])
+
+
+def test_run_on_the_masked_lm_records_a_replayable_trace(tiny_masked):
+    trace = Run("mask-predict", PROMPTS[1], {"length": 8, "iterations": 4, "block": 4},
+                target=tiny_masked.source).run()
+    last = trace.steps[-1]
+    assert trace.finished and len(trace.steps) == 4
+    assert trace.output_ids == list(last.committed_ids) == span(last)["tokens"][:len(trace.output_ids)]
+    assert trace.totals["target_forwards"] == 4 and trace.totals["tokens_fed"] == 4 * (len(trace.prompt_ids) + 8)
+    assert tiny_masked.mask_id in trace.token_texts
+    assert all(t in trace.token_texts for r in span(trace.steps[0])["top"] for t, _ in r)
+    again = Trace.from_json(trace.to_json())
+    assert again.to_dict() == trace.to_dict()
+
+
+def test_length_beam_on_the_masked_lm_is_one_batch_per_iteration(tiny_masked):
+    trace = Run("mask-predict", PROMPTS[3], {"length": 0, "length_beam": 3, "iterations": 3, "max_new_tokens": 16},
+                target=tiny_masked.source).run()
+    d = trace.steps[-1].detail
+    assert d["lengths"] == [7, 8, 9] and [s.target_forwards for s in trace.steps] == [3, 3, 3]
+    means = [r["mean_logprob"] for r in d["spans"]]
+    assert d["best"] == means.index(max(means))
+    assert trace.output_ids == d["spans"][d["best"]]["tokens"][:len(trace.output_ids)]
+
+
+def test_a_causal_model_is_refused(tiny_target):
+    with pytest.raises(ValueError, match="needs a masked LM"):
+        Run("mask-predict", PROMPTS[0], {}, target=tiny_target.source)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "engines", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli(tiny_masked):
+    r = cli("trace", "--method", "mask-predict", "--prompt", PROMPTS[0], "--length", "24", "--iterations", "10",
+            "--strategy", "diffusion", "--block", "8", "--target", tiny_masked.source)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["totals"]["target_forwards"] == 10 and len(d["steps"]) == 10
+    assert d["steps"][0]["spans"][0]["block"] == [0, 8]
+    r = cli("trace", "--method", "mask-predict", "--prompt", "x", "--length", "24", "--max-new-tokens", "8",
+            "--target", tiny_masked.source)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "span length" in r.stderr
+
+
+# ----------------------------------------------------------------------------- figures
+
+def toy_trace(length=12, iterations=5, text="tok", **settings) -> Trace:
+    cfg = MaskPredictConfig(length=length, iterations=iterations, max_new_tokens=max(64, length), **settings)
+    prompt = [1, 2, 3]
+    chain = Chain(positions=max(64, length) + 8)
+    steps = list(mask_predict(Toy(chain), prompt, cfg, torch.Generator().manual_seed(0)))
+    trace = Trace("mask-predict", {**dataclasses.asdict(cfg), "seed": 0}, {}, "p", prompt, steps, finished=True)
+    trace.token_texts = {i: f"{text}{i}" for i in range(VOCAB)}
+    trace.token_texts[MASK] = "<|mask|>"
+    return trace
+
+
+@pytest.mark.parametrize("settings", [{"strategy": "mask-predict"}, {"strategy": "diffusion", "block": 4},
+                                      {"strategy": "random"}, {"length": 0, "length_beam": 3}])
+def test_views_work_for_every_step(settings):
+    trace = toy_trace(**settings)
+    view = VIEWS["mask-predict"]
+    for i in range(-1, len(trace.steps)):
+        for fig in (view.main(trace, i), view.side(trace, i)):
+            assert isinstance(fig, go.Figure) and len(fig.to_json()) < 100_000
+        assert isinstance(view.words(trace, i), str) and view.words(trace, i)
+        assert isinstance(view.chips(trace, i), list)
+
+
+def test_heatmap_marks_re_masked_cells_and_draws_the_recorded_schedule():
+    trace = toy_trace(length=10, iterations=4)
+    view = VIEWS["mask-predict"]
+    fig = view.main(trace, 3).to_dict()
+    remasked = next(t for t in fig["data"] if t.get("name", "").startswith("re-masked"))
+    assert len(remasked["x"]) == sum(len(span(s)["remasked"]) for s in trace.steps[:4])
+    conf = next(t for t in fig["data"] if t.get("name") == "confidence")
+    first = span(trace.steps[0])
+    assert all(c is not None for c in conf["z"][0])   # iteration 1 predicts every position, re-masked or not
+    assert conf["z"][0] == first["confidence"]
+    strip = next(t for t in fig["data"] if t.get("name") == "settled at iteration")
+    final = span(trace.steps[3])
+    assert strip["z"][0] == [final["settled"][i] + 1 for i in range(10)]
+    side = view.side(trace, 3).to_dict()
+    schedule_line = next(t for t in side["data"] if t.get("name") == "schedule")
+    assert list(schedule_line["y"]) == first["plan_masks"] == schedule(10, 4, "mask-predict")
+    recorded = next(t for t in side["data"] if t.get("name", "").startswith("masks at the start"))
+    assert list(recorded["y"]) == [len(span(s)["masked_before"]) for s in trace.steps]
+
+
+def test_words_and_chips_tell_the_recorded_numbers():
+    trace = toy_trace(length=10, iterations=4)
+    view = VIEWS["mask-predict"]
+    first = span(trace.steps[0])
+    text = view.words(trace, 0)
+    assert "Re-masked as the least confident" in text and f"{first['masks_after']} masks remain" in text
+    chips = view.chips(trace, 0)
+    assert [c.status for c in chips].count("rejected") == len(first["remasked"])
+    final = view.chips(trace, 3)
+    assert [c.token_id for c in final] == list(trace.steps[3].committed_ids)
+    assert all(c.status != "masked" and "settled at iteration" in c.hover for c in final)
+
+
+@pytest.mark.parametrize("length, iterations", [(256, 4), (256, 256), (8, 256), (64, 64)])
+def test_one_step_figure_stays_under_100_kb(length, iterations):
+    trace = toy_trace(length=length, iterations=iterations, text="a-long-token-text-")
+    view = VIEWS["mask-predict"]
+    for i in (0, len(trace.steps) // 2, len(trace.steps) - 1):
+        assert len(view.main(trace, i).to_json()) < 100_000
+        assert len(view.side(trace, i).to_json()) < 100_000
+
+
+def test_diffusion_heatmap_leaves_masks_grey():
+    trace = toy_trace(length=8, iterations=4, strategy="diffusion")
+    fig = VIEWS["mask-predict"].main(trace, 1).to_dict()
+    conf = next(t for t in fig["data"] if t.get("name") == "confidence")
+    assert [sum(c is None for c in row) for row in conf["z"]] == [span(s)["masks_after"] for s in trace.steps[:2]]
