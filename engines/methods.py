@@ -50,13 +50,6 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                    "forward scores them all. Each drafted token x is kept when u <= min(1, p(x)/q(x)); the first "
                    "rejection is replaced by a draw from norm(max(0, p - q)), and a fully accepted draft earns "
                    "a bonus token from the target."),
-    Method("mask-predict", "Mask-predict", MaskPredictConfig,
-           lambda target, draft, ids, cfg, rng: mask_predict(target, ids, cfg, rng), model_kind="masked",
-           paper="Ghazvininejad et al. 2019, Mask-Predict (arXiv 1904.09324); LLaDA, Nie et al. 2025 "
-                 "(arXiv 2502.09992)",
-           summary="A span of masks after the prompt is filled in over T forwards of a masked LM: mask-predict "
-                   "re-masks the least confident tokens each time; masked diffusion commits the most confident "
-                   "and never re-masks, optionally block by block."),
     Method("tree", "Tree", TreeConfig, tree, uses_draft=True,
            lossless="equals target.generate() under greedy; under sampling it is distributed as the target's "
                     "own sampling",
@@ -82,6 +75,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            summary="One forward runs a Jacobi step over a 2D window of past guesses (W positions x N-1 levels) "
                    "whose diagonals become n-grams in a pool, and verifies up to G pooled n-grams that start "
                    "with the last committed token; the longest verified prefix plus one target token is kept."),
+    Method("mask-predict", "Mask-predict", MaskPredictConfig,
+           lambda target, draft, ids, cfg, rng: mask_predict(target, ids, cfg, rng), model_kind="masked",
+           paper="Ghazvininejad et al. 2019, Mask-Predict (arXiv 1904.09324); LLaDA, Nie et al. 2025 "
+                 "(arXiv 2502.09992)",
+           summary="A span of masks after the prompt is filled in over T forwards of a masked LM: mask-predict "
+                   "re-masks the least confident tokens each time; masked diffusion commits the most confident "
+                   "and never re-masks, optionally block by block."),
 )}
 
 DEFAULT_TARGET = "smollm2-135m-instruct"
@@ -114,7 +114,9 @@ class Run:
             raise ValueError("The prompt is empty: type a few words for the model to continue.")
         cfg = build(m.config, settings)
         self.target = lm.load(target or method_default_target(method_name), device)
-        self.draft = lm.load(draft or DEFAULT_DRAFT, device) if m.uses_draft else None
+        # a deterministic drafter (prompt lookup) needs no draft model
+        needs_draft = m.uses_draft and getattr(cfg, "drafter", "model") == "model"
+        self.draft = lm.load(draft or DEFAULT_DRAFT, device) if needs_draft else None
         if m.model_kind == "masked" and not self.target.is_masked:
             raise lm.ModelLoadError(f"{m.title} needs a masked LM such as tiny-masked, not '{self.target.name}'.")
         if m.model_kind == "causal" and self.target.is_masked:
