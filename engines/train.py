@@ -3,7 +3,7 @@
     python -m engines.train teacher                  # SmolLM2's top-k next-token log-probs (for distillation)
     python -m engines.train causal tiny-target --hidden 384 --layers 6 --minutes 60
     python -m engines.train causal tiny-draft  --hidden 256 --layers 2 --minutes 40
-    python -m engines.train masked tiny-masked --hidden 128 --layers 4 --minutes 20
+    python -m engines.train masked tiny-masked --hidden 128 --layers 4 --init-embeddings tiny-draft
     python -m engines.train eval --candidates        # held-out figures of the fresh exports
     python -m engines.train publish tiny-draft       # copy an export that meets its figure into assets/models
     python -m engines.train eval                     # held-out figures -> assets/models/README.md
@@ -149,12 +149,15 @@ def causal_model(args, tok) -> LlamaForCausalLM:
 
 
 def masked_model(args, tok) -> ModernBertForMaskedLM:
-    """A small ModernBERT (pre-norm, rotary, every layer global): it leaves the unigram plateau
-    far sooner than a post-norm BERT of the same size on this little data."""
+    """A small ModernBERT (pre-norm, rotary). All but the last layer attend within a local window:
+    at initialisation attention is spread evenly over what it can see, and over a whole window of
+    256 tokens the neighbours' signal drowns, so a model with only global layers sits on the
+    unigram plateau (it did, for 1M tokens); local layers find their neighbours at once."""
     config = ModernBertConfig(
         vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.mlp or 3 * args.hidden,
         num_hidden_layers=args.layers, num_attention_heads=max(1, args.hidden // 64),
-        layer_types=["full_attention"] * args.layers, max_position_embeddings=args.seq,
+        layer_types=["sliding_attention"] * (args.layers - 1) + ["full_attention"],
+        local_attention=args.window, max_position_embeddings=args.seq,
         pad_token_id=tok.pad_token_id, bos_token_id=None, eos_token_id=None, cls_token_id=None,
         sep_token_id=None, mask_token_id=tok.mask_token_id, tie_word_embeddings=True)
     return ModernBertForMaskedLM(config)
@@ -187,9 +190,25 @@ def masked_loss(model, batch, mask_id, generator):
     start = (torch.rand(b, 1, generator=generator) * n).long()
     masked &= ~suffix | (torch.arange(n)[None, :] >= start)
     masked[torch.arange(b), torch.randint(n, (b,), generator=generator)] = True
-    logits = model(input_ids=inputs.masked_fill(masked, mask_id)).logits.float()
-    loss = F.cross_entropy(logits[masked], inputs[masked])
+    hidden = model.model(input_ids=inputs.masked_fill(masked, mask_id)).last_hidden_state
+    # The 49k-way output layer dominates the cost of so small a model: run it on masked rows only.
+    logits = model.decoder(model.head(hidden[masked])).float()
+    loss = F.cross_entropy(logits, inputs[masked])
     return loss, loss
+
+
+@torch.no_grad()
+def warm_start_embeddings(model: ModernBertForMaskedLM, source: str) -> None:
+    """Start the masked LM's (tied) token embeddings from the principal components of a trained
+    causal model's embeddings, so it need not rediscover from scratch which tokens are alike (a
+    masked LM this small otherwise sits on the unigram plateau for a long time)."""
+    trained = lm.load(source, device="cpu", dtype="float32").model.get_input_embeddings().weight
+    table = model.get_input_embeddings().weight
+    centred = trained - trained.mean(0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    projected = centred @ v[: table.shape[1]].T
+    rows = min(len(projected), len(table))
+    table[:rows] = projected[:rows] * (table.std() / projected.std())
 
 
 def train(args, kind: str) -> None:
@@ -206,6 +225,8 @@ def train(args, kind: str) -> None:
     print(f"{len(data)} windows of {length}; teacher covers {len(teacher_rows)}", flush=True)
 
     model = (masked_model if kind == "masked" else causal_model)(args, tok)
+    if getattr(args, "init_embeddings", None):
+        warm_start_embeddings(model, args.init_embeddings)
     params = sum(p.numel() for p in model.parameters())
     print(f"{args.name}: {params / 1e6:.1f}M parameters", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
@@ -384,6 +405,10 @@ def main(argv=None) -> None:
         c.add_argument("--kd", type=float, default=0.0, help="weight of distillation from SmolLM2")
         c.add_argument("--save-every", type=int, default=50)
         c.add_argument("--seed", type=int, default=0)
+    sub.choices["masked"].add_argument("--window", type=int, default=32,
+                                       help="attention window of every layer but the last (global)")
+    sub.choices["masked"].add_argument("--init-embeddings", metavar="MODEL",
+                                       help="warm-start the token embeddings from this trained causal model")
     e = sub.add_parser("eval")
     e.add_argument("--candidates", action="store_true",
                    help="evaluate the fresh exports under the training folder (before publishing them)")
