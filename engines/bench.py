@@ -71,7 +71,8 @@ def bench_autoregressive(models: Models, prompts: list[str], quick: bool) -> lis
     return rows
 
 
-SECTIONS: list[Callable[[Models, list[str], bool], list[dict]]] = [bench_autoregressive, bench_speculative, bench_mask_predict, bench_tree, bench_jacobi_lookahead]
+SECTIONS: list[Callable[[Models, list[str], bool], list[dict]]] = [
+    bench_autoregressive, bench_speculative, bench_tree, bench_jacobi_lookahead, bench_mask_predict]
 
 
 def summarise(rows: list[dict]) -> None:

