@@ -1,24 +1,25 @@
 """`python -m engines bench`: forwards per token and speed of every method, measured in one process.
 
 Ratios (this engine / a reference) are measured back to back in the same process, since
-these machines are noisy; absolute seconds are printed for orientation only.
-Each method adds one function to SECTIONS: (models, prompts, quick) -> list of result rows.
+these machines are noisy; absolute seconds are printed for orientation only. Each method
+has one section: (models, prompts, quick) -> result rows, and SECTIONS runs them in the
+order of the method tabs.
 """
 from __future__ import annotations
 
+import copy
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from engines import lm
-from engines.bench_lookahead import bench_jacobi_lookahead
-from engines.mask_predict import bench_mask_predict
 from engines.methods import Run, default_target
-from engines.speculative import bench_speculative
-from engines.tree import bench_tree
+from engines.speculative import SpeculativeConfig, acceptance_rate, speculative
+from engines.trace import Trace
 
 PROMPTS = [
     "Once upon a time",
@@ -35,6 +36,9 @@ class Models:
     draft: str
     device: str | None
 
+    def missing(self, *names: str) -> list[str]:
+        return [n for n in names if not (lm.available(n) or Path(n).is_dir())]
+
 
 def timed(fn: Callable[[], object], repeats: int = 1) -> tuple[float, object]:
     """Median wall time of fn over repeats, and its last result."""
@@ -46,10 +50,13 @@ def timed(fn: Callable[[], object], repeats: int = 1) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def run_trace(method: str, prompt: str, settings: dict, target: str, draft: str | None, device: str | None):
-    run = Run(method, prompt, settings, target=target, draft=draft, device=device)
-    return run.run()
+def run_trace(method: str, prompt: str, settings: dict, target: str, draft: str | None,
+              device: str | None) -> Trace:
+    """A whole recorded run, as the CLI and the UI make it."""
+    return Run(method, prompt, settings, target=target, draft=draft, device=device).run()
 
+
+# ----------------------------------------------------------------------------- autoregressive
 
 def bench_autoregressive(models: Models, prompts: list[str], quick: bool) -> list[dict]:
     """The baseline against transformers' own greedy generate, on the default target."""
@@ -68,6 +75,154 @@ def bench_autoregressive(models: Models, prompts: list[str], quick: bool) -> lis
                      "target_forwards_per_token": t["target_forwards"] / t["new_tokens"],
                      "p95_step_ms": steps_ms[int(0.95 * (len(steps_ms) - 1))],
                      "wall_ratio_vs_generate": ours_s / ref_s})
+    return rows
+
+
+# ----------------------------------------------------------------------------- speculative
+
+def assisted_generate(target: lm.LM, draft: lm.LM | None, ids: torch.Tensor, n: int, k: int) -> list[int]:
+    """transformers' assisted generation with a constant k (a draft model) or prompt lookup (no draft)."""
+    kwargs = {"prompt_lookup_num_tokens": k, "max_matching_ngram_size": 3} if draft is None else \
+        {"assistant_model": draft.model}
+    saved = draft.model.generation_config if draft is not None else None
+    if draft is not None:   # the candidate generator reads its schedule from the assistant's own config
+        constant = copy.deepcopy(saved)
+        constant.num_assistant_tokens, constant.num_assistant_tokens_schedule = k, "constant"
+        constant.assistant_confidence_threshold = 0.0
+        draft.model.generation_config = constant
+    try:
+        out = target.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                                    eos_token_id=sorted(target.eos_ids),
+                                    pad_token_id=target.tokenizer.pad_token_id or 0, **kwargs)
+    finally:
+        if draft is not None:
+            draft.model.generation_config = saved
+    return out[0, ids.shape[1]:].tolist()
+
+
+def bench_speculative(models: Models, prompts: list[str], quick: bool) -> list[dict]:
+    """Greedy, k = 4: target forwards per new token, and wall time against transformers' own assisted
+    generation (constant schedule of 4, no confidence early stop), back to back in this process: the
+    engine with its full step records, and the whole Run (token texts, model checks) as the CLI makes
+    it. The model drafter runs on the embedded pair; prompt lookup runs on the default target against
+    generate(prompt_lookup_num_tokens=4)."""
+    n, k, repeats = (24, 4, 1) if quick else (64, 4, 3)
+    rows = []
+    cases = []
+    if not models.missing(models.tiny_target, models.draft):
+        cases.append(("speculative", lm.load(models.tiny_target, models.device), lm.load(models.draft, models.device),
+                      {"drafter": "model"}))
+    cases.append(("speculative:ngram", lm.load(models.target, models.device), None,
+                  {"drafter": "ngram", "lookup_ngram": 3}))
+    for method, target, draft, settings in cases:
+        cfg = SpeculativeConfig(**settings, k=k, max_new_tokens=n)
+        for prompt in prompts:
+            ids = target.encode(prompt)
+            reference = lambda: assisted_generate(target, draft, torch.tensor([ids], device=target.device), n, k)
+            engine = lambda: list(speculative(target, draft, ids, cfg, torch.Generator().manual_seed(0)))
+            # lookup ignores the draft that Run loads for it
+            run = lambda: run_trace("speculative", prompt, asdict(cfg), target.source, (draft or target).source,
+                                    models.device)
+            reference(), engine(), run()   # warm up
+            ref_s, ref_out = timed(reference, repeats)
+            engine_s, steps = timed(engine, repeats)
+            run_s, _ = timed(run, repeats)
+            made = sum(len(s.committed_ids) for s in steps)
+            rows.append({"method": method, "target": target.name, "new_tokens": made,
+                         "target_forwards_per_token": len(steps) / made,
+                         "acceptance": acceptance_rate(steps),
+                         "same_output_as_generate": float(ref_out == [t for s in steps for t in s.committed_ids]),
+                         "wall_ratio_vs_assisted_generate": engine_s / ref_s,
+                         "run_wall_ratio_vs_assisted_generate": run_s / ref_s})
+    return rows
+
+
+# ----------------------------------------------------------------------------- tree
+
+TREES = {"dynamic": {"tree": "dynamic", "tree_budget": 16, "tree_depth": 4, "tree_topk": 3},
+         "chain": {"tree": "chain"}, "balanced": {"tree": "balanced"}, "sparse": {"tree": "sparse"}}
+
+
+def bench_tree(models: Models, prompts: list[str], quick: bool) -> list[dict]:
+    """Greedy on the embedded pair: target forwards per new token and mean accepted length of every tree,
+    beside linear speculative decoding with k = 4 (the same 4 draft forwards per step as a depth-4 tree)."""
+    missing = models.missing(models.tiny_target, models.draft)
+    if missing:
+        print(f"tree: {', '.join(missing)} not available here; skipped", flush=True)
+        return []
+    n = 16 if quick else 48
+    runs = {f"tree:{name}": ("tree", settings) for name, settings in TREES.items()}
+    runs["spec:k=4"] = ("speculative", {"k": 4, "drafter": "model"})
+    rows = []
+    for prompt in prompts:
+        ar_s, _ = timed(lambda: run_trace("autoregressive", prompt, {"max_new_tokens": n}, models.tiny_target, None,
+                                          models.device))
+        for name, (method, settings) in runs.items():
+            wall, trace = timed(lambda: run_trace(method, prompt, {"max_new_tokens": n, **settings},
+                                                  models.tiny_target, models.draft, models.device))
+            t, steps = trace.totals, trace.steps
+            rows.append({"method": name, "target": models.tiny_target,
+                         "target_forwards_per_token": t["target_forwards"] / t["new_tokens"],
+                         "mean_accepted_length": sum(len(s.committed_ids) - 1 for s in steps) / len(steps),
+                         "tokens_fed_per_forward": t["tokens_fed"] / t["target_forwards"],
+                         "draft_forwards_per_step": t["draft_forwards"] / len(steps),
+                         "wall_ratio_vs_autoregressive": wall / ar_s})
+    return rows
+
+
+# ----------------------------------------------------------------------------- Jacobi and lookahead
+
+FIXED_POINT = {"jacobi": {"block": 8, "init": "repeat"}, "lookahead": {"window": 5, "ngram": 4, "guesses": 5}}
+
+
+def bench_jacobi_lookahead(models: Models, prompts: list[str], quick: bool) -> list[dict]:
+    """Greedy on the default target, each method beside the autoregressive baseline on the same prompt:
+    target forwards per new token and tokens fed per forward (goals: Jacobi <= 1.0, lookahead <= 0.8)."""
+    n = 16 if quick else 48
+    rows = []
+    for prompt in prompts:
+        ar_s, _ = timed(lambda: run_trace("autoregressive", prompt, {"max_new_tokens": n}, models.target, None,
+                                          models.device))
+        for method, settings in FIXED_POINT.items():
+            wall, trace = timed(lambda: run_trace(method, prompt, {**settings, "max_new_tokens": n}, models.target,
+                                                  None, models.device))
+            t = trace.totals
+            rows.append({"method": method, "target": models.target, "new_tokens": t["new_tokens"],
+                         "target_forwards_per_token": t["target_forwards"] / t["new_tokens"],
+                         "tokens_fed_per_forward": t["tokens_fed"] / t["target_forwards"],
+                         "multi_token_steps": sum(1 for s in trace.steps if len(s.committed_ids) > 1),
+                         "wall_ratio_vs_autoregressive": wall / ar_s})
+    return rows
+
+
+# ----------------------------------------------------------------------------- mask-predict
+
+SPANS = {"mask-predict": {"strategy": "mask-predict"}, "diffusion": {"strategy": "diffusion"},
+         "diffusion-block8": {"strategy": "diffusion", "block": 8}, "random": {"strategy": "random"},
+         "mask-predict-beam5": {"strategy": "mask-predict", "length": 0, "length_beam": 5}}
+
+
+def bench_mask_predict(models: Models, prompts: list[str], quick: bool) -> list[dict]:
+    """Forwards used (T, or T x the length beam) and wall time for each strategy on a 32-token span of
+    tiny-masked, beside the autoregressive forwards and wall time for the same 32 tokens on the tiny target."""
+    masked = "tiny-masked"
+    missing = models.missing(masked, models.tiny_target)
+    if missing:
+        print(f"mask-predict: {', '.join(missing)} not available here; skipped", flush=True)
+        return []
+    runs = {k: SPANS[k] for k in ("mask-predict", "mask-predict-beam5")} if quick else SPANS
+    rows = []
+    for prompt in prompts:
+        # median of 3: the first run of a model pays one-off set-up costs
+        ar_s, ar = timed(lambda: run_trace("autoregressive", prompt, {"max_new_tokens": 32}, models.tiny_target,
+                                           None, models.device), 3)
+        for name, settings in runs.items():
+            settings = {"length": 32, "iterations": 10, "max_new_tokens": 64, **settings}
+            wall, trace = timed(lambda: run_trace("mask-predict", prompt, settings, masked, None, models.device), 3)
+            d = trace.steps[-1].detail
+            rows.append({"method": f"mp:{name}", "target": masked, "span": d["lengths"][d["best"]],
+                         "target_forwards": trace.totals["target_forwards"], "wall_s": wall,
+                         "ar_forwards": ar.totals["target_forwards"], "ar_wall_s": ar_s})
     return rows
 
 

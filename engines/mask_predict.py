@@ -262,38 +262,3 @@ def mask_predict(model, prompt_ids: Sequence[int], cfg: MaskPredictConfig, rng: 
                        "iteration": iteration, "iterations": cfg.iterations, "strategy": cfg.strategy,
                        "lengths": [s.length for s in spans], "best": chosen, "spans": records,
                    })
-
-
-# ----------------------------------------------------------------------------- bench
-
-BENCH_RUNS = {"mask-predict": {"strategy": "mask-predict"}, "diffusion": {"strategy": "diffusion"},
-              "diffusion-block8": {"strategy": "diffusion", "block": 8}, "random": {"strategy": "random"},
-              "mask-predict-beam5": {"strategy": "mask-predict", "length": 0, "length_beam": 5}}
-
-
-def bench_mask_predict(models, prompts: list[str], quick: bool) -> list[dict]:
-    """A 32-token span on tiny-masked beside 32 autoregressive tokens on the tiny target."""
-    from engines import lm
-    if not (lm.available("tiny-masked") and lm.available(models.tiny_target)):
-        print("mask-predict: tiny-masked or the tiny target is not in assets/models yet; skipped", flush=True)
-        return []
-    return bench_span("tiny-masked", models.tiny_target, prompts, quick, models.device)
-
-
-def bench_span(masked: str, causal: str, prompts: list[str], quick: bool, device: str | None) -> list[dict]:
-    """Forwards used (T, or T x the length beam) and wall time for each strategy on a 32-token span,
-    with the autoregressive forwards and wall time for the same 32 tokens on a causal model."""
-    from engines.bench import run_trace, timed   # here, not at the top: engines.bench imports the methods
-    runs = {k: BENCH_RUNS[k] for k in ("mask-predict", "mask-predict-beam5")} if quick else BENCH_RUNS
-    rows = []
-    for prompt in prompts:
-        # median of 3: the first run of a model pays one-off set-up costs
-        ar_s, ar = timed(lambda: run_trace("autoregressive", prompt, {"max_new_tokens": 32}, causal, None, device), 3)
-        for name, settings in runs.items():
-            settings = {"length": 32, "iterations": 10, "max_new_tokens": 64, **settings}
-            wall, trace = timed(lambda: run_trace("mask-predict", prompt, settings, masked, None, device), 3)
-            d = trace.steps[-1].detail
-            rows.append({"method": f"mp:{name}", "target": masked, "span": d["lengths"][d["best"]],
-                         "target_forwards": trace.totals["target_forwards"], "wall_s": wall,
-                         "ar_forwards": ar.totals["target_forwards"], "ar_wall_s": ar_s})
-    return rows

@@ -17,8 +17,7 @@ the distribution each draft token was sampled from.
 """
 from __future__ import annotations
 
-import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from time import perf_counter
 from typing import Iterator, Sequence
 
@@ -242,69 +241,6 @@ def top_rows(probs: torch.Tensor, k: int = TOP) -> list[list[tuple[int, float]]]
     values, ids = probs.float().topk(min(k, probs.shape[-1]), dim=-1)
     return [[(int(i), round(float(v), 6)) for i, v in zip(row_ids, row_values) if v > 0]
             for row_ids, row_values in zip(ids.tolist(), values.tolist())]
-
-
-# ----------------------------------------------------------------------------- bench
-
-def bench_speculative(models, prompts: list[str], quick: bool) -> list[dict]:
-    """Greedy, k = 4: target forwards per new token, and wall time against transformers' own assisted
-    generation (constant schedule of 4, no confidence early stop), back to back in this process: the
-    engine with its full step records, and the whole Run (token texts, model checks) as the CLI makes
-    it. The model drafter runs on the embedded pair; prompt lookup runs on the default target against
-    generate(prompt_lookup_num_tokens=4)."""
-    from engines import lm
-    from engines.bench import run_trace, timed   # here, not at the top: engines.bench imports the methods
-    n, k, repeats = (24, 4, 1) if quick else (64, 4, 3)
-    rows = []
-    try:
-        pair = lm.load(models.tiny_target, models.device), lm.load(models.draft, models.device)
-    except lm.ModelLoadError as e:
-        print(f"speculative: the model drafter is skipped: {e}", flush=True)
-        pair = None
-    cases = [("speculative", pair, {"drafter": "model"})] if pair else []
-    cases.append(("speculative:ngram", (lm.load(models.target, models.device), None),
-                  {"drafter": "ngram", "lookup_ngram": 3}))
-    for method, (target, draft), settings in cases:
-        cfg = SpeculativeConfig(**settings, k=k, max_new_tokens=n)
-        for prompt in prompts:
-            ids = target.encode(prompt)
-            reference = lambda: assisted_generate(target, draft, torch.tensor([ids], device=target.device), n, k)
-            engine = lambda: list(speculative(target, draft, ids, cfg, torch.Generator().manual_seed(0)))
-            # the whole recorded run as the CLI and UI make it; lookup ignores the draft Run loads for it
-            run = lambda: run_trace("speculative", prompt, asdict(cfg), target.source, (draft or target).source,
-                                    models.device)
-            reference(), engine(), run()   # warm up
-            ref_s, ref_out = timed(reference, repeats)
-            engine_s, steps = timed(engine, repeats)
-            run_s, _ = timed(run, repeats)
-            made = sum(len(s.committed_ids) for s in steps)
-            rows.append({"method": method, "target": target.name, "new_tokens": made,
-                         "target_forwards_per_token": len(steps) / made,
-                         "acceptance": acceptance_rate(steps),
-                         "same_output_as_generate": float(ref_out == [t for s in steps for t in s.committed_ids]),
-                         "wall_ratio_vs_assisted_generate": engine_s / ref_s,
-                         "run_wall_ratio_vs_assisted_generate": run_s / ref_s})
-    return rows
-
-
-def assisted_generate(target: LM, draft: LM | None, ids: torch.Tensor, n: int, k: int) -> list[int]:
-    """transformers' assisted generation with a constant k (a draft model) or prompt lookup (no draft)."""
-    kwargs = {"prompt_lookup_num_tokens": k, "max_matching_ngram_size": 3} if draft is None else \
-        {"assistant_model": draft.model}
-    saved = draft.model.generation_config if draft is not None else None
-    if draft is not None:   # the candidate generator reads its schedule from the assistant's own config
-        constant = copy.deepcopy(saved)
-        constant.num_assistant_tokens, constant.num_assistant_tokens_schedule = k, "constant"
-        constant.assistant_confidence_threshold = 0.0
-        draft.model.generation_config = constant
-    try:
-        out = target.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                                    eos_token_id=sorted(target.eos_ids),
-                                    pad_token_id=target.tokenizer.pad_token_id or 0, **kwargs)
-    finally:
-        if draft is not None:
-            draft.model.generation_config = saved
-    return out[0, ids.shape[1]:].tolist()
 
 
 def acceptance_rate(steps: Sequence[Step]) -> float | None:

@@ -21,7 +21,6 @@ import re
 import shutil
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F

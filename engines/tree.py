@@ -19,7 +19,6 @@ q; q recorded per node is the draft's own probability (temperature 1), which ran
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Iterator, Sequence
@@ -318,41 +317,4 @@ def node_records(nodes: list[Node], outcome: Outcome, p: torch.Tensor, p_raw: to
         if outcome.u[i] is not None:
             row["u"], row["ratio"] = round(outcome.u[i], 6), round(outcome.ratio[i], 6)
         rows.append(row)
-    return rows
-
-
-# ----------------------------------------------------------------------------- bench
-
-BENCH_TREES = {"dynamic": {"tree": "dynamic", "tree_budget": 16, "tree_depth": 4, "tree_topk": 3},
-               "chain": {"tree": "chain"}, "balanced": {"tree": "balanced"}, "sparse": {"tree": "sparse"}}
-
-
-def bench_tree(models, prompts: list[str], quick: bool) -> list[dict]:
-    """Greedy on the embedded pair: target forwards per new token and mean accepted length of every tree,
-    beside linear speculative decoding with k = 4 (the same 4 draft forwards per step as a depth-4 tree)."""
-    from engines import lm
-    from engines.bench import run_trace, timed   # here, not at the top: engines.bench imports the methods
-    from engines.methods import METHODS
-    missing = [m for m in (models.tiny_target, models.draft) if not (lm.available(m) or os.path.isdir(m))]
-    if missing:
-        print(f"tree: {', '.join(missing)} not in assets/models yet; skipped", flush=True)
-        return []
-    n = 16 if quick else 48
-    runs = {f"tree:{name}": ("tree", settings) for name, settings in BENCH_TREES.items()}
-    if "speculative" in METHODS:
-        runs["spec:k=4"] = ("speculative", {"k": 4, "drafter": "model"})
-    rows = []
-    for prompt in prompts:
-        ar_s, _ = timed(lambda: run_trace("autoregressive", prompt, {"max_new_tokens": n}, models.tiny_target, None,
-                                          models.device))
-        for name, (method, settings) in runs.items():
-            wall, trace = timed(lambda: run_trace(method, prompt, {"max_new_tokens": n, **settings},
-                                                  models.tiny_target, models.draft, models.device))
-            t, steps = trace.totals, trace.steps
-            rows.append({"method": name, "target": models.tiny_target,
-                         "target_forwards_per_token": t["target_forwards"] / t["new_tokens"],
-                         "mean_accepted_length": sum(len(s.committed_ids) - 1 for s in steps) / len(steps),
-                         "tokens_fed_per_forward": t["tokens_fed"] / t["target_forwards"],
-                         "draft_forwards_per_step": t["draft_forwards"] / len(steps),
-                         "wall_ratio_vs_autoregressive": wall / ar_s})
     return rows

@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from tests.conftest import greedy_reference
+
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "engines", *args], capture_output=True, text=True, timeout=300)
@@ -17,6 +19,16 @@ def test_trace_prints_the_json_trace(tiny_target):
     d = json.loads(r.stdout)
     assert d["method"] == "autoregressive" and len(d["output_ids"]) == 5
     assert d["models"]["target"] == tiny_target.source
+
+
+@pytest.mark.parametrize("which", ["tiny_target", "smollm2"])
+def test_greedy_trace_from_the_command_line_equals_generate(which, request):
+    model = request.getfixturevalue(which)
+    r = cli("trace", "--method", "autoregressive", "--prompt", "It is a truth universally acknowledged, that",
+            "--max-new-tokens", "12", "--target", model.source)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["output_ids"] == greedy_reference(model, d["prompt_ids"], 12)
 
 
 @pytest.mark.parametrize("args, says", [

@@ -177,7 +177,7 @@ def words(trace: Trace, index: int) -> str:
         return (f"Nothing has run yet. The span after the prompt starts as masks and is filled over "
                 f"{cfg.get('iterations', 'T')} forward passes of the masked LM ({cfg.get('strategy', '')}).")
     step = trace.steps[index]
-    d, r, mask = step.detail, span_at(trace, index), mask_id(trace)
+    d, r = step.detail, span_at(trace, index)
     block = f", block {r['block'][0]}-{r['block'][1] - 1}" if r["block_iterations"] < d["iterations"] else ""
     text = (f"Iteration {index + 1} of {d['iterations']} ({d['strategy']}{block}): ")
     if not step.target_forwards:

@@ -308,7 +308,7 @@ def verdict_sentence(trace: Trace, d: dict) -> str:
         p = rejected[0]
         verb = "then rejected" if kept else "The target rejected"
         how = ("took its own argmax" if is_greedy(trace) else
-               f"drew from the residual max(0, p - q), renormalised")
+               "drew from the residual max(0, p - q), renormalised")
         parts.append(f"{verb} {quoted(trace, p['token'])} ({decision(trace, p)}) and {how}: "
                      f"{quoted(trace, d['next_token'])} ({next_probability(trace, d)})")
     text = "; ".join(parts) + "." if parts else ""
