@@ -1,6 +1,7 @@
 """Retake the README's screenshot: the real app, mid-run, in headless Debian Chromium.
 
-    python -m explorer.screenshot [--method speculative] [--steps 6] [--out assets/screenshot.png]
+    python -m explorer.screenshot        # the README's picture: speculative sampling on the tiny pair
+    python -m explorer.screenshot --method Tree --target smollm2-135m-instruct --temperature 0 --steps 6 --out tree.png
 
 Launches the app on a free local port, drives it with Playwright (never `playwright install`:
 it uses /usr/bin/chromium), presses Step a few times and saves a PNG.
@@ -73,18 +74,23 @@ def press_step(page, times: int = 1) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m explorer.screenshot")
-    p.add_argument("--method", default="Autoregressive", help="the method's title as on its tab")
-    p.add_argument("--target", default=None)
-    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--method", default="Speculative", help="the method's title as on its tab")
+    p.add_argument("--target", default="tiny-target")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    p.add_argument("--seed", type=int, default=2)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "assets" / "screenshot.png"))
     args = p.parse_args(argv)
     with serve() as url, browser_page() as page:
         page.goto(url)
         page.wait_for_selector("#step-btn")
         choose_method(page, args.method)
-        if args.target:
-            page.locator("#target input").fill(args.target)
-            page.keyboard.press("Enter")
+        page.locator("#target input").fill(args.target)
+        page.keyboard.press("Enter")
+        temperature = page.locator("#opt-temperature input[type=number]")   # the slider's number box
+        temperature.fill(str(args.temperature))
+        temperature.press("Enter")
+        page.locator("#seed input").fill(str(args.seed))
         press_step(page, args.steps)
         page.wait_for_timeout(1000)
         page.screenshot(path=args.out, full_page=True)

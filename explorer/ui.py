@@ -102,13 +102,16 @@ class Controls:
 def control(f: dataclasses.Field, key: str | None = None) -> gr.components.Component:
     m = f.metadata
     label = m.get("label") or f.name.replace("_", " ")
+    elem_id = f"opt-{key or f.name}"
     if m.get("choices"):
-        return gr.Dropdown(list(m["choices"]), value=f.default, label=label, info=m["help"], key=key)
+        return gr.Dropdown(list(m["choices"]), value=f.default, label=label, info=m["help"], key=key,
+                           elem_id=elem_id)
     if f.type in ("float", float):
         step = 0.01 if (m["high"] or 1) <= 1 else 0.05
-        return gr.Slider(m["low"], m["high"], value=f.default, step=step, label=label, info=m["help"], key=key)
+        return gr.Slider(m["low"], m["high"], value=f.default, step=step, label=label, info=m["help"], key=key,
+                         elem_id=elem_id)
     # No minimum/maximum here: the config's own check names the setting in its error sentence.
-    return gr.Number(value=f.default, precision=0, label=label, key=key,
+    return gr.Number(value=f.default, precision=0, label=label, key=key, elem_id=elem_id,
                      info=f"{m['help']} ({m['low']:g} to {m['high']:g})")
 
 

@@ -392,6 +392,23 @@ def test_words_explain_each_decision_with_its_numbers(traces):
     assert any("Prompt lookup" in view.words(traces["lookup"], i) for i in range(len(traces["lookup"].steps)))
 
 
+def test_the_coin_row_draws_u_against_min_1_p_over_q_where_the_target_looked(traces):
+    """Every examined position shows its recorded u and acceptance region; a position after the rejection
+    shows no coin (its draw was never used) and says so."""
+    view, cut_short = VIEWS["speculative"], 0
+    for trace in (traces["sampled"], traces["sampled, rejected"]):
+        for i, s in enumerate(trace.steps):
+            data = view.main(trace, i).to_plotly_json()["data"]
+            examined = [p for p in s.detail["positions"] if p["status"] != "not_reached"]
+            assert [t["x"][0] for t in data if t.get("name") == "u, the uniform draw"] == [p["u"] for p in examined]
+            assert [t["x"][0] for t in data if t.get("name") == "min(1, p/q): accept region"] == \
+                [p["ratio"] for p in examined]
+            unused = sum(p["status"] == "not_reached" for p in s.detail["positions"])
+            assert sum("not reached: an earlier draft was rejected" in str(t.get("hovertext")) for t in data) == unused
+            cut_short += unused > 0
+    assert cut_short, "some draft should have been cut short by a rejection"
+
+
 def test_running_stats_match_the_formula():
     from explorer.figures.speculative import expected_tokens
     assert expected_tokens(0.0, 4) == 1.0

@@ -118,14 +118,17 @@ def draft_check(trace: Trace, index: int) -> go.Figure:
 
 def add_coin(fig: go.Figure, trace: Trace, pos: dict, col: int, first: bool) -> None:
     status = pos["status"]
-    if pos["u"] is None:
+    if pos["u"] is None or status == "not_reached":   # greedy, or a draw the cut draft never used
         fig.add_annotation(text=("= argmax" if status == "accepted" else
                                  "not reached" if status == "not_reached" else
                                  f"argmax: {label(trace, pos['target_token'])}"),
                            x=0.5, y=0.5, showarrow=False, font={"color": colour(status)}, row=2, col=col)
         fig.add_scatter(x=[0.5], y=[0.0], mode="markers", marker={"symbol": symbol(status), "size": 12,
                                                                     "color": colour(status)},
-                        name=status, showlegend=False, hovertext=f"{status}: {decision(trace, pos)}",
+                        name=status, showlegend=False, hovertext=(
+                            f"not reached: an earlier draft was rejected (its unused draw: {decision(trace, pos)})"
+                            if status == "not_reached" and pos["u"] is not None else
+                            f"{status}: {decision(trace, pos)}"),
                         hoverinfo="text", row=2, col=col)
         return
     fig.add_bar(x=[pos["ratio"]], y=["coin"], orientation="h", marker_color=colour(status), opacity=0.35,
