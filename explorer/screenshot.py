@@ -51,6 +51,13 @@ def browser_page(width: int = 1400, height: int = 1000):
             browser.close()
 
 
+def open_app(page, url: str) -> None:
+    """Load the page and wait for the app's own first render (it sets the target for the method), so that
+    what a script types afterwards is not overwritten."""
+    page.goto(url)
+    page.wait_for_function("() => (document.querySelector('#words')?.innerText || '').includes('Press Step')")
+
+
 def choose_method(page, title: str) -> None:
     page.get_by_role("radio", name=title, exact=True).check()
     page.wait_for_timeout(800)
@@ -82,8 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "assets" / "screenshot.png"))
     args = p.parse_args(argv)
     with serve() as url, browser_page() as page:
-        page.goto(url)
-        page.wait_for_selector("#step-btn")
+        open_app(page, url)
         choose_method(page, args.method)
         page.locator("#target input").fill(args.target)
         page.keyboard.press("Enter")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from engines import lm
-from explorer.screenshot import CHROMIUM, browser_page, iteration, press_step, serve
+from explorer.screenshot import CHROMIUM, browser_page, iteration, open_app, press_step, serve
 
 TARGET = "tiny-target" if lm.available("tiny-target") else "smollm2-135m-instruct"
 
@@ -19,8 +19,7 @@ if not Path(CHROMIUM).exists():
 @pytest.fixture(scope="module")
 def page():
     with serve() as url, browser_page() as p:
-        p.goto(url)
-        p.wait_for_selector("#step-btn")
+        open_app(p, url)
         p.locator("#target input").fill(TARGET)
         p.locator("#target input").press("Enter")
         p.locator("#prompt textarea").fill("Alice was beginning to get very tired of")
@@ -41,21 +40,26 @@ def test_step_back_download_and_reload(page, tmp_path):
     assert len(set(texts)) == 3 and len(set(plots)) == 3          # the text and the figure changed each step
     assert "next-token distribution" in page.locator("#main-plot").inner_text()
     assert "Runners-up" in page.locator("#words").inner_text()
+    press_step(page, 17)                                           # 20 tokens of the baseline
+    at_20 = page.locator("#text-so-far").inner_text()
 
     page.click("#back-btn")
-    page.wait_for_function("() => document.querySelector('#position').innerText.includes('Iteration 2 of 3')")
-    assert page.locator("#text-so-far").inner_text() == texts[1]
+    page.wait_for_function("() => document.querySelector('#position').innerText.includes('Iteration 19 of 20')")
+    assert page.locator("#text-so-far").inner_text() not in (at_20, texts[2])
+    press_step(page)                                               # forward again: replayed, not re-run
+    assert page.locator("#text-so-far").inner_text() == at_20
 
     with page.expect_download() as download:
         page.click("#download-btn")
     saved = tmp_path / "trace.json"
     download.value.save_as(saved)
     trace = json.loads(saved.read_text())
-    assert trace["method"] == "autoregressive" and len(trace["steps"]) == 3
+    assert trace["method"] == "autoregressive" and len(trace["steps"]) == 20
+    assert trace["models"]["target"].endswith(TARGET)
 
     page.locator("input[type=file]").first.set_input_files(str(saved))   # the Load trace button's input
     page.wait_for_function("() => document.querySelector('#position').innerText.includes('replay of a loaded trace')")
-    assert iteration(page) == 3
+    assert iteration(page) == 20 and page.locator("#text-so-far").inner_text() == at_20
 
 
 def test_keyboard_step_but_not_while_typing(page):
