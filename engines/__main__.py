@@ -45,6 +45,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--draft", default=None, help="draft model for methods that use one (default tiny-draft)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when present)")
+    t.add_argument("--dtype", default=None, choices=list(lm.DTYPES),
+                   help="weights and activations (default: float32 on CPU, bfloat16 or float16 on CUDA)")
     t.add_argument("--indent", type=int, default=None)
     add_method_options(t)
     sub.add_parser("models", help="list the model presets and whether each is available here")
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "trace":
             settings = {k: v for k, v in vars(args).items() if v is not None}
             run = Run(args.method, args.prompt, settings, target=args.target, draft=args.draft,
-                      seed=args.seed, device=args.device)
+                      seed=args.seed, device=args.device, dtype=args.dtype)
             print(run.run().to_json(indent=args.indent))
         elif args.command == "bench":
             from engines.bench import bench

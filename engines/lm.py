@@ -65,6 +65,32 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_device(device: str | None) -> torch.device:
+    """A device name -> torch.device, refusing in one sentence one that this machine does not have."""
+    if not device:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ModelLoadError(f"Unknown device '{device}': use cpu, cuda or cuda:N.") from None
+    backend = getattr(torch, dev.type, None)
+    if dev.type != "cpu" and not (backend is not None and hasattr(backend, "is_available") and backend.is_available()):
+        raise ModelLoadError(f"This machine has no '{dev.type}' device; use cpu, or leave the device unset to "
+                             f"take a GPU when there is one.")
+    return dev
+
+
+def parse_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    if not dtype:
+        return default_dtype(device)
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"Unknown dtype '{dtype}': use one of {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
+
+
 # ----------------------------------------------------------------------------- finding weights
 
 def smollm2_gguf_path() -> Path | None:
@@ -324,9 +350,9 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> froz
 @functools.lru_cache(maxsize=8)
 def load(name: str, device: str | None = None, dtype: str | None = None) -> LM:
     """Load a model once per process: a preset name, a local folder, or a hub id."""
+    dev = parse_device(device)
+    dt = parse_dtype(dtype, dev)
     source = resolve(name)
-    dev = torch.device(device) if device else default_device()
-    dt = getattr(torch, dtype) if dtype else default_dtype(dev)
     try:
         config = AutoConfig.from_pretrained(source)
         masked = not getattr(config, "is_decoder", False) and any(

@@ -108,15 +108,15 @@ class Run:
     """One decoding run: its trace so far and the live engine that extends it."""
 
     def __init__(self, method_name: str, prompt: str, settings: dict[str, Any], *, target: str | None = None,
-                 draft: str | None = None, seed: int = 0, device: str | None = None):
+                 draft: str | None = None, seed: int = 0, device: str | None = None, dtype: str | None = None):
         m = method(method_name)
         if not prompt.strip():
             raise ValueError("The prompt is empty: type a few words for the model to continue.")
         cfg = build(m.config, settings)
-        self.target = lm.load(target or method_default_target(method_name), device)
+        self.target = lm.load(target or method_default_target(method_name), device, dtype)
         # a deterministic drafter (prompt lookup) needs no draft model
         needs_draft = m.uses_draft and getattr(cfg, "drafter", "model") == "model"
-        self.draft = lm.load(draft or DEFAULT_DRAFT, device) if needs_draft else None
+        self.draft = lm.load(draft or DEFAULT_DRAFT, device, dtype) if needs_draft else None
         if m.model_kind == "masked" and not self.target.is_masked:
             raise lm.ModelLoadError(f"{m.title} needs a masked LM such as tiny-masked, not '{self.target.name}'.")
         if m.model_kind == "causal" and self.target.is_masked:

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import greedy_reference
 
@@ -39,6 +40,8 @@ def test_greedy_trace_from_the_command_line_equals_generate(which, request):
     (["--prompt", "x", "--method", "no-such-method"], "invalid choice"),
     (["--prompt", "x", "--method", "autoregressive", "--target", "no-such-model"], "Unknown model"),
     (["--prompt", "x", "--method", "autoregressive", "--top-p", "abc"], "invalid float"),
+    (["--prompt", "x", "--method", "autoregressive", "--device", "banana"], "Unknown device"),
+    (["--prompt", "x", "--method", "autoregressive", "--dtype", "int3"], "invalid choice"),
 ])
 def test_bad_input_gives_one_line_and_exit_code_2(args, says):
     r = cli("trace", *args)
@@ -52,3 +55,10 @@ def test_models_lists_every_preset():
     assert r.returncode == 0
     for name in ("smollm2-135m-instruct", "tiny-target", "tiny-draft", "tiny-masked"):
         assert name in r.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_a_gpu_that_is_not_there_is_one_sentence():
+    r = cli("trace", "--prompt", "x", "--method", "autoregressive", "--target", "tiny-target", "--device", "cuda")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: This machine has no 'cuda' device; use cpu, or leave the device unset to take a GPU when there is one."]
