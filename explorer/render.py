@@ -62,13 +62,19 @@ def stats_line(trace: Trace, cursor: int) -> str:
 
 def position_html(session: Session) -> str:
     trace, cursor = session.trace, session.cursor
-    made = totals(trace.steps[: cursor + 1])["new_tokens"]
-    cap = trace.config.get("max_new_tokens") or max(made, 1)
+    view = VIEWS[trace.method]
+    if view.progress is not None and cursor >= 0:
+        done, total, what = view.progress(trace, cursor)
+        amount = f"{done} of {total} {what}"
+    else:
+        done = totals(trace.steps[: cursor + 1])["new_tokens"]
+        total = trace.config.get("max_new_tokens") or max(done, 1)
+        amount = f"{done} of at most {total} new tokens"
     state = "replay of a loaded trace" if session.run is None else ("finished" if trace.finished else "running")
     label = (f"Iteration {cursor + 1} of {len(trace.steps)} recorded" if cursor >= 0
              else f"Before the first iteration ({len(trace.steps)} recorded)")
-    return (f'<div class="position"><span>{html.escape(label)} &middot; {made} of at most {cap} new tokens '
-            f'&middot; {state}</span><progress max="{cap}" value="{made}"></progress></div>')
+    return (f'<div class="position"><span>{html.escape(label)} &middot; {amount} &middot; {state}</span>'
+            f'<progress max="{total}" value="{done}"></progress></div>')
 
 
 def save_trace(trace: Trace) -> str:

@@ -401,3 +401,15 @@ def test_diffusion_heatmap_leaves_masks_grey():
     fig = VIEWS["mask-predict"].main(trace, 1).to_dict()
     conf = next(t for t in fig["data"] if t.get("name") == "confidence")
     assert [sum(c is None for c in row) for row in conf["z"]] == [span(s)["masks_after"] for s in trace.steps[:2]]
+
+
+def test_progress_line_counts_unmasked_span_positions_not_new_tokens():
+    from explorer.render import position_html
+    from explorer.session import Session
+    trace = toy_trace(length=10, iterations=5, strategy="diffusion")
+    session = Session.replay(trace)
+    for i, step in enumerate(trace.steps):
+        session.seek(i)
+        r = step.detail["spans"][0]
+        assert f"{10 - r['masks_after']} of 10 span positions unmasked" in position_html(session)
+    assert "10 of 10 span positions unmasked" in position_html(session)

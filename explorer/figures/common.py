@@ -115,3 +115,5 @@ class View:
     chips: Callable[[Trace, int], list[Chip]]   # the step's own tokens (committed, and rejected drafts)
     help: str                                    # how to read the figures; the paper's name and year
     legend: tuple[str, ...] = ("prompt", "earlier", "chosen")
+    # (done, total, what) for the progress line, where "new tokens so far" is not the method's measure
+    progress: Callable[[Trace, int], tuple[int, int, str]] | None = None

@@ -227,8 +227,14 @@ def chips(trace: Trace, index: int) -> list[Chip]:
     return out
 
 
+def progress(trace: Trace, index: int) -> tuple[int, int, str]:
+    """The span fills over the iterations; its tokens become new text only at the last one."""
+    r = span_at(trace, index)
+    return r["length"] - r["masks_after"], r["length"], "span positions unmasked"
+
+
 VIEW = View(
-    main=unmasking, side=confidence_and_schedule, words=words, chips=chips,
+    main=unmasking, side=confidence_and_schedule, words=words, chips=chips, progress=progress,
     legend=("earlier", "chosen", "resampled", "rejected", "masked"),
     help="**Mask-predict** (Ghazvininejad et al. 2019) and **masked diffusion** (LLaDA, Nie et al. 2025) fill a "
          "span of masks after the prompt with a bidirectional masked LM. Every iteration is one forward that "
