@@ -7,12 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from engines.speculative import acceptance_rate
 from engines.trace import Step, Trace
-from explorer.figures.common import (DRAFT_COLOUR, TARGET_COLOUR, Chip, View, colour, empty, layout, quoted,
-                                     show, symbol, token)
+from explorer.figures.common import (DRAFT_COLOUR, TARGET_COLOUR, Chip, Grid, View, colour, empty, figure, grid,
+                                     quoted, show, symbol, token)
 
 BARS = 5          # tokens shown per position
 COIN = "#666666"
@@ -90,58 +89,63 @@ def draft_check(trace: Trace, index: int) -> go.Figure:
     cols = len(positions) + 1
     titles = [f"{i + 1}: {label(trace, pos['token'])}" for i, pos in enumerate(positions)]
     titles.append(f"{cols}: bonus" if d["next_kind"] == "bonus" else f"{cols}: after the draft")
-    fig = make_subplots(rows=2, cols=cols, row_heights=[0.74, 0.26], vertical_spacing=0.2,
-                        horizontal_spacing=min(0.04, 0.4 / cols), subplot_titles=titles)
+    g = grid(2, cols, row_heights=[0.74, 0.26], vspace=0.2, hspace=min(0.04, 0.4 / cols), titles=titles)
+    data, notes = [], []
     for i, pos in enumerate(positions):
         b = position_bars(trace, pos)
         names = [label(trace, t) for t in b.ids]
         first = i == 0
-        fig.add_bar(x=names, y=b.p, name="p, target" + (" (temperature 1)" if raw else ""), legendgroup="p",
-                    showlegend=first, marker_color=TARGET_COLOUR, row=1, col=i + 1,
-                    marker_line={"color": [colour(pos["status"])] + ["rgba(0,0,0,0)"] * (len(b.ids) - 1),
-                                 "width": 3},
-                    hovertext=bar_hover(trace, b.ids, b.p, "p"), hoverinfo="text")
-        fig.add_bar(x=names, y=b.q, name="q, draft" + (" (temperature 1)" if raw else ""), legendgroup="q",
-                    showlegend=first, marker_color=DRAFT_COLOUR, row=1, col=i + 1,
-                    hovertext=bar_hover(trace, b.ids, b.q, "q"), hoverinfo="text")
-        add_coin(fig, trace, pos, i + 1, first)
-    add_after(fig, trace, step, cols)
-    fig.update_yaxes(rangemode="tozero", matches="y", row=1)   # one scale, so positions compare
-    fig.update_yaxes(visible=False, row=2)
-    fig.update_xaxes(tickangle=-40, tickfont={"size": 10}, row=1)
-    fig.update_xaxes(range=[0, 1.02], tickvals=[0, 0.5, 1], row=2)
-    fig.update_yaxes(title="probability", row=1, col=1)
+        data.append({"type": "bar", **g.cell(1, i + 1), "x": names, "y": b.p, "legendgroup": "p",
+                     "name": "p, target" + (" (temperature 1)" if raw else ""), "showlegend": first,
+                     "marker": {"color": TARGET_COLOUR, "line": {
+                         "color": [colour(pos["status"])] + ["rgba(0,0,0,0)"] * (len(b.ids) - 1), "width": 3}},
+                     "hovertext": bar_hover(trace, b.ids, b.p, "p"), "hoverinfo": "text"})
+        data.append({"type": "bar", **g.cell(1, i + 1), "x": names, "y": b.q, "legendgroup": "q",
+                     "name": "q, draft" + (" (temperature 1)" if raw else ""), "showlegend": first,
+                     "marker": {"color": DRAFT_COLOUR},
+                     "hovertext": bar_hover(trace, b.ids, b.q, "q"), "hoverinfo": "text"})
+        coin(data, notes, g.cell(2, i + 1), trace, pos, first)
+    after(data, g, trace, step, cols)
+    for col, (x, y) in enumerate(zip(g.xaxes(1), g.yaxes(1))):
+        x.update(tickangle=-40, tickfont={"size": 10})
+        y.update(rangemode="tozero", **({"matches": "y"} if col else {}))   # one scale, so positions compare
+    for x, y in zip(g.xaxes(2), g.yaxes(2)):
+        x.update(range=[0, 1.02], tickvals=[0, 0.5, 1])
+        y.update(visible=False)
+    g.yaxis(1, 1)["title"] = {"text": "probability"}
     what = "greedy: kept while it is the target's argmax" if raw else "kept while u <= min(1, p/q)"
-    return layout(fig, f"Step {index + 1}: {len(positions)} drafted by the {d['drafter']} drafter, "
-                       f"{d['accepted']} kept ({what})", height=430, barmode="group", bargap=0.25)
+    return figure(data, g, f"Step {index + 1}: {len(positions)} drafted by the {d['drafter']} drafter, "
+                           f"{d['accepted']} kept ({what})", height=430, barmode="group", bargap=0.25,
+                  annotations=notes)
 
 
-def add_coin(fig: go.Figure, trace: Trace, pos: dict, col: int, first: bool) -> None:
+def coin(data: list[dict], notes: list[dict], axes: dict, trace: Trace, pos: dict, first: bool) -> None:
+    """A drafted position's coin row: u against min(1, p/q), or, where no draw decided, a word."""
     status = pos["status"]
     if pos["u"] is None or status == "not_reached":   # greedy, or a draw the cut draft never used
-        fig.add_annotation(text=("= argmax" if status == "accepted" else
-                                 "not reached" if status == "not_reached" else
-                                 f"argmax: {label(trace, pos['target_token'])}"),
-                           x=0.5, y=0.5, showarrow=False, font={"color": colour(status)}, row=2, col=col)
-        fig.add_scatter(x=[0.5], y=[0.0], mode="markers", marker={"symbol": symbol(status), "size": 12,
-                                                                    "color": colour(status)},
-                        name=status, showlegend=False, hovertext=(
-                            f"not reached: an earlier draft was rejected (its unused draw: {decision(trace, pos)})"
-                            if status == "not_reached" and pos["u"] is not None else
-                            f"{status}: {decision(trace, pos)}"),
-                        hoverinfo="text", row=2, col=col)
+        notes.append({"text": ("= argmax" if status == "accepted" else
+                               "not reached" if status == "not_reached" else
+                               f"argmax: {label(trace, pos['target_token'])}"),
+                      "x": 0.5, "y": 0.5, "xref": axes["xaxis"], "yref": axes["yaxis"], "showarrow": False,
+                      "font": {"color": colour(status)}})
+        hover = (f"not reached: an earlier draft was rejected (its unused draw: {decision(trace, pos)})"
+                 if status == "not_reached" and pos["u"] is not None else f"{status}: {decision(trace, pos)}")
+        data.append({"type": "scatter", **axes, "x": [0.5], "y": [0.0], "mode": "markers", "name": status,
+                     "marker": {"symbol": symbol(status), "size": 12, "color": colour(status)},
+                     "showlegend": False, "hovertext": hover, "hoverinfo": "text"})
         return
-    fig.add_bar(x=[pos["ratio"]], y=["coin"], orientation="h", marker_color=colour(status), opacity=0.35,
-                name="min(1, p/q): accept region", legendgroup="ratio", showlegend=first,
-                hovertext=f"accept when u <= min(1, p/q) = {pos['ratio']:.4f}", hoverinfo="text", row=2, col=col)
-    fig.add_scatter(x=[pos["u"]], y=["coin"], mode="markers",
-                    marker={"symbol": symbol(status), "size": 13, "color": colour(status),
+    data.append({"type": "bar", **axes, "x": [pos["ratio"]], "y": ["coin"], "orientation": "h",
+                 "marker": {"color": colour(status)}, "opacity": 0.35, "name": "min(1, p/q): accept region",
+                 "legendgroup": "ratio", "showlegend": first, "hoverinfo": "text",
+                 "hovertext": f"accept when u <= min(1, p/q) = {pos['ratio']:.4f}"})
+    data.append({"type": "scatter", **axes, "x": [pos["u"]], "y": ["coin"], "mode": "markers",
+                 "marker": {"symbol": symbol(status), "size": 13, "color": colour(status),
                             "line": {"color": COIN, "width": 1}},
-                    name="u, the uniform draw", legendgroup="u", showlegend=first,
-                    hovertext=f"{status}: {decision(trace, pos)}", hoverinfo="text", row=2, col=col)
+                 "name": "u, the uniform draw", "legendgroup": "u", "showlegend": first,
+                 "hovertext": f"{status}: {decision(trace, pos)}", "hoverinfo": "text"})
 
 
-def add_after(fig: go.Figure, trace: Trace, step: Step, col: int) -> None:
+def after(data: list[dict], g: Grid, trace: Trace, step: Step, col: int) -> None:
     """The last column: p after the whole draft (the bonus distribution); the coin row says its fate."""
     d = step.detail
     raw = is_greedy(trace)
@@ -149,17 +153,19 @@ def add_after(fig: go.Figure, trace: Trace, step: Step, col: int) -> None:
     top = with_next(d["bonus_p_raw_top"] if raw else d["bonus_p_top"], d, raw) if used else \
         (d["bonus_p_raw_top"] if raw else d["bonus_p_top"])
     ids = [t for t, _ in top]
-    fig.add_bar(x=[label(trace, t) for t in ids], y=[v for _, v in top], name="p after the draft",
-                showlegend=False, marker_color=TARGET_COLOUR, opacity=1.0 if used else 0.35,
-                marker_line={"color": [colour("bonus") if used and t == d["next_token"] else "rgba(0,0,0,0)"
-                                       for t in ids], "width": 3},
-                hovertext=bar_hover(trace, ids, [v for _, v in top], "p"), hoverinfo="text", row=1, col=col)
+    data.append({"type": "bar", **g.cell(1, col), "x": [label(trace, t) for t in ids], "y": [v for _, v in top],
+                 "name": "p after the draft", "showlegend": False, "opacity": 1.0 if used else 0.35,
+                 "marker": {"color": TARGET_COLOUR, "line": {
+                     "color": [colour("bonus") if used and t == d["next_token"] else "rgba(0,0,0,0)" for t in ids],
+                     "width": 3}},
+                 "hovertext": bar_hover(trace, ids, [v for _, v in top], "p"), "hoverinfo": "text"})
     fate = (f"bonus: {label(trace, d['next_token'])}" if used else
             "ended at end-of-text" if d["next_token"] is None else "not reached")
-    fig.add_scatter(x=[0.5], y=[0.0], mode="markers+text", text=[fate], textposition="top center",
-                    marker={"symbol": symbol("bonus" if used else "not_reached"), "size": 12,
+    data.append({"type": "scatter", **g.cell(2, col), "x": [0.5], "y": [0.0], "mode": "markers+text",
+                 "text": [fate], "textposition": "top center",
+                 "marker": {"symbol": symbol("bonus" if used else "not_reached"), "size": 12,
                             "color": colour("bonus" if used else "not_reached")},
-                    showlegend=False, hovertext=fate, hoverinfo="text", row=2, col=col)
+                 "showlegend": False, "hovertext": fate, "hoverinfo": "text"})
 
 
 # ----------------------------------------------------------------------------- side figure
@@ -200,27 +206,28 @@ def next_token_and_stats(trace: Trace, index: int) -> go.Figure:
     if index < 0:
         return empty("The residual distribution and the running acceptance rate appear after the first step.")
     d = trace.steps[index].detail
-    fig = make_subplots(rows=2, cols=1, row_heights=[0.5, 0.5], vertical_spacing=0.22,
-                        specs=[[{}], [{"secondary_y": True}]],
-                        subplot_titles=[next_title(trace, d), "Running statistics"])
-    add_next(fig, trace, d)
+    g = grid(2, 1, row_heights=[0.5, 0.5], vspace=0.22, secondary_y=((2, 1),),
+             titles=[next_title(trace, d), "Running statistics"])
+    data, notes = [], []
+    next_bars(data, notes, g.cell(1, 1), trace, d)
     r = running(trace, index)
-    fig.add_scatter(x=r.steps, y=r.measured, mode="lines+markers", name="measured tokens / target forward",
-                    marker={"color": TARGET_COLOUR}, hovertemplate="after step %{x}: %{y:.3f} tokens per target "
-                                                                   "forward<extra></extra>", row=2, col=1)
-    fig.add_scatter(x=r.steps, y=r.expected, mode="lines+markers", line={"dash": "dash", "color": colour("bonus")},
-                    name="expected (1 - α^(k+1)) / (1 - α)",
-                    hovertemplate="after step %{x}: %{y:.3f} expected for this α and these k<extra></extra>",
-                    row=2, col=1)
-    fig.add_scatter(x=r.steps, y=r.alpha, mode="lines+markers", line={"color": colour("accepted")},
-                    marker={"symbol": "circle-open"}, name="acceptance rate α",
-                    hovertemplate="after step %{x}: α = %{y:.3f}<extra></extra>", row=2, col=1, secondary_y=True)
-    fig.update_yaxes(title="tokens / forward", rangemode="tozero", row=2, col=1, secondary_y=False)
-    fig.update_yaxes(title="α", range=[0, 1.05], tickmode="array", tickvals=[0, 0.25, 0.5, 0.75, 1],
-                     showgrid=False, row=2, col=1, secondary_y=True)
-    fig.update_yaxes(title="probability", rangemode="tozero", row=1, col=1)
-    fig.update_xaxes(title="step", tickmode="linear", tick0=1, dtick=max(1, round(len(r.steps) / 8)), row=2, col=1)
-    return layout(fig, "", height=520, barmode="group")
+    data += [
+        {"type": "scatter", **g.cell(2, 1), "x": r.steps, "y": r.measured, "mode": "lines+markers",
+         "name": "measured tokens / target forward", "marker": {"color": TARGET_COLOUR},
+         "hovertemplate": "after step %{x}: %{y:.3f} tokens per target forward<extra></extra>"},
+        {"type": "scatter", **g.cell(2, 1), "x": r.steps, "y": r.expected, "mode": "lines+markers",
+         "line": {"dash": "dash", "color": colour("bonus")}, "name": "expected (1 - α^(k+1)) / (1 - α)",
+         "hovertemplate": "after step %{x}: %{y:.3f} expected for this α and these k<extra></extra>"},
+        {"type": "scatter", **g.cell(2, 1, secondary_y=True), "x": r.steps, "y": r.alpha, "mode": "lines+markers",
+         "line": {"color": colour("accepted")}, "marker": {"symbol": "circle-open"}, "name": "acceptance rate α",
+         "hovertemplate": "after step %{x}: α = %{y:.3f}<extra></extra>"},
+    ]
+    g.yaxis(2, 1).update(title={"text": "tokens / forward"}, rangemode="tozero")
+    g.yaxis(2, 1, secondary_y=True).update(title={"text": "α"}, range=[0, 1.05], tickmode="array",
+                                           tickvals=[0, 0.25, 0.5, 0.75, 1], showgrid=False)
+    g.yaxis(1, 1).update(title={"text": "probability"}, rangemode="tozero")
+    g.xaxis(2, 1).update(title={"text": "step"}, tickmode="linear", tick0=1, dtick=max(1, round(len(r.steps) / 8)))
+    return figure(data, g, "", height=520, barmode="group", annotations=notes)
 
 
 def next_title(trace: Trace, d: dict) -> str:
@@ -241,10 +248,12 @@ def with_next(top: list, d: dict, raw: bool) -> list:
     return [*top, [d["next_token"], d["next_raw_p"] if raw else d["next_p"]]]
 
 
-def add_next(fig: go.Figure, trace: Trace, d: dict) -> None:
+def next_bars(data: list[dict], notes: list[dict], axes: dict, trace: Trace, d: dict) -> None:
+    """The distribution the step's last token came from, that token outlined; at a sampled rejection
+    also p and q there, so the residual max(0, p - q) can be read off them."""
     if d["next_token"] is None:
-        fig.add_annotation(text="An accepted end-of-text token ends the text: no bonus follows it.",
-                           x=0.5, y=0.5, xref="x domain", yref="y domain", showarrow=False)
+        notes.append({"text": "An accepted end-of-text token ends the text: no bonus follows it.", "x": 0.5,
+                      "y": 0.5, "xref": "x domain", "yref": "y domain", "showarrow": False})
         return
     n, raw = d["accepted"], is_greedy(trace)
     rejected = d["positions"][n] if d["next_kind"] == "resampled" else None
@@ -259,16 +268,16 @@ def add_next(fig: go.Figure, trace: Trace, d: dict) -> None:
     values = dict(source)
     kind = d["next_kind"]
     names = [label(trace, t) for t in ids]
-    fig.add_bar(x=names, y=[values.get(t) for t in ids], name=name, marker_color=colour(kind),
-                marker_line={"color": [colour(kind) if t == d["next_token"] else "rgba(0,0,0,0)" for t in ids],
-                             "width": 3},
-                hovertext=bar_hover(trace, ids, [values.get(t) for t in ids], name), hoverinfo="text", row=1, col=1)
+    data.append({"type": "bar", **axes, "x": names, "y": [values.get(t) for t in ids], "name": name,
+                 "marker": {"color": colour(kind), "line": {
+                     "color": [colour(kind) if t == d["next_token"] else "rgba(0,0,0,0)" for t in ids], "width": 3}},
+                 "hovertext": bar_hover(trace, ids, [values.get(t) for t in ids], name), "hoverinfo": "text"})
     if rejected and not raw:
         p, q = dict(rejected["p_top"]), dict(rejected["q_top"])
         for who, vals, c in (("p", p, TARGET_COLOUR), ("q", q, DRAFT_COLOUR)):
-            fig.add_bar(x=names, y=[vals.get(t) for t in ids], name=f"{who} at position {n + 1}", marker_color=c,
-                        opacity=0.45, hovertext=bar_hover(trace, ids, [vals.get(t) for t in ids], who),
-                        hoverinfo="text", row=1, col=1)
+            data.append({"type": "bar", **axes, "x": names, "y": [vals.get(t) for t in ids],
+                         "name": f"{who} at position {n + 1}", "marker": {"color": c}, "opacity": 0.45,
+                         "hovertext": bar_hover(trace, ids, [vals.get(t) for t in ids], who), "hoverinfo": "text"})
 
 
 # ----------------------------------------------------------------------------- words and chips
