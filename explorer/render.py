@@ -4,7 +4,6 @@ Pure functions of the recorded trace and the cursor; the UI only places the resu
 """
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import tempfile
@@ -77,13 +76,15 @@ def position_html(session: Session) -> str:
             f'<progress max="{total}" value="{done}"></progress></div>')
 
 
-def save_trace(trace: Trace) -> str:
-    """Write the trace as the CLI prints it; the name is a hash of the contents."""
+def save_trace(trace: Trace, key: str) -> str:
+    """Write the trace as the CLI prints it, once per state of the run: steps are only ever appended, so
+    the run's key, its step count and whether it finished name the contents. Older states are removed."""
     TRACE_DIR.mkdir(parents=True, exist_ok=True)
-    text = trace.to_json(indent=1)
-    path = TRACE_DIR / f"trace-{trace.method}-{hashlib.sha1(text.encode()).hexdigest()[:12]}.json"
+    path = TRACE_DIR / f"trace-{trace.method}-{key}-{len(trace.steps)}{'-end' if trace.finished else ''}.json"
     if not path.exists():
-        path.write_text(text, encoding="utf-8")
+        for old in TRACE_DIR.glob(f"trace-{trace.method}-{key}-*.json"):
+            old.unlink(missing_ok=True)
+        path.write_text(trace.to_json(indent=1), encoding="utf-8")
     return str(path)
 
 
@@ -101,7 +102,7 @@ def render(session: Session | None, method: str) -> Screen:
         stats=stats_line(trace, cursor), position=position_html(session),
         history_max=len(trace.steps), history_value=cursor + 1,
         record=trace.steps[cursor].to_dict() if cursor >= 0 else {"prompt_ids": trace.prompt_ids},
-        trace_file=save_trace(trace) if trace.steps else None)
+        trace_file=save_trace(trace, session.key) if trace.steps else None)
 
 
 def figure_bytes(fig: go.Figure) -> int:

@@ -7,6 +7,7 @@ the last recorded one runs the model. Models are never held here, only the Run
 """
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 from engines.methods import Run
@@ -18,6 +19,7 @@ class Session:
     trace: Trace
     run: Run | None = None     # None: a loaded trace, replay only
     cursor: int = -1           # index of the step on screen; -1 is "nothing run yet"
+    key: str = field(default_factory=lambda: uuid.uuid4().hex[:16])   # names this run's trace file
 
     @classmethod
     def start(cls, run: Run) -> "Session":

@@ -1,5 +1,6 @@
 """The app driven as a program: gradio_client against a local launch."""
 import json
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -102,3 +103,25 @@ def test_a_file_that_is_not_a_trace_is_refused(url, tmp_path):
     bad.write_text('{"hello": 1}')
     with pytest.raises(Exception, match="not a trace"):
         call(c, "/load_trace", handle_file(str(bad)))
+
+
+def test_the_trace_file_is_written_once_per_state_of_a_run(tmp_path, monkeypatch, tiny_target):
+    """Back and the slider re-render without writing; a new step replaces the run's older file."""
+    from engines.methods import Run
+    from engines.trace import Trace
+    from explorer import render
+    from explorer.session import Session
+    monkeypatch.setattr(render, "TRACE_DIR", tmp_path)
+    session = Session.start(Run("autoregressive", "Once upon a time", {"max_new_tokens": 3}, target=tiny_target.source))
+    session.step()
+    session.step()
+    first = render.render(session, "autoregressive").trace_file
+    written = (tmp_path / first).stat().st_mtime_ns
+    session.back()
+    assert render.render(session, "autoregressive").trace_file == first
+    assert (tmp_path / first).stat().st_mtime_ns == written
+    session.step()
+    session.step()
+    last = render.render(session, "autoregressive").trace_file
+    assert last != first and [p.name for p in tmp_path.iterdir()] == [Path(last).name]
+    assert Trace.from_json(Path(last).read_text()).to_json() == session.trace.to_json()
