@@ -8,10 +8,10 @@ the schedule and the paper's formula. Everything is read from the recorded Steps
 from __future__ import annotations
 
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from engines.trace import Trace
-from explorer.figures.common import TARGET_COLOUR, Chip, View, colour, empty, layout, quoted, show, symbol, token
+from explorer.figures.common import (TARGET_COLOUR, Chip, View, colour, empty, figure, grid, quoted, show,
+                                     symbol, token)
 
 CELL_BUDGET = 384           # heatmap cells drawn at most, so one step's figure stays small
 ROWS_SHOWN = 32             # iterations drawn at most, so rows stay readable
@@ -77,53 +77,60 @@ def unmasking(trace: Trace, index: int) -> go.Figure:
     records = [trace.steps[s].detail["spans"][best] for s in rows]
     y = [f"iter {s + 1}" for s in rows]
     x = list(range(length))
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.76, 0.24], vertical_spacing=0.06)
+    g = grid(2, 1, row_heights=[0.76, 0.24], vspace=0.06)
+    top = g.cell(1, 1)
     grey = [[1 if state(r, i, mask) in ("masked", "guessed, still masked") else None for i in x] for r in records]
-    fig.add_heatmap(x=x, y=y, z=grey, colorscale=[[0, MASK_GREY], [1, MASK_GREY]], showscale=False,
-                    hoverinfo="skip", xgap=1, ygap=1, row=1, col=1)
+    data = [{"type": "heatmap", **top, "x": x, "y": y, "z": grey, "colorscale": [[0, MASK_GREY], [1, MASK_GREY]],
+             "showscale": False, "hoverinfo": "skip", "xgap": 1, "ygap": 1}]
     conf = [[None if state(r, i, mask) in ("masked", "guessed, still masked") else r["confidence"][i]
              for i in x] for r in records]
     low = min([0.0] + [c for row in conf for c in row if c is not None])
-    fig.add_heatmap(x=x, y=y, z=conf, zmin=low, zmax=1, colorscale=CONFIDENCE_SCALE, xgap=1, ygap=1,
-                    text=[[cell_text(trace, r, i, mask) for i in x] for r in records],
-                    texttemplate="%{text}", textfont={"size": 9},
-                    customdata=[[hover(trace, r, i, s, mask) for i in x] for s, r in zip(rows, records)],
-                    hovertemplate="%{customdata}<extra></extra>", name="confidence",
-                    colorbar={"title": {"text": "confidence"}, "len": 0.66, "y": 0.66}, row=1, col=1)
+    data.append({"type": "heatmap", **top, "x": x, "y": y, "z": conf, "zmin": low, "zmax": 1,
+                 "colorscale": CONFIDENCE_SCALE, "xgap": 1, "ygap": 1,
+                 "text": [[cell_text(trace, r, i, mask) for i in x] for r in records],
+                 "texttemplate": "%{text}", "textfont": {"size": 9},
+                 "customdata": [[hover(trace, r, i, s, mask) for i in x] for s, r in zip(rows, records)],
+                 "hovertemplate": "%{customdata}<extra></extra>", "name": "confidence",
+                 "colorbar": {"title": {"text": "confidence"}, "len": 0.66, "y": 0.66}})
     for kind, status, label in (("unmasked", "chosen", "unmasked this iteration"),
                                 ("re-masked", "rejected", "re-masked (may change)")):
         cells = [(i, y[k]) for k, r in enumerate(records) for i in x if state(r, i, mask) == kind]
         corner = -0.32 if kind == "unmasked" else 0.32   # in the cell's corner, clear of its token
-        fig.add_scatter(x=[c[0] + corner for c in cells], y=[c[1] for c in cells], mode="markers", name=label,
-                        marker={"symbol": symbol(status), "color": colour(status), "size": 7,
+        data.append({"type": "scatter", **top, "x": [c[0] + corner for c in cells], "y": [c[1] for c in cells],
+                     "mode": "markers", "name": label,
+                     "marker": {"symbol": symbol(status), "color": colour(status), "size": 7,
                                 "line": {"width": 1.5, "color": colour(status)}},
-                        customdata=[c[0] for c in cells],
-                        hovertemplate=f"{label}<br>position %{{customdata}}, %{{y}}<extra></extra>", row=1, col=1)
-    fig.add_scatter(x=[None], y=[None], mode="markers", name="masked",
-                    marker={"symbol": "square", "color": MASK_GREY, "size": 12}, hoverinfo="skip", row=1, col=1)
-    add_settled_strip(fig, trace, records[-1], index, mask)
-    fig.update_yaxes(autorange="reversed", row=1, col=1)
-    fig.update_xaxes(range=[-0.5, length - 0.5])
-    fig.update_xaxes(title="position in the span", row=2, col=1, dtick=1 if length <= 40 else None)
+                     "customdata": [c[0] for c in cells],
+                     "hovertemplate": f"{label}<br>position %{{customdata}}, %{{y}}<extra></extra>"})
+    data.append({"type": "scatter", **top, "x": [None], "y": [None], "mode": "markers", "name": "masked",
+                 "marker": {"symbol": "square", "color": MASK_GREY, "size": 12}, "hoverinfo": "skip"})
+    settled_strip(data, g.cell(2, 1), trace, records[-1], index, mask)
+    # shared x: the top axis follows the bottom one and leaves the tick labels to it
+    g.xaxis(1, 1).update(matches="x2", showticklabels=False)
+    g.yaxis(1, 1).update(autorange="reversed")
+    for axis in g.xaxes():
+        axis.update(range=[-0.5, length - 0.5])
+    g.xaxis(2, 1).update(title={"text": "position in the span"}, **({"dtick": 1} if length <= 40 else {}))
     hidden = f" (last {shown} of {index + 1} iterations)" if shown < index + 1 else ""
-    return layout(fig, f"Iteration {index + 1}: unmasking order, colour = confidence{hidden}",
+    return figure(data, g, f"Iteration {index + 1}: unmasking order, colour = confidence{hidden}",
                   height=min(720, max(380, 140 + 22 * shown)))
 
 
-def add_settled_strip(fig: go.Figure, trace: Trace, r: dict, index: int, mask: int) -> None:
+def settled_strip(data: list[dict], axes: dict, trace: Trace, r: dict, index: int, mask: int) -> None:
     """The text as it stands after this iteration, each token coloured by the iteration it settled."""
     x = list(range(r["length"]))
     settled = [None if r["tokens"][i] == mask else r["settled"][i] + 1 for i in x]
-    fig.add_heatmap(x=x, y=["text now"], z=[settled], zmin=1, zmax=max(index + 1, 2), colorscale=SETTLED_SCALE,
-                    xgap=1, text=[[show(token(trace, r["tokens"][i])) if s else "" for i, s in zip(x, settled)]],
-                    texttemplate="%{text}", textfont={"size": 9},
-                    customdata=[[f"position {i}: {show(token(trace, r['tokens'][i]))}, settled at iteration {s}"
+    data.append({"type": "heatmap", **axes, "x": x, "y": ["text now"], "z": [settled], "zmin": 1,
+                 "zmax": max(index + 1, 2), "colorscale": SETTLED_SCALE, "xgap": 1,
+                 "text": [[show(token(trace, r["tokens"][i])) if s else "" for i, s in zip(x, settled)]],
+                 "texttemplate": "%{text}", "textfont": {"size": 9},
+                 "customdata": [[f"position {i}: {show(token(trace, r['tokens'][i]))}, settled at iteration {s}"
                                  if s else f"position {i}: masked" for i, s in zip(x, settled)]],
-                    hovertemplate="%{customdata}<extra></extra>", name="settled at iteration",
-                    colorbar={"title": {"text": "settled at", "side": "top"}, "len": 0.28, "y": 0.1,
-                              "thickness": 10, "dtick": max(1, (index + 1) // 3)}, row=2, col=1)
-    fig.add_heatmap(x=x, y=["text now"], z=[[1 if s is None else None for s in settled]], showscale=False,
-                    colorscale=[[0, MASK_GREY], [1, MASK_GREY]], xgap=1, hoverinfo="skip", row=2, col=1)
+                 "hovertemplate": "%{customdata}<extra></extra>", "name": "settled at iteration",
+                 "colorbar": {"title": {"text": "settled at", "side": "top"}, "len": 0.28, "y": 0.1,
+                              "thickness": 10, "dtick": max(1, (index + 1) // 3)}})
+    data.append({"type": "heatmap", **axes, "x": x, "y": ["text now"], "z": [[1 if s is None else None for s in settled]],
+                 "showscale": False, "colorscale": [[0, MASK_GREY], [1, MASK_GREY]], "xgap": 1, "hoverinfo": "skip"})
 
 
 def confidence_and_schedule(trace: Trace, index: int) -> go.Figure:
@@ -133,36 +140,42 @@ def confidence_and_schedule(trace: Trace, index: int) -> go.Figure:
     mask, r = mask_id(trace), span_at(trace, index)
     x = list(range(r["length"]))
     kinds = [state(r, i, mask) for i in x]
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.1,
-                        subplot_titles=("confidence at every position", "masks left per iteration"))
+    g = grid(1, 2, col_widths=[0.6, 0.4], hspace=0.1,
+             titles=("confidence at every position", "masks left per iteration"))
+    left, right = g.cell(1, 1), g.cell(1, 2)
+    data = []
     style = {"unmasked": ("chosen", ""), "re-masked": ("rejected", "x"), "kept": ("earlier", ""),
              "guessed, still masked": ("masked", "/")}   # plain masks have no confidence yet: no bar
     for kind, (status, pattern) in style.items():
         at = [i for i in x if kinds[i] == kind]
         if not at:
             continue
-        fig.add_bar(x=at, y=[r["confidence"][i] for i in at], name=kind, marker_color=colour(status), width=0.8,
-                    marker_pattern_shape=pattern,
-                    customdata=[hover(trace, r, i, index, mask, 5 if r["length"] <= 64 else 3) for i in at],
-                    hovertemplate="%{customdata}<extra></extra>", row=1, col=1)
+        data.append({"type": "bar", **left, "x": at, "y": [r["confidence"][i] for i in at], "name": kind,
+                     "marker": {"color": colour(status), "pattern": {"shape": pattern}}, "width": 0.8,
+                     "customdata": [hover(trace, r, i, index, mask, 5 if r["length"] <= 64 else 3) for i in at],
+                     "hovertemplate": "%{customdata}<extra></extra>"})
     plan = trace.steps[0].detail["spans"][trace.steps[index].detail["best"]]
     iterations = list(range(1, len(plan["plan_masks"]) + 1))
-    fig.add_scatter(x=iterations, y=plan["plan_formula"], mode="lines", name="formula N(T-t)/T",
-                    line={"color": colour("earlier"), "dash": "dot"},
-                    hovertemplate="iteration %{x}: formula %{y:.2f} masks<extra></extra>", row=1, col=2)
-    fig.add_scatter(x=iterations, y=plan["plan_masks"], mode="lines", line_shape="hv", name="schedule",
-                    line={"color": TARGET_COLOUR},
-                    hovertemplate="iteration %{x}: schedule %{y} masks<extra></extra>", row=1, col=2)
     seen = [trace.steps[s].detail["spans"][trace.steps[index].detail["best"]] for s in range(index + 1)]
-    fig.add_scatter(x=list(range(1, index + 2)), y=[q["input_tokens"].count(mask) for q in seen],
-                    mode="markers", name="masks at the start (recorded)",
-                    marker={"color": colour("chosen"), "symbol": symbol("chosen"), "size": 8},
-                    hovertemplate="iteration %{x}: %{y} masks going in<extra></extra>", row=1, col=2)
-    fig.update_yaxes(title="confidence", row=1, col=1)
-    fig.update_xaxes(title="position", range=[-0.5, r["length"] - 0.5], row=1, col=1)
-    fig.update_xaxes(title="iteration", row=1, col=2)
-    fig.update_yaxes(rangemode="tozero", row=1, col=2)
-    return layout(fig, f"Iteration {index + 1}: confidence and schedule", height=300, barmode="overlay")
+    data += [
+        {"type": "scatter", **right, "x": iterations, "y": plan["plan_formula"], "mode": "lines",
+         "name": "formula N(T-t)/T", "line": {"color": colour("earlier"), "dash": "dot"},
+         "hovertemplate": "iteration %{x}: formula %{y:.2f} masks<extra></extra>"},
+        {"type": "scatter", **right, "x": iterations, "y": plan["plan_masks"], "mode": "lines", "name": "schedule",
+         "line": {"color": TARGET_COLOUR, "shape": "hv"},
+         "hovertemplate": "iteration %{x}: schedule %{y} masks<extra></extra>"},
+        {"type": "scatter", **right, "x": list(range(1, index + 2)), "y": [q["input_tokens"].count(mask) for q in seen],
+         "mode": "markers", "name": "masks at the start (recorded)",
+         "marker": {"color": colour("chosen"), "symbol": symbol("chosen"), "size": 8},
+         "hovertemplate": "iteration %{x}: %{y} masks going in<extra></extra>"},
+    ]
+    g.yaxis(1, 1).update(title={"text": "confidence"})
+    g.xaxis(1, 1).update(title={"text": "position"}, range=[-0.5, r["length"] - 0.5])
+    g.xaxis(1, 2).update(title={"text": "iteration"})
+    g.yaxis(1, 2).update(rangemode="tozero")
+    # the six legend entries wrap in a half-width column: give them room below the axis titles
+    return figure(data, g, f"Iteration {index + 1}: confidence and schedule", height=440, barmode="overlay",
+                  margin={"l": 50, "r": 20, "t": 70, "b": 40}, legend={"orientation": "h", "y": -0.3, "x": 0, "bgcolor": "rgba(0,0,0,0)"})
 
 
 def listed(trace: Trace, r: dict, positions: list[int], limit: int = 6) -> str:
