@@ -12,8 +12,8 @@ import plotly.graph_objects as go
 
 from engines import trees
 from engines.trace import Step, Trace
-from explorer.figures.common import (GRID_COLOUR, TARGET_COLOUR, Chip, View, colour, empty, layout, quoted,
-                                     show, symbol, token)
+from explorer.figures.common import (AXIS_LOOK, GRID_COLOUR, TARGET_COLOUR, Chip, View, colour, empty, figure,
+                                     quoted, show, symbol, token)
 
 FINAL = "final"
 DIM = 0.4          # opacity of rejected and unreached branches
@@ -72,7 +72,7 @@ def draft_tree(trace: Trace, index: int) -> go.Figure:
     g.add_edge(d["stop_node"], FINAL)
     pos = tidy(g, trees.ROOT)
     on_path = {trees.ROOT, *d["accepted_path"], FINAL}
-    fig = go.Figure()
+    data = []
     for bright in (False, True):
         xs, ys, hover = [], [], []
         for a, b in g.edges:
@@ -82,9 +82,10 @@ def draft_tree(trace: Trace, index: int) -> go.Figure:
             xs += [pos[a][0], pos[b][0], None]
             ys += [pos[a][1], pos[b][1], None]
             hover += [text, text, None]
-        fig.add_scatter(x=xs, y=ys, mode="lines", hovertext=hover, hoverinfo="text",
-                        name="accepted path" if bright else "other branches",
-                        line={"color": colour("accepted") if bright else GRID_COLOUR, "width": 4 if bright else 1.5})
+        data.append({"type": "scatter", "x": xs, "y": ys, "mode": "lines", "hovertext": hover, "hoverinfo": "text",
+                     "name": "accepted path" if bright else "other branches",
+                     "line": {"color": colour("accepted") if bright else GRID_COLOUR,
+                              "width": 4 if bright else 1.5}})
     root = d["root_token"]
     groups = [("earlier", [trees.ROOT], [f"root: the last committed token {hovered(trace, root)} (id {root}), "
                                          f"position {d['positions'][0]}"])]
@@ -100,20 +101,20 @@ def draft_tree(trace: Trace, index: int) -> go.Figure:
         if not members:
             continue
         dimmed = status in ("rejected", "not_reached")
-        fig.add_scatter(
-            x=[pos[m][0] for m in members], y=[pos[m][1] for m in members],
-            mode="markers" if status == "not_reached" and crowded else "markers+text",
-            text=[shown(trace, token_of(step, m)) for m in members], textposition="top center",
-            hovertext=hover, hoverinfo="text", name=legend_name(status), opacity=DIM if dimmed else 1.0,
-            marker={"color": colour(status), "symbol": symbol(status), "size": 13,
-                    "line": {"width": 1, "color": colour(status)}})
+        data.append({
+            "type": "scatter", "x": [pos[m][0] for m in members], "y": [pos[m][1] for m in members],
+            "mode": "markers" if status == "not_reached" and crowded else "markers+text",
+            "text": [shown(trace, token_of(step, m)) for m in members], "textposition": "top center",
+            "hovertext": hover, "hoverinfo": "text", "name": legend_name(status), "opacity": DIM if dimmed else 1.0,
+            "marker": {"color": colour(status), "symbol": symbol(status), "size": 13,
+                       "line": {"width": 1, "color": colour(status)}}})
     depth = max((n["depth"] for n in nodes), default=0)
-    fig.update_xaxes(title="depth (position = root position + depth)", tickmode="linear", dtick=1,
-                     range=[-0.4, depth + 1.6])
-    fig.update_yaxes(visible=False, autorange="reversed")
     title = (f"Step {index + 1}: draft tree of {len(nodes)} node{'s' if len(nodes) != 1 else ''}, "
              f"{len(d['accepted_path'])} accepted + 1 from the target")
-    return layout(fig, title, height=max(320, min(1100, (20 if crowded else 34) * leaves + 120)))
+    return figure(data, None, title, height=max(320, min(1100, (20 if crowded else 34) * leaves + 120)),
+                  xaxis={**AXIS_LOOK, "title": {"text": "depth (position = root position + depth)"},
+                         "tickmode": "linear", "dtick": 1, "range": [-0.4, depth + 1.6]},
+                  yaxis={**AXIS_LOOK, "visible": False, "autorange": "reversed"})
 
 
 def token_of(step: Step, node) -> int:
@@ -155,22 +156,21 @@ def attention_mask(trace: Trace, index: int) -> go.Figure:
     z = [[(2 if r in on_path and c in on_path else 1) if seen else 0 for c, seen in enumerate(row)]
          for r, row in enumerate(d["mask"])]
     text = [["0 (visible)" if seen else "-inf (hidden)" for seen in row] for row in d["mask"]]
-    fig = go.Figure()
-    fig.add_heatmap(z=z, x=names, y=names, text=text, zmin=0, zmax=2, showscale=False, xgap=1, ygap=1,
-                    colorscale=[[0, HIDDEN], [0.33, HIDDEN], [0.34, TARGET_COLOUR],
-                                [0.66, TARGET_COLOUR], [0.67, colour("accepted")], [1, colour("accepted")]],
-                    hovertemplate="query %{y}<br>key %{x}<br>additive mask %{text}<extra></extra>")
+    data = [{"type": "heatmap", "z": z, "x": names, "y": names, "text": text, "zmin": 0, "zmax": 2,
+             "showscale": False, "xgap": 1, "ygap": 1,
+             "colorscale": [[0, HIDDEN], [0.33, HIDDEN], [0.34, TARGET_COLOUR],
+                            [0.66, TARGET_COLOUR], [0.67, colour("accepted")], [1, colour("accepted")]],
+             "hovertemplate": "query %{y}<br>key %{x}<br>additive mask %{text}<extra></extra>"}]
     for name, fill in (("visible (additive 0)", TARGET_COLOUR), ("visible, on the accepted path", colour("accepted")),
                        ("hidden (additive -inf)", HIDDEN)):
-        fig.add_scatter(x=[None], y=[None], mode="markers", name=name, hoverinfo="skip",
-                        marker={"symbol": "square", "size": 12, "color": fill})
+        data.append({"type": "scatter", "x": [None], "y": [None], "mode": "markers", "name": name,
+                     "hoverinfo": "skip", "marker": {"symbol": "square", "size": 12, "color": fill}})
     size = len(names)
-    layout(fig, f"Tree attention mask ({size} x {size}); every row also sees all earlier text",
-           height=max(360, min(800, 18 * size + 230)))
-    fig.update_yaxes(autorange="reversed", type="category", tickfont={"size": 10})
-    fig.update_xaxes(type="category", side="top", tickangle=-60, tickfont={"size": 10})
-    fig.update_layout(margin={"t": 150}, title={"y": 0.98, "yanchor": "top"})
-    return fig
+    # margin_t and title_y/title_yanchor change one field each of the shared margin and title
+    return figure(data, None, f"Tree attention mask ({size} x {size}); every row also sees all earlier text",
+                  height=max(360, min(800, 18 * size + 230)), margin_t=150, title_y=0.98, title_yanchor="top",
+                  xaxis={**AXIS_LOOK, "type": "category", "side": "top", "tickangle": -60, "tickfont": {"size": 10}},
+                  yaxis={**AXIS_LOOK, "autorange": "reversed", "type": "category", "tickfont": {"size": 10}})
 
 
 def words(trace: Trace, index: int) -> str:
