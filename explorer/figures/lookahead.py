@@ -3,11 +3,11 @@ and the n-gram pool as a table that grows step by step."""
 from __future__ import annotations
 
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from engines.lookahead import ancestry
 from engines.trace import Step, Trace
-from explorer.figures.common import Chip, View, colour, empty, layout, quoted, show, symbol, token
+from explorer.figures.common import (AXIS_LOOK, Chip, Grid, View, colour, empty, figure, grid, quoted, show, symbol,
+                                     token)
 from explorer.figures.jacobi import discrete_scale
 
 HIDDEN = "rgba(128,128,128,0.12)"    # a masked cell of the attention mask
@@ -35,24 +35,25 @@ def candidate_status(d: dict, g: int, k: int) -> str:
     return "accepted" if k < m else "rejected" if k == m else "not_reached"
 
 
-def add_cells(fig: go.Figure, xs, ys, texts, hovers, status: str, name: str, **marker) -> None:
+def add_cells(data: list[dict], cell: dict, xs, ys, texts, hovers, status: str, name: str, **marker) -> None:
     if not xs:
         return
-    fig.add_scatter(x=xs, y=ys, mode="markers+text", text=texts, hovertext=hovers, hoverinfo="text", name=name,
-                    textposition="middle center", textfont={"size": 10, "color": "#111111"},
-                    marker={"symbol": symbol(status) if status in ("rejected", "not_reached") else "square",
-                            "size": 30, "color": colour(status), "opacity": 0.8, **marker},
-                    row=1, col=1)
+    data.append({"type": "scatter", **cell, "x": xs, "y": ys, "mode": "markers+text", "text": texts,
+                 "hovertext": hovers, "hoverinfo": "text", "name": name, "textposition": "middle center",
+                 "textfont": {"size": 10, "color": "#111111"},
+                 "marker": {"symbol": symbol(status) if status in ("rejected", "not_reached") else "square",
+                            "size": 30, "color": colour(status), "opacity": 0.8, **marker}})
 
 
-def window_panel(fig: go.Figure, trace: Trace, step: Step) -> None:
+def window_panel(data: list[dict], g: Grid, trace: Trace, step: Step) -> None:
     """Rows: the window's levels (oldest first), this forward's new level, then each pooled candidate.
     x: position after the last committed token (0). Harvested n-grams are the diagonals."""
     d = step.detail
+    cell = g.cell(1, 1)
     levels, width = d["window"], len(d["window"][0])
     rows = [f"level {j}" + (" (oldest)" if j == 0 and len(levels) > 1 else "") for j in range(len(levels))]
     new_row = "new level (this forward)"
-    cand_rows = [f"candidate {g + 1}" for g in range(len(d["candidates"]))]
+    cand_rows = [f"candidate {c + 1}" for c in range(len(d["candidates"]))]
     xs, ys, texts, hovers = [], [], [], []
     for j, level in enumerate(levels):
         for i, t in enumerate(level):
@@ -61,29 +62,29 @@ def window_panel(fig: go.Figure, trace: Trace, step: Step) -> None:
             xs.append(i + j), ys.append(rows[j]), texts.append(short(trace, t))
             hovers.append(f"level {j}, column {i}, position +{i + j}<br>{quoted(trace, t)} (id {t})<br>"
                           f"a guess from {len(levels) - j} forward{'s' if len(levels) - j != 1 else ''} ago")
-    add_cells(fig, xs, ys, texts, hovers, "earlier", "lookahead window (past Jacobi guesses)")
-    add_cells(fig, [0], [rows[0]], [short(trace, d["input_token"])],
+    add_cells(data, cell, xs, ys, texts, hovers, "earlier", "lookahead window (past Jacobi guesses)")
+    add_cells(data, cell, [0], [rows[0]], [short(trace, d["input_token"])],
               [f"the last committed token {quoted(trace, d['input_token'])}: level 0, column 0, position 0"],
               "prompt", "last committed token (the input)", line={"width": 2, "color": colour("chosen")})
     L = len(levels)
-    add_cells(fig, [i + L for i in range(width)], [new_row] * width,
+    add_cells(data, cell, [i + L for i in range(width)], [new_row] * width,
               [short(trace, t) for t in d["new_level_ids"]],
               [f"column {i}, position +{i + L}<br>{quoted(trace, t)}: the target's argmax after column {i}'s chain"
                for i, t in enumerate(d["new_level_ids"])], "chosen", "new level: this forward's outputs")
     by_status: dict[str, list] = {}
-    for g, cand in enumerate(d["candidates"]):
+    for c, cand in enumerate(d["candidates"]):
         for k, t in enumerate(cand):
-            status = candidate_status(d, g, k)
-            cell = by_status.setdefault(status, [[], [], [], []])
-            cell[0].append(k + 1), cell[1].append(cand_rows[g]), cell[2].append(short(trace, t))
-            cell[3].append(f"candidate {g + 1}, token {k + 1} at position +{k + 1}: {quoted(trace, t)}<br>"
-                           + {"accepted": "equals the committed token: accepted",
-                              "rejected": "differs from the target's token here: rejected",
-                              "not_reached": "after a rejection: not checked"}[status])
+            status = candidate_status(d, c, k)
+            cells = by_status.setdefault(status, [[], [], [], []])
+            cells[0].append(k + 1), cells[1].append(cand_rows[c]), cells[2].append(short(trace, t))
+            cells[3].append(f"candidate {c + 1}, token {k + 1} at position +{k + 1}: {quoted(trace, t)}<br>"
+                            + {"accepted": "equals the committed token: accepted",
+                               "rejected": "differs from the target's token here: rejected",
+                               "not_reached": "after a rejection: not checked"}[status])
     names = {"accepted": "pooled n-gram token accepted", "rejected": "pooled token rejected",
              "not_reached": "pooled token not reached"}
     for status, (cx, cy, ct, ch) in by_status.items():
-        add_cells(fig, cx, cy, ct, ch, status, names[status])
+        add_cells(data, cell, cx, cy, ct, ch, status, names[status])
     # the harvested n-grams are the window's diagonals: column i of levels 0..N-2, then the new output
     lx, ly, lh = [], [], []
     for i, (ngram, new) in enumerate(zip(d["harvested"], d["added"])):
@@ -93,18 +94,19 @@ def window_panel(fig: go.Figure, trace: Trace, step: Step) -> None:
             ly += [y for _, y in path] + [None]
             lh += [f"n-gram {quoted_ids(trace, ngram)} added to the pool"] * len(path) + [None]
     if lx:
-        fig.add_scatter(x=lx, y=ly, mode="lines", hovertext=lh, hoverinfo="text", row=1, col=1,
-                        name="n-gram harvested into the pool", line={"color": colour("bonus"), "width": 3})
+        data.append({"type": "scatter", **cell, "x": lx, "y": ly, "mode": "lines", "hovertext": lh,
+                     "hoverinfo": "text", "name": "n-gram harvested into the pool",
+                     "line": {"color": colour("bonus"), "width": 3}})
     order = rows + [new_row] + cand_rows
-    fig.update_yaxes(categoryorder="array", categoryarray=order[::-1], type="category", row=1, col=1)
-    fig.update_xaxes(title="position after the last committed token", dtick=1, row=1, col=1)
+    g.yaxis(1, 1).update(categoryorder="array", categoryarray=order[::-1], type="category")
+    g.xaxis(1, 1).update(title={"text": "position after the last committed token"}, dtick=1)
 
 
 def quoted_ids(trace: Trace, ids) -> str:
     return '"' + ngram_text(trace, ids) + '"'
 
 
-def mask_panel(fig: go.Figure, trace: Trace, step: Step) -> None:
+def mask_panel(data: list[dict], g: Grid, trace: Trace, step: Step) -> None:
     """Which fed token sees which: the lookahead branch's columns and the verification chains, all under
     the input token; every row also sees the cached text."""
     d = step.detail
@@ -114,12 +116,12 @@ def mask_panel(fig: go.Figure, trace: Trace, step: Step) -> None:
     names = [f"{i}: {show(token(trace, t))} +{depth}" for i, (t, depth) in enumerate(zip(d["fed_ids"], depths))]
     z = [[code[kinds[r]] if seen else 0 for seen in row] for r, row in enumerate(attend.tolist())]
     scale = discrete_scale([HIDDEN, BRANCH["input"], BRANCH["lookahead"], BRANCH["verification"]])
-    fig.add_heatmap(z=z, x=names, y=names, zmin=0, zmax=3, showscale=False, xgap=1, ygap=1, colorscale=scale,
-                    hovertemplate="query %{y}<br>key %{x}<extra></extra>", row=1, col=2)
-    fig.update_yaxes(autorange="reversed", type="category", tickfont={"size": 8}, row=1, col=2,
-                     showticklabels=len(names) <= 40)
-    fig.update_xaxes(type="category", tickfont={"size": 8}, tickangle=-60, row=1, col=2,
-                     showticklabels=len(names) <= 40)
+    data.append({"type": "heatmap", **g.cell(1, 2), "z": z, "x": names, "y": names, "zmin": 0, "zmax": 3,
+                 "showscale": False, "xgap": 1, "ygap": 1, "colorscale": scale,
+                 "hovertemplate": "query %{y}<br>key %{x}<extra></extra>"})
+    g.yaxis(1, 2).update(autorange="reversed", type="category", tickfont={"size": 8},
+                         showticklabels=len(names) <= 40)
+    g.xaxis(1, 2).update(type="category", tickfont={"size": 8}, tickangle=-60, showticklabels=len(names) <= 40)
 
 
 def window_and_mask(trace: Trace, index: int) -> go.Figure:
@@ -127,22 +129,24 @@ def window_and_mask(trace: Trace, index: int) -> go.Figure:
         return empty("Press Step: one forward runs the lookahead and the verification branch together.")
     step = trace.steps[index]
     d = step.detail
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.58, 0.42], horizontal_spacing=0.12,
-                        subplot_titles=("window (lookahead branch) and pooled candidates (verification branch)",
-                                        f"attention mask over the {len(d['fed_ids'])} tokens after the cache"))
-    window_panel(fig, trace, step)
-    mask_panel(fig, trace, step)
+    g = grid(1, 2, col_widths=[0.58, 0.42], hspace=0.12,
+             titles=("window (lookahead branch) and pooled candidates (verification branch)",
+                     f"attention mask over the {len(d['fed_ids'])} tokens after the cache"))
+    data: list[dict] = []
+    window_panel(data, g, trace, step)
+    mask_panel(data, g, trace, step)
     for kind, c in BRANCH.items():
-        fig.add_scatter(x=[None], y=[None], mode="markers", name=f"mask: {kind} branch" if kind != "input"
-                        else "mask: input token", marker={"symbol": "square", "size": 12, "color": c},
-                        hoverinfo="skip", row=1, col=2)
-    fig.add_scatter(x=[None], y=[None], mode="markers", name="mask: hidden (-inf)", hoverinfo="skip",
-                    marker={"symbol": "square", "size": 12, "color": HIDDEN}, row=1, col=2)
+        data.append({"type": "scatter", **g.cell(1, 2), "x": [None], "y": [None], "mode": "markers",
+                     "name": f"mask: {kind} branch" if kind != "input" else "mask: input token",
+                     "marker": {"symbol": "square", "size": 12, "color": c}, "hoverinfo": "skip"})
+    data.append({"type": "scatter", **g.cell(1, 2), "x": [None], "y": [None], "mode": "markers",
+                 "name": "mask: hidden (-inf)", "hoverinfo": "skip",
+                 "marker": {"symbol": "square", "size": 12, "color": HIDDEN}})
     rows = len(d["window"]) + 1 + len(d["candidates"])
     warm = " (warming up: the window is still filling)" if d["warming_up"] else ""
-    return layout(fig, f"Step {index + 1}: {len(d['window'])} level{'s' if len(d['window']) != 1 else ''} x "
-                       f"{len(d['window'][0])} columns, {len(d['candidates'])} candidate"
-                       f"{'s' if len(d['candidates']) != 1 else ''}{warm}",
+    return figure(data, g, f"Step {index + 1}: {len(d['window'])} level{'s' if len(d['window']) != 1 else ''} x "
+                           f"{len(d['window'][0])} columns, {len(d['candidates'])} candidate"
+                           f"{'s' if len(d['candidates']) != 1 else ''}{warm}",
                   height=max(380, 44 * rows + 160))
 
 
@@ -193,20 +197,19 @@ def pool_table(trace: Trace, index: int) -> go.Figure:
             cells[2].append(str(born.get(ngram, "earlier")))
             cells[3].append(status)
             fills.append(translucent(fill))
-    fig = go.Figure()
-    fig.add_table(header={"values": ["first token", "continuation (N - 1 tokens)", "added at step", "this step"],
-                          "fill_color": "rgba(128,128,128,0.25)", "align": "left"},
-                  cells={"values": cells, "align": "left", "height": 22,
-                         "fill_color": [["rgba(0,0,0,0)"] * len(fills)] * 3 + [fills]},
-                  columnwidth=[1, 3, 1, 2])
+    data = [{"type": "table",
+             "header": {"values": ["first token", "continuation (N - 1 tokens)", "added at step", "this step"],
+                        "fill": {"color": "rgba(128,128,128,0.25)"}, "align": "left"},
+             "cells": {"values": cells, "align": "left", "height": 22,
+                       "fill": {"color": [["rgba(0,0,0,0)"] * len(fills)] * 3 + [fills]}},
+             "columnwidth": [1, 3, 1, 2]}]
     for name, c in (("accepted n-gram", colour("accepted")), ("verified, not accepted", colour("rejected")),
                     ("harvested this step", colour("bonus"))):
-        fig.add_scatter(x=[None], y=[None], mode="markers", name=name, hoverinfo="skip",
-                        marker={"symbol": "square", "size": 12, "color": c})
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    return layout(fig, f"Pool after step {index + 1}: {d['pool_size']} n-grams under {d['pool_keys']} first "
-                       f"tokens (showing {len(d['pool'])})", height=min(640, 140 + 22 * len(fills)))
+        data.append({"type": "scatter", "x": [None], "y": [None], "mode": "markers", "name": name,
+                     "hoverinfo": "skip", "marker": {"symbol": "square", "size": 12, "color": c}})
+    return figure(data, None, f"Pool after step {index + 1}: {d['pool_size']} n-grams under {d['pool_keys']} "
+                              f"first tokens (showing {len(d['pool'])})", height=min(640, 140 + 22 * len(fills)),
+                  xaxis={"visible": False, **AXIS_LOOK}, yaxis={"visible": False, **AXIS_LOOK})
 
 
 def words(trace: Trace, index: int) -> str:
