@@ -4,8 +4,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from engines.trace import Trace
-from explorer.figures.common import (RAW_COLOUR, TARGET_COLOUR, Chip, View, colour, empty, layout, quoted,
-                                     show, token)
+from explorer.figures.common import (AXIS_LOOK, RAW_COLOUR, TARGET_COLOUR, Chip, View, colour, empty, figure,
+                                     quoted, show, token)
 
 
 def distribution(trace: Trace, index: int) -> go.Figure:
@@ -19,22 +19,22 @@ def distribution(trace: Trace, index: int) -> go.Figure:
         ids.append(d["chosen"])
     raw, processed = dict(d["raw_top"]), dict(d["top"])
     labels = [f"{show(token(trace, t))} ({t})" for t in ids]
-    fig = go.Figure()
-    fig.add_bar(x=labels, y=[raw.get(t, 0) for t in ids], name="model (temperature 1, no filter)",
-                marker_color=RAW_COLOUR,
-                hovertemplate="%{x}<br>raw p = %{y:.4f}<extra></extra>")
-    fig.add_bar(x=labels, y=[processed.get(t, 0) for t in ids], name="after temperature / top-k / top-p",
-                marker_color=TARGET_COLOUR,
-                marker_line={"color": [colour("chosen") if t == d["chosen"] else "rgba(0,0,0,0)" for t in ids],
-                             "width": 3},
-                hovertemplate="%{x}<br>processed p = %{y:.4f}<extra></extra>")
     chosen = labels[ids.index(d["chosen"])]
-    fig.add_scatter(x=[chosen], y=[max(raw.get(d["chosen"], 0), processed.get(d["chosen"], 0)) + 0.04],
-                    mode="markers+text", text=["chosen"], textposition="top center",
-                    marker={"symbol": "triangle-down", "size": 12, "color": colour("chosen")},
-                    name="chosen token", hovertemplate=f"chosen: {chosen}<br>p = {d['p_chosen']:.4f}<extra></extra>")
-    fig.update_yaxes(title="probability", range=[0, 1.12])
-    return layout(fig, f"Step {index + 1}: next-token distribution", barmode="group")
+    data = [
+        {"type": "bar", "x": labels, "y": [raw.get(t, 0) for t in ids], "name": "model (temperature 1, no filter)",
+         "marker": {"color": RAW_COLOUR}, "hovertemplate": "%{x}<br>raw p = %{y:.4f}<extra></extra>"},
+        {"type": "bar", "x": labels, "y": [processed.get(t, 0) for t in ids],
+         "name": "after temperature / top-k / top-p",
+         "marker": {"color": TARGET_COLOUR, "line": {
+             "color": [colour("chosen") if t == d["chosen"] else "rgba(0,0,0,0)" for t in ids], "width": 3}},
+         "hovertemplate": "%{x}<br>processed p = %{y:.4f}<extra></extra>"},
+        {"type": "scatter", "x": [chosen], "y": [max(raw.get(d["chosen"], 0), processed.get(d["chosen"], 0)) + 0.04],
+         "mode": "markers+text", "text": ["chosen"], "textposition": "top center",
+         "marker": {"symbol": "triangle-down", "size": 12, "color": colour("chosen")}, "name": "chosen token",
+         "hovertemplate": f"chosen: {chosen}<br>p = {d['p_chosen']:.4f}<extra></extra>"},
+    ]
+    return figure(data, None, f"Step {index + 1}: next-token distribution", barmode="group",
+                  xaxis=dict(AXIS_LOOK), yaxis={"title": {"text": "probability"}, "range": [0, 1.12], **AXIS_LOOK})
 
 
 def step_times(trace: Trace, index: int) -> go.Figure:
@@ -43,15 +43,14 @@ def step_times(trace: Trace, index: int) -> go.Figure:
     if not steps:
         return empty("No steps yet.")
     x = [s.index + 1 for s in steps]
-    fig = go.Figure()
-    fig.add_scatter(x=x, y=[s.wall_s * 1000 for s in steps], mode="lines+markers", name="wall time per step",
-                    marker={"color": TARGET_COLOUR},
-                    customdata=[[s.tokens_fed, s.detail.get("cache_len", 0)] for s in steps],
-                    hovertemplate="step %{x}<br>%{y:.1f} ms<br>tokens fed %{customdata[0]}"
-                                  "<br>cache length %{customdata[1]}<extra></extra>")
-    fig.update_xaxes(title="step")
-    fig.update_yaxes(title="ms", rangemode="tozero")
-    return layout(fig, "Time per step (one target forward each)", height=260)
+    data = [{"type": "scatter", "x": x, "y": [s.wall_s * 1000 for s in steps], "mode": "lines+markers",
+             "name": "wall time per step", "marker": {"color": TARGET_COLOUR},
+             "customdata": [[s.tokens_fed, s.detail.get("cache_len", 0)] for s in steps],
+             "hovertemplate": "step %{x}<br>%{y:.1f} ms<br>tokens fed %{customdata[0]}"
+                              "<br>cache length %{customdata[1]}<extra></extra>"}]
+    return figure(data, None, "Time per step (one target forward each)", height=260,
+                  xaxis={"title": {"text": "step"}, **AXIS_LOOK},
+                  yaxis={"title": {"text": "ms"}, "rangemode": "tozero", **AXIS_LOOK})
 
 
 def words(trace: Trace, index: int) -> str:

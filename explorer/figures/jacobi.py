@@ -4,7 +4,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from engines.trace import Trace
-from explorer.figures.common import Chip, View, colour, empty, layout, quoted, show, token
+from explorer.figures.common import AXIS_LOOK, Chip, View, colour, empty, figure, quoted, show, token
 
 ROWS_SHOWN = 24    # the trajectory shows at most this many iterations up to the cursor
 CELLS_SHOWN = 560  # and at most about this many cells, so a step's figure stays well under 100 KB
@@ -73,20 +73,24 @@ def trajectory(trace: Trace, index: int) -> go.Figure:
             was = f"{quoted(trace, old)} \u2192 " if old is not None else "(past the block) "
             hovers.append(f"iteration {s.index + 1}, position {pos}<br>{was}{quoted(trace, t)}, p = {p:.3f}<br>"
                           f"{CELLS[status][2]}")
-    fig = go.Figure()
-    fig.add_heatmap(x=xs, y=ys, z=zs, text=texts, texttemplate="%{text}", textfont={"size": 10, "color": "#111111"},
-                    hovertext=hovers, hoverinfo="text", colorscale=DISCRETE, zmin=0, zmax=3, showscale=False,
-                    xgap=2, ygap=2, showlegend=False)
-    for status, (_, c, label) in CELLS.items():
-        fig.add_scatter(x=[None], y=[None], mode="markers", name=label,
-                        marker={"symbol": "square", "size": 12, "color": c})
+    data = [{"type": "heatmap", "x": xs, "y": ys, "z": zs, "text": texts, "texttemplate": "%{text}",
+             "textfont": {"size": 10, "color": "#111111"}, "hovertext": hovers, "hoverinfo": "text",
+             "colorscale": DISCRETE, "zmin": 0, "zmax": 3, "showscale": False, "xgap": 2, "ygap": 2,
+             "showlegend": False}]
+    data += [{"type": "scatter", "x": [None], "y": [None], "mode": "markers", "name": label,
+              "marker": {"symbol": "square", "size": 12, "color": c}} for _, c, label in CELLS.values()]
     current = trace.steps[index]
     lo = current.detail["block_start"] - 0.5
-    fig.add_shape(type="rect", x0=lo, x1=lo + len(current.detail["block_before_ids"]) + 1,
-                  y0=index + 0.5, y1=index + 1.5, line={"color": colour("chosen"), "width": 2})
-    fig.update_xaxes(title="output position (0 = first new token)", dtick=1 if max(xs) - min(xs) < 40 else None)
-    fig.update_yaxes(title="iteration", autorange="reversed", dtick=1 if len(steps) <= 24 else None)
-    return layout(fig, f"Jacobi trajectory up to iteration {index + 1}", height=max(300, 60 + 34 * len(steps)))
+    frame = {"type": "rect", "x0": lo, "x1": lo + len(current.detail["block_before_ids"]) + 1,
+             "y0": index + 0.5, "y1": index + 1.5, "line": {"color": colour("chosen"), "width": 2}}
+    xaxis = {"title": {"text": "output position (0 = first new token)"}, **AXIS_LOOK}
+    if max(xs) - min(xs) < 40:
+        xaxis["dtick"] = 1
+    yaxis = {"title": {"text": "iteration"}, "autorange": "reversed", **AXIS_LOOK}
+    if len(steps) <= 24:
+        yaxis["dtick"] = 1
+    return figure(data, None, f"Jacobi trajectory up to iteration {index + 1}", height=max(300, 60 + 34 * len(steps)),
+                  xaxis=xaxis, yaxis=yaxis, shapes=[frame])
 
 
 def convergence(trace: Trace, index: int) -> go.Figure:
@@ -97,22 +101,24 @@ def convergence(trace: Trace, index: int) -> go.Figure:
     x = [s.index + 1 for s in steps]
     committed = [len(s.committed_ids) for s in steps]
     unchanged = [sum(1 for i in s.detail["fixed"] if i >= len(s.committed_ids)) for s in steps]
-    fig = go.Figure()
-    fig.add_bar(x=x, y=committed, name="committed (converged prefix)", marker_color=colour("accepted"),
-                customdata=[[s.detail["settled"], len(s.detail["block_before_ids"])] for s in steps],
-                hovertemplate="iteration %{x}<br>%{y} committed<br>%{customdata[0]} guesses confirmed of "
-                              "%{customdata[1]}<extra></extra>")
-    fig.add_bar(x=x, y=unchanged, name="unchanged, not proven yet", marker_color=colour("chosen"),
-                marker_pattern_shape="/",
-                hovertemplate="iteration %{x}<br>%{y} guesses unchanged but not yet proven<extra></extra>")
-    fig.add_scatter(x=[0.5, x[-1] + 0.5], y=[1, 1], mode="lines", name="guarantee: at least 1 per iteration",
-                    line={"dash": "dash", "color": colour("earlier")},
-                    hovertemplate="greedy Jacobi always commits at least 1 token<extra></extra>")
+    data = [
+        {"type": "bar", "x": x, "y": committed, "name": "committed (converged prefix)",
+         "marker": {"color": colour("accepted")},
+         "customdata": [[s.detail["settled"], len(s.detail["block_before_ids"])] for s in steps],
+         "hovertemplate": "iteration %{x}<br>%{y} committed<br>%{customdata[0]} guesses confirmed of "
+                          "%{customdata[1]}<extra></extra>"},
+        {"type": "bar", "x": x, "y": unchanged, "name": "unchanged, not proven yet",
+         "marker": {"color": colour("chosen"), "pattern": {"shape": "/"}},
+         "hovertemplate": "iteration %{x}<br>%{y} guesses unchanged but not yet proven<extra></extra>"},
+        {"type": "scatter", "x": [0.5, x[-1] + 0.5], "y": [1, 1], "mode": "lines",
+         "name": "guarantee: at least 1 per iteration", "line": {"dash": "dash", "color": colour("earlier")},
+         "hovertemplate": "greedy Jacobi always commits at least 1 token<extra></extra>"},
+    ]
     total = sum(committed)
-    fig.update_xaxes(title="iteration")
-    fig.update_yaxes(title="positions", rangemode="tozero")
-    return layout(fig, f"Settled per iteration: {total} tokens in {len(steps)} forwards "
-                       f"({total / len(steps):.2f} per forward)", height=300, barmode="stack")
+    return figure(data, None, f"Settled per iteration: {total} tokens in {len(steps)} forwards "
+                              f"({total / len(steps):.2f} per forward)", height=300, barmode="stack",
+                  xaxis={"title": {"text": "iteration"}, **AXIS_LOOK},
+                  yaxis={"title": {"text": "positions"}, "rangemode": "tozero", **AXIS_LOOK})
 
 
 def words(trace: Trace, index: int) -> str:
