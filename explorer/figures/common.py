@@ -55,17 +55,9 @@ def look(title: str, height: int, uirevision: str) -> dict:
 AXIS_LOOK = {"gridcolor": GRID_COLOUR, "zerolinecolor": GRID_COLOUR}
 
 
-def layout(fig: go.Figure, title: str, *, height: int = 340, uirevision: str = "keep", **kwargs) -> go.Figure:
-    """Apply the shared look to a figure built with Plotly's methods."""
-    fig.update_layout(**look(title, height, uirevision), **kwargs)
-    fig.update_xaxes(**AXIS_LOOK)
-    fig.update_yaxes(**AXIS_LOOK)
-    return fig
-
-
 # ----------------------------------------------------------------------------- figures from plain dicts
-# make_subplots and the update_* methods cost tens of milliseconds per figure on every step; a figure
-# written as plain dicts is validated once, by go.Figure, in a fraction of that.
+# Every figure is written as plain trace and layout dicts and validated once, by go.Figure: Plotly's
+# make_subplots and update_* methods would cost tens of milliseconds per figure on every step.
 
 @dataclass
 class Grid:
@@ -119,7 +111,9 @@ def grid(rows: int, cols: int, *, row_heights: list[float] | None = None, col_wi
          secondary_y: tuple[tuple[int, int], ...] = ()) -> Grid:
     """Axes and subplot titles for a grid, as make_subplots lays them out (rows listed top to bottom)."""
     xs = spans(col_widths, cols, 0.2 / cols if hspace is None else hspace)
-    ys = spans(list(reversed(row_heights)) if row_heights else None, rows, 0.3 / rows if vspace is None else vspace)
+    if vspace is None:   # make_subplots' defaults: more room between rows when they carry titles
+        vspace = (0.5 if titles else 0.3) / rows
+    ys = spans(list(reversed(row_heights)) if row_heights else None, rows, vspace)
     ys = list(reversed(ys))   # row 1 is the top
     lay: dict = {"annotations": []}
     secondary = {}
@@ -153,12 +147,9 @@ def figure(data: list[dict], grid_: Grid | None, title: str, *, height: int = 34
 
 
 def empty(message: str) -> go.Figure:
-    fig = go.Figure()
-    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
-                       font={"size": 14, "color": TEXT_COLOUR})
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    return layout(fig, "", height=260)
+    return figure([], None, "", height=260, xaxis={"visible": False}, yaxis={"visible": False}, annotations=[
+        {"text": message, "showarrow": False, "x": 0.5, "y": 0.5, "xref": "paper", "yref": "paper",
+         "font": {"size": 14, "color": TEXT_COLOUR}}])
 
 
 def show(text: str) -> str:
