@@ -102,6 +102,7 @@ def smollm2_gguf_path() -> Path | None:
     return path if path.exists() else None
 
 
+@functools.lru_cache(maxsize=1)   # asked once per process: the answer decides defaults, not each load
 def hub_reachable(timeout: float = 2.0) -> bool:
     try:
         socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
@@ -382,7 +383,9 @@ def check_same_tokenizer(target: LM, draft: LM) -> None:
 
 
 def available(name: str) -> bool:
-    """Whether a preset can be loaded here without network."""
+    """Whether a preset can be loaded here: the embedded ones always; SmolLM2 from its package, its converted
+    copy, or the hub where the hub is reachable (a Space)."""
     if name == "smollm2-135m-instruct":
-        return (CACHE_DIR / name / "config.json").exists() or smollm2_gguf_path() is not None
+        return ((CACHE_DIR / name / "config.json").exists() or smollm2_gguf_path() is not None
+                or hub_reachable())
     return (MODELS_DIR / name / "config.json").exists()

