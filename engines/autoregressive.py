@@ -28,8 +28,9 @@ def autoregressive(target: LM, prompt_ids: Sequence[int], cfg: AutoregressiveCon
         probs = probabilities(logits, cfg.sampling)
         raw = raw_probabilities(logits)
         token = choose(probs, cfg.sampling, rng)
+        final = token in target.eos_ids or index == cfg.max_new_tokens - 1
         yield Step(index, (token,), target_forwards=1, tokens_fed=len(pending),
-                   wall_s=perf_counter() - start, detail={
+                   wall_s=perf_counter() - start, final=final, detail={
                        "chosen": token,
                        "p_chosen": round(float(probs[token]), 6),
                        "raw_p_chosen": round(float(raw[token]), 6),
@@ -37,6 +38,6 @@ def autoregressive(target: LM, prompt_ids: Sequence[int], cfg: AutoregressiveCon
                        "raw_top": top(raw, 10),
                        "cache_len": len(kv),
                    })
-        if token in target.eos_ids:
+        if final:
             return
         pending = [token]

@@ -87,8 +87,9 @@ def jacobi(target: LM, prompt_ids: Sequence[int], cfg: JacobiConfig, rng: torch.
         produced += len(committed)
         rest = new[len(committed):]                 # the new iterate beyond the commit slides left
         fresh = guesses(cfg.init, rest[-1] if rest else committed[-1], cfg.block - len(rest), target, rng)
+        final = committed[-1] in target.eos_ids or produced >= cfg.max_new_tokens
         yield Step(index, tuple(committed), target_forwards=1, tokens_fed=len(pending) + len(block),
-                   wall_s=perf_counter() - start, detail={
+                   wall_s=perf_counter() - start, final=final, detail={
                        "block_start": produced - len(committed),
                        "block_before_ids": list(block),
                        "block_after_ids": new[:len(block)],
@@ -100,7 +101,7 @@ def jacobi(target: LM, prompt_ids: Sequence[int], cfg: JacobiConfig, rng: torch.
                        "fresh_ids": fresh,
                        "cache_len": len(kv),
                    })
-        if committed[-1] in target.eos_ids or produced >= cfg.max_new_tokens:
+        if final:
             return
         pending = [committed[-1]]
         block = rest + fresh

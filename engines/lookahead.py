@@ -210,8 +210,9 @@ def lookahead(target: LM, prompt_ids: Sequence[int], cfg: LookaheadConfig, rng: 
         window = [list(level) for level in levels]
         text += committed
         levels, shift = slide(levels, new_level, N - 1, len(committed), draw)
+        final = committed[-1] in target.eos_ids or len(text) - len(prompt_ids) >= cfg.max_new_tokens
         yield Step(index, tuple(committed), target_forwards=1, tokens_fed=len(b.ids),
-                   wall_s=perf_counter() - start, detail={
+                   wall_s=perf_counter() - start, final=final, detail={
                        "input_token": last,
                        "window": window,
                        "new_level_ids": new_level,
@@ -233,7 +234,7 @@ def lookahead(target: LM, prompt_ids: Sequence[int], cfg: LookaheadConfig, rng: 
                        "shift": shift,
                        "cache_len": len(kv),
                    })
-        if committed[-1] in target.eos_ids or len(text) - len(prompt_ids) >= cfg.max_new_tokens:
+        if final:
             return
         pending = [committed[-1]]
 

@@ -256,7 +256,7 @@ def mask_predict(model, prompt_ids: Sequence[int], cfg: MaskPredictConfig, rng: 
                 records[-1]["plan_formula"] = [f for _, f in planned]
         last = iteration == cfg.iterations - 1
         chosen = best(spans)
-        yield Step(iteration, output(spans[chosen], model.eos_ids) if last else (),
+        yield Step(iteration, output(spans[chosen], model.eos_ids) if last else (), final=last,
                    target_forwards=len(rows), tokens_fed=sum(len(r) for r in rows),
                    wall_s=perf_counter() - start, detail={
                        "iteration": iteration, "iterations": cfg.iterations, "strategy": cfg.strategy,

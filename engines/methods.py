@@ -148,8 +148,7 @@ class Run:
         self.trace.steps.append(step)
         self._note_texts(_ids_in(step))
         self.trace.output_text = self.target.decode(self.trace.output_ids)
-        if self.trace.totals["new_tokens"] >= self.trace.config["max_new_tokens"]:
-            self.trace.finished = True
+        self.trace.finished = step.final   # so the last step already says "finished", with no extra call
         return step
 
     def run(self, time_limit_s: float | None = None) -> Trace:

@@ -105,9 +105,10 @@ def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: Sp
             "target_cache": [target_before, target_after, len(target_kv)],
             "draft_cache": [draft_before, draft_after, len(draft_kv)] if draft_kv is not None else None,
         })
-        yield Step(index, tuple(committed), target_forwards=1, draft_forwards=proposal.forwards,
+        final = ended or produced >= cfg.max_new_tokens
+        yield Step(index, tuple(committed), target_forwards=1, draft_forwards=proposal.forwards, final=final,
                    tokens_fed=len(fed), wall_s=perf_counter() - start, detail=detail)
-        if ended:
+        if final:
             return
         k, index = k_next, index + 1
 

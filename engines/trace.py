@@ -23,6 +23,7 @@ class Step:
     draft_forwards: int = 0
     tokens_fed: int = 0      # tokens the target read in this step's forward(s)
     wall_s: float = 0.0
+    final: bool = False      # the method stopped here (end of text, the token budget, the last iteration)
     detail: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -287,10 +287,11 @@ def tree(target: LM, draft: LM, prompt_ids: Sequence[int], cfg: TreeConfig, rng:
         committed += new
         pending, produced = [new[-1]], produced + len(new)
         detail["cache_len"] = len(target_kv)
+        final = new[-1] in target.eos_ids or produced >= cfg.max_new_tokens
         yield Step(index, tuple(new), target_forwards=1, draft_forwards=drafting.forwards, tokens_fed=tokens_fed,
-                   wall_s=perf_counter() - start, detail=detail)
+                   wall_s=perf_counter() - start, final=final, detail=detail)
         index += 1
-        if new[-1] in target.eos_ids:
+        if final:
             return
 
 

@@ -125,3 +125,20 @@ def test_the_trace_file_is_written_once_per_state_of_a_run(tmp_path, monkeypatch
     last = render.render(session, "autoregressive").trace_file
     assert last != first and [p.name for p in tmp_path.iterdir()] == [Path(last).name]
     assert Trace.from_json(Path(last).read_text()).to_json() == session.trace.to_json()
+
+
+@pytest.mark.parametrize("method, settings", [
+    ("autoregressive", {"max_new_tokens": 5}), ("speculative", {"max_new_tokens": 7, "k": 3}),
+    ("tree", {"max_new_tokens": 7}), ("jacobi", {"max_new_tokens": 7}), ("lookahead", {"max_new_tokens": 7}),
+    ("mask-predict", {"length": 6, "iterations": 3, "max_new_tokens": 8}),
+])
+def test_exactly_the_last_step_is_final_and_the_run_knows_at_once(method, settings, tiny_target, tiny_draft,
+                                                                    tiny_masked):
+    from engines.methods import METHODS, Run
+    target = tiny_masked if METHODS[method].model_kind == "masked" else tiny_target
+    run = Run(method, "Once upon a time", settings, target=target.source, draft=tiny_draft.source)
+    finished = []
+    while (step := run.step()) is not None:
+        finished.append(run.finished)
+    assert finished[-1] and not any(finished[:-1])
+    assert [s.final for s in run.trace.steps] == finished
