@@ -138,7 +138,7 @@ def test_exactly_the_last_step_is_final_and_the_run_knows_at_once(method, settin
     target = tiny_masked if METHODS[method].model_kind == "masked" else tiny_target
     run = Run(method, "Once upon a time", settings, target=target.source, draft=tiny_draft.source)
     finished = []
-    while (step := run.step()) is not None:
+    while run.step() is not None:
         finished.append(run.finished)
     assert finished[-1] and not any(finished[:-1])
     assert [s.final for s in run.trace.steps] == finished
