@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -47,7 +48,7 @@ def friendly(fn: Callable) -> Callable:
         log.exception("unexpected error in %s", fn.__name__)
         return gr.Error(f"Something went wrong inside the app ({type(e).__name__}); the run so far is kept.")
 
-    if getattr(fn, "__wrapped_generator__", False):
+    if inspect.isgeneratorfunction(fn):   # Gradio streams a generator's yields, so the wrapper must yield too
         @functools.wraps(fn)
         def gen(*args):
             try:
@@ -67,11 +68,6 @@ def friendly(fn: Callable) -> Callable:
         except Exception as e:  # noqa: BLE001
             raise report(e) from None
     return wrapper
-
-
-def generator(fn):
-    fn.__wrapped_generator__ = True
-    return fn
 
 
 @dataclasses.dataclass
@@ -156,7 +152,6 @@ def make_handlers(controls: Controls):
             session.seek(int(value) - 1)
         return outputs_of(sessions, render(session, method))
 
-    @generator
     def run(sessions: Sessions, *values):
         sessions = sessions or Sessions()
         method = values[0]
