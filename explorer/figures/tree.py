@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 
 from engines import trees
 from engines.trace import Step, Trace
-from explorer.figures.common import (AXIS_LOOK, GRID_COLOUR, TARGET_COLOUR, Chip, View, colour, empty, figure,
+from explorer.figures.common import (AXIS_LOOK, GRID_COLOUR, TARGET_COLOUR, TEXT_COLOUR, Chip, View, colour, empty, figure,
                                      quoted, show, symbol, token)
 
 FINAL = "final"
@@ -105,8 +105,10 @@ def draft_tree(trace: Trace, index: int) -> go.Figure:
             "type": "scatter", "x": [pos[m][0] for m in members], "y": [pos[m][1] for m in members],
             "mode": "markers" if status == "not_reached" and crowded else "markers+text",
             "text": [shown(trace, token_of(step, m)) for m in members], "textposition": "top center",
-            "hovertext": hover, "hoverinfo": "text", "name": legend_name(status), "opacity": DIM if dimmed else 1.0,
-            "marker": {"color": colour(status), "symbol": symbol(status), "size": 13,
+            "hovertext": hover, "hoverinfo": "text", "name": legend_name(status),
+            # dim the marks of branches that lost, but keep their tokens readable
+            "textfont": {"color": TEXT_COLOUR},
+            "marker": {"color": colour(status), "symbol": symbol(status), "size": 13, "opacity": DIM if dimmed else 1.0,
                        "line": {"width": 1, "color": colour(status)}}})
     depth = max((n["depth"] for n in nodes), default=0)
     title = (f"Step {index + 1}: draft tree of {len(nodes)} node{'s' if len(nodes) != 1 else ''}, "
