@@ -86,13 +86,15 @@ class Controls:
         return [self.method, self.prompt, self.target, self.draft, self.seed, *self.common.values(),
                 *self.own.values()]
 
-    def settings(self, values: tuple) -> tuple[str, str, str, str, int, dict[str, Any]]:
+    def session(self, values: tuple) -> tuple[str, Session]:
+        """The chosen method and a new session running it with these control values."""
         method, prompt, target, draft, seed, *rest = values
         settings = dict(zip(self.common, rest[:len(self.common)]))
         settings.update({name: v for (m, name), v in zip(self.own, rest[len(self.common):]) if m == method})
         if seed is None or float(seed) != int(seed) or not 0 <= int(seed) < 2 ** 63:
             raise ValueError("The seed must be a whole number of 0 or more.")
-        return method, prompt, target, draft, int(seed), settings
+        run = Run(method, prompt, settings, target=target or None, draft=draft or None, seed=int(seed))
+        return method, Session.start(run)
 
 
 def control(f: dataclasses.Field, key: str | None = None) -> gr.components.Component:
@@ -119,15 +121,9 @@ def outputs_of(sessions: Sessions, screen: Screen) -> tuple:
             screen.record, gr.DownloadButton(value=screen.trace_file, interactive=screen.trace_file is not None))
 
 
-def new_session(controls: Controls, values: tuple) -> tuple[str, Session]:
-    method, prompt, target, draft, seed, settings = controls.settings(values)
-    run = Run(method, prompt, settings, target=target or None, draft=draft or None, seed=seed)
-    return method, Session.start(run)
-
-
 def make_handlers(controls: Controls):
     def reset(sessions: Sessions, *values):
-        method, session = new_session(controls, values)
+        method, session = controls.session(values)
         sessions = sessions or Sessions()
         sessions.put(method, session)
         return outputs_of(sessions, render(session, method))
@@ -135,7 +131,7 @@ def make_handlers(controls: Controls):
     def step(sessions: Sessions, *values):
         sessions = sessions or Sessions()
         method = values[0]
-        session = sessions.get(method) or sessions.put(*new_session(controls, values))
+        session = sessions.get(method) or sessions.put(*controls.session(values))
         if not session.step() and session.at_end:
             gr.Info("This run has finished; press Reset to start another.")
         return outputs_of(sessions, render(session, method))
@@ -157,7 +153,7 @@ def make_handlers(controls: Controls):
         method = values[0]
         session = sessions.get(method)
         if session is None or (session.at_end and session.run is not None):
-            session = sessions.put(*new_session(controls, values))
+            session = sessions.put(*controls.session(values))
         while session.step():
             yield outputs_of(sessions, render(session, method))
         yield outputs_of(sessions, render(session, method))
