@@ -59,6 +59,11 @@ AXIS_LOOK = {"gridcolor": GRID_COLOUR, "zerolinecolor": GRID_COLOUR}
 # Every figure is written as plain trace and layout dicts and validated once, by go.Figure: Plotly's
 # make_subplots and update_* methods would cost tens of milliseconds per figure on every step.
 
+def suffix(n: int) -> str:
+    """Plotly's axis numbering: the first axis is "x" / "xaxis", the n-th "x<n>" / "xaxis<n>"."""
+    return str(n) if n > 1 else ""
+
+
 @dataclass
 class Grid:
     """A rows x cols grid of subplots as layout dicts, with make_subplots' geometry. Cell (1, 1) is top left;
@@ -71,19 +76,19 @@ class Grid:
     def number(self, row: int, col: int) -> int:
         return (row - 1) * self.cols + col
 
+    def y_number(self, row: int, col: int, secondary_y: bool) -> int:
+        return self.secondary[(row, col)] if secondary_y else self.number(row, col)
+
     def cell(self, row: int, col: int, secondary_y: bool = False) -> dict:
         """The axis references a trace in this cell carries."""
-        n = self.number(row, col)
-        y = self.secondary[(row, col)] if secondary_y else n
-        return {"xaxis": f"x{n if n > 1 else ''}", "yaxis": f"y{y if y > 1 else ''}"}
+        return {"xaxis": f"x{suffix(self.number(row, col))}",
+                "yaxis": f"y{suffix(self.y_number(row, col, secondary_y))}"}
 
     def xaxis(self, row: int, col: int) -> dict:
-        n = self.number(row, col)
-        return self.layout[f"xaxis{n if n > 1 else ''}"]
+        return self.layout[f"xaxis{suffix(self.number(row, col))}"]
 
     def yaxis(self, row: int, col: int, secondary_y: bool = False) -> dict:
-        n = self.secondary[(row, col)] if secondary_y else self.number(row, col)
-        return self.layout[f"yaxis{n if n > 1 else ''}"]
+        return self.layout[f"yaxis{suffix(self.y_number(row, col, secondary_y))}"]
 
     def xaxes(self, row: int | None = None) -> list[dict]:
         return [self.xaxis(r, c) for r in range(1, self.rows + 1) for c in range(1, self.cols + 1)
@@ -115,33 +120,37 @@ def grid(rows: int, cols: int, *, row_heights: list[float] | None = None, col_wi
         vspace = (0.5 if titles else 0.3) / rows
     ys = spans(list(reversed(row_heights)) if row_heights else None, rows, vspace)
     ys = list(reversed(ys))   # row 1 is the top
-    lay: dict = {"annotations": []}
-    secondary = {}
+    g = Grid(rows, cols, {"annotations": []}, {})
     for r in range(1, rows + 1):
         for c in range(1, cols + 1):
-            n = (r - 1) * cols + c
-            suffix = n if n > 1 else ""
-            lay[f"xaxis{suffix}"] = {"domain": list(xs[c - 1]), "anchor": f"y{suffix}", **AXIS_LOOK}
-            lay[f"yaxis{suffix}"] = {"domain": list(ys[r - 1]), "anchor": f"x{suffix}", **AXIS_LOOK}
+            n = g.number(r, c)
+            g.layout[f"xaxis{suffix(n)}"] = {"domain": list(xs[c - 1]), "anchor": f"y{suffix(n)}"}
+            g.layout[f"yaxis{suffix(n)}"] = {"domain": list(ys[r - 1]), "anchor": f"x{suffix(n)}"}
             if n <= len(titles) and titles[n - 1]:
-                lay["annotations"].append({
+                g.layout["annotations"].append({
                     "text": titles[n - 1], "x": sum(xs[c - 1]) / 2, "y": ys[r - 1][1], "xref": "paper",
                     "yref": "paper", "xanchor": "center", "yanchor": "bottom", "showarrow": False,
                     "font": {"size": 14}})
     for k, (r, c) in enumerate(secondary_y):
-        m = rows * cols + k + 1
-        secondary[(r, c)] = m
-        n = (r - 1) * cols + c
-        lay[f"xaxis{n if n > 1 else ''}"]["domain"][1] -= 0.06   # room for the right-hand axis
-        lay[f"yaxis{m}"] = {"anchor": f"x{n if n > 1 else ''}", "overlaying": f"y{n if n > 1 else ''}",
-                            "side": "right", **AXIS_LOOK}
-    return Grid(rows, cols, lay, secondary)
+        n, m = g.number(r, c), rows * cols + k + 1
+        g.secondary[(r, c)] = m
+        g.xaxis(r, c)["domain"][1] -= 0.06   # room for the right-hand axis
+        g.layout[f"yaxis{m}"] = {"anchor": f"x{suffix(n)}", "overlaying": f"y{suffix(n)}", "side": "right"}
+    return g
 
 
 def figure(data: list[dict], grid_: Grid | None, title: str, *, height: int = 340, uirevision: str = "keep",
            annotations: list[dict] = (), **kwargs) -> go.Figure:
-    """A figure from trace dicts and a grid, with the shared look; validated once."""
-    lay = {**(grid_.layout if grid_ else {}), **look(title, height, uirevision), **kwargs}
+    """A figure from trace dicts and a grid, with the shared look; validated once. A dict given for a key of
+    the look (margin={"t": 70}, legend={"y": -0.3}) changes only the fields it names; every axis gets the
+    shared grid colours."""
+    lay = {**(grid_.layout if grid_ else {}), **look(title, height, uirevision)}
+    for key, value in kwargs.items():
+        lay[key] = {**lay[key], **value} if isinstance(value, dict) and isinstance(lay.get(key), dict) else value
+    lay.setdefault("xaxis", {})
+    lay.setdefault("yaxis", {})
+    for key in [k for k in lay if k.startswith(("xaxis", "yaxis"))]:
+        lay[key] = {**AXIS_LOOK, **lay[key]}
     lay["annotations"] = [*lay.get("annotations", []), *annotations]
     return go.Figure(data=data, layout=lay)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from engines.trace import Trace
-from explorer.figures.common import AXIS_LOOK, Chip, View, colour, empty, figure, quoted, show, token
+from explorer.figures.common import Chip, View, colour, empty, figure, quoted, show, token
 
 ROWS_SHOWN = 24    # the trajectory shows at most this many iterations up to the cursor
 CELLS_SHOWN = 560  # and at most about this many cells, so a step's figure stays well under 100 KB
@@ -83,10 +83,10 @@ def trajectory(trace: Trace, index: int) -> go.Figure:
     lo = current.detail["block_start"] - 0.5
     frame = {"type": "rect", "x0": lo, "x1": lo + len(current.detail["block_before_ids"]) + 1,
              "y0": index + 0.5, "y1": index + 1.5, "line": {"color": colour("chosen"), "width": 2}}
-    xaxis = {"title": {"text": "output position (0 = first new token)"}, **AXIS_LOOK}
+    xaxis = {"title": {"text": "output position (0 = first new token)"}}
     if max(xs) - min(xs) < 40:
         xaxis["dtick"] = 1
-    yaxis = {"title": {"text": "iteration"}, "autorange": "reversed", **AXIS_LOOK}
+    yaxis = {"title": {"text": "iteration"}, "autorange": "reversed"}
     if len(steps) <= 24:
         yaxis["dtick"] = 1
     return figure(data, None, f"Jacobi trajectory up to iteration {index + 1}", height=max(300, 60 + 34 * len(steps)),
@@ -117,8 +117,8 @@ def convergence(trace: Trace, index: int) -> go.Figure:
     total = sum(committed)
     return figure(data, None, f"Settled per iteration: {total} tokens in {len(steps)} forwards "
                               f"({total / len(steps):.2f} per forward)", height=300, barmode="stack",
-                  xaxis={"title": {"text": "iteration"}, **AXIS_LOOK},
-                  yaxis={"title": {"text": "positions"}, "rangemode": "tozero", **AXIS_LOOK})
+                  xaxis={"title": {"text": "iteration"}},
+                  yaxis={"title": {"text": "positions"}, "rangemode": "tozero"})
 
 
 def words(trace: Trace, index: int) -> str:

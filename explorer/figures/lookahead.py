@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 
 from engines.lookahead import ancestry
 from engines.trace import Step, Trace
-from explorer.figures.common import (AXIS_LOOK, Chip, Grid, View, colour, empty, figure, grid, quoted, show, symbol,
+from explorer.figures.common import (Chip, Grid, View, colour, empty, figure, grid, quoted, show, symbol,
                                      token)
 from explorer.figures.jacobi import discrete_scale
 
@@ -209,7 +209,7 @@ def pool_table(trace: Trace, index: int) -> go.Figure:
                      "hoverinfo": "skip", "marker": {"symbol": "square", "size": 12, "color": c}})
     return figure(data, None, f"Pool after step {index + 1}: {d['pool_size']} n-grams under {d['pool_keys']} "
                               f"first tokens (showing {len(d['pool'])})", height=min(640, 140 + 22 * len(fills)),
-                  xaxis={"visible": False, **AXIS_LOOK}, yaxis={"visible": False, **AXIS_LOOK})
+                  xaxis={"visible": False}, yaxis={"visible": False})
 
 
 def words(trace: Trace, index: int) -> str:

@@ -175,7 +175,7 @@ def confidence_and_schedule(trace: Trace, index: int) -> go.Figure:
     g.yaxis(1, 2).update(rangemode="tozero")
     # the six legend entries wrap in a half-width column: give them room below the axis titles
     return figure(data, g, f"Iteration {index + 1}: confidence and schedule", height=440, barmode="overlay",
-                  margin={"l": 50, "r": 20, "t": 70, "b": 40}, legend={"orientation": "h", "y": -0.3, "x": 0, "bgcolor": "rgba(0,0,0,0)"})
+                  margin={"t": 70}, legend={"y": -0.3})
 
 
 def listed(trace: Trace, r: dict, positions: list[int], limit: int = 6) -> str:

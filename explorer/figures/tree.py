@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 
 from engines import trees
 from engines.trace import Step, Trace
-from explorer.figures.common import (AXIS_LOOK, GRID_COLOUR, TARGET_COLOUR, TEXT_COLOUR, Chip, View, colour, empty, figure,
+from explorer.figures.common import (GRID_COLOUR, TARGET_COLOUR, TEXT_COLOUR, Chip, View, colour, empty, figure,
                                      quoted, show, symbol, token)
 
 FINAL = "final"
@@ -114,9 +114,9 @@ def draft_tree(trace: Trace, index: int) -> go.Figure:
     title = (f"Step {index + 1}: draft tree of {len(nodes)} node{'s' if len(nodes) != 1 else ''}, "
              f"{len(d['accepted_path'])} accepted + 1 from the target")
     return figure(data, None, title, height=max(320, min(1100, (20 if crowded else 34) * leaves + 120)),
-                  xaxis={**AXIS_LOOK, "title": {"text": "depth (position = root position + depth)"},
+                  xaxis={"title": {"text": "depth (position = root position + depth)"},
                          "tickmode": "linear", "dtick": 1, "range": [-0.4, depth + 1.6]},
-                  yaxis={**AXIS_LOOK, "visible": False, "autorange": "reversed"})
+                  yaxis={"visible": False, "autorange": "reversed"})
 
 
 def token_of(step: Step, node) -> int:
@@ -168,11 +168,11 @@ def attention_mask(trace: Trace, index: int) -> go.Figure:
         data.append({"type": "scatter", "x": [None], "y": [None], "mode": "markers", "name": name,
                      "hoverinfo": "skip", "marker": {"symbol": "square", "size": 12, "color": fill}})
     size = len(names)
-    # margin_t and title_y/title_yanchor change one field each of the shared margin and title
+    # title_y / title_yanchor move the shared title (figure() owns its text) above the column labels
     return figure(data, None, f"Tree attention mask ({size} x {size}); every row also sees all earlier text",
-                  height=max(360, min(800, 18 * size + 230)), margin_t=150, title_y=0.98, title_yanchor="top",
-                  xaxis={**AXIS_LOOK, "type": "category", "side": "top", "tickangle": -60, "tickfont": {"size": 10}},
-                  yaxis={**AXIS_LOOK, "autorange": "reversed", "type": "category", "tickfont": {"size": 10}})
+                  height=max(360, min(800, 18 * size + 230)), margin={"t": 150}, title_y=0.98, title_yanchor="top",
+                  xaxis={"type": "category", "side": "top", "tickangle": -60, "tickfont": {"size": 10}},
+                  yaxis={"autorange": "reversed", "type": "category", "tickfont": {"size": 10}})
 
 
 def words(trace: Trace, index: int) -> str:
