@@ -56,6 +56,12 @@ def run_trace(method: str, prompt: str, settings: dict, target: str, draft: str 
     return Run(method, prompt, settings, target=target, draft=draft, device=device).run()
 
 
+def baseline(models: Models, target: str, prompt: str, n: int, repeats: int = 1) -> tuple[float, Trace]:
+    """Wall time and trace of n autoregressive tokens: what the other methods are measured against."""
+    return timed(lambda: run_trace("autoregressive", prompt, {"max_new_tokens": n}, target, None, models.device),
+                 repeats)
+
+
 # ----------------------------------------------------------------------------- autoregressive
 
 def bench_autoregressive(models: Models, prompts: list[str], quick: bool) -> list[dict]:
@@ -67,8 +73,7 @@ def bench_autoregressive(models: Models, prompts: list[str], quick: bool) -> lis
         ids = torch.tensor([target.encode(prompt)], device=target.device)
         ref_s, _ = timed(lambda: target.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
                                                        min_new_tokens=n, do_sample=False))
-        ours_s, trace = timed(lambda: run_trace("autoregressive", prompt, {"max_new_tokens": n}, models.target,
-                                                None, models.device))
+        ours_s, trace = baseline(models, models.target, prompt, n)
         t = trace.totals
         steps_ms = sorted(s.wall_s * 1000 for s in trace.steps)
         rows.append({"method": "autoregressive", "target": target.name, "new_tokens": t["new_tokens"],
@@ -155,8 +160,7 @@ def bench_tree(models: Models, prompts: list[str], quick: bool) -> list[dict]:
     runs["spec:k=4"] = ("speculative", {"k": 4, "drafter": "model"})
     rows = []
     for prompt in prompts:
-        ar_s, _ = timed(lambda: run_trace("autoregressive", prompt, {"max_new_tokens": n}, models.tiny_target, None,
-                                          models.device))
+        ar_s, _ = baseline(models, models.tiny_target, prompt, n)
         for name, (method, settings) in runs.items():
             wall, trace = timed(lambda: run_trace(method, prompt, {"max_new_tokens": n, **settings},
                                                   models.tiny_target, models.draft, models.device))
@@ -181,8 +185,7 @@ def bench_jacobi_lookahead(models: Models, prompts: list[str], quick: bool) -> l
     n = 16 if quick else 48
     rows = []
     for prompt in prompts:
-        ar_s, _ = timed(lambda: run_trace("autoregressive", prompt, {"max_new_tokens": n}, models.target, None,
-                                          models.device))
+        ar_s, _ = baseline(models, models.target, prompt, n)
         for method, settings in FIXED_POINT.items():
             wall, trace = timed(lambda: run_trace(method, prompt, {**settings, "max_new_tokens": n}, models.target,
                                                   None, models.device))
@@ -214,8 +217,7 @@ def bench_mask_predict(models: Models, prompts: list[str], quick: bool) -> list[
     rows = []
     for prompt in prompts:
         # median of 3: the first run of a model pays one-off set-up costs
-        ar_s, ar = timed(lambda: run_trace("autoregressive", prompt, {"max_new_tokens": 32}, models.tiny_target,
-                                           None, models.device), 3)
+        ar_s, ar = baseline(models, models.tiny_target, prompt, 32, repeats=3)
         for name, settings in runs.items():
             settings = {"length": 32, "iterations": 10, "max_new_tokens": 64, **settings}
             wall, trace = timed(lambda: run_trace("mask-predict", prompt, settings, masked, None, models.device), 3)
