@@ -41,3 +41,22 @@ def test_traces_land_in_their_cells_and_the_shared_look_applies():
     assert fig.layout.height == 300 and fig.layout.title.text == "title" and fig.layout.uirevision == "keep"
     assert [a.text for a in fig.layout.annotations] == ["left", "right", "note"]
     assert empty("nothing yet").layout.annotations[0].text == "nothing yet"
+
+
+@pytest.mark.parametrize("cols", range(1, 66))
+def test_grid_domains_stay_inside_the_unit_interval(cols):
+    """Summing floats put the 12th, 16th and 17th column's right edge at 1.0000000000000002 (issue 15)."""
+    g = grid(2, cols, row_heights=[0.74, 0.26], vspace=0.2, hspace=min(0.04, 0.4 / cols),
+             titles=[str(i) for i in range(cols)])
+    for name, axis in g.layout.items():
+        if name.startswith(("xaxis", "yaxis")):
+            lo, hi = axis["domain"]
+            assert 0.0 <= lo <= hi <= 1.0, (name, axis["domain"])
+    assert g.xaxis(1, cols)["domain"][1] == 1.0
+    figure([], g, "every column")   # Plotly's own validation
+
+
+def test_spacing_too_wide_for_the_cells_still_leaves_each_cell_room():
+    g = grid(1, 30, hspace=0.2)
+    widths = [hi - lo for lo, hi in (a["domain"] for a in g.xaxes())]
+    assert min(widths) > 0 and g.xaxis(1, 30)["domain"][1] == 1.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Callable, Sequence
 
 import plotly.graph_objects as go
@@ -100,15 +101,25 @@ class Grid:
 
 
 def spans(sizes: list[float] | None, count: int, spacing: float) -> list[tuple[float, float]]:
-    """Domains of `count` consecutive cells of relative sizes `sizes`, `spacing` apart, filling [0, 1]."""
-    sizes = sizes or [1.0] * count
-    room = 1.0 - spacing * (count - 1)
-    out, at = [], 0.0
-    for size in sizes:
-        width = room * size / sum(sizes)
-        out.append((at, at + width))
-        at += width + spacing
+    """Domains of `count` consecutive cells of relative sizes `sizes`, `spacing` apart, filling [0, 1].
+
+    Each edge is computed on its own from the cell's index, in exact fractions, and rounded once: summing
+    floats cell by cell overshoots 1 (twelve columns ended at 1.0000000000000002, which Plotly refuses)."""
+    sizes = [Fraction(s) for s in sizes] if sizes else [Fraction(1)] * count
+    gap = Fraction(spacing)
+    if count > 1 and gap * (count - 1) >= 1:   # too many cells for this spacing: let the gaps take half the room
+        gap = Fraction(1, 2 * (count - 1))
+    room, total = 1 - gap * (count - 1), sum(sizes)
+    out = []
+    for i, size in enumerate(sizes):
+        start = i * gap + room * sum(sizes[:i]) / total
+        out.append((unit(start), unit(start + room * size / total)))
     return out
+
+
+def unit(x: Fraction) -> float:
+    """An exact position as a float that stays inside [0, 1]."""
+    return min(1.0, max(0.0, float(x)))
 
 
 def grid(rows: int, cols: int, *, row_heights: list[float] | None = None, col_widths: list[float] | None = None,
@@ -134,7 +145,8 @@ def grid(rows: int, cols: int, *, row_heights: list[float] | None = None, col_wi
     for k, (r, c) in enumerate(secondary_y):
         n, m = g.number(r, c), rows * cols + k + 1
         g.secondary[(r, c)] = m
-        g.xaxis(r, c)["domain"][1] -= 0.06   # room for the right-hand axis
+        lo, hi = g.xaxis(r, c)["domain"]
+        g.xaxis(r, c)["domain"][1] = max(lo, hi - 0.06)   # room for the right-hand axis
         g.layout[f"yaxis{m}"] = {"anchor": f"x{suffix(n)}", "overlaying": f"y{suffix(n)}", "side": "right"}
     return g
 
