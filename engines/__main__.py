@@ -53,6 +53,14 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure speed and forwards per token of every method")
     b.add_argument("--quick", action="store_true", help="fewer prompts and tokens")
     b.add_argument("--device", default=None)
+    r = sub.add_parser("race", help="every causal method on one prompt, greedy, to the same number of tokens")
+    r.add_argument("--prompt", required=True)
+    r.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=48)
+    r.add_argument("--target", default=None, help="preset, local folder or hub id (default: SmolLM2 if installed)")
+    r.add_argument("--draft", default=None, help="draft model for the model drafter and trees (default tiny-draft)")
+    r.add_argument("--device", default=None)
+    r.add_argument("--repeats", type=int, default=1, help="runs per method; the median wall time counts")
+    r.add_argument("--json", action="store_true", help="print one JSON object with a row per method")
     return p
 
 
@@ -71,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bench":
             from engines.bench import bench
             bench(quick=args.quick, device=args.device)
+        elif args.command == "race":
+            import json
+            from engines.race import race, table
+            result = race(args.prompt, args.max_new_tokens, target=args.target, draft=args.draft,
+                          device=args.device, repeats=args.repeats)
+            print(json.dumps(result.to_dict(), ensure_ascii=False) if args.json else table(result))
     except (ValueError, lm.ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

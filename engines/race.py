@@ -1,0 +1,315 @@
+"""The race: every causal method on one prompt and one target, greedy, to the same number of new tokens.
+
+    python -m engines race --prompt "Once upon a time" --max-new-tokens 48 [--target T] [--json]
+
+Each entry is a recorded `Run`, timed back to back in this process (wall-time ratios are only
+meaningful within one process on a shared machine). A row carries what each method spent
+(target and draft forwards, tokens fed), what it got (tokens per target forward), both acceptance
+definitions, and whether its output equals greedy autoregressive decoding.
+
+The cost model explains the wall-time column: a short timing in this run measures c, the cost of a
+draft forward relative to a target forward, and T(n), a target forward over n tokens relative to
+one token. With acceptance rate alpha and k drafts, speculative decoding expects
+(1 - alpha^(k+1)) / (1 - alpha) tokens per iteration (Leviathan et al. 2023, eq. 1) for a cost of
+k*c + T(k+1) target forwards.
+
+Mask-predict is left out: it fills a span with a bidirectional masked LM, so it has no greedy
+causal output to race against.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+from engines import lm
+from engines.lm import LM
+from engines.methods import DEFAULT_DRAFT, Run, default_target
+from engines.trace import Step, Trace
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One lane of the race: a method with its settings. New drafters and strategies join by adding a line."""
+    label: str
+    method: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+ENTRIES: tuple[Entry, ...] = (
+    Entry("autoregressive", "autoregressive"),
+    Entry("speculative, model k=4", "speculative", {"drafter": "model", "k": 4}),
+    Entry("speculative, ngram k=4", "speculative", {"drafter": "ngram", "k": 4, "lookup_ngram": 3}),
+    Entry("tree, dynamic 16", "tree", {"tree": "dynamic", "tree_budget": 16, "tree_depth": 4, "tree_topk": 3}),
+    Entry("tree, sparse", "tree", {"tree": "sparse"}),
+    Entry("jacobi, block 8", "jacobi", {"block": 8, "init": "repeat"}),
+    Entry("lookahead, W5 N4 G5", "lookahead", {"window": 5, "ngram": 4, "guesses": 5}),
+)
+REFERENCE = "autoregressive"   # the entry every ratio and every output is compared with
+LEFT_OUT = {"mask-predict": "not a causal method: it fills a span with a masked LM, so it has no greedy "
+                            "autoregressive output to race against"}
+
+
+# ----------------------------------------------------------------------------- acceptance, per method
+# (accepted, examined) drafted tokens of one step: the drafts up to and including the first refusal count as
+# examined, so a chain, a tree path, a Jacobi block and a pooled n-gram read the same way.
+
+def _speculative_drafts(s: Step) -> tuple[int, int]:
+    n, m = s.detail["accepted"], len(s.detail["draft_tokens"])
+    return n, n + (n < m)
+
+
+def _tree_drafts(s: Step) -> tuple[int, int]:
+    n = s.detail["accepted_length"]
+    return n, n + (s.detail["final_kind"] == "resampled")   # the stop node had children, all refused
+
+
+def _jacobi_drafts(s: Step) -> tuple[int, int]:
+    n, m = s.detail["settled"], len(s.detail["block_before_ids"])
+    return n, n + (n < m)
+
+
+def _lookahead_drafts(s: Step) -> tuple[int, int]:
+    n = s.detail["accepted_len"]
+    longest = max((len(c) for c in s.detail["candidates"]), default=0)
+    return n, n + (n < longest)
+
+
+DRAFTS_OF: dict[str, Callable[[Step], tuple[int, int]]] = {
+    "speculative": _speculative_drafts, "tree": _tree_drafts, "jacobi": _jacobi_drafts,
+    "lookahead": _lookahead_drafts}
+
+
+@dataclass
+class Row:
+    label: str
+    method: str
+    settings: dict[str, Any]
+    new_tokens: int
+    iterations: int
+    target_forwards: int
+    draft_forwards: int
+    tokens_per_target_forward: float
+    tokens_fed_per_forward: float
+    wall_s: float
+    wall_ratio: float                 # wall time / autoregressive wall time, same process, back to back
+    equals_greedy: bool               # output ids equal greedy autoregressive's
+    first_difference: int | None      # index of the first output token that differs from autoregressive's
+    acceptance_rate: float | None     # accepted / examined drafts (None: the method drafts nothing)
+    tokens_per_iteration: float       # mean tokens per iteration, the target's own token included
+    drafts_accepted: int
+    drafts_examined: int
+    committed_per_forward: list[int]  # the timeline: tokens committed by each target forward, in order
+    step_wall_s: list[float]
+    output_ids: list[int]
+    output_text: str
+
+
+@dataclass
+class Point:
+    """A measured run placed on the theory curves."""
+    label: str
+    k: int
+    alpha: float
+    c: float
+    tokens_per_iteration: float       # measured
+    expected_tokens: float            # (1 - alpha^(k+1)) / (1 - alpha)
+    speedup: float                    # measured: autoregressive wall / this wall
+    expected_speedup: float           # expected_tokens / (k c + T(k+1))
+    best_k: int
+    best_speedup: float
+
+
+@dataclass
+class CostModel:
+    target_forward_s: float           # one target forward over one token, after the prompt
+    draft_forward_s: float | None
+    c: float | None                   # draft forward / target forward
+    verify_n: list[int]               # T(n) measured at these n
+    verify_cost: list[float]          # T(n) / T(1)
+    points: list[Point]
+    words: str
+
+
+@dataclass
+class Race:
+    prompt: str
+    target: str
+    draft: str
+    max_new_tokens: int
+    rows: list[Row]
+    cost: CostModel
+    left_out: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- running
+
+def race(prompt: str, max_new_tokens: int, target: str | None = None, draft: str | None = None,
+         device: str | None = None, entries: Sequence[Entry] = ENTRIES, repeats: int = 1) -> Race:
+    """Run every entry greedily on one prompt and target; the median wall time of `repeats` runs."""
+    if not any(e.method == REFERENCE for e in entries):
+        raise ValueError("The race needs an autoregressive entry: every ratio is measured against it.")
+    target, draft = target or default_target(), draft or DEFAULT_DRAFT
+    settings = {"max_new_tokens": max_new_tokens, "temperature": 0.0}
+    # loading a model, comparing vocabularies and each method's first forwards are one-off costs that would
+    # otherwise land on whichever lane meets them first: a short untimed run of every lane pays them
+    for e in entries:
+        Run(e.method, prompt, {**e.settings, **settings, "max_new_tokens": min(4, max_new_tokens)},
+            target=target, draft=draft, device=device).run()
+    traces, times = {}, {e.label: [] for e in entries}
+    for _ in range(max(1, repeats)):   # round robin, so a burst of load on the machine hits every lane alike
+        for e in entries:
+            start = time.perf_counter()
+            traces[e.label] = Run(e.method, prompt, {**e.settings, **settings}, target=target, draft=draft,
+                                  device=device).run()
+            times[e.label].append(time.perf_counter() - start)
+    walls = {label: statistics.median(ts) for label, ts in times.items()}
+    ref = next(e.label for e in entries if e.method == REFERENCE)
+    rows = [row(e, traces[e.label], walls[e.label], walls[ref], traces[ref].output_ids) for e in entries]
+    target_lm = lm.load(target, device)
+    draft_lm = lm.load(draft, device) if any(r.draft_forwards for r in rows) else None
+    cost = cost_model(target_lm, draft_lm, traces[ref].prompt_ids, rows)
+    return Race(prompt, target, draft, max_new_tokens, rows, cost, dict(LEFT_OUT))
+
+
+def row(e: Entry, trace: Trace, wall_s: float, reference_wall_s: float, reference_ids: list[int]) -> Row:
+    t, ids = trace.totals, trace.output_ids
+    accepted = examined = 0
+    if e.method in DRAFTS_OF:
+        for s in trace.steps:
+            a, x = DRAFTS_OF[e.method](s)
+            accepted, examined = accepted + a, examined + x
+    return Row(
+        label=e.label, method=e.method, settings=dict(e.settings), new_tokens=t["new_tokens"],
+        iterations=len(trace.steps), target_forwards=t["target_forwards"], draft_forwards=t["draft_forwards"],
+        tokens_per_target_forward=t["new_tokens"] / max(t["target_forwards"], 1),
+        tokens_fed_per_forward=t["tokens_fed"] / max(t["target_forwards"], 1),
+        wall_s=wall_s, wall_ratio=wall_s / reference_wall_s, equals_greedy=ids == reference_ids,
+        first_difference=first_difference(ids, reference_ids),
+        acceptance_rate=accepted / examined if examined else None,
+        tokens_per_iteration=t["new_tokens"] / max(len(trace.steps), 1),
+        drafts_accepted=accepted, drafts_examined=examined,
+        committed_per_forward=timeline(trace.steps), step_wall_s=[s.wall_s for s in trace.steps],
+        output_ids=ids, output_text=trace.output_text)
+
+
+def timeline(steps: Sequence[Step]) -> list[int]:
+    """Tokens committed by each target forward. A step with several forwards commits with its last one."""
+    out = []
+    for s in steps:
+        if s.target_forwards:
+            out += [0] * (s.target_forwards - 1) + [len(s.committed_ids)]
+    return out
+
+
+def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
+    """The first index where two token lists differ (a shorter list differs where it ends); None if equal."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+# ----------------------------------------------------------------------------- cost model
+
+VERIFY_N = (1, 2, 3, 5, 9, 17)   # 17 = the dynamic tree's 16 nodes and its pending token
+
+
+def forward_seconds(model: LM, prompt_ids: Sequence[int], n: int, repeats: int = 5) -> float:
+    """Median time of one forward over n new tokens after the prompt, the cache cropped back each time."""
+    kv = model.new_kv()
+    model.forward(kv, prompt_ids)
+    filler = [prompt_ids[-1]] * n
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.forward(kv, filler)
+        times.append(time.perf_counter() - start)
+        model.crop(kv, len(prompt_ids))
+    return statistics.median(times)
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """Expected tokens per iteration with k drafts, each accepted with probability alpha."""
+    return k + 1.0 if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
+
+
+def verify_cost_at(n: int, ns: Sequence[int], costs: Sequence[float]) -> float:
+    """T(n) by linear interpolation between the measured points (flat beyond the last)."""
+    if n <= ns[0]:
+        return costs[0]
+    for (n0, c0), (n1, c1) in zip(zip(ns, costs), zip(ns[1:], costs[1:])):
+        if n <= n1:
+            return c0 + (c1 - c0) * (n - n0) / (n1 - n0)
+    return costs[-1] + (costs[-1] - costs[-2]) * (n - ns[-1]) / (ns[-1] - ns[-2])
+
+
+def expected_speedup(alpha: float, k: int, c: float, ns: Sequence[int], costs: Sequence[float]) -> float:
+    """Tokens per iteration over the iteration's cost in target forwards (k drafts + one verify of k+1)."""
+    return expected_tokens(alpha, k) / (k * c + verify_cost_at(k + 1, ns, costs))
+
+
+def best_k(alpha: float, c: float, ns: Sequence[int], costs: Sequence[float], limit: int = 16) -> tuple[int, float]:
+    return max(((k, expected_speedup(alpha, k, c, ns, costs)) for k in range(1, limit + 1)), key=lambda kv: kv[1])
+
+
+def cost_model(target: LM, draft: LM | None, prompt_ids: Sequence[int], rows: Sequence[Row]) -> CostModel:
+    one = forward_seconds(target, prompt_ids, 1)
+    costs = [forward_seconds(target, prompt_ids, n) / one for n in VERIFY_N]
+    costs[0] = 1.0
+    draft_s = forward_seconds(draft, prompt_ids, 1) if draft is not None else None
+    c = draft_s / one if draft_s is not None else None
+    points = []
+    for r in rows:
+        if r.method != "speculative" or r.acceptance_rate is None:
+            continue
+        # prompt lookup costs a scan of the text, nothing a forward would notice
+        c_here = (c or 0.0) if r.settings.get("drafter") == "model" else 0.0
+        k, alpha = r.settings.get("k", 4), r.acceptance_rate
+        bk, bs = best_k(alpha, c_here, VERIFY_N, costs)
+        points.append(Point(r.label, k, alpha, c_here, r.tokens_per_iteration, expected_tokens(alpha, k),
+                            1 / r.wall_ratio, expected_speedup(alpha, k, c_here, VERIFY_N, costs), bk, bs))
+    return CostModel(one, draft_s, c, list(VERIFY_N), costs, points, explain(c, costs, points))
+
+
+def explain(c: float | None, costs: Sequence[float], points: Sequence[Point]) -> str:
+    """Why the best k depends on alpha and c, with this run's numbers."""
+    parts = [f"A target forward over 5 tokens costs {costs[VERIFY_N.index(5)]:.2f} and over 17 tokens "
+             f"{costs[-1]:.2f} forwards of one token" + (f"; a draft forward costs c = {c:.2f} of a target forward."
+                                                         if c is not None else ".")]
+    parts.append("Each drafted token adds c to the cost of an iteration but only alpha^k expected tokens to "
+                 "what it yields, so drafting more pays only while alpha^k exceeds c plus the extra verify "
+                 "cost: a high alpha and a cheap draft favour a long draft, and when c is close to 1 no k beats "
+                 "plain decoding.")
+    for p in points:
+        verdict = (f"the best is k = {p.best_k} at {p.best_speedup:.2f}x" if p.best_speedup > 1
+                   else f"no k wins (the best, k = {p.best_k}, reaches only {p.best_speedup:.2f}x)")
+        parts.append(f"{p.label}: alpha = {p.alpha:.2f}, c = {p.c:.2f}: {p.tokens_per_iteration:.2f} tokens per "
+                     f"iteration measured against {p.expected_tokens:.2f} expected; expected speedup "
+                     f"{p.expected_speedup:.2f}x, measured {p.speedup:.2f}x (the engine's own per-step work is "
+                     f"not in the model); {verdict}.")
+    return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------- text
+
+def table(r: Race) -> str:
+    """The race as a plain-text table, then the cost model in words."""
+    head = (f"{'method':24s} {'tgt fwd':>7s} {'drf fwd':>7s} {'tok/fwd':>7s} {'fed/fwd':>7s} {'accept':>6s} "
+            f"{'tok/it':>6s} {'wall s':>7s} {'ratio':>6s}  greedy")
+    lines = [f"prompt {r.prompt!r}, target {r.target}, draft {r.draft}, {r.max_new_tokens} new tokens, greedy",
+             head]
+    for x in r.rows:
+        acc = f"{x.acceptance_rate:6.2f}" if x.acceptance_rate is not None else f"{'-':>6s}"
+        same = "= greedy" if x.equals_greedy else f"differs at token {x.first_difference}"
+        lines.append(f"{x.label:24s} {x.target_forwards:7d} {x.draft_forwards:7d} {x.tokens_per_target_forward:7.2f} "
+                     f"{x.tokens_fed_per_forward:7.2f} {acc} {x.tokens_per_iteration:6.2f} {x.wall_s:7.3f} "
+                     f"{x.wall_ratio:6.2f}  {same}")
+    lines += [f"left out: {name}, {why}" for name, why in r.left_out.items()]
+    lines += ["accept = accepted / examined drafts; tok/it = mean tokens per iteration, the target's own token "
+              "included; ratio = wall time / autoregressive wall time (lower is faster).", r.cost.words]
+    return "\n".join(lines)
