@@ -141,6 +141,7 @@ class Race:
     rows: list[Row]
     cost: CostModel
     left_out: dict[str, str]
+    token_texts: dict[int, str] = field(default_factory=dict)   # every output id -> its text, for the views
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -173,7 +174,8 @@ def race(prompt: str, max_new_tokens: int, target: str | None = None, draft: str
     target_lm = lm.load(target, device)
     draft_lm = lm.load(draft, device) if any(r.draft_forwards for r in rows) else None
     cost = cost_model(target_lm, draft_lm, traces[ref].prompt_ids, rows)
-    return Race(prompt, target, draft, max_new_tokens, rows, cost, dict(LEFT_OUT))
+    texts = {i: t.token_texts[i] for t in traces.values() for i in t.output_ids if i in t.token_texts}
+    return Race(prompt, target, draft, max_new_tokens, rows, cost, dict(LEFT_OUT), texts)
 
 
 def row(e: Entry, trace: Trace, wall_s: float, reference_wall_s: float, reference_ids: list[int]) -> Row:

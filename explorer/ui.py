@@ -19,6 +19,7 @@ from engines import lm
 from engines.config import DecodeConfig, fields
 from engines.methods import METHODS, Run, default_target, method_default_target
 from engines.trace import Trace
+from explorer import compare
 from explorer.figures import VIEWS
 from explorer.render import Screen, render
 from explorer.session import Session, Sessions
@@ -242,6 +243,7 @@ def build() -> gr.Blocks:
                     upload = gr.UploadButton("Load trace", file_types=[".json"], elem_id="upload-btn", size="sm")
                 with gr.Accordion("How to read this", open=False, elem_id="help"):
                     help_md = gr.Markdown(f"### Autoregressive\n{VIEWS['autoregressive'].help}")
+        compare.build(friendly)   # race, audit, diff: tabs below the explorer, their events wired there
 
         controls = Controls(method, prompt, target, draft, seed, common, own, groups)
         h = make_handlers(controls)

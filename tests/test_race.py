@@ -77,3 +77,25 @@ def test_timeline_and_first_difference():
     assert first_difference([1, 2, 3], [1, 5, 3]) == 1
     assert first_difference([1, 2], [1, 2, 3]) == 2
     assert Row.__dataclass_fields__.keys() >= {"wall_ratio", "equals_greedy"}
+
+
+def test_race_figures_show_one_mark_per_target_forward(tiny_race):
+    from explorer.figures.race import cost_figure, outputs_html, table_markdown, timeline_figure
+    fig = timeline_figure(tiny_race)
+    lanes = [t for t in fig.data if t.showlegend is False]
+    assert [len(t.x) for t in lanes] == [r.target_forwards for r in tiny_race.rows]
+    assert [list(t.x) for t in lanes] == [r.committed_per_forward for r in tiny_race.rows]
+    assert any(t.x[0] == 4 for t in cost_figure(tiny_race).data if t.mode == "markers")   # the measured k
+    table = table_markdown(tiny_race)
+    assert all(r.label in table for r in tiny_race.rows) and "mask-predict" in table
+    assert outputs_html(tiny_race).count("<tr>") == len(tiny_race.rows)
+
+
+def test_outputs_mark_the_first_difference(tiny_race):
+    import dataclasses
+    from explorer.figures.race import outputs_html
+    rows = list(tiny_race.rows)
+    rows[1] = dataclasses.replace(rows[1], output_ids=rows[1].output_ids[:3] + [0] + rows[1].output_ids[4:],
+                                  equals_greedy=False, first_difference=3)
+    page = outputs_html(dataclasses.replace(tiny_race, rows=rows))
+    assert page.count("first difference from autoregressive") == 1 and "first difference at token 3" in page

@@ -1,0 +1,70 @@
+"""The views that look across runs: the race (and the auditor and the trace diff beside it).
+
+`build(friendly)` lays out a row of tabs inside the app's Blocks and wires their events, each with an
+api_name and named parameters, so they are scriptable with gradio_client. `friendly` is the app's
+error wrapper (explorer.ui), passed in so this module does not import the layout module.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import gradio as gr
+
+from engines.methods import default_target
+from engines.race import race
+from explorer.figures import race as race_figures
+
+TARGETS = ["smollm2-135m-instruct", "tiny-target"]
+RACE_MAX_TOKENS = 128      # every lane runs twice (a warm-up lap, then the timed one): keep a call bounded
+MAX_PROMPT_CHARS = 2000
+
+
+def checked_prompt(prompt: str) -> str:
+    if not prompt or not prompt.strip():
+        raise ValueError("The prompt is empty: type a few words for the model to continue.")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"The prompt is {len(prompt)} characters long; keep it under {MAX_PROMPT_CHARS}.")
+    return prompt
+
+
+def checked_tokens(max_new_tokens: float | None, limit: int) -> int:
+    if max_new_tokens is None or float(max_new_tokens) != int(max_new_tokens) or not 1 <= max_new_tokens <= limit:
+        raise ValueError(f"New tokens must be a whole number from 1 to {limit}.")
+    return int(max_new_tokens)
+
+
+def run_race(prompt: str, target: str, max_new_tokens: float):
+    """Every causal method on the prompt, greedy: timeline, table, outputs, cost curves, the cost in words."""
+    result = race(checked_prompt(prompt), checked_tokens(max_new_tokens, RACE_MAX_TOKENS), target=target or None)
+    return (race_figures.timeline_figure(result), race_figures.table_markdown(result),
+            race_figures.outputs_html(result), race_figures.cost_figure(result), result.cost.words,
+            result.to_dict())
+
+
+def build_race(friendly: Callable) -> None:
+    with gr.Row():
+        prompt = gr.Textbox("Once upon a time", label="Prompt", lines=2, scale=3, elem_id="race-prompt")
+        target = gr.Dropdown(TARGETS, value=default_target(), label="Target model", allow_custom_value=True,
+                             scale=1, elem_id="race-target")
+        tokens = gr.Number(48, precision=0, label=f"New tokens (1 to {RACE_MAX_TOKENS})", scale=1,
+                           elem_id="race-tokens")
+        go = gr.Button("Run race", variant="primary", scale=0, elem_id="race-btn")
+    gr.Markdown("Every causal method decodes the prompt greedily to the same number of new tokens on one "
+                "target, back to back in this process. Mask-predict is not in the race: it fills a span with "
+                "a masked LM and has no greedy causal output to compare.")
+    timeline = gr.Plot(elem_id="race-timeline", show_label=False)
+    table = gr.Markdown(elem_id="race-table")
+    outputs = gr.HTML(elem_id="race-outputs")
+    cost = gr.Plot(elem_id="race-cost", show_label=False)
+    words = gr.Markdown(elem_id="race-words")
+    with gr.Accordion("Race record (JSON)", open=False):
+        record = gr.JSON(elem_id="race-record")
+    go.click(friendly(run_race), [prompt, target, tokens], [timeline, table, outputs, cost, words, record],
+             api_name="race")
+
+
+def build(friendly: Callable) -> None:
+    """The comparison tabs, below the method explorer."""
+    with gr.Tabs(elem_id="compare-tabs"):
+        with gr.Tab("Race", elem_id="tab-race"):
+            build_race(friendly)
