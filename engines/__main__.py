@@ -4,16 +4,18 @@
     python -m engines models
     python -m engines bench
 
-Bad input ends with one line on stderr and exit code 2.
+Bad input ends with one line on stderr and exit code 2; so does a setting of another method than the one
+chosen (it would be ignored).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from engines import lm
-from engines.config import fields
-from engines.methods import METHODS, Run
+from engines.config import RunSettings, fields
+from engines.methods import METHODS, Method, Run
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -21,18 +23,45 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}\n")
 
 
-def add_method_options(p: argparse.ArgumentParser) -> None:
-    """One flag per setting of any method, named after the config field (--max-new-tokens, --k, ...)."""
-    seen = set()
-    for m in METHODS.values():
-        for f in fields(m.config):
-            if f.name in seen:
-                continue
-            seen.add(f.name)
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            meta = f.metadata
-            p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
-                           choices=meta.get("choices"), help=f"{meta['help']} (default {f.default})")
+def setting_fields() -> dict[str, dataclasses.Field]:
+    """Every setting a run can have (the seed, then each method's), once per name."""
+    found: dict[str, dataclasses.Field] = {}
+    for cls in (RunSettings, *(m.config for m in METHODS.values())):
+        for f in fields(cls):
+            found.setdefault(f.name, f)
+    return found
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_setting_options(p: argparse.ArgumentParser) -> None:
+    """One flag per setting, named after the config field (--max-new-tokens, --k, --seed, ...); None when not
+    given, so the config's own default and range apply, and a flag of another method can be told apart."""
+    for f in setting_fields().values():
+        kind = {"int": int, "float": float}.get(str(f.type), str)
+        meta = f.metadata
+        p.add_argument(flag(f.name), dest=f.name, type=kind, default=None, choices=meta.get("choices"),
+                       help=f"{meta['help']} (default {f.default})")
+
+
+def refuse_foreign_settings(args: argparse.Namespace) -> None:
+    """A flag the chosen method has no use for is refused in one sentence rather than silently ignored."""
+    m = METHODS[args.method]
+    own = {f.name for f in (*fields(m.config), *fields(RunSettings))}
+    for name in setting_fields():
+        if getattr(args, name) is not None and name not in own:
+            owners = [x.name for x in METHODS.values() if has_setting(x, name)]
+            raise ValueError(f"{flag(name)} is a setting of {' and '.join(owners)}, not of {m.name}; drop it or "
+                             f"choose --method {owners[0]}.")
+    if args.draft is not None and not m.uses_draft:
+        users = [x.name for x in METHODS.values() if x.uses_draft]
+        raise ValueError(f"--draft is for {' and '.join(users)}; {m.name} uses no draft model, so drop it.")
+
+
+def has_setting(m: Method, name: str) -> bool:
+    return any(f.name == name for f in fields(m.config))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,12 +72,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--prompt", required=True)
     t.add_argument("--target", default=None, help="preset, local folder or hub id (default: SmolLM2 if installed)")
     t.add_argument("--draft", default=None, help="draft model for methods that use one (default tiny-draft)")
-    t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when present)")
     t.add_argument("--dtype", default=None, choices=list(lm.DTYPES),
                    help="weights and activations (default: float32 on CPU, bfloat16 or float16 on CUDA)")
     t.add_argument("--indent", type=int, default=None)
-    add_method_options(t)
+    add_setting_options(t)
     sub.add_parser("models", help="list the model presets and whether each is available here")
     b = sub.add_parser("bench", help="measure speed and forwards per token of every method")
     b.add_argument("--quick", action="store_true", help="fewer prompts and tokens")
@@ -72,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
                 state = "available" if lm.available(p.name) else "missing"
                 print(f"{p.name:24s} {p.kind:7s} {state:10s} {p.description}")
         elif args.command == "trace":
+            refuse_foreign_settings(args)
             settings = {k: v for k, v in vars(args).items() if v is not None}
             run = Run(args.method, args.prompt, settings, target=args.target, draft=args.draft,
-                      seed=args.seed, device=args.device, dtype=args.dtype)
+                      device=args.device, dtype=args.dtype)
             print(run.run().to_json(indent=args.indent))
         elif args.command == "bench":
             from engines.bench import bench

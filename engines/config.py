@@ -9,6 +9,8 @@ from typing import Any
 from engines.sampling import Sampling
 
 MAX_NEW_TOKENS = 512
+MAX_PROMPT_TOKENS = 1024   # the default cap on a prompt's tokens; a server may pass another to Run
+MAX_SEED = 2 ** 63 - 1
 
 
 def option(default: Any, help: str, low: float | None = None, high: float | None = None,
@@ -18,17 +20,28 @@ def option(default: Any, help: str, low: float | None = None, high: float | None
 
 
 @dataclass(frozen=True)
-class DecodeConfig:
+class Checked:
+    """Settings whose every field is checked against its range when they are made."""
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            check(f, getattr(self, f.name))
+
+
+@dataclass(frozen=True)
+class RunSettings(Checked):
+    """What a run has besides its method's settings."""
+    seed: int = option(0, "seed of the random generator: the same seed gives the same trace", 0, MAX_SEED)
+
+
+@dataclass(frozen=True)
+class DecodeConfig(Checked):
     """What every method shares: the budget and how a token is chosen from a distribution."""
     max_new_tokens: int = option(64, "new tokens to generate at most", 1, MAX_NEW_TOKENS)
     temperature: float = option(0.0, "0 is greedy; above 0 samples", 0.0, 2.0)
     top_k: int = option(0, "keep the k most probable tokens (0: off)", 0, 1000, label="top-k")
     top_p: float = option(1.0, "keep the smallest set holding this much probability (1: off)", 0.01, 1.0,
                           label="top-p")
-
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            check(f, getattr(self, f.name))
 
     @property
     def sampling(self) -> Sampling:
@@ -44,7 +57,12 @@ def check(f: dataclasses.Field, value: Any) -> None:
     if f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int)):
         raise ValueError(f"{label} must be a whole number, not {value!r}.")
     if m.get("low") is not None and not (m["low"] <= value <= m["high"]):
-        raise ValueError(f"{label} must be between {m['low']:g} and {m['high']:g}, not {value:g}.")
+        raise ValueError(f"{label} must be between {number(m['low'])} and {number(m['high'])}, not {number(value)}.")
+
+
+def number(value: float) -> str:
+    """A number as a message shows it: whole numbers in full (a seed's range), others short."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def fields(cls) -> list[dataclasses.Field]:

@@ -13,13 +13,14 @@ import torch
 
 from engines import lm
 from engines.autoregressive import AutoregressiveConfig, autoregressive
-from engines.config import DecodeConfig, build
+from engines.config import MAX_PROMPT_TOKENS, DecodeConfig, RunSettings, build
 from engines.jacobi import JacobiConfig, jacobi
 from engines.lookahead import LookaheadConfig, lookahead
 from engines.mask_predict import MaskPredictConfig, mask_predict
-from engines.speculative import SpeculativeConfig, speculative
+from engines.speculative import MAX_K, SpeculativeConfig, speculative
 from engines.trace import Step, Trace
 from engines.tree import TreeConfig, tree
+from engines.trees import SHAPES
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class Method:
     start: Callable[..., Iterator[Step]]   # (target, draft, prompt_ids, cfg, rng) -> steps
     uses_draft: bool = False
     model_kind: str = "causal"
+    # positions a run may use after the prompt: the new tokens and whatever a forward feeds beyond them
+    # (a draft, a tree, a block of guesses, a lookahead window); the prompt and these must fit the model
+    reach: Callable[[Any], int] = lambda cfg: cfg.max_new_tokens
     lossless: str = ""                      # what the output equals, if anything
     paper: str = ""
     summary: str = ""
@@ -43,6 +47,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            summary="One target forward per token. Each step shows the next-token distribution before and "
                    "after temperature / top-k / top-p, and the token that was chosen."),
     Method("speculative", "Speculative", SpeculativeConfig, speculative, uses_draft=True,
+           reach=lambda cfg: cfg.max_new_tokens + (MAX_K if cfg.schedule == "adaptive" else cfg.k),
            lossless="equals target.generate() under greedy; under sampling it is distributed as the target's "
                     "own sampling",
            paper="Leviathan et al. 2023 (arXiv 2211.17192); Chen et al. 2023 (arXiv 2302.01318)",
@@ -51,6 +56,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                    "rejection is replaced by a draw from norm(max(0, p - q)), and a fully accepted draft earns "
                    "a bonus token from the target."),
     Method("tree", "Tree", TreeConfig, tree, uses_draft=True,
+           reach=lambda cfg: cfg.max_new_tokens + 1 + max([cfg.tree_depth, *map(len, SHAPES.get(cfg.tree, ()))]),
            lossless="equals target.generate() under greedy; under sampling it is distributed as the target's "
                     "own sampling",
            paper="SpecInfer, Miao et al. 2024 (arXiv 2305.09781); Medusa, Cai et al. 2024 (arXiv 2401.10774); "
@@ -60,6 +66,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                    "checks every branch, and the longest accepted path plus one target token is kept."),
     Method("jacobi", "Jacobi", JacobiConfig,
            lambda target, draft, ids, cfg, rng: jacobi(target, ids, cfg, rng),
+           reach=lambda cfg: cfg.max_new_tokens + cfg.block,
            lossless="equals target.generate() (greedy only)",
            paper="Santilli et al. 2023, Accelerating Transformer Inference for Translation via Parallel "
                  "Decoding (arXiv 2305.10427)",
@@ -68,6 +75,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                    "corrected token are committed (at least one per forward), and the block slides on."),
     Method("lookahead", "Lookahead", LookaheadConfig,
            lambda target, draft, ids, cfg, rng: lookahead(target, ids, cfg, rng),
+           reach=lambda cfg: cfg.max_new_tokens + cfg.window + cfg.ngram,
            lossless="equals target.generate() under greedy; under sampling it is distributed as the target's "
                     "own sampling",
            paper="Fu et al. 2024, Break the Sequential Dependency of LLM Inference Using Lookahead Decoding "
@@ -77,6 +85,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                    "with the last committed token; the longest verified prefix plus one target token is kept."),
     Method("mask-predict", "Mask-predict", MaskPredictConfig,
            lambda target, draft, ids, cfg, rng: mask_predict(target, ids, cfg, rng), model_kind="masked",
+           reach=lambda cfg: cfg.length or cfg.max_new_tokens,   # the span; the length beam stays within the budget
            paper="Ghazvininejad et al. 2019, Mask-Predict (arXiv 1904.09324); LLaDA, Nie et al. 2025 "
                  "(arXiv 2502.09992)",
            summary="A span of masks after the prompt is filled in over T forwards of a masked LM: mask-predict "
@@ -105,32 +114,37 @@ def method(name: str) -> Method:
 
 
 class Run:
-    """One decoding run: its trace so far and the live engine that extends it."""
+    """One decoding run: its trace so far and the live engine that extends it.
+
+    Everything is checked before anything is kept (settings, models, prompt length), so a Run that fails to
+    start raises one sentence and leaves nothing behind but the models it loaded into the shared cache."""
 
     def __init__(self, method_name: str, prompt: str, settings: dict[str, Any], *, target: str | None = None,
-                 draft: str | None = None, seed: int = 0, device: str | None = None, dtype: str | None = None):
+                 draft: str | None = None, seed: int | None = None, device: str | None = None,
+                 dtype: str | None = None, max_prompt_tokens: int = MAX_PROMPT_TOKENS):
         m = method(method_name)
         if not prompt.strip():
             raise ValueError("The prompt is empty: type a few words for the model to continue.")
         cfg = build(m.config, settings)
-        self.target = lm.load(target or method_default_target(method_name), device, dtype)
+        run_settings = build(RunSettings, {**settings, **({} if seed is None else {"seed": seed})})
+        target_lm = lm.load(target or method_default_target(method_name), device, dtype)
+        check_model_kind(m, target_lm)
+        prompt_ids = target_lm.encode(prompt)
+        check_prompt_length(len(prompt_ids), max_prompt_tokens)
+        check_positions(m, cfg, len(prompt_ids), target_lm)
         # a deterministic drafter (prompt lookup) needs no draft model
         needs_draft = m.uses_draft and getattr(cfg, "drafter", "model") == "model"
-        self.draft = lm.load(draft or DEFAULT_DRAFT, device, dtype) if needs_draft else None
-        if m.model_kind == "masked" and not self.target.is_masked:
-            raise lm.ModelLoadError(f"{m.title} needs a masked LM such as tiny-masked, not '{self.target.name}'.")
-        if m.model_kind == "causal" and self.target.is_masked:
-            raise lm.ModelLoadError(f"{m.title} needs a causal LM; '{self.target.name}' is a masked LM.")
-        if self.draft is not None:
-            lm.check_same_tokenizer(self.target, self.draft)
-        prompt_ids = self.target.encode(prompt)
-        models = {"target": self.target.source}
-        if self.draft is not None:
-            models["draft"] = self.draft.source
-        self.trace = Trace(method=m.name, config={**asdict(cfg), "seed": seed}, models=models, prompt=prompt,
-                           prompt_ids=prompt_ids)
+        draft_lm = lm.load(draft or DEFAULT_DRAFT, device, dtype) if needs_draft else None
+        if draft_lm is not None:
+            lm.check_same_tokenizer(target_lm, draft_lm)
+            check_positions(m, cfg, len(prompt_ids), draft_lm)
+        # traces name models as people do (a preset, a hub id, a folder's own name), never by a server path
+        models = {"target": target_lm.name, **({"draft": draft_lm.name} if draft_lm is not None else {})}
+        self.target, self.draft = target_lm, draft_lm
+        self.trace = Trace(method=m.name, config={**asdict(cfg), **asdict(run_settings)}, models=models,
+                           prompt=prompt, prompt_ids=prompt_ids)
         self._note_texts(prompt_ids)
-        rng = torch.Generator().manual_seed(seed)
+        rng = torch.Generator().manual_seed(run_settings.seed)
         self._steps = m.start(self.target, self.draft, prompt_ids, cfg, rng)
 
     @property
@@ -162,6 +176,29 @@ class Run:
         for i in ids:
             if i not in self.trace.token_texts:
                 self.trace.token_texts[i] = self.target.token_text(i)
+
+
+def check_model_kind(m: Method, target: lm.LM) -> None:
+    if m.model_kind == "masked" and not target.is_masked:
+        raise lm.ModelLoadError(f"{m.title} needs a masked LM such as tiny-masked, not '{target.name}'.")
+    if m.model_kind == "causal" and target.is_masked:
+        raise lm.ModelLoadError(f"{m.title} needs a causal LM; '{target.name}' is a masked LM.")
+
+
+def check_prompt_length(tokens: int, cap: int) -> None:
+    """The server's own cap, whatever the widgets allow: a prompt's cost grows with its length."""
+    if tokens > cap:
+        raise ValueError(f"The prompt is {tokens} tokens, more than the {cap} this app accepts; shorten it.")
+
+
+def check_positions(m: Method, cfg: DecodeConfig, prompt_tokens: int, model: lm.LM) -> None:
+    """The prompt and everything the run may add after it must fit the positions the model was trained on."""
+    limit, reach = model.max_positions, m.reach(cfg)
+    if limit and prompt_tokens + reach > limit:
+        budget = "the span length" if m.model_kind == "masked" else "max new tokens"
+        raise ValueError(f"The prompt ({prompt_tokens} tokens) and the {reach} positions {m.title.lower()} may "
+                         f"add after it need {prompt_tokens + reach}, more than the {limit} of '{model.name}'; "
+                         f"shorten the prompt or lower {budget}.")
 
 
 def _ids_in(step: Step) -> set[int]:

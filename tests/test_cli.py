@@ -19,7 +19,7 @@ def test_trace_prints_the_json_trace(tiny_target):
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["method"] == "autoregressive" and len(d["output_ids"]) == 5
-    assert d["models"]["target"] == tiny_target.source
+    assert d["models"]["target"] == tiny_target.name == "tiny-target"   # its name, not the server folder
 
 
 @pytest.mark.parametrize("which", ["tiny_target", "smollm2"])
