@@ -10,7 +10,8 @@ from typing import Callable
 
 import gradio as gr
 
-from engines.methods import default_target
+from engines.audit import Audit, audit
+from engines.methods import METHODS, default_target
 from engines.race import race
 from explorer.figures import race as race_figures
 
@@ -63,8 +64,55 @@ def build_race(friendly: Callable) -> None:
              api_name="race")
 
 
+AUDITED = [m.name for m in METHODS.values() if m.model_kind == "causal" and m.name != "autoregressive"]
+AUDIT_MAX_TOKENS = 256
+
+
+def audit_markdown(a: Audit) -> str:
+    """The verdict, then the target's top-2 logits at the divergence under every computation."""
+    d = a.divergence
+    if d is None:
+        return f"**{'Equal' if a.equal else 'Different'}.** {a.words}"
+    head = ["| computation | top-1 (id: logit) | top-2 (id: logit) | margin | reference's token | method's token |",
+            "|---|---|---|---:|---:|---:|"]
+    for t in (d.reference, d.method, d.reference64, d.method64):
+        if t is not None:
+            head.append(f"| {t.computation} | {t.ids[0]}: {t.logits[0]:.5f} | {t.ids[1]}: {t.logits[1]:.5f} | "
+                        f"{t.margin:.2e} | {t.logit_of[d.reference_token]:.5f} | {t.logit_of[d.method_token]:.5f} |")
+    return f"**Verdict: {d.verdict}.** {a.words}\n\n" + "\n".join(head)
+
+
+def run_audit(prompt: str, method_name: str, target: str, max_new_tokens: float, float64: bool):
+    """The method's greedy output against greedy autoregressive; the first divergence explained."""
+    if method_name not in AUDITED:
+        raise ValueError(f"Audit one of {', '.join(AUDITED)}: the others have no greedy output to compare.")
+    result = audit(checked_prompt(prompt), method_name, checked_tokens(max_new_tokens, AUDIT_MAX_TOKENS),
+                   target=target or None, float64=bool(float64))
+    return audit_markdown(result), result.to_dict()
+
+
+def build_audit(friendly: Callable) -> None:
+    with gr.Row():
+        prompt = gr.Textbox("Once upon a time", label="Prompt", lines=2, scale=3, elem_id="audit-prompt")
+        method = gr.Dropdown(AUDITED, value="tree", label="Method", scale=1, elem_id="audit-method")
+        target = gr.Dropdown(TARGETS, value=default_target(), label="Target model", allow_custom_value=True,
+                             scale=1, elem_id="audit-target")
+        tokens = gr.Number(48, precision=0, label=f"New tokens (1 to {AUDIT_MAX_TOKENS})", scale=1,
+                           elem_id="audit-tokens")
+    with gr.Row():
+        float64 = gr.Checkbox(True, label="re-run both computations in float64 at a divergence",
+                              elem_id="audit-float64")
+        go = gr.Button("Audit", variant="primary", scale=0, elem_id="audit-btn")
+    verdict = gr.Markdown(elem_id="audit-verdict")
+    with gr.Accordion("Audit record (JSON)", open=False):
+        record = gr.JSON(elem_id="audit-record")
+    go.click(friendly(run_audit), [prompt, method, target, tokens, float64], [verdict, record], api_name="audit")
+
+
 def build(friendly: Callable) -> None:
     """The comparison tabs, below the method explorer."""
     with gr.Tabs(elem_id="compare-tabs"):
         with gr.Tab("Race", elem_id="tab-race"):
             build_race(friendly)
+        with gr.Tab("Audit", elem_id="tab-audit"):
+            build_audit(friendly)
