@@ -1,0 +1,198 @@
+"""Every view of every method renders for synthetic steps across the whole range of every setting.
+
+The explorer's screen for a step is what explorer/render.py composes from the method's View: the main and
+side figures, "this step, in words", the token chips and the progress line. Each is rendered here at every
+cursor of a synthetic trace (tests/synthetic.py), live and after a JSON round trip, and every figure must
+pass Plotly's validation with every axis domain inside [0, 1]. Real models made only the traces they
+happened to make; speculative with 11, 15 or 16 drafted tokens crashed before any test drew it.
+"""
+from __future__ import annotations
+
+import random
+
+import plotly.graph_objects as go
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engines.trace import Trace
+from engines.trees import SHAPES
+from explorer import render
+from explorer.session import Session
+from tests import synthetic as syn
+
+FAST = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def trace_files_in_a_temporary_folder(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(render, "TRACE_DIR", tmp_path_factory.mktemp("traces"))
+        yield
+
+
+def check_figure(fig: go.Figure) -> None:
+    as_dict = fig.to_plotly_json()
+    go.Figure(as_dict)    # Plotly's validation of the whole figure
+    for name, axis in as_dict["layout"].items():
+        if name.startswith(("xaxis", "yaxis")) and "domain" in axis:
+            lo, hi = axis["domain"]
+            assert 0.0 <= lo <= hi <= 1.0, (name, axis["domain"])
+
+
+def check_screen(trace: Trace, cursor: int) -> render.Screen:
+    session = Session.replay(trace)
+    session.seek(cursor)
+    screen = render.render(session, trace.method)
+    check_figure(screen.main)
+    check_figure(screen.side)
+    assert screen.words.strip() and "Iteration" in screen.position or cursor < 0
+    return screen
+
+
+def check_every_screen(trace: Trace) -> None:
+    """Every cursor of the live trace, and the last one of the same trace loaded back from JSON (where the
+    engine's tuples have become lists)."""
+    for cursor in range(-1, len(trace.steps)):
+        check_screen(trace, cursor)
+    check_screen(Trace.from_json(trace.to_json()), len(trace.steps) - 1)
+
+
+def chain(make, count: int) -> list:
+    """Up to `count` steps from make(index, produced); a final step (end of text, budget) ends the run."""
+    steps, produced = [], 0
+    for index in range(count):
+        step = make(index, produced)
+        steps.append(step)
+        produced += len(step.committed_ids)
+        if step.final:
+            break
+    return steps
+
+
+seeds = st.integers(0, 2 ** 32 - 1)
+runs = st.integers(1, 3)
+
+
+# ----------------------------------------------------------------------------- autoregressive
+
+@FAST
+@given(seed=seeds, greedy=st.booleans(), count=runs)
+def test_autoregressive_views_render(seed, greedy, count):
+    rnd = random.Random(seed)
+    steps = chain(lambda i, made: syn.autoregressive_step(rnd, i, greedy=greedy, final=i == count - 1), count)
+    check_every_screen(syn.trace_of("autoregressive", steps, syn.sampling_config(greedy, count)))
+
+
+# ----------------------------------------------------------------------------- speculative
+
+@st.composite
+def speculative_iteration(draw, k: int, drafter: str) -> dict:
+    """One iteration's shape: how many were drafted (0: no room, or no lookup match), accepted, and how it ended."""
+    k_now = draw(st.one_of(st.just(k), st.integers(0, k)))
+    end = draw(st.sampled_from(["none", "eos_next", "eos_draft"]))
+    if drafter == "ngram":
+        drafted = draw(st.integers(0, k_now))             # 0: prompt lookup found no match
+    else:
+        drafted = draw(st.integers(1, k_now)) if end == "eos_draft" and k_now else k_now
+    return {"k": k_now, "drafted": drafted, "accepted": draw(st.integers(0, drafted)), "end": end}
+
+
+@FAST
+@given(data=st.data(), seed=seeds, k=st.integers(1, 16), greedy=st.booleans(),
+       drafter=st.sampled_from(["model", "ngram"]), schedule=st.sampled_from(["constant", "adaptive"]), count=runs)
+def test_speculative_views_render(data, seed, k, greedy, drafter, schedule, count):
+    rnd = random.Random(seed)
+    shapes = [data.draw(speculative_iteration(k, drafter)) for _ in range(count)]
+    steps = chain(lambda i, made: syn.speculative_step(rnd, i, greedy=greedy, drafter=drafter, schedule=schedule,
+                                                       produced=made, **shapes[i]), count)
+    config = syn.speculative_config(k=k, greedy=greedy, drafter=drafter, schedule=schedule, max_new_tokens=64)
+    check_every_screen(syn.trace_of("speculative", steps, config))
+
+
+@pytest.mark.parametrize("k", range(1, 17))
+@pytest.mark.parametrize("greedy, drafter", [(True, "model"), (False, "model"), (True, "ngram"), (False, "ngram")])
+def test_speculative_renders_every_k_fully_drafted(k, greedy, drafter):
+    """k = 11, 15 and 16 drafted tokens (12, 16, 17 columns) crashed Plotly's domain check (issue 15)."""
+    rnd = random.Random(k)
+    steps = [syn.speculative_step(rnd, 0, k=k, drafted=k, accepted=k, greedy=greedy, drafter=drafter),
+             syn.speculative_step(rnd, 1, k=k, drafted=k, accepted=k // 2, greedy=greedy, drafter=drafter,
+                                  produced=k + 1)]
+    trace = syn.trace_of("speculative", steps, syn.speculative_config(k=k, greedy=greedy, drafter=drafter,
+                                                                      schedule="constant", max_new_tokens=64))
+    for cursor in (0, 1):
+        check_screen(trace, cursor)
+
+
+# ----------------------------------------------------------------------------- tree
+
+@FAST
+@given(seed=seeds, shape=st.sampled_from(["dynamic", *SHAPES]), budget=st.integers(1, 64), depth=st.integers(1, 8),
+       topk=st.integers(1, 8), greedy=st.booleans(), rooms=st.lists(st.integers(0, 8), min_size=1, max_size=3),
+       stop_chance=st.floats(0, 1), eos=st.sampled_from(["none", "path", "final"]))
+def test_tree_views_render(seed, shape, budget, depth, topk, greedy, rooms, stop_chance, eos):
+    rnd = random.Random(seed)
+    steps = chain(lambda i, made: syn.tree_step(
+        rnd, i, shape=shape, budget=budget, depth=depth, topk=topk, room=rooms[i], greedy=greedy,
+        stop_chance=stop_chance, eos=eos if i == len(rooms) - 1 else "none", produced=made,
+        committed_len=4 + made), len(rooms))
+    config = syn.tree_config(shape=shape, budget=budget, depth=depth, topk=topk, greedy=greedy, max_new_tokens=64)
+    check_every_screen(syn.trace_of("tree", steps, config))
+
+
+# ----------------------------------------------------------------------------- jacobi
+
+@FAST
+@given(seed=seeds, block=st.integers(1, 32), settled=st.lists(st.integers(0, 32), min_size=1, max_size=3),
+       max_new_tokens=st.integers(1, 512), eos=st.booleans())
+def test_jacobi_views_render(seed, block, settled, max_new_tokens, eos):
+    rnd = random.Random(seed)
+    steps = chain(lambda i, made: syn.jacobi_step(
+        rnd, i, block=block, settled=settled[i], produced=made, max_new_tokens=max_new_tokens,
+        eos=eos and i == len(settled) - 1), len(settled))
+    check_every_screen(syn.trace_of("jacobi", steps, syn.jacobi_config(block=block, max_new_tokens=max_new_tokens)))
+
+
+# ----------------------------------------------------------------------------- lookahead
+
+@FAST
+@given(data=st.data(), seed=seeds, window=st.integers(1, 12), ngram=st.integers(2, 6), guesses=st.integers(0, 12),
+       greedy=st.booleans(), count=runs)
+def test_lookahead_views_render(data, seed, window, ngram, guesses, greedy, count):
+    rnd = random.Random(seed)
+    shapes = [{"levels": data.draw(st.integers(1, ngram - 1)), "candidates": data.draw(st.integers(0, guesses)),
+               "match": data.draw(st.integers(0, ngram - 1)), "pooled_keys": data.draw(st.integers(0, 12)),
+               "eos": data.draw(st.booleans())} for _ in range(count)]
+    steps = chain(lambda i, made: syn.lookahead_step(rnd, i, window=window, ngram=ngram, guesses=guesses,
+                                                     greedy=greedy, produced=made, **shapes[i]), count)
+    config = syn.lookahead_config(window=window, ngram=ngram, guesses=guesses, greedy=greedy, max_new_tokens=64)
+    check_every_screen(syn.trace_of("lookahead", steps, config))
+
+
+# ----------------------------------------------------------------------------- mask-predict
+
+@st.composite
+def mask_predict_settings(draw) -> dict:
+    """Valid settings over their whole ranges: span length (0: the length beam), iterations, blocks."""
+    length = draw(st.integers(0, 256))
+    # the length beam runs up to 16 spans around max_new_tokens / 2: small ones keep the stub engine quick
+    max_new_tokens = draw(st.integers(1, 48) if length == 0 else st.integers(length, 256))
+    block = 0 if length == 0 else draw(st.one_of(st.just(0), st.integers(1, length)))
+    blocks = -(-length // block) if block else 1
+    # up to 256 iterations on short spans, fewer on long ones (the engine's cost is positions x iterations)
+    iterations = draw(st.integers(blocks, max(blocks, min(256, 1024 // (length or 48)))))
+    return {"max_new_tokens": max_new_tokens, "length": length, "block": block, "iterations": iterations,
+            "length_beam": draw(st.integers(1, 16)), "temperature": draw(st.sampled_from([0.0, 0.9])),
+            "strategy": draw(st.sampled_from(["mask-predict", "diffusion", "random"])),
+            "confidence": draw(st.sampled_from(["probability", "margin"]))}
+
+
+@FAST
+@given(seed=seeds, cfg=mask_predict_settings(), sharpness=st.sampled_from([0.5, 3.0, 12.0]))
+def test_mask_predict_views_render(seed, cfg, sharpness):
+    steps, config = syn.mask_predict_steps(seed, cfg, sharpness)
+    trace = syn.trace_of("mask-predict", steps, config)
+    # the first, a middle and the last iteration (every one would repeat the same code on a longer trace)
+    for cursor in sorted({-1, 0, len(steps) // 2, len(steps) - 1}):
+        check_screen(trace, cursor)
+    check_screen(Trace.from_json(trace.to_json()), len(steps) - 1)
