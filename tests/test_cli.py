@@ -42,6 +42,12 @@ def test_greedy_trace_from_the_command_line_equals_generate(which, request):
     (["--prompt", "x", "--method", "autoregressive", "--top-p", "abc"], "invalid float"),
     (["--prompt", "x", "--method", "autoregressive", "--device", "banana"], "Unknown device"),
     (["--prompt", "x", "--method", "autoregressive", "--dtype", "int3"], "invalid choice"),
+    (["--prompt", "x", "--method", "jacobi", "--k", "4"], "--k is a setting of speculative, not of jacobi"),
+    (["--prompt", "x", "--method", "autoregressive", "--window", "3", "--target", "tiny-target"],
+     "--window is a setting of lookahead"),
+    (["--prompt", "x", "--method", "jacobi", "--draft", "tiny-draft"], "jacobi uses no draft model"),
+    (["--prompt", "x", "--method", "autoregressive", "--seed", "-1"], "seed must be between 0 and"),
+    (["--prompt", "x", "--method", "autoregressive", "--target", "../../"], "Unknown model '..'"),
 ])
 def test_bad_input_gives_one_line_and_exit_code_2(args, says):
     r = cli("trace", *args)
@@ -62,3 +68,19 @@ def test_asking_for_a_gpu_that_is_not_there_is_one_sentence():
     r = cli("trace", "--prompt", "x", "--method", "autoregressive", "--target", "tiny-target", "--device", "cuda")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: This machine has no 'cuda' device; use cpu, or leave the device unset to take a GPU when there is one."]
+
+
+def test_the_seed_is_a_setting_like_the_others(tiny_target, capsys):
+    from engines.__main__ import main
+    assert main(["trace", "--method", "autoregressive", "--prompt", "Once", "--temperature", "1",
+                 "--max-new-tokens", "3", "--seed", "5", "--target", "tiny-target"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["seed"] == 5
+
+
+def test_settings_of_the_chosen_method_are_accepted(capsys):
+    """The refusal is about other methods' flags only: shared and own flags pass (block is jacobi's and
+    mask-predict's)."""
+    from engines.__main__ import main
+    assert main(["trace", "--method", "jacobi", "--prompt", "Once", "--block", "3", "--max-new-tokens", "3",
+                 "--temperature", "0", "--target", "tiny-target"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["block"] == 3
