@@ -364,6 +364,20 @@ class LM:
         `depths[i]` is its distance from the cached text, so its position is
         len(kv) + depths[i]. Every new token sees the whole cached text.
         """
+        return self._extend(kv, ids, **self._placement(kv, ids, depths, attend)).logits[0].float()
+
+    @torch.inference_mode()
+    def forward_features(self, kv: "KV", ids: Sequence[int], layers: Sequence[int], *,
+                         depths: Sequence[int] | None = None,
+                         attend: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward`, also returning the hidden states that draft heads read, from the same forward:
+        [len(layers), len(ids), hidden], where layer 0 is the embedding output and -1 the final normed state."""
+        out = self._extend(kv, ids, output_hidden_states=True, **self._placement(kv, ids, depths, attend))
+        return out.logits[0].float(), torch.stack([out.hidden_states[i][0] for i in layers])
+
+    def _placement(self, kv: "KV", ids: Sequence[int], depths: Sequence[int] | None,
+                   attend: torch.Tensor | None) -> dict:
+        """Position ids (and, for a tree, the additive mask) of new tokens after the cached ones."""
         n, past = len(ids), len(kv)
         kwargs = {}
         if attend is not None:
@@ -373,14 +387,14 @@ class LM:
             kwargs["attention_mask"] = self._additive_mask(attend, past)
         else:
             kwargs["position_ids"] = torch.arange(past, past + n, device=self.device).view(1, n)
-        return self._extend(kv, ids, **kwargs)
+        return kwargs
 
-    def _extend(self, kv: "KV", ids: Sequence[int], **kwargs) -> torch.Tensor:
-        """One forward of `ids` over the cache, which it appends to; float32 logits [len(ids), vocab]."""
+    def _extend(self, kv: "KV", ids: Sequence[int], **kwargs):
+        """One forward of `ids` over the cache, which it appends to; the model's output."""
         out = self.model(input_ids=torch.tensor([list(ids)], device=self.device), use_cache=True,
                          **{self.cache_arg: kv.cache}, **kwargs)
         kv.tokens.extend(int(t) for t in ids)
-        return out.logits[0].float()
+        return out
 
     def _additive_mask(self, attend: torch.Tensor, past: int) -> torch.Tensor:
         n = attend.shape[0]
@@ -448,7 +462,8 @@ class LM:
         mask = torch.zeros(n, past + n, dtype=self.dtype, device=self.device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         return self._extend(kv, ids, attention_mask=mask.view(1, 1, n, past + n),
-                            position_ids=(start + torch.as_tensor(depths, device=self.device)).view(1, n))
+                            position_ids=(start + torch.as_tensor(depths, device=self.device)).view(1, n)
+                            ).logits[0].float()
 
     @torch.inference_mode()
     def masked_logits_rows(self, rows: Sequence[Sequence[int]]) -> list[torch.Tensor]:
