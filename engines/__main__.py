@@ -89,6 +89,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=None)
     r.add_argument("--repeats", type=int, default=1, help="runs per method; the median wall time counts")
     r.add_argument("--json", action="store_true", help="print one JSON object with a row per method")
+    d = sub.add_parser("diff", help="the first step where two traces of the same method and prompt differ")
+    d.add_argument("a", help="a trace .json file")
+    d.add_argument("b", help="another trace .json file of the same method and prompt")
+    d.add_argument("--tolerance", type=float, default=1e-4, help="floats closer than this count as equal")
+    d.add_argument("--json", action="store_true", help="print the difference as one JSON object")
     return p
 
 
@@ -114,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
             result = race(args.prompt, args.max_new_tokens, target=args.target, draft=args.draft,
                           device=args.device, repeats=args.repeats)
             print(json.dumps(result.to_dict(), ensure_ascii=False) if args.json else table(result))
+        elif args.command == "diff":
+            import json
+            from engines.diff import diff, load
+            result = diff(load(args.a), load(args.b), args.tolerance)
+            print(json.dumps(result.to_dict(), ensure_ascii=False) if args.json else result.words)
     except (ValueError, lm.ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from engines.schema import SCHEMA_VERSION, check_version
+
 COUNTERS = ("target_forwards", "draft_forwards", "tokens_fed", "wall_s")
 
 
@@ -65,6 +67,7 @@ class Trace:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "schema_version": SCHEMA_VERSION,
             "method": self.method, "config": self.config, "models": self.models,
             "prompt": self.prompt, "prompt_ids": list(self.prompt_ids),
             "output_ids": self.output_ids, "output_text": self.output_text,
@@ -78,6 +81,8 @@ class Trace:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Trace":
+        if "method" in d and "steps" in d:   # a trace of another format version: one sentence, before anything
+            check_version(d)
         try:
             trace = cls(method=str(d["method"]), config=dict(d["config"]), models=dict(d["models"]),
                         prompt=str(d["prompt"]), prompt_ids=[int(i) for i in d["prompt_ids"]],

@@ -1,4 +1,4 @@
-"""The views that look across runs: the race (and the auditor and the trace diff beside it).
+"""The views that look across runs: the race, the losslessness auditor and the trace diff.
 
 `build(friendly)` lays out a row of tabs inside the app's Blocks and wires their events, each with an
 api_name and named parameters, so they are scriptable with gradio_client. `friendly` is the app's
@@ -11,6 +11,7 @@ from typing import Callable
 import gradio as gr
 
 from engines.audit import Audit, audit
+from engines.diff import TOLERANCE, diff, load
 from engines.methods import METHODS, default_target
 from engines.race import race
 from explorer.figures import race as race_figures
@@ -109,6 +110,29 @@ def build_audit(friendly: Callable) -> None:
     go.click(friendly(run_audit), [prompt, method, target, tokens, float64], [verdict, record], api_name="audit")
 
 
+def diff_traces(trace_a: str | None, trace_b: str | None, tolerance: float):
+    """The first step where two uploaded traces of the same method and prompt differ."""
+    if not trace_a or not trace_b:
+        raise ValueError("Upload two trace .json files, saved by this app or the CLI.")
+    if tolerance is None or not 0 <= float(tolerance) <= 1:
+        raise ValueError("The tolerance must be between 0 and 1.")
+    result = diff(load(trace_a), load(trace_b), float(tolerance))
+    return result.words, result.to_dict()
+
+
+def build_diff(friendly: Callable) -> None:
+    with gr.Row():
+        a = gr.File(label="Trace A", file_types=[".json"], type="filepath", elem_id="diff-a")
+        b = gr.File(label="Trace B", file_types=[".json"], type="filepath", elem_id="diff-b")
+    with gr.Row():
+        tolerance = gr.Number(TOLERANCE, label="probabilities closer than this count as equal", elem_id="diff-tol")
+        go = gr.Button("Diff", variant="primary", scale=0, elem_id="diff-btn")
+    words = gr.Markdown(elem_id="diff-words")
+    with gr.Accordion("Diff record (JSON)", open=False):
+        record = gr.JSON(elem_id="diff-record")
+    go.click(friendly(diff_traces), [a, b, tolerance], [words, record], api_name="diff_traces")
+
+
 def build(friendly: Callable) -> None:
     """The comparison tabs, below the method explorer."""
     with gr.Tabs(elem_id="compare-tabs"):
@@ -116,3 +140,5 @@ def build(friendly: Callable) -> None:
             build_race(friendly)
         with gr.Tab("Audit", elem_id="tab-audit"):
             build_audit(friendly)
+        with gr.Tab("Trace diff", elem_id="tab-diff"):
+            build_diff(friendly)
