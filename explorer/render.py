@@ -69,11 +69,13 @@ def position_html(session: Session) -> str:
         done = totals(trace.steps[: cursor + 1])["new_tokens"]
         total = trace.config.get("max_new_tokens") or max(done, 1)
         amount = f"{done} of at most {total} new tokens"
-    state = "replay of a loaded trace" if session.run is None else ("finished" if trace.finished else "running")
+    state = ("replay of a loaded trace" if session.run is None else "stopped at an error" if session.failed
+             else "finished" if trace.finished else "running")
     label = (f"Iteration {cursor + 1} of {len(trace.steps)} recorded" if cursor >= 0
              else f"Before the first iteration ({len(trace.steps)} recorded)")
+    note = f'<span class="note">{html.escape(session.note)}</span>' if session.note else ""
     return (f'<div class="position"><span>{html.escape(label)} &middot; {amount} &middot; {state}</span>'
-            f'<progress max="{total}" value="{done}"></progress></div>')
+            f'<progress max="{total}" value="{done}"></progress>{note}</div>')
 
 
 def save_trace(trace: Trace, key: str) -> str:
@@ -86,6 +88,33 @@ def save_trace(trace: Trace, key: str) -> str:
             old.unlink(missing_ok=True)
         path.write_text(trace.to_json(indent=1), encoding="utf-8")
     return str(path)
+
+
+def check_trace(trace: Trace) -> Trace:
+    """Refuse, in one sentence, a loaded trace the explorer could not show, before it replaces anything: an
+    unknown method, a step without the fields its method's view reads (a 'tree' trace whose steps are
+    speculative), or a step whose words and chips do not render; the first and last figures are drawn too."""
+    if trace.method not in VIEWS:
+        raise ValueError(f"This trace is of the method '{trace.method}', which this app does not know.")
+    view = VIEWS[trace.method]
+    for step in trace.steps:
+        missing = [name for name in view.fields if name not in step.detail]
+        if missing:
+            raise ValueError(f"This trace says its method is '{trace.method}', but its step {step.index + 1} lacks "
+                             f"that method's fields ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); "
+                             f"it cannot be replayed.")
+    cursor = -1
+    try:
+        for cursor in range(len(trace.steps)):
+            view.words(trace, cursor)
+            text_chips(trace, cursor)
+        for cursor in sorted({0, len(trace.steps) - 1} - {-1}):
+            view.main(trace, cursor)
+            view.side(trace, cursor)
+    except Exception as e:  # noqa: BLE001 - any failure to draw a step refuses the whole trace
+        raise ValueError(f"This '{trace.method}' trace cannot be replayed: its step {cursor + 1} does not draw "
+                         f"({type(e).__name__}: {e}).") from e
+    return trace
 
 
 def render(session: Session | None, method: str) -> Screen:

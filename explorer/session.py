@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Callable
 
 from engines.methods import Run
 from engines.trace import Step, Trace
@@ -20,10 +21,13 @@ class Session:
     run: Run | None = None     # None: a loaded trace, replay only
     cursor: int = -1           # index of the step on screen; -1 is "nothing run yet"
     key: str = field(default_factory=lambda: uuid.uuid4().hex[:16])   # names this run's trace file
+    wanted: dict | None = None  # the control values that made the run (None: a loaded trace)
+    failed: bool = False       # the engine raised: its generator is closed, so this run cannot go on
+    note: str = ""             # said once on screen after a Step: why that Step started a new run
 
     @classmethod
-    def start(cls, run: Run) -> "Session":
-        return cls(trace=run.trace, run=run)
+    def start(cls, run: Run, wanted: dict | None = None) -> "Session":
+        return cls(trace=run.trace, run=run, wanted=wanted)
 
     @classmethod
     def replay(cls, trace: Trace) -> "Session":
@@ -32,27 +36,59 @@ class Session:
     @property
     def at_end(self) -> bool:
         """No step after the cursor: recorded or still to run."""
-        return self.cursor == len(self.trace.steps) - 1 and (self.run is None or self.run.finished)
+        return self.cursor == len(self.trace.steps) - 1 and (self.run is None or self.run.finished or self.failed)
 
     @property
     def current(self) -> Step | None:
         return self.trace.steps[self.cursor] if self.cursor >= 0 else None
 
     def step(self) -> bool:
-        """Show the next step, running the model only past the recorded ones. False at the end."""
+        """Show the next step, running the model only past the recorded ones. False at the end. A step that
+        raises changes neither the trace nor the cursor; the run is marked failed, since its engine is gone."""
         if self.cursor < len(self.trace.steps) - 1:
             self.cursor += 1
             return True
-        if self.run is None or self.run.step() is None:
+        if self.run is None or self.failed:
+            return False
+        try:
+            step = self.run.step()
+        except Exception:
+            self.failed = True
+            raise
+        if step is None:
             return False
         self.cursor = len(self.trace.steps) - 1
         return True
 
     def back(self) -> None:
         self.cursor = max(-1, self.cursor - 1)
+        self.note = ""
 
     def seek(self, index: int) -> None:
         self.cursor = max(-1, min(int(index), len(self.trace.steps) - 1))
+        self.note = ""
+
+    def why_new(self, wanted: dict) -> str:
+        """Why a Step with these control values starts a new run instead of continuing this one ('' when it
+        continues): the controls must describe the run on screen. A loaded trace has no controls to compare."""
+        if self.failed and self.cursor == len(self.trace.steps) - 1:
+            return "New run: the last one stopped at an error."
+        if self.wanted is None or wanted == self.wanted:
+            return ""
+        return f"New run: {' and '.join(changes(self.wanted, wanted))} changed."
+
+
+# how a changed control is named in the note that a new run started
+CONTROL_NAMES = {"prompt": "the prompt", "target": "the target model",
+                 "draft": "the draft model", "seed": "the seed"}
+
+
+def changes(before: dict, after: dict) -> list[str]:
+    """The controls that differ, by name; a method's settings each by their own name."""
+    names = [CONTROL_NAMES[k] for k in CONTROL_NAMES if before.get(k) != after.get(k)]
+    old, new = before.get("settings", {}), after.get("settings", {})
+    names += [name.replace("_", " ") for name in sorted(old.keys() | new.keys()) if old.get(name) != new.get(name)]
+    return names or ["the settings"]
 
 
 @dataclass
@@ -66,3 +102,20 @@ class Sessions:
     def put(self, method: str, session: Session) -> Session:
         self.by_method[method] = session
         return session
+
+    def advance(self, method: str, wanted: dict, start: Callable[[], Session],
+                again: bool = False) -> tuple[Session, bool]:
+        """One Step: the method's run goes on, unless there is none, it failed, the controls ask for another
+        or (with `again`) it has finished; then a new run from `start` takes one step. A new run is kept only
+        once its first step has worked, so a run that cannot be built or started never replaces the one on
+        screen, and the next Step starts afresh. Returns the session on screen and whether it moved."""
+        old = self.get(method)
+        reason = old.why_new(wanted) if old is not None else ""
+        finished = again and old is not None and old.run is not None and old.at_end
+        if old is not None and not reason and not finished:
+            old.note = ""
+            return old, old.step()
+        new = start()
+        moved = new.step()
+        new.note = reason
+        return self.put(method, new), moved

@@ -10,18 +10,19 @@ import dataclasses
 import functools
 import inspect
 import logging
+import math
 from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
 
 from engines import lm
-from engines.config import DecodeConfig, fields
+from engines.config import DecodeConfig, build as build_config, fields
 from engines.methods import METHODS, Run, default_target, method_default_target
 from engines.trace import Trace
 from explorer import compare
 from explorer.figures import VIEWS
-from explorer.render import Screen, render
+from explorer.render import Screen, check_trace, render
 from explorer.session import Session, Sessions
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -87,15 +88,28 @@ class Controls:
         return [self.method, self.prompt, self.target, self.draft, self.seed, *self.common.values(),
                 *self.own.values()]
 
-    def session(self, values: tuple) -> tuple[str, Session]:
-        """The chosen method and a new session running it with these control values."""
+    def wanted(self, values: tuple) -> dict:
+        """What the control values ask to run, checked and in a form that two Steps can compare: the method's
+        own settings only, and the draft model only where it is used."""
         method, prompt, target, draft, seed, *rest = values
         settings = dict(zip(self.common, rest[:len(self.common)]))
         settings.update({name: v for (m, name), v in zip(self.own, rest[len(self.common):]) if m == method})
-        if seed is None or float(seed) != int(seed) or not 0 <= int(seed) < 2 ** 63:
+        if seed is None or not math.isfinite(float(seed)) or float(seed) != int(seed) or \
+                not 0 <= int(seed) < 2 ** 63:
             raise ValueError("The seed must be a whole number of 0 or more.")
-        run = Run(method, prompt, settings, target=target or None, draft=draft or None, seed=int(seed))
-        return method, Session.start(run)
+        if method not in METHODS:
+            raise ValueError(f"Unknown method '{method}': choose one of {', '.join(METHODS)}.")
+        cfg = build_config(METHODS[method].config, settings)
+        uses_draft = METHODS[method].uses_draft and getattr(cfg, "drafter", "model") == "model"
+        return {"method": method, "prompt": prompt, "target": target or None,
+                "draft": (draft or None) if uses_draft else None, "seed": int(seed),
+                "settings": dataclasses.asdict(cfg)}
+
+    def session(self, values: tuple) -> Session:
+        """A new session running what these control values ask for."""
+        w = self.wanted(values)
+        run = Run(w["method"], w["prompt"], w["settings"], target=w["target"], draft=w["draft"], seed=w["seed"])
+        return Session.start(run, w)
 
 
 def control(f: dataclasses.Field, key: str | None = None) -> gr.components.Component:
@@ -124,7 +138,7 @@ def outputs_of(sessions: Sessions, screen: Screen) -> tuple:
 
 def make_handlers(controls: Controls):
     def reset(sessions: Sessions, *values):
-        method, session = controls.session(values)
+        method, session = values[0], controls.session(values)
         sessions = sessions or Sessions()
         sessions.put(method, session)
         return outputs_of(sessions, render(session, method))
@@ -132,8 +146,8 @@ def make_handlers(controls: Controls):
     def step(sessions: Sessions, *values):
         sessions = sessions or Sessions()
         method = values[0]
-        session = sessions.get(method) or sessions.put(*controls.session(values))
-        if not session.step() and session.at_end:
+        session, moved = sessions.advance(method, controls.wanted(values), lambda: controls.session(values))
+        if not moved and session.at_end:
             gr.Info("This run has finished; press Reset to start another.")
         return outputs_of(sessions, render(session, method))
 
@@ -152,12 +166,10 @@ def make_handlers(controls: Controls):
     def run(sessions: Sessions, *values):
         sessions = sessions or Sessions()
         method = values[0]
-        session = sessions.get(method)
-        if session is None or (session.at_end and session.run is not None):
-            session = sessions.put(*controls.session(values))
+        session, _ = sessions.advance(method, controls.wanted(values), lambda: controls.session(values), again=True)
+        yield outputs_of(sessions, render(session, method))
         while session.step():
             yield outputs_of(sessions, render(session, method))
-        yield outputs_of(sessions, render(session, method))
 
     def load_trace(sessions: Sessions, path: str | None):
         if not path:
@@ -166,24 +178,32 @@ def make_handlers(controls: Controls):
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise ValueError("This file could not be read as text; choose a trace .json file.") from e
-        trace = Trace.from_json(text)
-        if trace.method not in VIEWS:
-            raise ValueError(f"This trace is of the method '{trace.method}', which this app does not know.")
+        trace = check_trace(Trace.from_json(text))
         sessions = sessions or Sessions()
         session = sessions.put(trace.method, Session.replay(trace))
         return (gr.Radio(value=trace.method), *outputs_of(sessions, render(session, trace.method)))
 
-    def show_method(sessions: Sessions, method: str):
+    def show_method(sessions: Sessions, method: str, target: str | None = None):
         m = METHODS[method]
         targets = MASKED_TARGETS if m.model_kind == "masked" else CAUSAL_TARGETS
         visibility = [gr.Group(visible=name == method) for name in controls.groups]
         help_text = f"### {m.title}\n{VIEWS[method].help}"
-        return (*visibility, gr.Dropdown(choices=targets, value=method_default_target(method)),
+        chosen = target_for((sessions or Sessions()).get(method), method, target)
+        return (*visibility, gr.Dropdown(choices=targets, value=chosen),
                 gr.Dropdown(visible=m.uses_draft), help_text,
                 *outputs_of(sessions, render((sessions or Sessions()).get(method), method)))
 
     return {name: friendly(fn) for name, fn in dict(reset=reset, step=step, back=back, seek=seek, run=run,
                                                      load_trace=load_trace, show_method=show_method).items()}
+
+
+def target_for(session: Session | None, method: str, current: str | None) -> str:
+    """The target model control on switching to a method: the model of that method's run on screen, else the
+    current choice unless it is a preset of the other kind (causal or masked), else the method's default."""
+    if session is not None and session.wanted and session.wanted["target"]:
+        return session.wanted["target"]
+    other = CAUSAL_TARGETS if METHODS[method].model_kind == "masked" else MASKED_TARGETS
+    return current if current and current not in other else method_default_target(method)
 
 
 # ----------------------------------------------------------------------------- layout
@@ -257,10 +277,10 @@ def build() -> gr.Blocks:
         stop_btn.click(None, None, None, cancels=[run_evt], api_name="stop")
         history.release(h["seek"], [sessions, method, history], screen, api_name="seek", show_progress="hidden")
         upload.upload(h["load_trace"], [sessions, upload], [method, *screen], api_name="load_trace")
-        method.change(h["show_method"], [sessions, method], [*groups.values(), target, draft, help_md, *screen],
+        method.change(h["show_method"], [sessions, method, target], [*groups.values(), target, draft, help_md, *screen],
                       api_name="show_method")
         theme.click(None, js="() => document.body.classList.toggle('dark')")
-        demo.load(h["show_method"], [sessions, method], [*groups.values(), target, draft, help_md, *screen],
+        demo.load(h["show_method"], [sessions, method, target], [*groups.values(), target, draft, help_md, *screen],
                   api_visibility="undocumented")
     return demo
 

@@ -55,7 +55,8 @@ def check_every_screen(trace: Trace) -> None:
     engine's tuples have become lists)."""
     for cursor in range(-1, len(trace.steps)):
         check_screen(trace, cursor)
-    check_screen(Trace.from_json(trace.to_json()), len(trace.steps) - 1)
+    loaded = render.check_trace(Trace.from_json(trace.to_json()))   # what Load trace accepts
+    check_screen(loaded, len(trace.steps) - 1)
 
 
 def chain(make, count: int) -> list:
@@ -195,4 +196,4 @@ def test_mask_predict_views_render(seed, cfg, sharpness):
     # the first, a middle and the last iteration (every one would repeat the same code on a longer trace)
     for cursor in sorted({-1, 0, len(steps) // 2, len(steps) - 1}):
         check_screen(trace, cursor)
-    check_screen(Trace.from_json(trace.to_json()), len(steps) - 1)
+    check_screen(render.check_trace(Trace.from_json(trace.to_json())), len(steps) - 1)

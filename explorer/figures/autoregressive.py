@@ -80,6 +80,7 @@ def chips(trace: Trace, index: int) -> list[Chip]:
 
 VIEW = View(
     main=distribution, side=step_times, words=words, chips=chips,
+    fields=("chosen", "p_chosen", "raw_p_chosen", "top", "raw_top", "cache_len"),
     help="**Autoregressive decoding**, the baseline: every new token costs one forward pass of the target. "
          "The bars show the model's raw next-token distribution (grey) and the distribution after temperature, "
          "top-k and top-p (blue) from which the token was chosen. With temperature 0 the choice is the argmax; "

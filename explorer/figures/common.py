@@ -226,3 +226,5 @@ class View:
     legend: tuple[str, ...] = ("prompt", "earlier", "chosen")
     # (done, total, what) for the progress line, where "new tokens so far" is not the method's measure
     progress: Callable[[Trace, int], tuple[int, int, str]] | None = None
+    # the detail fields every step of the method carries: a loaded trace whose steps lack one is refused
+    fields: tuple[str, ...] = ()

@@ -182,6 +182,8 @@ def chips(trace: Trace, index: int) -> list[Chip]:
 
 VIEW = View(
     main=trajectory, side=convergence, words=words, chips=chips,
+    fields=("block_start", "block_before_ids", "block_after_ids", "beyond_token", "p_new", "changed", "fixed",
+            "settled", "fresh_ids", "cache_len"),
     legend=("prompt", "earlier", "accepted", "resampled", "bonus"),
     help="**Jacobi decoding** (Santilli et al., 2023). Greedy decoding is the fixed point of "
          "y_i = argmax p(y_i | y_<i, x). Jacobi guesses a block of future tokens and, in ONE forward, replaces "

@@ -270,6 +270,9 @@ def chips(trace: Trace, index: int) -> list[Chip]:
 
 VIEW = View(
     main=window_and_mask, side=pool_table, words=words, chips=chips,
+    fields=("input_token", "window", "new_level_ids", "fed_ids", "parents", "candidates", "matched", "accepted",
+            "accepted_len", "draws", "p_committed", "raw_p_committed", "harvested", "added", "pool", "pool_size",
+            "pool_keys", "warming_up", "shift", "cache_len"),
     legend=("prompt", "earlier", "accepted", "resampled", "bonus", "chosen"),
     help="**Lookahead decoding** (Fu, Bailis, Stoica and Zhang, 2024). No draft model: ONE forward runs two "
          "branches. The **lookahead branch** is a window of past Jacobi guesses, N - 1 levels of W columns; level j, "

@@ -248,6 +248,7 @@ def progress(trace: Trace, index: int) -> tuple[int, int, str]:
 
 VIEW = View(
     main=unmasking, side=confidence_and_schedule, words=words, chips=chips, progress=progress,
+    fields=("iteration", "iterations", "strategy", "lengths", "best", "spans"),
     legend=("earlier", "chosen", "resampled", "rejected", "masked"),
     help="**Mask-predict** (Ghazvininejad et al. 2019) and **masked diffusion** (LLaDA, Nie et al. 2025) fill a "
          "span of masks after the prompt with a bidirectional masked LM. Every iteration is one forward that "

@@ -369,6 +369,9 @@ def chips(trace: Trace, index: int) -> list[Chip]:
 
 VIEW = View(
     main=draft_check, side=next_token_and_stats, words=words, chips=chips,
+    fields=("draft_tokens", "accepted", "positions", "bonus_p_top", "bonus_p_raw_top", "lookup", "next_token",
+            "next_kind", "next_p", "next_top", "drafter", "k", "k_next", "schedule", "ended", "target_cache",
+            "draft_cache"),
     legend=("prompt", "earlier", "accepted", "rejected", "resampled", "bonus", "not_reached"),
     help="**Speculative decoding** (Leviathan et al. 2023; Chen et al. 2023). A cheap drafter proposes k "
          "tokens: the draft model samples them from its distribution q, or prompt lookup copies what followed "

@@ -273,6 +273,9 @@ def chips(trace: Trace, index: int) -> list[Chip]:
 
 VIEW = View(
     main=draft_tree, side=attention_mask, words=words, chips=chips,
+    fields=("tree", "root_token", "pending_ids", "nodes", "dropped", "mask", "positions", "accepted_path",
+            "accepted_length", "stop_node", "final_token", "final_kind", "final_p", "final_p_raw", "stop_top",
+            "stop_raw_top", "eos_cut", "cache_len"),
     legend=("prompt", "earlier", "accepted", "rejected", "resampled", "bonus", "not_reached"),
     help="**Tree speculative decoding** (SpecInfer, Miao et al. 2024; Medusa, Cai et al. 2024; EAGLE-2, "
          "Li et al. 2024). Each step the small draft model proposes not one continuation but a tree of them: "

@@ -1,0 +1,215 @@
+"""Errors leave everything usable, and the controls describe the run on screen.
+
+The session rules are checked on stub runs (no model), the handlers as the UI calls them (no server):
+a run whose construction or first step fails is discarded, a failed step changes no recorded step, a
+trace that does not fit its method is refused before it replaces anything, and changed controls start
+a new run that says so.
+"""
+from __future__ import annotations
+
+import random
+
+import gradio as gr
+import pytest
+
+from engines.config import DecodeConfig, fields
+from engines.methods import METHODS
+from engines.trace import Step, Trace
+from explorer import render, ui
+from explorer.session import Session, Sessions
+from tests import synthetic as syn
+
+
+@pytest.fixture(autouse=True)
+def trace_files_in_a_temporary_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(render, "TRACE_DIR", tmp_path)
+
+
+class StubRun:
+    """A Run as Session uses it: a trace that grows by one step per call, failing at step `fail_at`."""
+
+    def __init__(self, fail_at: int | None = None, steps: int = 5):
+        self.trace = syn.trace_of("autoregressive", [], syn.sampling_config(True, steps))
+        self.fail_at, self.steps = fail_at, steps
+
+    @property
+    def finished(self) -> bool:
+        return self.trace.finished
+
+    def step(self) -> Step | None:
+        index = len(self.trace.steps)
+        if index == self.fail_at:
+            raise ValueError("The engine could not go on.")
+        if self.finished:
+            return None
+        step = syn.autoregressive_step(random.Random(index), index, greedy=True, final=index == self.steps - 1)
+        self.trace.steps.append(step)
+        self.trace.finished = step.final
+        return step
+
+
+WANTED = {"method": "autoregressive", "prompt": "Once upon a time", "target": "tiny-target", "draft": None,
+          "seed": 0, "settings": {"max_new_tokens": 5, "temperature": 0.0, "top_k": 0, "top_p": 1.0}}
+
+
+def starter(**run):
+    return lambda: Session.start(StubRun(**run), WANTED)
+
+
+# ----------------------------------------------------------------------------- sessions on stub runs
+
+def test_a_run_whose_first_step_fails_is_discarded_and_the_next_step_starts_fresh():
+    sessions = Sessions()
+    with pytest.raises(ValueError):
+        sessions.advance("autoregressive", WANTED, starter(fail_at=0))
+    assert sessions.get("autoregressive") is None
+    session, moved = sessions.advance("autoregressive", WANTED, starter())
+    assert moved and session.cursor == 0 and len(session.trace.steps) == 1 and not session.failed
+
+
+def test_a_failed_first_step_leaves_the_run_on_screen_as_it_was():
+    sessions = Sessions()
+    shown, _ = sessions.advance("autoregressive", WANTED, starter())
+    changed = {**WANTED, "prompt": "It was a dark night"}
+    with pytest.raises(ValueError):
+        sessions.advance("autoregressive", changed, starter(fail_at=0))
+    assert sessions.get("autoregressive") is shown and shown.cursor == 0 and not shown.failed
+
+
+def test_a_failed_step_keeps_the_recorded_steps_and_the_next_step_starts_a_new_run():
+    sessions = Sessions()
+    for _ in range(2):
+        session, _ = sessions.advance("autoregressive", WANTED, starter(fail_at=2))
+    with pytest.raises(ValueError):
+        sessions.advance("autoregressive", WANTED, starter(fail_at=2))
+    assert len(session.trace.steps) == 2 and session.cursor == 1 and session.failed
+    assert not session.trace.finished          # a dead engine must not read as a finished run
+    assert "stopped at an error" in render.render(session, "autoregressive").position
+    session.back()
+    assert session.step() and session.cursor == 1   # the recorded steps still replay
+    fresh, moved = sessions.advance("autoregressive", WANTED, starter())
+    assert fresh is not session and moved and fresh.cursor == 0
+    assert "stopped at an error" in render.render(fresh, "autoregressive").position
+
+
+def test_the_same_controls_continue_the_run():
+    sessions = Sessions()
+    first, _ = sessions.advance("autoregressive", WANTED, starter())
+    again, moved = sessions.advance("autoregressive", dict(WANTED), starter())
+    assert again is first and moved and again.cursor == 1 and again.note == ""
+
+
+def test_changed_controls_start_a_new_run_and_say_which():
+    sessions = Sessions()
+    first, _ = sessions.advance("autoregressive", WANTED, starter())
+    changed = {**WANTED, "prompt": "It was a dark night", "settings": {**WANTED["settings"], "temperature": 0.7}}
+    second, moved = sessions.advance("autoregressive", changed, lambda: Session.start(StubRun(), changed))
+    assert second is not first and moved and second.cursor == 0
+    assert second.note == "New run: the prompt and temperature changed."
+    assert "New run: the prompt and temperature changed." in render.render(second, "autoregressive").position
+    third, _ = sessions.advance("autoregressive", changed, starter())
+    assert third is second and third.note == ""      # said once
+
+
+def test_run_to_end_again_starts_a_new_run_and_step_does_not():
+    sessions = Sessions()
+    for _ in range(5):
+        session, _ = sessions.advance("autoregressive", WANTED, starter())
+    assert session.at_end
+    same, moved = sessions.advance("autoregressive", WANTED, starter())
+    assert same is session and not moved
+    fresh, moved = sessions.advance("autoregressive", WANTED, starter(), again=True)
+    assert fresh is not session and moved
+
+
+# ----------------------------------------------------------------------------- loading a trace
+
+def speculative_trace() -> Trace:
+    rnd = random.Random(1)
+    steps = [syn.speculative_step(rnd, 0, k=4, drafted=4, accepted=2, greedy=True, drafter="model")]
+    return syn.trace_of("speculative", steps, syn.speculative_config(k=4, greedy=True, drafter="model",
+                                                                     schedule="constant", max_new_tokens=16))
+
+
+def tree_trace() -> Trace:
+    rnd = random.Random(2)
+    steps = [syn.tree_step(rnd, 0, shape="sparse", budget=16, depth=4, topk=3, room=8, greedy=True)]
+    return syn.trace_of("tree", steps, syn.tree_config(shape="sparse", budget=16, depth=4, topk=3, greedy=True,
+                                                       max_new_tokens=16))
+
+
+def test_a_trace_whose_steps_are_of_another_method_is_refused_in_one_sentence():
+    mislabelled = speculative_trace()
+    mislabelled.method = "tree"
+    with pytest.raises(ValueError) as e:
+        render.check_trace(Trace.from_json(mislabelled.to_json()))
+    message = str(e.value)
+    assert "'tree'" in message and "step 1" in message and "\n" not in message and "KeyError" not in message
+    assert render.check_trace(Trace.from_json(tree_trace().to_json())).method == "tree"
+
+
+def test_a_step_that_does_not_draw_refuses_the_trace():
+    broken = tree_trace()
+    broken.steps[0].detail["nodes"][0] = {"id": 0}       # every field present, a node without its numbers
+    with pytest.raises(ValueError, match="cannot be replayed: its step 1 does not draw"):
+        render.check_trace(Trace.from_json(broken.to_json()))
+
+
+# ----------------------------------------------------------------------------- the handlers, as the UI calls them
+
+def controls() -> ui.Controls:
+    """Controls whose values are passed in by hand: the handlers read only the names of the settings."""
+    common = {f.name: None for f in fields(DecodeConfig)}
+    own = {(m.name, f.name): None for m in METHODS.values() for f in fields(m.config) if f.name not in ui.COMMON}
+    return ui.Controls(None, None, None, None, None, common, own, {})
+
+
+def values(c: ui.Controls, method: str, prompt: str, target: str, **settings) -> list:
+    """The control values in the order the handlers receive them, each setting at its default."""
+    defaults = {**{f.name: f.default for f in fields(DecodeConfig)}, **settings}
+    own = {(m.name, f.name): f.default for m in METHODS.values() for f in fields(m.config)}
+    own.update({(method, name): v for name, v in settings.items()})
+    return [method, prompt, target, "tiny-draft", 0, *(defaults[n] for n in c.common), *(own[key] for key in c.own)]
+
+
+def test_load_trace_refuses_a_mismatched_trace_and_changes_nothing(tmp_path):
+    h = ui.make_handlers(controls())
+    sessions = Sessions()
+    before = sessions.put("tree", Session.replay(tree_trace()))
+    before.seek(-1)
+    mislabelled = speculative_trace()
+    mislabelled.method = "tree"
+    path = tmp_path / "mislabelled.json"
+    path.write_text(mislabelled.to_json())
+    with pytest.raises(gr.Error, match="'tree'"):
+        h["load_trace"](sessions, str(path))
+    assert sessions.by_method == {"tree": before} and before.cursor == -1
+    h["back"](sessions, "tree")                        # the Tree tab still works
+    good = tmp_path / "tree.json"
+    good.write_text(tree_trace().to_json())
+    h["load_trace"](sessions, str(good))
+    assert sessions.get("tree") is not before and sessions.get("tree").trace.method == "tree"
+
+
+def test_a_first_step_that_fails_is_discarded_and_a_fixed_prompt_then_steps(tiny_masked):
+    """Issue 15: mask-predict with a prompt longer than the model's positions left a 'finished' run of 0 steps,
+    and the corrected prompt was answered with 'press Reset'."""
+    c = controls()
+    h = ui.make_handlers(c)
+    sessions = Sessions()
+    settings = {"length": 6, "iterations": 2, "max_new_tokens": 8}
+    with pytest.raises(gr.Error, match="prompt"):
+        h["step"](sessions, *values(c, "mask-predict", "Once upon a time. " * 200, tiny_masked.source, **settings))
+    assert sessions.get("mask-predict") is None
+    out = h["step"](sessions, *values(c, "mask-predict", "Once upon a time", tiny_masked.source, **settings))
+    assert "Iteration 1 of 1 recorded" in out[6] and "running" in out[6]
+    assert len(sessions.get("mask-predict").trace.steps) == 1
+
+
+def test_switching_method_keeps_the_chosen_target_where_it_fits():
+    assert ui.target_for(None, "speculative", "smollm2-135m-instruct") == "smollm2-135m-instruct"
+    assert ui.target_for(None, "tree", "/models/my-llama") == "/models/my-llama"
+    assert ui.target_for(None, "mask-predict", "smollm2-135m-instruct") == "tiny-masked"
+    assert ui.target_for(None, "speculative", "tiny-masked") in ui.CAUSAL_TARGETS
+    on_screen = Session.start(StubRun(), {**WANTED, "target": "tiny-target"})
+    assert ui.target_for(on_screen, "autoregressive", "smollm2-135m-instruct") == "tiny-target"
