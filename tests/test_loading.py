@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -143,7 +144,7 @@ def write_marked(marker: str):
 def test_a_leftover_tmp_folder_of_a_killed_run_is_removed(tmp_path):
     out = tmp_path / "model"
     old_style, dead, own = (tmp_path / "model.tmp", tmp_path / "model.999999999-abc.tmp",
-                            tmp_path / f"model.{__import__('os').getpid()}-xyz.tmp")
+                            tmp_path / f"model.{os.getpid()}-xyz.tmp")
     for leftover in (old_style, dead, own):
         leftover.mkdir()
     lm.write_atomically(out, write_marked("a"))
