@@ -392,12 +392,14 @@ class StubMaskedLM:
     random logits: the real engine then writes every field of its steps."""
     mask_id, eos_ids = MASK, EOS_IDS
 
-    def __init__(self, seed: int, sharpness: float):
-        self.generator = torch.Generator().manual_seed(seed)
-        self.sharpness = sharpness
+    def __init__(self, seed: int, sharpness: float, steady: bool = False):
+        self.seed, self.generator = seed, torch.Generator().manual_seed(seed)
+        self.sharpness, self.steady = sharpness, steady   # steady: the same logits every forward
 
     def masked_logits_rows(self, rows: list[list[int]]) -> list[torch.Tensor]:
         vocab = max(TEXTS) + 1
+        if self.steady:
+            self.generator.manual_seed(self.seed)
         out = []
         for row in rows:
             logits = torch.randn(len(row), vocab, generator=self.generator) * self.sharpness
@@ -406,9 +408,10 @@ class StubMaskedLM:
         return out
 
 
-def mask_predict_steps(seed: int, settings: dict, sharpness: float = 3.0,
+def mask_predict_steps(seed: int, settings: dict, sharpness: float = 3.0, steady: bool = False,
                        prompt: Sequence[int] = (10, 11, 12, 13)) -> tuple[list[Step], dict]:
     """Every step of a mask-predict run on the stub model, and the trace config the UI would record."""
     cfg = MaskPredictConfig(**settings)
-    steps = list(mask_predict(StubMaskedLM(seed, sharpness), prompt, cfg, torch.Generator().manual_seed(seed)))
+    model = StubMaskedLM(seed, sharpness, steady)
+    steps = list(mask_predict(model, prompt, cfg, torch.Generator().manual_seed(seed)))
     return steps, {**asdict(cfg), "seed": seed}

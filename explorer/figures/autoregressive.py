@@ -4,7 +4,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from engines.trace import Trace
-from explorer.figures.common import (RAW_COLOUR, TARGET_COLOUR, Chip, View, colour, empty, figure,
+from explorer.figures.common import (RAW_COLOUR, TARGET_COLOUR, Chip, View, colour, count_axis, empty, figure,
                                      quoted, show, token)
 
 
@@ -33,7 +33,7 @@ def distribution(trace: Trace, index: int) -> go.Figure:
          "marker": {"symbol": "triangle-down", "size": 12, "color": colour("chosen")}, "name": "chosen token",
          "hovertemplate": f"chosen: {chosen}<br>p = {d['p_chosen']:.4f}<extra></extra>"},
     ]
-    return figure(data, None, f"Step {index + 1}: next-token distribution", barmode="group",
+    return figure(data, None, f"Step {index + 1}: next-token distribution", barmode="group", legend_below=True,
                   yaxis={"title": {"text": "probability"}, "range": [0, 1.12]})
 
 
@@ -49,8 +49,7 @@ def step_times(trace: Trace, index: int) -> go.Figure:
              "hovertemplate": "step %{x}<br>%{y:.1f} ms<br>tokens fed %{customdata[0]}"
                               "<br>cache length %{customdata[1]}<extra></extra>"}]
     return figure(data, None, "Time per step (one target forward each)", height=260,
-                  xaxis={"title": {"text": "step"}},
-                  yaxis={"title": {"text": "ms"}, "rangemode": "tozero"})
+                  xaxis=count_axis("step", x[-1]), yaxis={"title": {"text": "ms"}, "rangemode": "tozero"})
 
 
 def words(trace: Trace, index: int) -> str:

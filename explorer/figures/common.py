@@ -7,6 +7,7 @@ Backgrounds are transparent and text is mid-grey, so figures read in light and d
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Sequence
@@ -54,6 +55,28 @@ def look(title: str, height: int, uirevision: str) -> dict:
 
 
 AXIS_LOOK = {"gridcolor": GRID_COLOUR, "zerolinecolor": GRID_COLOUR}
+AXIS_ROOM = 64       # px below the plot for an x axis's tick labels and title
+LEGEND_ROW = 22      # px per row of a horizontal legend
+LEGEND_WIDTH = 380   # px a legend row may fill: a side figure on a phone-width screen
+
+
+def count_axis(title: str, last: int) -> dict:
+    """An axis of steps or iterations: ticks on whole numbers only (never at 1.5), about ten at most."""
+    return {"title": {"text": title}, "tickmode": "linear", "tick0": 1, "dtick": max(1, math.ceil(last / 10))}
+
+
+def legend_rows(data: list[dict], width: int = LEGEND_WIDTH) -> int:
+    """How many rows a horizontal legend of these traces takes, estimated as Plotly lays it out: each entry
+    is its symbol and padding (40 px) plus about 7 px a character, wrapped at `width`."""
+    rows, used = 1, 0
+    for d in data:
+        if not d.get("name") or d.get("showlegend") is False or d.get("type") in ("heatmap", "table"):
+            continue
+        need = 40 + 7 * len(d["name"])
+        if used and used + need > width:
+            rows, used = rows + 1, 0
+        used += need
+    return rows
 
 
 # ----------------------------------------------------------------------------- figures from plain dicts
@@ -152,11 +175,17 @@ def grid(rows: int, cols: int, *, row_heights: list[float] | None = None, col_wi
 
 
 def figure(data: list[dict], grid_: Grid | None, title: str, *, height: int = 340, uirevision: str = "keep",
-           annotations: list[dict] = (), **kwargs) -> go.Figure:
+           annotations: list[dict] = (), legend_below: bool = False, **kwargs) -> go.Figure:
     """A figure from trace dicts and a grid, with the shared look; validated once. A dict given for a key of
     the look (margin={"t": 70}, legend={"y": -0.3}) changes only the fields it names; every axis gets the
-    shared grid colours."""
+    shared grid colours. legend_below: the legend sits at the bottom of the figure, below the x axis's
+    ticks and title rather than over them, and the figure grows by the room it takes."""
     lay = {**(grid_.layout if grid_ else {}), **look(title, height, uirevision)}
+    if legend_below:
+        room = AXIS_ROOM + LEGEND_ROW * legend_rows(data)
+        lay["height"] = height + room - lay["margin"]["b"]
+        lay["margin"] = {**lay["margin"], "b": room}
+        lay["legend"] = {**lay["legend"], "yref": "container", "y": 0, "yanchor": "bottom"}
     for key, value in kwargs.items():
         lay[key] = {**lay[key], **value} if isinstance(value, dict) and isinstance(lay.get(key), dict) else value
     lay.setdefault("xaxis", {})

@@ -4,7 +4,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from engines.trace import Trace
-from explorer.figures.common import Chip, View, colour, empty, figure, quoted, show, token
+from explorer.figures.common import Chip, View, colour, count_axis, empty, figure, quoted, show, token
 
 ROWS_SHOWN = 24    # the trajectory shows at most this many iterations up to the cursor
 CELLS_SHOWN = 560  # and at most about this many cells, so a step's figure stays well under 100 KB
@@ -86,11 +86,9 @@ def trajectory(trace: Trace, index: int) -> go.Figure:
     xaxis = {"title": {"text": "output position (0 = first new token)"}}
     if max(xs) - min(xs) < 40:
         xaxis["dtick"] = 1
-    yaxis = {"title": {"text": "iteration"}, "autorange": "reversed"}
-    if len(steps) <= 24:
-        yaxis["dtick"] = 1
+    yaxis = {**count_axis("iteration", len(steps)), "autorange": "reversed"}
     return figure(data, None, f"Jacobi trajectory up to iteration {index + 1}", height=max(300, 60 + 34 * len(steps)),
-                  xaxis=xaxis, yaxis=yaxis, shapes=[frame])
+                  xaxis=xaxis, yaxis=yaxis, shapes=[frame], legend_below=True)
 
 
 def convergence(trace: Trace, index: int) -> go.Figure:
@@ -117,7 +115,7 @@ def convergence(trace: Trace, index: int) -> go.Figure:
     total = sum(committed)
     return figure(data, None, f"Settled per iteration: {total} tokens in {len(steps)} forwards "
                               f"({total / len(steps):.2f} per forward)", height=300, barmode="stack",
-                  xaxis={"title": {"text": "iteration"}},
+                  legend_below=True, xaxis=count_axis("iteration", x[-1]),
                   yaxis={"title": {"text": "positions"}, "rangemode": "tozero"})
 
 

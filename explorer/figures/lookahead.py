@@ -2,6 +2,9 @@
 and the n-gram pool as a table that grows step by step."""
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import plotly.graph_objects as go
 
 from engines.lookahead import ancestry
@@ -11,6 +14,10 @@ from explorer.figures.common import (Chip, Grid, View, colour, empty, figure, gr
 from explorer.figures.jacobi import discrete_scale
 
 HIDDEN = "rgba(128,128,128,0.12)"    # a masked cell of the attention mask
+POOL_ROWS = 20       # pool table rows drawn at most (the current first token's come first)
+POOL_ROW = 22        # px per pool table row
+POOL_CHROME = 100    # px of the pool figure above its rows: title, header, margin
+POOL_COLUMN_PX = (44, 150, 44, 96)   # text width of each table column when the figure is 380 px wide
 BRANCH = {"input": colour("prompt"), "lookahead": colour("chosen"), "verification": colour("accepted")}
 
 
@@ -181,35 +188,62 @@ def pool_table(trace: Trace, index: int) -> go.Figure:
     accepted = d["candidates"][d["accepted"]] if d["accepted"] >= 0 else None
     cells = [[], [], [], []]
     fills = []
-    for key, tails in d["pool"]:
-        for tail in tails:
-            ngram = (key, *tail)
-            if key == d["input_token"] and list(tail) == accepted:
-                status, fill = f"accepted: gave {d['accepted_len'] + 1} tokens", colour("accepted")
-            elif key == d["input_token"] and list(tail) in d["candidates"]:
-                status, fill = "verified, not accepted", colour("rejected")
-            elif ngram in harvested:
-                status, fill = "new this step", colour("bonus")
-            else:
-                status, fill = "", "rgba(0,0,0,0)"
-            cells[0].append(show(token(trace, key)))
-            cells[1].append(" \u00b7 ".join(show(token(trace, t)) for t in tail))
-            cells[2].append(str(born.get(ngram, "earlier")))
-            cells[3].append(status)
-            fills.append(translucent(fill))
+    rows = [(key, tail) for key, tails in d["pool"] for tail in tails][:POOL_ROWS]
+    for key, tail in rows:
+        ngram = (key, *tail)
+        if key == d["input_token"] and list(tail) == accepted:
+            status, fill = f"accepted: gave {d['accepted_len'] + 1} tokens", colour("accepted")
+        elif key == d["input_token"] and list(tail) in d["candidates"]:
+            status, fill = "verified, not accepted", colour("rejected")
+        elif ngram in harvested:
+            status, fill = "new this step", colour("bonus")
+        else:
+            status, fill = "", "rgba(0,0,0,0)"
+        cells[0].append(show(token(trace, key)))
+        cells[1].append(" \u00b7 ".join(show(token(trace, t)) for t in tail))
+        cells[2].append(str(born.get(ngram, "earlier")))
+        cells[3].append(status)
+        fills.append(translucent(fill))
     data = [{"type": "table",
              "header": {"values": ["first token", "continuation (N - 1 tokens)", "added at step", "this step"],
                         "fill": {"color": "rgba(128,128,128,0.25)"}, "align": "left"},
-             "cells": {"values": cells, "align": "left", "height": 22,
+             "cells": {"values": cells, "align": "left", "height": POOL_ROW,
                        "fill": {"color": [["rgba(0,0,0,0)"] * len(fills)] * 3 + [fills]}},
              "columnwidth": [1, 3, 1, 2]}]
     for name, c in (("accepted n-gram", colour("accepted")), ("verified, not accepted", colour("rejected")),
                     ("harvested this step", colour("bonus"))):
         data.append({"type": "scatter", "x": [None], "y": [None], "mode": "markers", "name": name,
                      "hoverinfo": "skip", "marker": {"symbol": "square", "size": 12, "color": c}})
-    return figure(data, None, f"Pool after step {index + 1}: {d['pool_size']} n-grams under {d['pool_keys']} "
-                              f"first tokens (showing {len(d['pool'])})", height=min(640, 140 + 22 * len(fills)),
+    shown = "all shown" if len(rows) == d["pool_size"] else f"showing {plural(len(rows), 'row')}"
+    # tall enough for every row shown, so the table never hides rows behind a scroll bar
+    return figure(data, None, f"Pool after step {index + 1}: {plural(d['pool_size'], 'n-gram')} under "
+                              f"{plural(d['pool_keys'], 'first token')} ({shown})",
+                  height=POOL_CHROME + sum(row_height(row) for row in zip(*cells)), legend_below=True,
                   xaxis={"visible": False}, yaxis={"visible": False})
+
+
+def row_height(texts: tuple[str, ...]) -> int:
+    """A pool table row's height: Plotly wraps a cell's text at its column's width, so a long continuation takes
+    several lines (about 7 px a character in columns of a phone-width figure) and the row grows with them."""
+    return POOL_ROW * max(math.ceil(7 * len(text) / width) or 1 for text, width in zip(texts, POOL_COLUMN_PX))
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 'es' if word.endswith('ss') else 's'}"
+
+
+@dataclass(frozen=True)
+class Fed:
+    """The tokens of one forward by branch; they add up to the step's tokens_fed."""
+    pending: int    # text not yet in the cache, ending with the input token
+    window: int     # lookahead branch: every window cell but the input token's own
+    pooled: int     # verification branch: the pooled n-grams' trie
+
+
+def fed_counts(step: Step) -> Fed:
+    d = step.detail
+    window = sum(len(level) for level in d["window"]) - 1
+    return Fed(step.tokens_fed - len(d["fed_ids"]) + 1, window, len(d["fed_ids"]) - 1 - window)
 
 
 def words(trace: Trace, index: int) -> str:
@@ -221,11 +255,16 @@ def words(trace: Trace, index: int) -> str:
     d = s.detail
     levels, width = len(d["window"]), len(d["window"][0])
     cands = d["candidates"]
-    text = (f"The target read {s.tokens_fed} tokens in one forward: the last committed token "
-            f"{quoted(trace, d['input_token'])}, the window of {levels} level{'s' if levels != 1 else ''} x "
-            f"{width} columns{' (still warming up)' if d['warming_up'] else ''}")
-    text += f" and {len(cands)} pooled n-gram{'s' if len(cands) != 1 else ''} starting with it. " if cands else \
-        f"; no pooled n-gram starts with {quoted(trace, d['input_token'])}, so there was nothing to verify. "
+    fed = fed_counts(s)
+    # the input token is also the window's first cell (level 0, column 0): counted once, as the input
+    text = (f"The target read {s.tokens_fed} tokens in one forward: "
+            f"{'the last committed token' if fed.pending == 1 else f'{fed.pending} tokens of text ending with'} "
+            f"{quoted(trace, d['input_token'])}, {plural(fed.window, 'guess')} of the window ({levels} "
+            f"level{'s' if levels != 1 else ''} x {width} columns, its first cell being that token"
+            f"{'; still warming up' if d['warming_up'] else ''})")
+    text += (f" and {plural(fed.pooled, 'pooled token')} ({plural(len(cands), 'n-gram')} starting with it, shared "
+             f"prefixes fed once). " if cands else
+             f"; no pooled n-gram starts with {quoted(trace, d['input_token'])}, so there was nothing to verify. ")
     ids = s.committed_ids
     if d["accepted"] >= 0:
         m = d["accepted_len"]

@@ -10,13 +10,15 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from engines.trace import Trace
-from explorer.figures.common import (TARGET_COLOUR, Chip, View, colour, empty, figure, grid, quoted, show,
-                                     symbol, token)
+from explorer.figures.common import (TARGET_COLOUR, Chip, View, colour, count_axis, empty, figure, grid, quoted,
+                                     show, symbol, token)
 
 CELL_BUDGET = 384           # heatmap cells drawn at most, so one step's figure stays small
 ROWS_SHOWN = 32             # iterations drawn at most, so rows stay readable
-CONFIDENCE_SCALE = "Cividis"
-SETTLED_SCALE = "Plasma"
+# Light sequential scales under dark text: white text on the dark end of Cividis or Plasma could not be read
+CELL_TEXT = "#111111"
+CONFIDENCE_SCALE = [[0.0, "#F4F8FB"], [0.5, "#A9CFE9"], [1.0, "#4A9FD6"]]
+SETTLED_SCALE = [[0.0, "#FFF4CC"], [1.0, "#E69F00"]]
 MASK_GREY = colour("masked")
 
 
@@ -88,7 +90,7 @@ def unmasking(trace: Trace, index: int) -> go.Figure:
     data.append({"type": "heatmap", **top, "x": x, "y": y, "z": conf, "zmin": low, "zmax": 1,
                  "colorscale": CONFIDENCE_SCALE, "xgap": 1, "ygap": 1,
                  "text": [[cell_text(trace, r, i, mask) for i in x] for r in records],
-                 "texttemplate": "%{text}", "textfont": {"size": 9},
+                 "texttemplate": "%{text}", "textfont": {"size": 9, "color": CELL_TEXT},
                  "customdata": [[hover(trace, r, i, s, mask) for i in x] for s, r in zip(rows, records)],
                  "hovertemplate": "%{customdata}<extra></extra>", "name": "confidence",
                  "colorbar": {"title": {"text": "confidence"}, "len": 0.66, "y": 0.66}})
@@ -116,18 +118,36 @@ def unmasking(trace: Trace, index: int) -> go.Figure:
                   height=min(720, max(380, 140 + 22 * shown)))
 
 
+def unmasked_at(trace: Trace, index: int, best: int) -> list[int | None]:
+    """For each position of the span, the iteration (from 1) that last unmasked it, up to this one; None while
+    it is masked. This is when its token entered the text: the record's `settled` says only since when the
+    prediction has not changed, which can be long before (predicted at 1, unmasked at 3)."""
+    length = trace.steps[index].detail["spans"][best]["length"]
+    at: list[int | None] = [None] * length
+    for s in trace.steps[: index + 1]:
+        r = s.detail["spans"][best]
+        for i in r["unmasked"]:
+            at[i] = s.index + 1
+        for i in r["remasked"]:
+            at[i] = None
+    return at
+
+
 def settled_strip(data: list[dict], axes: dict, trace: Trace, r: dict, index: int, mask: int) -> None:
-    """The text as it stands after this iteration, each token coloured by the iteration it settled."""
+    """The text as it stands after this iteration, each token coloured by the iteration that unmasked it."""
     x = list(range(r["length"]))
-    settled = [None if r["tokens"][i] == mask else r["settled"][i] + 1 for i in x]
+    entered = unmasked_at(trace, index, trace.steps[index].detail["best"])
+    settled = [None if r["tokens"][i] == mask else entered[i] for i in x]
     data.append({"type": "heatmap", **axes, "x": x, "y": ["text now"], "z": [settled], "zmin": 1,
                  "zmax": max(index + 1, 2), "colorscale": SETTLED_SCALE, "xgap": 1,
                  "text": [[show(token(trace, r["tokens"][i])) if s else "" for i, s in zip(x, settled)]],
-                 "texttemplate": "%{text}", "textfont": {"size": 9},
-                 "customdata": [[f"position {i}: {show(token(trace, r['tokens'][i]))}, settled at iteration {s}"
+                 "texttemplate": "%{text}", "textfont": {"size": 9, "color": CELL_TEXT},
+                 "customdata": [[f"position {i}: {show(token(trace, r['tokens'][i]))}, unmasked at iteration {s}"
+                                 + (f", predicted unchanged since iteration {r['settled'][i] + 1}"
+                                    if r["settled"][i] is not None and r["settled"][i] + 1 < s else "")
                                  if s else f"position {i}: masked" for i, s in zip(x, settled)]],
-                 "hovertemplate": "%{customdata}<extra></extra>", "name": "settled at iteration",
-                 "colorbar": {"title": {"text": "settled at", "side": "top"}, "len": 0.28, "y": 0.1,
+                 "hovertemplate": "%{customdata}<extra></extra>", "name": "unmasked at iteration",
+                 "colorbar": {"title": {"text": "unmasked at", "side": "top"}, "len": 0.28, "y": 0.1,
                               "thickness": 10, "dtick": max(1, (index + 1) // 3)}})
     data.append({"type": "heatmap", **axes, "x": x, "y": ["text now"], "z": [[1 if s is None else None for s in settled]],
                  "showscale": False, "colorscale": [[0, MASK_GREY], [1, MASK_GREY]], "xgap": 1, "hoverinfo": "skip"})
@@ -171,7 +191,7 @@ def confidence_and_schedule(trace: Trace, index: int) -> go.Figure:
     ]
     g.yaxis(1, 1).update(title={"text": "confidence"})
     g.xaxis(1, 1).update(title={"text": "position"}, range=[-0.5, r["length"] - 0.5])
-    g.xaxis(1, 2).update(title={"text": "iteration"})
+    g.xaxis(1, 2).update(count_axis("iteration", len(iterations)))
     g.yaxis(1, 2).update(rangemode="tozero")
     # the six legend entries wrap in a half-width column: give them room below the axis titles
     return figure(data, g, f"Iteration {index + 1}: confidence and schedule", height=440, barmode="overlay",
@@ -257,7 +277,7 @@ VIEW = View(
          "positions and never takes them back, block by block when a block size is set; *random* commits at "
          "random, a control. The heatmap shows positions (across) by iterations (down): the token in every "
          "cell, its confidence as colour, masks grey, dots where a position was unmasked, crosses where it "
-         "was re-masked. The strip below colours the text by the iteration each token settled. On the right: "
+         "was re-masked. The strip below colours the text by the iteration that unmasked each token. On the right: "
          "this iteration's confidences (hover a bar for the model's top candidates), and the masks left "
          "against the schedule and the formula. With length 0 "
          "several span lengths run at once and the best mean log-probability wins (the paper's length beam).",

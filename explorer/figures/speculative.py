@@ -105,13 +105,15 @@ def draft_check(trace: Trace, index: int) -> go.Figure:
                      "marker": {"color": DRAFT_COLOUR},
                      "hovertext": bar_hover(trace, b.ids, b.q, "q"), "hoverinfo": "text"})
         coin(data, notes, g.cell(2, i + 1), trace, pos, first)
-    after(data, g, trace, step, cols)
+    after(data, notes, g, trace, step, cols)
     for col, (x, y) in enumerate(zip(g.xaxes(1), g.yaxes(1))):
         x.update(tickangle=-40, tickfont={"size": 10})
         y.update(rangemode="tozero", **({"matches": "y"} if col else {}))   # one scale, so positions compare
     for x, y in zip(g.xaxes(2), g.yaxes(2)):
-        x.update(range=[0, 1.02], tickvals=[0, 0.5, 1])
+        # greedy draws no coin: the u axis would only frame the words
+        x.update(range=[0, 1.02], tickvals=[0, 0.5, 1], visible=not raw)
         y.update(visible=False)
+    g.xaxis(2, cols)["visible"] = False     # the column after the draft never has a coin
     g.yaxis(1, 1)["title"] = {"text": "probability"}
     what = "greedy: kept while it is the target's argmax" if raw else "kept while u <= min(1, p/q)"
     return figure(data, g, f"Step {index + 1}: {len(positions)} drafted by the {d['drafter']} drafter, "
@@ -123,16 +125,12 @@ def coin(data: list[dict], notes: list[dict], axes: dict, trace: Trace, pos: dic
     """A drafted position's coin row: u against min(1, p/q), or, where no draw decided, a word."""
     status = pos["status"]
     if pos["u"] is None or status == "not_reached":   # greedy, or a draw the cut draft never used
-        notes.append({"text": ("= argmax" if status == "accepted" else
-                               "not reached" if status == "not_reached" else
-                               f"argmax: {label(trace, pos['target_token'])}"),
-                      "x": 0.5, "y": 0.5, "xref": axes["xaxis"], "yref": axes["yaxis"], "showarrow": False,
-                      "font": {"color": colour(status)}})
+        # a word, not a marker: no draw decided here, so a point on the u axis would mean nothing
         hover = (f"not reached: an earlier draft was rejected (its unused draw: {decision(trace, pos)})"
                  if status == "not_reached" and pos["u"] is not None else f"{status}: {decision(trace, pos)}")
-        data.append({"type": "scatter", **axes, "x": [0.5], "y": [0.0], "mode": "markers", "name": status,
-                     "marker": {"symbol": symbol(status), "size": 12, "color": colour(status)},
-                     "showlegend": False, "hovertext": hover, "hoverinfo": "text"})
+        notes.append(cell_note(axes, ("= argmax" if status == "accepted" else "not reached"
+                                      if status == "not_reached" else f"argmax: {label(trace, pos['target_token'])}"),
+                               status, hover))
         return
     data.append({"type": "bar", **axes, "x": [pos["ratio"]], "y": ["coin"], "orientation": "h",
                  "marker": {"color": colour(status)}, "opacity": 0.35, "name": "min(1, p/q): accept region",
@@ -145,7 +143,7 @@ def coin(data: list[dict], notes: list[dict], axes: dict, trace: Trace, pos: dic
                  "hovertext": f"{status}: {decision(trace, pos)}", "hoverinfo": "text"})
 
 
-def after(data: list[dict], g: Grid, trace: Trace, step: Step, col: int) -> None:
+def after(data: list[dict], notes: list[dict], g: Grid, trace: Trace, step: Step, col: int) -> None:
     """The last column: p after the whole draft (the bonus distribution); the coin row says its fate."""
     d = step.detail
     raw = is_greedy(trace)
@@ -159,13 +157,15 @@ def after(data: list[dict], g: Grid, trace: Trace, step: Step, col: int) -> None
                      "color": [colour("bonus") if used and t == d["next_token"] else "rgba(0,0,0,0)" for t in ids],
                      "width": 3}},
                  "hovertext": bar_hover(trace, ids, [v for _, v in top], "p"), "hoverinfo": "text"})
-    fate = (f"bonus: {label(trace, d['next_token'])}" if used else
+    fate = (f"\u2605 bonus: {label(trace, d['next_token'])}" if used else
             "ended at end-of-text" if d["next_token"] is None else "not reached")
-    data.append({"type": "scatter", **g.cell(2, col), "x": [0.5], "y": [0.0], "mode": "markers+text",
-                 "text": [fate], "textposition": "top center",
-                 "marker": {"symbol": symbol("bonus" if used else "not_reached"), "size": 12,
-                            "color": colour("bonus" if used else "not_reached")},
-                 "showlegend": False, "hovertext": fate, "hoverinfo": "text"})
+    notes.append(cell_note(g.cell(2, col), fate, "bonus" if used else "not_reached", fate))
+
+
+def cell_note(axes: dict, text: str, status: str, hover: str) -> dict:
+    """A word in the middle of a cell, in its status's colour, with hover text: where no coin was drawn."""
+    return {"text": text, "x": 0.5, "y": 0.5, "xref": f"{axes['xaxis']} domain", "yref": f"{axes['yaxis']} domain",
+            "showarrow": False, "font": {"color": colour(status)}, "hovertext": hover}
 
 
 # ----------------------------------------------------------------------------- side figure

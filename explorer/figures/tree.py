@@ -104,7 +104,7 @@ def draft_tree(trace: Trace, index: int) -> go.Figure:
         data.append({
             "type": "scatter", "x": [pos[m][0] for m in members], "y": [pos[m][1] for m in members],
             "mode": "markers" if status == "not_reached" and crowded else "markers+text",
-            "text": [shown(trace, token_of(step, m)) for m in members], "textposition": "top center",
+            "text": [node_label(trace, token_of(step, m)) for m in members], "textposition": "top center",
             "hovertext": hover, "hoverinfo": "text", "name": legend_name(status),
             # dim the marks of branches that lost, but keep their tokens readable
             "textfont": {"color": TEXT_COLOUR},
@@ -138,6 +138,13 @@ def hovered(trace: Trace, token_id: int) -> str:
 def shown(trace: Trace, token_id: int) -> str:
     """A token for a label on the figure, escaped like hover text."""
     return html.escape(show(token(trace, token_id)), quote=False)
+
+
+def node_label(trace: Trace, token_id: int) -> str:
+    """A node's label: its token, bold and in quotes when it has no letter or digit, since a lone comma or
+    full stop is a speck beside a marker."""
+    text = shown(trace, token_id)
+    return text if any(ch.isalnum() for ch in token(trace, token_id)) else f"<b>\u201c{text}\u201d</b>"
 
 
 def legend_name(status: str) -> str:
@@ -265,8 +272,13 @@ def chips(trace: Trace, index: int) -> list[Chip]:
     out = [Chip(t, "accepted", f"node {i}, p = {nodes[i]['p']:.3f}, q = {nodes[i]['q']:.3f}")
            for i, t in zip(d["accepted_path"], step.committed_ids)]
     if len(step.committed_ids) > len(d["accepted_path"]):
-        out += [Chip(n["token"], "rejected", f"node {n['id']}, rejected") for n in nodes
-                if n["status"] == "rejected" and n["parent"] == d["stop_node"]]
+        # the rejected siblings are alternatives for one position, not consecutive text: the first-ranked
+        # stands for them (struck through, as a rejected draft reads everywhere) and names the others
+        rejected = [n for n in nodes if n["status"] == "rejected" and n["parent"] == d["stop_node"]]
+        if rejected:
+            others = ", ".join(quoted(trace, n["token"]) for n in rejected[1:])
+            out.append(Chip(rejected[0]["token"], "rejected", f"node {rejected[0]['id']}, rejected"
+                            + (f"; also rejected at this position: {others}" if others else "")))
         out.append(Chip(d["final_token"], d["final_kind"], f"p = {d['final_p']:.3f}"))
     return out
 
