@@ -25,6 +25,7 @@ import torch
 
 from engines.acceptance import accepted_count, correction, greedy_accept, one_hot, ratio
 from engines.config import DecodeConfig, option
+from engines.drafters import HEAD_KINDS, describe, head_drafter
 from engines.lm import LM, KV
 from engines.sampling import Sampling, choose, probabilities, raw_probabilities, top
 from engines.trace import Step
@@ -37,7 +38,9 @@ TOP = 5
 class SpeculativeConfig(DecodeConfig):
     k: int = option(4, "tokens drafted per iteration (the starting value when the schedule is adaptive)", 1, MAX_K)
     drafter: str = option("model", "model: the draft model proposes; ngram: prompt lookup copies what followed "
-                                   "the text's last n-gram earlier in the prompt or output", choices=("model", "ngram"))
+                                   "the text's last n-gram earlier in the prompt or output; heads: Medusa heads on "
+                                   "the target's last hidden state (blockwise parallel decoding); eagle: the EAGLE-3 "
+                                   "head on the target's fused features", choices=("model", "ngram") + HEAD_KINDS)
     schedule: str = option("constant", "constant k, or adaptive: k + 2 after a fully accepted draft, k - 1 after a "
                                        "rejection (transformers' heuristic), within 1-16",
                            choices=("constant", "adaptive"))
@@ -64,6 +67,7 @@ def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: Sp
     s = cfg.sampling
     target_kv = target.new_kv()
     draft_kv = draft.new_kv() if cfg.drafter == "model" else None
+    heads = head_drafter(target, cfg.drafter) if cfg.drafter in HEAD_KINDS else None
     text = list(prompt_ids)
     k, produced, index = cfg.k, 0, 0
     while produced < cfg.max_new_tokens:
@@ -71,12 +75,16 @@ def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: Sp
         # never draft what the budget could not keep: n accepted + 1 more must fit
         k_now = min(k, cfg.max_new_tokens - produced - 1)
         draft_before = len(draft_kv) if draft_kv is not None else 0
-        proposal = propose(draft, draft_kv, text, k_now, cfg, rng, target.eos_ids)
+        proposal = propose(heads or draft, draft_kv, text, k_now, cfg, rng, target.eos_ids)
         draft_after = len(draft_kv) if draft_kv is not None else 0
 
         m, target_before = len(proposal.tokens), len(target_kv)
         fed = text[target_before:] + proposal.tokens
-        logits = target.forward(target_kv, fed)[-(m + 1):]
+        if heads is None:
+            logits = target.forward(target_kv, fed)[-(m + 1):]
+        else:   # the same forward also hands the heads its hidden states: no extra target forward
+            logits, features = target.forward_features(target_kv, fed, heads.layers)
+            logits = logits[-(m + 1):]
         target_after = len(target_kv)
         p = probabilities(logits, s)
         q = proposal.q if proposal.q is not None else one_hot(
@@ -96,6 +104,9 @@ def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: Sp
         target.crop(target_kv, len(text) + n)   # the cache keeps the committed text but the pending token
         if draft_kv is not None:
             draft.crop(draft_kv, min(len(draft_kv), len(text) + n))
+        if heads is not None:   # positions whose hidden states are now final: up to the last accepted draft
+            heads.begin()
+            heads.observe(features[:, :len(text) - target_before + n], target_before, text + committed)
         text += committed
         produced += len(committed)
         k_next = next_k(k, n, m, cfg.schedule)
@@ -104,6 +115,7 @@ def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: Sp
             "drafter": cfg.drafter, "k": k_now, "k_next": k_next, "schedule": cfg.schedule, "ended": ended,
             "target_cache": [target_before, target_after, len(target_kv)],
             "draft_cache": [draft_before, draft_after, len(draft_kv)] if draft_kv is not None else None,
+            "heads": describe(heads, verdict.choice.tolist()) if heads is not None else None,
         })
         final = ended or produced >= cfg.max_new_tokens
         yield Step(index, tuple(committed), target_forwards=1, draft_forwards=proposal.forwards, final=final,
@@ -126,13 +138,23 @@ def check_models(target: LM, draft: LM | None, cfg: SpeculativeConfig) -> None:
 
 # ----------------------------------------------------------------------------- drafting
 
-def propose(draft: LM | None, kv: KV | None, text: list[int], k: int, cfg: SpeculativeConfig,
+def propose(draft, kv: KV | None, text: list[int], k: int, cfg: SpeculativeConfig,
             rng: torch.Generator, stop_ids: frozenset[int]) -> Draft:
+    """`draft` is the draft model (model drafter) or the run's head drafter (heads, eagle)."""
     if k == 0:
         return Draft([])
     if cfg.drafter == "model":
         return draft_with_model(draft, kv, text, k, cfg.sampling, rng, stop_ids)
+    if cfg.drafter in HEAD_KINDS:
+        return draft_with_heads(draft, k, stop_ids)
     return draft_by_lookup(text, k, cfg.lookup_ngram, stop_ids)
+
+
+def draft_with_heads(heads, k: int, stop_ids: frozenset[int]) -> Draft:
+    """The heads' top choice at each of k positions (one-hot q); their own distributions are recorded as
+    q_raw. The head forwards that made them were counted when the heads observed the last verification."""
+    tokens, probs = heads.chain(k, stop_ids)
+    return Draft(tokens, q_raw=probs if tokens else None, forwards=heads.forwards)
 
 
 def draft_with_model(draft: LM, kv: KV, text: list[int], k: int, s: Sampling, rng: torch.Generator,

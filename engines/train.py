@@ -7,6 +7,8 @@
     python -m engines.train eval --candidates        # held-out figures of the fresh exports
     python -m engines.train publish tiny-draft       # copy an export that meets its figure into assets/models
     python -m engines.train eval                     # held-out figures -> assets/models/README.md
+    python -m engines.train features TARGET          # draft heads: the target's hidden states, cached once
+    python -m engines.train heads medusa|eagle TARGET --minutes 40   # see engines/train_heads.py
 
 Every command checkpoints under ~/.cache/parallel-decoding-explorer/train/ and resumes where it stopped. The held-out
 slice is the last 5% of every book; nothing here ever trains on it.
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from transformers import (AutoTokenizer, LlamaConfig, LlamaForCausalLM, ModernBertConfig,
                           ModernBertForMaskedLM)
 
-from engines import lm
+from engines import lm, train_heads
 
 CORPUS_DIR = lm.ASSETS / "corpus"
 WORK_DIR = lm.CACHE_DIR / "train"   # outside the work tree, so checkpoints outlive a fresh checkout
@@ -384,6 +386,16 @@ def models_readme(rows: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def add_schedule(parser: argparse.ArgumentParser, lr: float, steps: int, minutes: float) -> None:
+    """The flags every training command shares: batch, learning-rate schedule, time limit, checkpoints, seed."""
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--steps", type=int, default=steps, help="length of the learning-rate schedule")
+    parser.add_argument("--minutes", type=float, default=minutes)
+    parser.add_argument("--save-every", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m engines.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -397,13 +409,8 @@ def main(argv=None) -> None:
         c.add_argument("--layers", type=int, default=2)
         c.add_argument("--mlp", type=int, default=0)
         c.add_argument("--seq", type=int, default=WINDOW)
-        c.add_argument("--batch", type=int, default=8)
-        c.add_argument("--lr", type=float, default=3e-3)
-        c.add_argument("--steps", type=int, default=3000, help="length of the learning-rate schedule")
-        c.add_argument("--minutes", type=float, default=60)
         c.add_argument("--kd", type=float, default=0.0, help="weight of distillation from SmolLM2")
-        c.add_argument("--save-every", type=int, default=50)
-        c.add_argument("--seed", type=int, default=0)
+        add_schedule(c, lr=3e-3, steps=3000, minutes=60)
     sub.choices["masked"].add_argument("--window", type=int, default=32,
                                        help="attention window of every layer but the last (global)")
     sub.choices["masked"].add_argument("--init-embeddings", metavar="MODEL",
@@ -413,7 +420,18 @@ def main(argv=None) -> None:
                    help="evaluate the fresh exports under the training folder (before publishing them)")
     pub = sub.add_parser("publish", help="copy an export into assets/models/ (once it meets its figure)")
     pub.add_argument("name")
-    for s in (t, e, *[sub.choices[k] for k in ("causal", "masked")]):
+    f = sub.add_parser("features", help="cache a target's hidden states and top-k for training draft heads")
+    f.add_argument("target")
+    f.add_argument("--windows", type=int, default=2400, help="training windows of 256 tokens to cache")
+    f.add_argument("--dtype", default="bfloat16")
+    hd = sub.add_parser("heads", help="train Medusa heads or an EAGLE-3 head on cached features")
+    hd.add_argument("kind", choices=("medusa", "eagle"))
+    hd.add_argument("target")
+    hd.add_argument("--vocab", type=int, default=8192, help="draft vocabulary: the most frequent tokens")
+    add_schedule(hd, lr=2e-3, steps=4000, minutes=40)
+    he = sub.add_parser("heads-eval", help="held-out agreement of the trained heads with the target")
+    he.add_argument("target")
+    for s in (t, e, f, hd, he, *[sub.choices[k] for k in ("causal", "masked")]):
         s.add_argument("--threads", type=int, default=2)
         s.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
@@ -421,6 +439,12 @@ def main(argv=None) -> None:
         run_teacher(args)
     elif args.command in ("causal", "masked"):
         train(args, args.command)
+    elif args.command == "features":
+        train_heads.cache_features(args)
+    elif args.command == "heads":
+        train_heads.train_head(args)
+    elif args.command == "heads-eval":
+        print(json.dumps(train_heads.evaluate_heads(args.target), indent=1))
     elif args.command == "publish":
         shutil.copytree(WORK_DIR / args.name / "export", lm.MODELS_DIR / args.name, dirs_exist_ok=True)
         print(f"published {lm.MODELS_DIR / args.name}")

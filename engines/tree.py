@@ -28,6 +28,7 @@ import torch
 from engines import trees
 from engines.acceptance import one_hot, ratio, residual
 from engines.config import DecodeConfig, option
+from engines.drafters import HEAD_KINDS, describe, head_drafter
 from engines.lm import KV, LM
 from engines.sampling import probabilities, raw_probabilities, top
 from engines.trace import Step
@@ -36,6 +37,9 @@ from engines.trees import ROOT, Path
 
 @dataclass(frozen=True)
 class TreeConfig(DecodeConfig):
+    drafter: str = option("model", "what grows the tree: the draft model; heads: Medusa heads on the target's last "
+                                   "hidden state (each level one head's ranks); eagle: the EAGLE-3 head on the "
+                                   "target's fused features, one head forward per level", choices=("model",) + HEAD_KINDS)
     tree: str = option("dynamic", "the draft tree: 'dynamic' (EAGLE-2, grown by draft confidence) or a fixed shape",
                        choices=("dynamic",) + tuple(trees.SHAPES))
     tree_budget: int = option(16, "dynamic tree: nodes kept for the target to verify", 1, 64,
@@ -126,7 +130,8 @@ def most_confident(nodes: list[Node], budget: int) -> list[Node]:
 def grow(drafting: Drafting, committed: Sequence[int], cfg: TreeConfig, depth: int) -> tuple[list[Node], int]:
     """The iteration's draft tree in breadth-first order (at most `depth` deep), and how many drafted
     candidates the budget dropped."""
-    if depth < 1:
+    depth = min(depth, getattr(drafting, "max_depth", depth))
+    if depth < 1 or not getattr(drafting, "ready", True):   # heads draft from the first verification on
         return [], 0
     if cfg.tree == "dynamic":
         drafted = grow_dynamic(drafting, committed, min(depth, cfg.tree_depth), cfg.tree_topk)
@@ -138,14 +143,19 @@ def grow(drafting: Drafting, committed: Sequence[int], cfg: TreeConfig, depth: i
 
 # ----------------------------------------------------------------------------- verification
 
-def verify_forward(target: LM, kv: KV, pending: Sequence[int], paths: Sequence[Path],
-                   tokens: Sequence[int]) -> torch.Tensor:
+def verify_forward(target: LM, kv: KV, pending: Sequence[int], paths: Sequence[Path], tokens: Sequence[int],
+                   layers: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
     """ONE target forward over the pending tokens and every tree node. Returns logits [1 + nodes, vocab]:
-    row 0 after the root (the last pending token), row i + 1 after node i."""
+    row 0 after the root (the last pending token), row i + 1 after node i; and, when `layers` are asked
+    for (head drafters), the hidden states of every fed row [layers, pending + nodes, d]."""
     k = len(pending)
     mask = trees.behind(k, trees.attend(paths))
     depths = list(range(k)) + [k - 1 + d for d in trees.depths(paths)]
-    return target.forward(kv, list(pending) + list(tokens), depths=depths, attend=mask)[k - 1:]
+    ids = list(pending) + list(tokens)
+    if not layers:
+        return target.forward(kv, ids, depths=depths, attend=mask)[k - 1:], None
+    logits, features = target.forward_features(kv, ids, layers, depths=depths, attend=mask)
+    return logits[k - 1:], features
 
 
 @dataclass(frozen=True)
@@ -249,24 +259,26 @@ def verify_one(parent_of: Sequence[int], tokens: Sequence[int], p: torch.Tensor,
 
 def tree(target: LM, draft: LM, prompt_ids: Sequence[int], cfg: TreeConfig, rng: torch.Generator) -> Iterator[Step]:
     """Tree speculative decoding; one Step per draft-tree-and-verify iteration."""
-    target_kv, draft_kv = target.new_kv(), draft.new_kv()
+    heads = head_drafter(target, cfg.drafter) if cfg.drafter in HEAD_KINDS else None
+    target_kv, draft_kv = target.new_kv(), (draft.new_kv() if heads is None else None)
     committed, pending, produced, index = list(prompt_ids), list(prompt_ids), 0, 0
     while produced < cfg.max_new_tokens:
         start = perf_counter()
         # never draft past the budget: the deepest path plus the target's own token fill it exactly
-        drafting = Drafting(draft, draft_kv, len(committed))
+        drafting = Drafting(draft, draft_kv, len(committed)) if heads is None else heads
         nodes, dropped = grow(drafting, committed, cfg, cfg.max_new_tokens - produced - 1)
         paths, tokens = [n.path for n in nodes], [n.token for n in nodes]
         parent_of = trees.parents(paths)
-        logits = verify_forward(target, target_kv, pending, paths, tokens)
+        logits, features = verify_forward(target, target_kv, pending, paths, tokens, heads.layers if heads else ())
         p = probabilities(logits, cfg.sampling)
         p_raw = raw_probabilities(logits)
         outcome = (verify_greedy(parent_of, tokens, p) if cfg.sampling.greedy
                    else verify_one(parent_of, tokens, p, rng))
         new = until_eos([tokens[i] for i in outcome.path] + [outcome.final], target.eos_ids)
         target.keep(target_kv, len(committed), outcome.path)
-        if nodes:
+        if nodes and heads is None:
             draft.keep(draft_kv, len(committed), [nodes[i].row for i in outcome.path if nodes[i].row is not None])
+        draft_forwards = drafting.forwards
         stop = outcome.path[-1] if outcome.path else ROOT
         resampled = bool(trees.children(parent_of)[stop])   # the stop node had children and all were rejected
         detail = {
@@ -281,14 +293,20 @@ def tree(target: LM, draft: LM, prompt_ids: Sequence[int], cfg: TreeConfig, rng:
             "stop_top": top(p[stop + 1], 5), "stop_raw_top": top(p_raw[stop + 1], 5),
             "eos_cut": len(new) < len(outcome.path) + 1,
         }
+        if heads is not None:   # recorded before the heads read this verification's hidden states
+            detail["heads"] = describe(heads, [outcome.final])
         if outcome.residual is not None and resampled:
             detail["residual_top"] = top(outcome.residual, 5)
+        if heads is not None:   # the pending rows and the accepted path are final: the heads read them
+            rows = list(range(len(pending))) + [len(pending) + i for i in outcome.path[:len(new) - 1]]
+            heads.begin()
+            heads.observe(features[:, rows], len(committed) - len(pending), committed + new)
         tokens_fed = len(pending) + len(nodes)
         committed += new
         pending, produced = [new[-1]], produced + len(new)
         detail["cache_len"] = len(target_kv)
         final = new[-1] in target.eos_ids or produced >= cfg.max_new_tokens
-        yield Step(index, tuple(new), target_forwards=1, draft_forwards=drafting.forwards, tokens_fed=tokens_fed,
+        yield Step(index, tuple(new), target_forwards=1, draft_forwards=draft_forwards, tokens_fed=tokens_fed,
                    wall_s=perf_counter() - start, final=final, detail=detail)
         index += 1
         if final:
