@@ -56,6 +56,9 @@ def check(f: dataclasses.Field, value: Any) -> None:
         raise ValueError(f"{label} must be one of {', '.join(m['choices'])}, not '{value}'.")
     if f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int)):
         raise ValueError(f"{label} must be a whole number, not {value!r}.")
+    # a string or a bool sent where a number belongs (raw HTTP) must not reach the range comparison below
+    if f.type in ("float", float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"{label} must be a number, not {value!r}.")
     if m.get("low") is not None and not (m["low"] <= value <= m["high"]):
         raise ValueError(f"{label} must be between {number(m['low'])} and {number(m['high'])}, not {number(value)}.")
 
