@@ -89,3 +89,26 @@ def pick(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     cdf = cdf / cdf[..., -1:]           # rounding must not leave the last bucket short of 1
     index = torch.searchsorted(cdf, u.unsqueeze(-1).to(cdf.dtype).contiguous()).squeeze(-1)
     return index.clamp(max=probs.shape[-1] - 1)
+
+
+# ----------------------------------------------------------------------------- typical acceptance (lossy)
+# Medusa-2 (Cai et al. 2024, arXiv 2401.10774, section 2.3.1): keep a drafted x when the target finds it
+# plausible enough, p(x) > min(epsilon, delta * exp(-H(p))), with no uniform draw and no residual. It keeps
+# more drafts than the exact rule and its output is NOT distributed as the target's sampling. Under greedy
+# the processed p is one-hot, so H(p) = 0, the threshold is min(epsilon, delta) < 1 and only the argmax passes:
+# typical acceptance then equals greedy verification.
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """H(p) = -sum p log p in nats over the last dim (0 log 0 = 0)."""
+    return -torch.special.xlogy(p, p).sum(-1)
+
+
+def typical_threshold(p: torch.Tensor, epsilon: float, delta: float) -> torch.Tensor:
+    """min(epsilon, delta * exp(-H(p))) for each distribution p [..., V]: a peaked p asks for more."""
+    return torch.clamp(delta * torch.exp(-entropy(p)), max=epsilon)
+
+
+def typical_accept(p: torch.Tensor, x: torch.Tensor, epsilon: float, delta: float) -> torch.Tensor:
+    """Per drafted token: does p(x) exceed the typical threshold? p [..., V], x [...] -> bool [...]."""
+    px = p.gather(-1, x.unsqueeze(-1)).squeeze(-1)
+    return px > typical_threshold(p, epsilon, delta)

@@ -48,6 +48,27 @@ class DecodeConfig(Checked):
         return Sampling(self.temperature, self.top_k, self.top_p)
 
 
+def acceptance_option() -> Any:
+    return option("exact", "exact: the lossless rule (u <= min(1, p/q), residual at a rejection); typical: "
+                           "Medusa-2's typical acceptance, keep x when p(x) > min(epsilon, delta * exp(-H(p))), "
+                           "LOSSY: more tokens kept, output no longer distributed as the target's",
+                  choices=("exact", "typical"))
+
+
+def epsilon_option() -> Any:
+    return option(0.09, "typical acceptance: the threshold's ceiling epsilon", 0.01, 0.99, label="typical epsilon")
+
+
+def delta_option() -> Any:
+    return option(0.3, "typical acceptance: delta, scaling exp(-H(p)) in the threshold", 0.01, 0.99,
+                  label="typical delta")
+
+
+def typical_of(cfg: Any) -> tuple[float, float] | None:
+    """(epsilon, delta) of a config set to typical acceptance; None under the exact rule."""
+    return (cfg.typical_epsilon, cfg.typical_delta) if getattr(cfg, "acceptance", "exact") == "typical" else None
+
+
 def check(f: dataclasses.Field, value: Any) -> None:
     """Raise ValueError with one sentence when a setting is out of its range."""
     m = f.metadata

@@ -23,8 +23,9 @@ from typing import Iterator, Sequence
 
 import torch
 
-from engines.acceptance import accepted_count, correction, greedy_accept, one_hot, ratio
-from engines.config import DecodeConfig, option
+from engines.acceptance import (accepted_count, correction, entropy, greedy_accept, one_hot, ratio,
+                                typical_accept, typical_threshold)
+from engines.config import DecodeConfig, acceptance_option, delta_option, epsilon_option, option, typical_of
 from engines.drafters import HEAD_KINDS, describe, head_drafter
 from engines.lm import LM, KV
 from engines.sampling import Sampling, choose, probabilities, raw_probabilities, top
@@ -46,6 +47,9 @@ class SpeculativeConfig(DecodeConfig):
                            choices=("constant", "adaptive"))
     lookup_ngram: int = option(3, "longest n-gram prompt lookup tries to match (ngram drafter)", 1, 8,
                                label="lookup n-gram")
+    acceptance: str = acceptance_option()
+    typical_epsilon: float = epsilon_option()
+    typical_delta: float = delta_option()
 
 
 @dataclass
@@ -89,14 +93,15 @@ def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: Sp
         p = probabilities(logits, s)
         q = proposal.q if proposal.q is not None else one_hot(
             torch.tensor(proposal.tokens, dtype=torch.long, device=p.device), p.shape[-1], like=p)
-        verdict = verify(p, q, proposal.tokens, s, rng)
+        verdict = verify(p, q, proposal.tokens, s, rng, typical=typical_of(cfg))
         n = verdict.accepted
 
         committed = proposal.tokens[:n]
         ended = bool(committed) and committed[-1] in target.eos_ids  # an accepted EOS ends the text: no bonus
         next_token, dist = None, None
         if not ended:
-            dist = correction(p, q, torch.tensor(n, device=p.device))
+            # typical acceptance draws the next token from p itself (Medusa-2), not from the residual
+            dist = p[n] if cfg.acceptance == "typical" else correction(p, q, torch.tensor(n, device=p.device))
             next_token = choose(dist, s, rng)
             committed = committed + [next_token]
             ended = next_token in target.eos_ids
@@ -112,7 +117,8 @@ def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: Sp
         k_next = next_k(k, n, m, cfg.schedule)
         detail = record(p, logits, q, proposal, verdict, next_token, dist)
         detail.update({
-            "drafter": cfg.drafter, "k": k_now, "k_next": k_next, "schedule": cfg.schedule, "ended": ended,
+            "drafter": cfg.drafter, "acceptance": cfg.acceptance, "k": k_now, "k_next": k_next,
+            "schedule": cfg.schedule, "ended": ended,
             "target_cache": [target_before, target_after, len(target_kv)],
             "draft_cache": [draft_before, draft_after, len(draft_kv)] if draft_kv is not None else None,
             "heads": describe(heads, verdict.choice.tolist()) if heads is not None else None,
@@ -203,13 +209,23 @@ class Verdict:
     choice: torch.Tensor                # [m+1] the target's argmax at every position
     u: torch.Tensor | None = None       # [m] uniforms in (0, 1]; None under greedy (no draws)
     ratios: torch.Tensor | None = None  # [m] min(1, p/q); None under greedy
+    threshold: torch.Tensor | None = None  # [m] typical acceptance: min(epsilon, delta * exp(-H(p)))
+    entropy: torch.Tensor | None = None    # [m] typical acceptance: H(p) in nats
 
 
-def verify(p: torch.Tensor, q: torch.Tensor, tokens: list[int], s: Sampling, rng: torch.Generator) -> Verdict:
+def verify(p: torch.Tensor, q: torch.Tensor, tokens: list[int], s: Sampling, rng: torch.Generator,
+           typical: tuple[float, float] | None = None) -> Verdict:
     """How many drafts the target keeps. Greedy: while each equals the target's argmax.
-    Sampling: while u_i <= min(1, p_i(x_i)/q_i(x_i)) (Leviathan et al. 2023, Algorithm 1)."""
+    Sampling: while u_i <= min(1, p_i(x_i)/q_i(x_i)) (Leviathan et al. 2023, Algorithm 1).
+    Typical (epsilon, delta): while p_i(x_i) > min(epsilon, delta * exp(-H(p_i))), no draw (lossy); under
+    greedy p is one-hot, so this keeps exactly the argmax, as greedy verification does."""
     x = torch.tensor(tokens, dtype=torch.long, device=p.device)
     choice = p.argmax(-1)
+    if typical is not None:
+        rows = p[:len(tokens)]
+        keep = typical_accept(rows, x, *typical)
+        return Verdict(int(accepted_count(keep)), choice, threshold=typical_threshold(rows, *typical),
+                       entropy=entropy(rows))
     if s.greedy:
         return Verdict(int(greedy_accept(x, choice)), choice)
     # drawn in (0, 1] so that u <= 0 can never keep a token the target rules out
@@ -232,6 +248,7 @@ def record(p: torch.Tensor, logits: torch.Tensor, q: torch.Tensor, proposal: Dra
         if proposal.q_raw is not None else [None] * m
     u = verdict.u.tolist() if verdict.u is not None else [None] * m
     r = verdict.ratios.tolist() if verdict.ratios is not None else [None] * m
+    typical = verdict.threshold is not None
     choice = verdict.choice.tolist()
     p_top, q_top, p_raw_top = top_rows(p), top_rows(q), top_rows(p_raw)
     q_raw_top = top_rows(proposal.q_raw) if proposal.q_raw is not None else [None] * m
@@ -243,6 +260,8 @@ def record(p: torch.Tensor, logits: torch.Tensor, q: torch.Tensor, proposal: Dra
             "p_raw": px_raw[i], "q_raw": qx_raw[i], "target_token": choice[i],
             "p_top": p_top[i], "q_top": q_top[i], "p_raw_top": p_raw_top[i], "q_raw_top": q_raw_top[i],
         })
+        if typical:   # the lossy rule's numbers: accepted when p > threshold
+            positions[-1].update(threshold=float(verdict.threshold[i]), entropy=float(verdict.entropy[i]))
     detail = {
         "draft_tokens": list(proposal.tokens), "accepted": n, "positions": positions,
         "bonus_p_top": p_top[m], "bonus_p_raw_top": p_raw_top[m],

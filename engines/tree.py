@@ -26,11 +26,11 @@ from typing import Iterator, Sequence
 import torch
 
 from engines import trees
-from engines.acceptance import one_hot, ratio, residual
-from engines.config import DecodeConfig, option
+from engines.acceptance import entropy, one_hot, ratio, residual, typical_accept, typical_threshold
+from engines.config import DecodeConfig, acceptance_option, delta_option, epsilon_option, option, typical_of
 from engines.drafters import HEAD_KINDS, describe, head_drafter
 from engines.lm import KV, LM
-from engines.sampling import probabilities, raw_probabilities, top
+from engines.sampling import Sampling, choose, probabilities, raw_probabilities, top
 from engines.trace import Step
 from engines.trees import ROOT, Path
 
@@ -47,6 +47,9 @@ class TreeConfig(DecodeConfig):
     tree_depth: int = option(4, "dynamic tree: levels drafted, one draft forward each", 1, 8, label="tree depth")
     tree_topk: int = option(3, "dynamic tree: children per expanded node, and nodes expanded per level", 1, 8,
                             label="tree top-k")
+    acceptance: str = acceptance_option()
+    typical_epsilon: float = epsilon_option()
+    typical_delta: float = delta_option()
 
 
 # ----------------------------------------------------------------------------- drafting
@@ -243,6 +246,30 @@ def verify_greedy(parent_of: Sequence[int], tokens: Sequence[int], p: torch.Tens
     return Outcome(path, want, tested, [None] * len(tokens), [None] * len(tokens))
 
 
+def verify_typical(parent_of: Sequence[int], tokens: Sequence[int], p: torch.Tensor, typical: tuple[float, float],
+                   s: Sampling, rng: torch.Generator) -> Outcome:
+    """Medusa-2's typical acceptance over a tree (lossy): a node passes when p(x) at its parent exceeds
+    min(epsilon, delta * exp(-H(p))); the deepest node whose whole path passes wins (the first in breadth-first
+    order on a tie), and the target's next token is chosen from p at it, not from a residual. Under greedy p is
+    one-hot, only the argmax passes, and this is greedy verification."""
+    n = len(tokens)
+    rows = torch.tensor([parent + 1 for parent in parent_of], dtype=torch.long, device=p.device)
+    passes = typical_accept(p[rows], torch.tensor(list(tokens), dtype=torch.long, device=p.device), *typical).tolist()
+    ok, depth = [False] * n, [0] * n
+    for i in range(n):   # breadth-first: a parent is settled before its children
+        parent = parent_of[i]
+        ok[i] = passes[i] and (parent == ROOT or ok[parent])
+        depth[i] = 1 + (depth[parent] if parent != ROOT else 0)
+    best = max((i for i in range(n) if ok[i]), key=lambda i: (depth[i], -i), default=ROOT)
+    path, node = [], best
+    while node != ROOT:
+        path.append(node)
+        node = parent_of[node]
+    on_path = {ROOT, *path}
+    tested = [parent_of[i] in on_path for i in range(n)]
+    return Outcome(path[::-1], choose(p[best + 1], s, rng), tested, [None] * n, [None] * n)
+
+
 def verify_one(parent_of: Sequence[int], tokens: Sequence[int], p: torch.Tensor, rng: torch.Generator) -> Outcome:
     """Sampling verification of one tree (one run of verify_sampled), as the engine records it."""
     v = verify_sampled(parent_of, tokens, p, rng)
@@ -272,7 +299,9 @@ def tree(target: LM, draft: LM, prompt_ids: Sequence[int], cfg: TreeConfig, rng:
         logits, features = verify_forward(target, target_kv, pending, paths, tokens, heads.layers if heads else ())
         p = probabilities(logits, cfg.sampling)
         p_raw = raw_probabilities(logits)
-        outcome = (verify_greedy(parent_of, tokens, p) if cfg.sampling.greedy
+        typical = typical_of(cfg)
+        outcome = (verify_typical(parent_of, tokens, p, typical, cfg.sampling, rng) if typical
+                   else verify_greedy(parent_of, tokens, p) if cfg.sampling.greedy
                    else verify_one(parent_of, tokens, p, rng))
         new = until_eos([tokens[i] for i in outcome.path] + [outcome.final], target.eos_ids)
         target.keep(target_kv, len(committed), outcome.path)
@@ -282,8 +311,8 @@ def tree(target: LM, draft: LM, prompt_ids: Sequence[int], cfg: TreeConfig, rng:
         stop = outcome.path[-1] if outcome.path else ROOT
         resampled = bool(trees.children(parent_of)[stop])   # the stop node had children and all were rejected
         detail = {
-            "tree": cfg.tree, "root_token": committed[-1], "pending_ids": list(pending),
-            "nodes": node_records(nodes, outcome, p, p_raw), "dropped": dropped,
+            "tree": cfg.tree, "acceptance": cfg.acceptance, "root_token": committed[-1], "pending_ids": list(pending),
+            "nodes": node_records(nodes, outcome, p, p_raw, typical), "dropped": dropped,
             "mask": trees.behind(1, trees.attend(paths)).int().tolist(),
             "positions": [len(committed) - 1] + trees.positions(paths, len(committed) - 1),
             "accepted_path": list(outcome.path), "accepted_length": min(len(outcome.path), len(new)),
@@ -321,10 +350,14 @@ def until_eos(ids: list[int], eos_ids: frozenset[int]) -> list[int]:
     return ids
 
 
-def node_records(nodes: list[Node], outcome: Outcome, p: torch.Tensor, p_raw: torch.Tensor) -> list[dict]:
-    """Every node with its numbers and its fate: accepted, rejected (tested and refused) or not reached."""
+def node_records(nodes: list[Node], outcome: Outcome, p: torch.Tensor, p_raw: torch.Tensor,
+                 typical: tuple[float, float] | None = None) -> list[dict]:
+    """Every node with its numbers and its fate: accepted, rejected (tested and refused) or not reached; under
+    typical acceptance also the threshold at its parent and H(p) there."""
     parent_of = trees.parents([n.path for n in nodes])
     accepted = set(outcome.path)
+    if typical:
+        thresholds, entropies = typical_threshold(p, *typical).tolist(), entropy(p).tolist()
     rows = []
     for i, n in enumerate(nodes):
         row = {"id": i, "parent": parent_of[i], "token": n.token, "depth": len(n.path), "rank": n.path[-1],
@@ -335,5 +368,8 @@ def node_records(nodes: list[Node], outcome: Outcome, p: torch.Tensor, p_raw: to
                "expanded": n.row is not None}
         if outcome.u[i] is not None:
             row["u"], row["ratio"] = round(outcome.u[i], 6), round(outcome.ratio[i], 6)
+        if typical:
+            row["threshold"] = round(thresholds[parent_of[i] + 1], 6)
+            row["entropy"] = round(entropies[parent_of[i] + 1], 6)
         rows.append(row)
     return rows

@@ -146,7 +146,7 @@ def speculative_step(rnd: random.Random, index: int, *, k: int, drafted: int, ac
                        "next_top": one_hot_top(after) if greedy else top(rnd, after, rnd.randint(1, 5)),
                        "next_raw_p": prob(rnd)})
     cached = prompt_len - 1 + produced
-    detail.update({"drafter": drafter, "k": k, "k_next": next_k(k, accepted, drafted, schedule),
+    detail.update({"drafter": drafter, "acceptance": "exact", "k": k, "k_next": next_k(k, accepted, drafted, schedule),
                    "schedule": schedule, "ended": ended,
                    "target_cache": [cached, cached + 1 + drafted, cached + accepted + 1],
                    "draft_cache": ([cached, cached + drafted, cached + min(drafted, accepted + 1)]
@@ -259,7 +259,7 @@ def tree_step(rnd: random.Random, index: int, *, shape: str, budget: int, depth:
     root_position = committed_len - 1
     pending = list(range(10, 10 + committed_len)) if index == 0 else [word(rnd)]
     detail = {
-        "tree": shape, "root_token": pending[-1], "pending_ids": pending, "nodes": nodes, "dropped": dropped,
+        "tree": shape, "acceptance": "exact", "root_token": pending[-1], "pending_ids": pending, "nodes": nodes, "dropped": dropped,
         "mask": trees.behind(1, trees.attend(paths)).int().tolist(),
         "positions": [root_position] + trees.positions(paths, root_position),
         "accepted_path": path, "accepted_length": min(len(path), len(new)), "stop_node": stop,

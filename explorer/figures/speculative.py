@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 
 from engines.speculative import acceptance_rate
 from engines.trace import Step, Trace
+from explorer.figures import heads
 from explorer.figures.common import (DRAFT_COLOUR, TARGET_COLOUR, Chip, Grid, View, colour, empty, figure, grid,
                                      quoted, show, symbol, token)
 
@@ -64,8 +65,17 @@ def bar_hover(trace: Trace, ids: list[int], values: list[float | None], who: str
             for t, v in zip(ids, values)]
 
 
+def is_typical(d: dict) -> bool:
+    """Typical acceptance (lossy); traces recorded before the setting existed used the exact rule."""
+    return d.get("acceptance", "exact") == "typical"
+
+
 def decision(trace: Trace, pos: dict) -> str:
     """One position's verdict as a phrase with its numbers."""
+    if pos.get("threshold") is not None:
+        sign = ">" if pos["p"] > pos["threshold"] else "<="
+        return (f"typical: p = {num(pos['p'])} {sign} min(ε, δ·exp(-H)) = {num(pos['threshold'])}, "
+                f"H(p) = {pos['entropy']:.2f} nats")
     if pos["u"] is None:   # greedy
         if pos["token"] == pos["target_token"]:
             return f"it is the target's argmax (raw p = {num(pos['p_raw'])})"
@@ -124,6 +134,9 @@ def draft_check(trace: Trace, index: int) -> go.Figure:
 def coin(data: list[dict], notes: list[dict], axes: dict, trace: Trace, pos: dict, first: bool) -> None:
     """A drafted position's coin row: u against min(1, p/q), or, where no draw decided, a word."""
     status = pos["status"]
+    if pos.get("threshold") is not None and status != "not_reached" and not is_greedy(trace):
+        typical_coin(data, axes, trace, pos, first)
+        return
     if pos["u"] is None or status == "not_reached":   # greedy, or a draw the cut draft never used
         # a word, not a marker: no draw decided here, so a point on the u axis would mean nothing
         hover = (f"not reached: an earlier draft was rejected (its unused draw: {decision(trace, pos)})"
@@ -140,6 +153,20 @@ def coin(data: list[dict], notes: list[dict], axes: dict, trace: Trace, pos: dic
                  "marker": {"symbol": symbol(status), "size": 13, "color": colour(status),
                             "line": {"color": COIN, "width": 1}},
                  "name": "u, the uniform draw", "legendgroup": "u", "showlegend": first,
+                 "hovertext": f"{status}: {decision(trace, pos)}", "hoverinfo": "text"})
+
+
+def typical_coin(data: list[dict], axes: dict, trace: Trace, pos: dict, first: bool) -> None:
+    """Typical acceptance draws no coin: p(x) against the threshold, kept when it lies beyond the bar."""
+    status = pos["status"]
+    data.append({"type": "bar", **axes, "x": [pos["threshold"]], "y": ["coin"], "orientation": "h",
+                 "marker": {"color": colour("rejected")}, "opacity": 0.35, "legendgroup": "threshold",
+                 "name": "typical threshold min(ε, δ·exp(-H)): refused below", "showlegend": first,
+                 "hoverinfo": "text", "hovertext": f"refused when p <= {pos['threshold']:.4f}"})
+    data.append({"type": "scatter", **axes, "x": [pos["p"]], "y": ["coin"], "mode": "markers",
+                 "marker": {"symbol": symbol(status), "size": 13, "color": colour(status),
+                            "line": {"color": COIN, "width": 1}},
+                 "name": "p(x), the target's probability", "legendgroup": "px", "showlegend": first,
                  "hovertext": f"{status}: {decision(trace, pos)}", "hoverinfo": "text"})
 
 
@@ -238,6 +265,8 @@ def next_title(trace: Trace, d: dict) -> str:
             "Bonus token: the target's argmax after the draft"
     if is_greedy(trace):
         return "Correction: the target's argmax at the rejection"
+    if is_typical(d):
+        return "Typical acceptance: p itself at the rejection (no residual: lossy)"
     return "Residual norm(max(0, p - q)) at the rejection"
 
 
@@ -262,7 +291,8 @@ def next_bars(data: list[dict], notes: list[dict], axes: dict, trace: Trace, d: 
         name = "p, target (temperature 1)"
     else:
         source = d["next_top"]
-        name = "residual norm(max(0, p - q))" if rejected else "p after the draft"
+        name = ("p at the rejection (typical)" if is_typical(d) else "residual norm(max(0, p - q))") \
+            if rejected else "p after the draft"
     source = with_next(source, d, raw)
     ids = [t for t, _ in source]
     values = dict(source)
@@ -288,6 +318,8 @@ def listing(trace: Trace, ids: list[int]) -> str:
 
 def drafted_sentence(trace: Trace, d: dict) -> str:
     tokens = d["draft_tokens"]
+    if d["drafter"] == "typed":
+        return f"You proposed {plural(len(tokens), 'token')}: {listing(trace, tokens)} (a one-hot q)."
     if d["drafter"] == "ngram":
         look = d["lookup"]
         if d["k"] == 0:
@@ -299,8 +331,9 @@ def drafted_sentence(trace: Trace, d: dict) -> str:
                 f"(seen earlier at position {look['match_at']}) and proposed what followed it: "
                 f"{listing(trace, tokens)}.")
     if not tokens:
-        return "Only one token was left in the budget, so nothing was drafted."
-    return f"The draft proposed {plural(len(tokens), 'token')}: {listing(trace, tokens)}."
+        return "Only one token was left in the budget, so nothing was drafted." if d["k"] == 0 else ""
+    who = heads.head_name(d).capitalize() if d.get("heads") else "The draft"
+    return f"{who} proposed {plural(len(tokens), 'token')}: {listing(trace, tokens)}."
 
 
 def next_probability(trace: Trace, d: dict) -> str:
@@ -320,6 +353,7 @@ def verdict_sentence(trace: Trace, d: dict) -> str:
         p = rejected[0]
         verb = "then rejected" if kept else "The target rejected"
         how = ("took its own argmax" if is_greedy(trace) else
+               "drew from p itself, as typical acceptance does" if is_typical(d) else
                "drew from the residual max(0, p - q), renormalised")
         parts.append(f"{verb} {quoted(trace, p['token'])} ({decision(trace, p)}) and {how}: "
                      f"{quoted(trace, d['next_token'])} ({next_probability(trace, d)})")
@@ -345,18 +379,25 @@ def words(trace: Trace, index: int) -> str:
     committed = len(s.committed_ids)
     tc, dc = d["target_cache"], d["draft_cache"]
     text = " ".join(x for x in (drafted_sentence(trace, d), verdict_sentence(trace, d)) if x)
+    drafted_by = "head forward" if d.get("heads") else "draft forward"
     text += (f" {plural(committed, 'token')} for 1 target forward"
-             f"{' and ' + plural(s.draft_forwards, 'draft forward') if s.draft_forwards else ''}, "
+             f"{' and ' + plural(s.draft_forwards, drafted_by) if s.draft_forwards else ''}, "
              f"{s.wall_s * 1000:.0f} ms.")
     text += f" The target read {plural(s.tokens_fed, 'token')} (cache {tc[0]} → {tc[1]}, cropped to {tc[2]})"
     text += f"; the draft's cache went {dc[0]} → {dc[1]} → {dc[2]}." if dc else "."
+    if is_typical(d):
+        text += (" Typical acceptance (Medusa-2) keeps x when p(x) > min(ε, δ·exp(-H(p))), with no coin and no "
+                 "residual: it is lossy, so sampled output is not distributed as the target's" +
+                 (" (under greedy p is one-hot, so only the argmax passes and it equals greedy)." if is_greedy(trace)
+                  else "."))
     if d["schedule"] == "adaptive" and not d["ended"]:
         text += f" Adaptive schedule: k = {d['k_next']} next."
     r = running(trace, index)
     if r.alpha[-1] is not None:
         text += (f" So far α = {r.alpha[-1]:.2f}: {r.measured[-1]:.2f} tokens per target forward, against "
                  f"{r.expected[-1]:.2f} expected from (1 - α^(k+1)) / (1 - α).")
-    return text
+    said = heads.words(trace, index, heads.CHAIN)
+    return f"{text}\n\n{said}" if said else text
 
 
 def chips(trace: Trace, index: int) -> list[Chip]:
@@ -368,7 +409,7 @@ def chips(trace: Trace, index: int) -> list[Chip]:
 
 
 VIEW = View(
-    main=draft_check, side=next_token_and_stats, words=words, chips=chips,
+    main=draft_check, side=next_token_and_stats, words=words, chips=chips, drafter=heads.for_speculative,
     fields=("draft_tokens", "accepted", "positions", "bonus_p_top", "bonus_p_raw_top", "lookup", "next_token",
             "next_kind", "next_p", "next_top", "drafter", "k", "k_next", "schedule", "ended", "target_cache",
             "draft_cache"),

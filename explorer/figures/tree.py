@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 
 from engines import trees
 from engines.trace import Step, Trace
+from explorer.figures import heads
 from explorer.figures.common import (GRID_COLOUR, TARGET_COLOUR, TEXT_COLOUR, Chip, View, colour, empty, figure,
                                      quoted, show, symbol, token)
 
@@ -53,6 +54,8 @@ def node_hover(trace: Trace, step: Step, n: dict) -> str:
     if "u" in n:
         sign = "<=" if n["status"] == "accepted" else ">"
         lines.append(f"u = {n['u']:.4f} {sign} accept probability {n['ratio']:.4f}")
+    if "threshold" in n:
+        lines.append(f"typical threshold min(ε, δ·exp(-H)) = {n['threshold']:.4f}, H(p) = {n['entropy']:.3f} nats")
     if n["status"] == "rejected" and taken is not None:
         lines.append(f"rejected: the target took {hovered(trace, taken)} here")
     elif n["status"] == "not_reached":
@@ -93,7 +96,9 @@ def draft_tree(trace: Trace, index: int) -> go.Figure:
         members = [n for n in nodes if n["status"] == status]
         groups.append((status, [n["id"] for n in members], [node_hover(trace, step, n) for n in members]))
     final_hover = (f"{legend_name(d['final_kind'])}: the target's own token {hovered(trace, d['final_token'])} "
-                   f"(id {d['final_token']})<br>p = {d['final_p']:.4f}; raw p = {d['final_p_raw']:.4f}")
+                   f"(id {d['final_token']})<br>p = {d['final_p']:.4f}; raw p = {d['final_p_raw']:.4f}"
+                   + ("<br>outside the draft vocabulary: no head could ever have drafted it"
+                      if d.get("heads") and d["heads"]["target_in_vocab"] == [False] else ""))
     groups.append((d["final_kind"], [FINAL], [final_hover]))
     leaves = sum(1 for m in g if g.out_degree(m) == 0)
     crowded = leaves > CROWDED      # then unreached nodes lose their text labels (hover keeps them)
@@ -193,20 +198,28 @@ def words(trace: Trace, index: int) -> str:
     shape = "dynamic (EAGLE-2)" if d["tree"] == "dynamic" else f"'{d['tree']}'"
     if not nodes:
         p = d["final_p_raw"] if not trace.config.get("temperature", 0) else d["final_p"]
-        parts = [f"Only one token was left to generate, so no tree was drafted: one target forward read the "
+        why = ("The heads draft from a verification forward's hidden states and none had run yet" if d.get("heads")
+               and step.index == 0 else "Only one token was left to generate")
+        parts = [f"{why}, so no tree was drafted: one target forward read the "
                  f"{len(d['pending_ids'])} pending token{'s' if len(d['pending_ids']) != 1 else ''} and chose "
                  f"{quoted(trace, d['final_token'])} (p = {p:.3g})."]
     else:
         dropped = f"; the budget dropped {d['dropped']} less confident candidates" if d["dropped"] else ""
-        parts = [f"The draft grew a {shape} tree of {len(nodes)} node{'s' if len(nodes) != 1 else ''}, {depth} deep, "
-                 f"in {step.draft_forwards} draft forward{'s' if step.draft_forwards != 1 else ''}{dropped}.",
+        who, unit = (heads.head_name(d).capitalize(), "head") if d.get("heads") else ("The draft", "draft")
+        parts = [f"{who} grew a {shape} tree of {len(nodes)} node{'s' if len(nodes) != 1 else ''}, {depth} deep, "
+                 f"in {step.draft_forwards} {unit} forward{'s' if step.draft_forwards != 1 else ''}{dropped}.",
                  f"One target forward read {step.tokens_fed} tokens ({len(d['pending_ids'])} pending + "
                  f"{len(nodes)} nodes) under the tree mask, each node at position root + depth.",
                  won(trace, step), failures(trace, step)]
     n = len(step.committed_ids)
     parts.append(f"{n} token{'s' if n != 1 else ''} for 1 target forward ({step.wall_s * 1000:.0f} ms).")
+    if d.get("acceptance") == "typical":
+        parts.append("Typical acceptance (Medusa-2) keeps the deepest path whose every node has p(x) > "
+                     "min(ε, δ·exp(-H(p))) at its parent, with no coin and no residual: it is lossy, so sampled "
+                     "output is not distributed as the target's (under greedy only the argmax passes).")
     parts.append(so_far(trace, index))
-    return " ".join(p for p in parts if p)
+    said = heads.words(trace, index, heads.TREE)
+    return " ".join(p for p in parts if p) + (f"\n\n{said}" if said else "")
 
 
 def won(trace: Trace, step: Step) -> str:
@@ -229,6 +242,9 @@ def won(trace: Trace, step: Step) -> str:
     if d["final_kind"] == "bonus":
         return text + f" The path ended at a leaf, so the target's own next token {final} ({p}) came free as " \
                       f"the bonus."
+    if d.get("acceptance") == "typical":
+        return text + (f" Typical acceptance then chose {final} ({p}) from p itself at the last accepted node, "
+                       f"with no residual.")
     if greedy:
         return text + f" No child there matched the target's argmax, so the target's {final} ({p}) was added instead."
     return text + f" The target rejected every child it tried there and drew {final} ({p}) from what was left."
@@ -245,6 +261,8 @@ def failures(trace: Trace, step: Step) -> str:
     said = []
     for n in rejected[:6]:
         why = f"u = {n['u']:.2f} > {n['ratio']:.2f}" if "u" in n else \
+            (f"p = {n['p']:.2f} <= threshold {n['threshold']:.2f}" if n["p"] <= n["threshold"] else
+             "it passed, but a deeper path won") if "threshold" in n else \
             f"the target wanted {quoted(trace, taken[n['parent']])}"
         said.append(f"{quoted(trace, n['token'])} (depth {n['depth']}, rank {n['rank']}: {why})")
     text = ("Other branches failed at " + "; ".join(said) + (f"; and {len(rejected) - 6} more" if len(rejected) > 6
@@ -284,7 +302,7 @@ def chips(trace: Trace, index: int) -> list[Chip]:
 
 
 VIEW = View(
-    main=draft_tree, side=attention_mask, words=words, chips=chips,
+    main=draft_tree, side=attention_mask, words=words, chips=chips, drafter=heads.for_tree,
     fields=("tree", "root_token", "pending_ids", "nodes", "dropped", "mask", "positions", "accepted_path",
             "accepted_length", "stop_node", "final_token", "final_kind", "final_p", "final_p_raw", "stop_top",
             "stop_raw_top", "eos_cut", "cache_len"),
