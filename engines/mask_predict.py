@@ -13,12 +13,32 @@ iteration spreads the block evenly over its iterations; with a block size B the 
 block, left to right (semi-autoregressive). "random" commits positions chosen uniformly at random: a
 control that shows what confidence ordering buys.
 
-The model needs only `mask_id`, `eos_ids` and `masked_logits_rows(rows) -> [float32 [len(row), vocab]]`.
+Threshold (Fast-dLLM, Wu et al. 2025, arXiv 2505.22618, section 3.3, eq. 6): each iteration commits every masked
+position of the current block whose confidence is at least tau, and at least the most confident one, so the
+number of iterations follows from tau instead of being set.
+
+Cached prefix (Fast-dLLM's prefix cache, section 3.2; block diffusion, BD3-LM, Arriola et al. 2025, arXiv
+2503.09573): the keys and values of the text before the current block are computed once, when that block
+starts, and reused while the block is denoised; each forward feeds only the block and what follows it. For a
+model that attends only to the left the reuse is exact. For a bidirectional one the cached positions were
+computed while the block they see was still masked, so the reuse is an approximation: every such iteration
+also runs the exact forward, only to record how far the logits drifted and whether a decision would have
+changed (the auditor's cost, not counted as the method's forwards or time).
+
+End of text (Dream issue 51): a diffusion LM trained on padded text is very sure of end-of-text near the end of
+the span, so confidence ordering writes end-of-text tokens there first and the span floods with them. "hold"
+does not commit an end-of-text guess while a position before it is still masked; every hold is recorded.
+
+The model needs only `mask_id`, `eos_ids` and `masked_logits_rows(rows) -> [float32 [len(row), vocab]]`; the
+cached prefix also needs `new_kv()`, `masked_logits_cached(kv, row, start)`, `cacheable(start)`, `crop(kv, n)`
+and `bidirectional` (engines/lm.py gives them to the adapted diffusion LM).
 """
 from __future__ import annotations
 
+import copy
+import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from time import perf_counter
 from typing import Iterator, Sequence
 
@@ -28,7 +48,9 @@ from engines.config import DecodeConfig, option
 from engines.sampling import choose, probabilities, raw_probabilities, top
 from engines.trace import Step
 
-STRATEGIES = ("mask-predict", "diffusion", "random")
+STRATEGIES = ("mask-predict", "diffusion", "threshold", "random")
+FIXED = ("mask-predict", "diffusion", "random")   # the strategies whose iterations are set, not found by tau
+CURVE_DIVISORS = (1, 2, 4, 8)                        # the quality curve: T = length / each
 
 
 @dataclass(frozen=True)
@@ -39,8 +61,22 @@ class MaskPredictConfig(DecodeConfig):
                               label="length beam")
     iterations: int = option(10, "forward passes (T) to fill the span", 1, 256)
     strategy: str = option("mask-predict", "mask-predict re-masks the least confident tokens; diffusion commits "
-                                           "the most confident and never re-masks; random commits at random",
-                           choices=STRATEGIES)
+                                           "the most confident and never re-masks; threshold commits every position "
+                                           "at least tau sure (at least one), so tau sets the iterations; random "
+                                           "commits at random", choices=STRATEGIES)
+    threshold: float = option(0.9, "threshold strategy: commit every masked position whose confidence is at least "
+                                   "tau, and at least the most confident one (Fast-dLLM)", 0.0, 1.0,
+                              label="threshold tau")
+    cache: str = option("off", "prefix: keep the keys and values of the text before the current block and feed only "
+                               "the block and what follows (Fast-dLLM prefix cache, BD3-LM); exact for a left-to-"
+                               "right model, an approximation for a bidirectional one, whose drift is recorded",
+                        choices=("off", "prefix"))
+    eos: str = option("hold", "hold: an end-of-text guess is not committed while a position before it is still "
+                              "masked (the end-of-text flood, Dream issue 51); allow: commit it like any token",
+                      choices=("hold", "allow"), label="end of text")
+    curve: str = option("on", "on: at the last iteration, decode the same span again at T = length, length/2, "
+                              "length/4, length/8 and record what each wrote (quality against iterations)",
+                        choices=("on", "off"), label="quality curve")
     block: int = option(0, "block size in tokens: the span is filled block by block, left to right, "
                            "iterations shared between blocks (0: the whole span as one block)", 0, 256)
     confidence: str = option("probability", "how sure the model is of a token: its probability, or the margin "
@@ -54,8 +90,10 @@ class MaskPredictConfig(DecodeConfig):
         if self.length == 0 and self.block:
             raise ValueError("Length 0 (predict the length) fills the whole span at once, so set block to 0 "
                              "or choose a length.")
+        if self.cache == "prefix" and self.length == 0:
+            raise ValueError("The cached prefix runs one span: choose a length, or set cache to off.")
         blocks = len(block_bounds(self.length or 1, self.block))
-        if self.iterations < blocks:
+        if self.strategy in FIXED and self.iterations < blocks:
             raise ValueError(f"{blocks} blocks need at least {blocks} iterations; raise iterations or the block size.")
 
 
@@ -102,6 +140,12 @@ def plan(length: int, block: int, iterations: int) -> list[Phase]:
             for t in range(per)]
 
 
+def worst_plan(length: int, block: int) -> list[Phase]:
+    """Threshold has no schedule: at least one commit per iteration, so a block of n takes at most n iterations.
+    This is that slowest plan, block by block."""
+    return [Phase(s, e, t, e - s) for s, e in block_bounds(length, block) for t in range(e - s)]
+
+
 def candidate_lengths(cfg: MaskPredictConfig) -> list[int]:
     """The span lengths to run: the one asked for, or `length_beam` consecutive lengths around half of
     max new tokens (the paper's beam takes the top lengths of a length predictor; we have none)."""
@@ -139,13 +183,13 @@ class Span:
 
 
 def predict(span: Span, logits: torch.Tensor, positions: list[int], iteration: int, cfg: MaskPredictConfig,
-            rng: torch.Generator) -> dict[int, list]:
-    """Choose a token at every given (masked) position from its logits; update its probability,
-    confidence and settled iteration. Returns each position's top-5 under the model."""
+            rng: torch.Generator, first: int = 0) -> dict[int, list]:
+    """Choose a token at every given (masked) position from its logits (row i - first for position i); update
+    its probability, confidence and settled iteration. Returns each position's top-5 under the model."""
     tops = {}
     if not positions:
         return tops
-    rows = logits[positions]
+    rows = logits[[i - first for i in positions]]
     processed = probabilities(rows, cfg.sampling)
     raw = raw_probabilities(rows)
     for row, i in enumerate(positions):
@@ -164,10 +208,35 @@ def predict(span: Span, logits: torch.Tensor, positions: list[int], iteration: i
     return tops
 
 
+def held_eos(span: Span, masked: list[int], eos_ids: frozenset[int]) -> list[int]:
+    """Masked positions whose guess is end-of-text while a position before them is still masked: committing
+    them would write the end of the text before the text (the flood of Dream issue 51)."""
+    first = min(masked, default=0)
+    return [i for i in masked if i > first and span.predicted[i] in eos_ids]
+
+
 def update(span: Span, phase: Phase, masked: list[int], cfg: MaskPredictConfig,
-           rng: torch.Generator) -> dict:
+           rng: torch.Generator, eos_ids: frozenset[int] = frozenset()) -> dict:
     """Apply the strategy after this iteration's predictions: which positions keep a token, which are
-    (re-)masked. Returns the positions unmasked and re-masked, and the random draws if any."""
+    (re-)masked. Returns the positions unmasked and re-masked, the end-of-text guesses held back and
+    committed, and the random draws if any."""
+    changes = commit_or_remask(span, phase, masked, cfg, rng, eos_ids)
+    changes["eos_committed"] = [i for i in changes["unmasked"] if span.tokens[i] in eos_ids]
+    return changes
+
+
+def commit_or_remask(span: Span, phase: Phase, masked: list[int], cfg: MaskPredictConfig,
+                     rng: torch.Generator, eos_ids: frozenset[int]) -> dict:
+    # mask-predict re-masks rather than holds, and random is a control: neither holds end-of-text back
+    held = held_eos(span, masked, eos_ids) if cfg.eos == "hold" and cfg.strategy in ("diffusion", "threshold") else []
+    if cfg.strategy == "threshold":
+        free = [i for i in masked if i not in held]
+        sure = [i for i in free if span.confidence[i] >= cfg.threshold]
+        # Fast-dLLM eq. 6, and at least the most confident, so every iteration makes progress
+        chosen = sure or sorted(free, key=lambda i: (-span.confidence[i], i))[:1]
+        for i in chosen:
+            span.tokens[i] = span.predicted[i]
+        return {"unmasked": chosen, "remasked": [], "eos_held": [i for i in held if i not in chosen]}
     counts = schedule(phase.end - phase.start, phase.of, cfg.strategy)
     after = counts[phase.t + 1] if phase.t + 1 < phase.of else 0
     if cfg.strategy == "mask-predict":
@@ -177,7 +246,7 @@ def update(span: Span, phase: Phase, masked: list[int], cfg: MaskPredictConfig,
         remasked = sorted(sorted(block, key=lambda i: (span.confidence[i], i))[:after])
         for i in remasked:
             span.tokens[i] = span.mask_id
-        return {"unmasked": [i for i in masked if i not in remasked], "remasked": remasked}
+        return {"unmasked": [i for i in masked if i not in remasked], "remasked": remasked, "eos_held": []}
     commit = len(masked) - after
     if cfg.strategy == "random":
         draws = torch.rand(len(masked), generator=rng).tolist()
@@ -185,11 +254,12 @@ def update(span: Span, phase: Phase, masked: list[int], cfg: MaskPredictConfig,
         chosen = sorted(masked[k] for k in order[:commit])
         extra = {"draws": [round(u, 6) for u in draws]}
     else:
-        chosen = sorted(sorted(masked, key=lambda i: (-span.confidence[i], i))[:commit])
+        # held end-of-text guesses go last: committed only when the schedule leaves nothing else
+        chosen = sorted(sorted(masked, key=lambda i: (i in held, -span.confidence[i], i))[:commit])
         extra = {}
     for i in chosen:
         span.tokens[i] = span.predicted[i]
-    return {"unmasked": chosen, "remasked": [], **extra}
+    return {"unmasked": chosen, "remasked": [], "eos_held": [i for i in held if i not in chosen], **extra}
 
 
 def planned_masks(phase: Phase, length: int, strategy: str) -> tuple[int, float]:
@@ -200,8 +270,9 @@ def planned_masks(phase: Phase, length: int, strategy: str) -> tuple[int, float]
 
 
 def record(span: Span, phase: Phase, iteration_input: list[int], masked: list[int], tops: dict,
-           changes: dict, cfg: MaskPredictConfig) -> dict:
-    """One candidate span's part of a Step: plain lists, one entry per span position."""
+           changes: dict, cfg: MaskPredictConfig, audit: "Audit") -> dict:
+    """One candidate span's part of a Step: plain lists, one entry per span position (the cache's per row
+    position: prompt and span)."""
     scheduled, formula = planned_masks(phase, span.length, cfg.strategy)
     return {
         "length": span.length, "block": [phase.start, phase.end], "block_iteration": phase.t,
@@ -213,6 +284,8 @@ def record(span: Span, phase: Phase, iteration_input: list[int], masked: list[in
         "scheduled_masks": scheduled, "formula_masks": formula,
         "masks_after": span.tokens.count(span.mask_id),
         "mean_logprob": None if span.mean_logprob() is None else round(span.mean_logprob(), 6),
+        "kv_state": audit.states, "kv_computed": audit.computed, "drift": audit.drift,
+        "drift_changed": audit.changed, "audit_tokens_fed": audit.tokens_fed,
     }
 
 
@@ -230,35 +303,180 @@ def output(span: Span, eos_ids: frozenset[int]) -> tuple[int, ...]:
     return tuple(span.tokens)
 
 
+# ----------------------------------------------------------------------------- the cached prefix
+
+@dataclass
+class Audit:
+    """What one iteration's forward read and what the cache cost: per row position (prompt and span) "fresh"
+    (fed to this forward), "cached" (read from the cache, computed on the text as it stands) or "stale" (read
+    from the cache, computed when a token it attends to was different) and the iteration that computed it;
+    with cached positions in a bidirectional model, the largest logit difference to the exact forward over
+    the positions decided, the positions whose decision the exact forward would change, and its length."""
+    states: list[str] = field(default_factory=list)
+    computed: list[int] = field(default_factory=list)
+    drift: float | None = None
+    changed: list[int] = field(default_factory=list)
+    tokens_fed: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Prefix:
+    """One span's cached prefix: the model's cache, the iteration that computed each cached position, and the
+    row each iteration saw (to tell a cached position from a stale one)."""
+    kv: object
+    computed: list[int] = field(default_factory=list)
+    rows: dict[int, list[int]] = field(default_factory=dict)
+
+
+def kv_states(prefix: Prefix, row: list[int], bidirectional: bool) -> list[str]:
+    """'cached' or 'stale' for every cached position: stale when a token it attends to (every token in a
+    bidirectional model, those on its left in a causal one) has changed since it was computed."""
+    states = []
+    for i, at in enumerate(prefix.computed):
+        seen = prefix.rows[at]
+        visible = len(row) if bidirectional else i + 1
+        states.append("stale" if seen[:visible] != row[:visible] else "cached")
+    return states
+
+
+def cached_forward(model, prefix: Prefix, row: list[int], need: int, iteration: int) -> tuple[torch.Tensor, Audit]:
+    """Fast-dLLM's prefix cache (section 3.2): feed row[len(cache):] over the cached keys and values, every
+    position seeing every other; keep in the cache only what lies before `need` (the current block's first row
+    position) for the next iterations. Returns the logits of row[need:] and what was read from where."""
+    before = len(prefix.computed)
+    audit = Audit(states=kv_states(prefix, row, model.bidirectional) + ["fresh"] * (len(row) - before),
+                  computed=prefix.computed + [iteration] * (len(row) - before))
+    logits = model.masked_logits_cached(prefix.kv, row, need)
+    prefix.rows[iteration] = list(row)
+    keep = model.cacheable(need)
+    prefix.computed = audit.computed[:keep]
+    model.crop(prefix.kv, keep)
+    return logits, audit
+
+
+def audit_cache(model, span: Span, logits: torch.Tensor, row: list[int], need: int, masked: list[int],
+                phase: Phase, iteration: int, cfg: MaskPredictConfig, rng: torch.Generator, audit: Audit) -> None:
+    """The auditor's exact forward (not the method's): how far the cached logits of the decided positions are
+    from the full bidirectional forward, and whether the same decision, drawn with the same random numbers,
+    would have differed anywhere. Call before the span is updated."""
+    began = perf_counter()
+    exact = model.masked_logits_rows([row])[0][need:]
+    rows = [len(row) - len(span.tokens) + i - need for i in masked]
+    audit.drift = round(float((logits[rows] - exact[rows]).abs().max()), 6) if rows else 0.0
+    audit.tokens_fed = len(row)
+    twins = []
+    for source in (logits, exact):
+        twin, twin_rng = copy.deepcopy(span), torch.Generator()
+        twin_rng.set_state(rng.get_state())
+        predict(twin, source, masked, iteration, cfg, twin_rng, first=need - (len(row) - len(span.tokens)))
+        update(twin, phase, masked, cfg, twin_rng, model.eos_ids)
+        twins.append(twin)
+    audit.changed = [i for i in masked if (twins[0].tokens[i], twins[0].predicted[i]) !=
+                     (twins[1].tokens[i], twins[1].predicted[i])]
+    audit.seconds = perf_counter() - began
+
+
+# ----------------------------------------------------------------------------- the quality curve
+
+def distinct2(ids: Sequence[int]) -> float | None:
+    """Share of distinct bigrams among the bigrams of a text (higher is less repetitive)."""
+    pairs = list(zip(ids, ids[1:]))
+    return round(len(set(pairs)) / len(pairs), 6) if pairs else None
+
+
+def quality_curve(model, prompt_ids: Sequence[int], cfg: MaskPredictConfig, length: int,
+                  rng: torch.Generator) -> list[dict]:
+    """The same span decoded at T = length, length/2, length/4, length/8 (diffusion for threshold, no cache):
+    what fewer iterations cost. Each point: T, tokens per iteration, the mean log-probability the model gave
+    its tokens when it wrote them, distinct-2 of the text, the text and the forwards it took."""
+    fixed = cfg.strategy if cfg.strategy in FIXED else "diffusion"
+    points = []
+    for t in sorted({max(1, length // d) for d in CURVE_DIVISORS}, reverse=True):
+        block = cfg.block if len(block_bounds(length, cfg.block)) <= t else 0
+        run = replace(cfg, length=length, iterations=t, block=block, strategy=fixed, cache="off", curve="off")
+        steps = list(decode(model, list(prompt_ids), run, rng))
+        final = steps[-1].detail["spans"][0]
+        text = list(steps[-1].committed_ids)
+        points.append({"iterations": t, "tokens_per_iteration": round(length / t, 4), "block": block,
+                       "mean_logprob": final["mean_logprob"], "distinct2": distinct2(text), "tokens": text,
+                       "forwards": sum(s.target_forwards for s in steps)})
+    return points
+
+
 # ----------------------------------------------------------------------------- the engine
 
+def check_model(model, cfg: MaskPredictConfig) -> None:
+    """Refuse, before any forward, a cached prefix on a model that keeps no cache (ModernBERT: tiny-masked)."""
+    if cfg.cache == "prefix" and not getattr(model, "can_cache", False):
+        raise ValueError(f"'{getattr(model, 'name', 'this model')}' keeps no key-value cache, so it cannot reuse "
+                         f"a prefix; set cache to off or pick smollm2-135m-diffusion.")
+
+
 def mask_predict(model, prompt_ids: Sequence[int], cfg: MaskPredictConfig, rng: torch.Generator) -> Iterator[Step]:
-    """Yield one Step per iteration; the last one commits the chosen span (the text only exists then)."""
-    prompt = list(prompt_ids)
+    """Yield one Step per iteration; the last one commits the chosen span (the text only exists then).
+    Settings the model cannot run are refused here, before any forward."""
+    check_model(model, cfg)
+    return decode(model, list(prompt_ids), cfg, rng)
+
+
+def decode(model, prompt: list[int], cfg: MaskPredictConfig, rng: torch.Generator) -> Iterator[Step]:
     spans = [Span(n, model.mask_id) for n in candidate_lengths(cfg)]
-    plans = [plan(s.length, cfg.block, cfg.iterations) for s in spans]
-    for iteration in range(cfg.iterations):
+    threshold = cfg.strategy == "threshold"
+    plans = [(worst_plan if threshold else lambda n, b: plan(n, b, cfg.iterations))(s.length, cfg.block)
+             for s in spans]
+    spent = [0] * len(spans)          # threshold: iterations spent in the current block
+    prefix = Prefix(model.new_kv()) if cfg.cache == "prefix" else None
+    for iteration in itertools.count():
         start = perf_counter()
-        phases = [p[iteration] for p in plans]
+        phases = [current_phase(s, p, iteration, spent[k]) if threshold else p[iteration]
+                  for k, (s, p) in enumerate(zip(spans, plans))]
         masked = [s.masked(ph) for s, ph in zip(spans, phases)]
         running = [k for k in range(len(spans)) if masked[k]]   # a span with nothing masked needs no forward
         rows = [prompt + spans[k].tokens for k in running]
-        logits = dict(zip(running, model.masked_logits_rows(rows))) if rows else {}
+        audits = [Audit(states=["fresh"] * (len(prompt) + s.length) if k in running else [],
+                        computed=[iteration] * (len(prompt) + s.length) if k in running else [])
+                  for k, s in enumerate(spans)]
+        fed = sum(len(r) for r in rows)
+        if prefix is not None and rows:   # one span (the config refuses the length beam with a cache)
+            need = len(prompt) + phases[0].start
+            logits, audits[0] = cached_forward(model, prefix, rows[0], need, iteration)
+            fed, first = audits[0].states.count("fresh"), phases[0].start
+            if audits[0].states[0] != "fresh":   # something was read from the cache: audit it
+                audit_cache(model, spans[0], logits, rows[0], need, masked[0], phases[0], iteration, cfg, rng,
+                            audits[0])
+            logits = {0: logits}
+        else:
+            logits = {k: full[len(prompt):] for k, full in zip(running, model.masked_logits_rows(rows))} if rows else {}
+            first = 0
         records = []
         for k, (span, phase) in enumerate(zip(spans, phases)):
             before = list(span.tokens)
-            tops = predict(span, logits[k][len(prompt):], masked[k], iteration, cfg, rng) if k in logits else {}
-            changes = update(span, phase, masked[k], cfg, rng)
-            records.append(record(span, phase, before, masked[k], tops, changes, cfg))
+            tops = predict(span, logits[k], masked[k], iteration, cfg, rng, first) if k in logits else {}
+            changes = update(span, phase, masked[k], cfg, rng, model.eos_ids)
+            records.append(record(span, phase, before, masked[k], tops, changes, cfg, audits[k]))
+            spent[k] = spent[k] + 1 if threshold and masked[k] and span.masked(phase) else 0
             if iteration == 0:   # the whole plan, once, so the schedule can be drawn ahead of the run
                 planned = [planned_masks(ph, span.length, cfg.strategy) for ph in plans[k]]
                 records[-1]["plan_masks"] = [m for m, _ in planned]
                 records[-1]["plan_formula"] = [f for _, f in planned]
-        last = iteration == cfg.iterations - 1
+        last = (not any(model.mask_id in s.tokens for s in spans)) if threshold else iteration == cfg.iterations - 1
         chosen = best(spans)
+        wall = perf_counter() - start - sum(a.seconds for a in audits)
+        curve = quality_curve(model, prompt, cfg, spans[chosen].length, rng) if last and cfg.curve == "on" else None
         yield Step(iteration, output(spans[chosen], model.eos_ids) if last else (), final=last,
-                   target_forwards=len(rows), tokens_fed=sum(len(r) for r in rows),
-                   wall_s=perf_counter() - start, detail={
-                       "iteration": iteration, "iterations": cfg.iterations, "strategy": cfg.strategy,
+                   target_forwards=len(rows), tokens_fed=fed, wall_s=wall, detail={
+                       "iteration": iteration, "iterations": len(plans[chosen]), "strategy": cfg.strategy,
                        "lengths": [s.length for s in spans], "best": chosen, "spans": records,
+                       "quality_curve": curve,
                    })
+        if last:
+            return
+
+
+def current_phase(span: Span, worst: list[Phase], iteration: int, spent: int) -> Phase:
+    """Threshold's phase: the first block that still has masks, `spent` iterations into it (at most its size)."""
+    for phase in worst:
+        if phase.t == 0 and any(span.tokens[i] == span.mask_id for i in range(phase.start, phase.end)):
+            return replace(phase, t=min(spent, phase.of - 1))
+    return worst[-1]   # the span is full: a phase with nothing masked, no forward
