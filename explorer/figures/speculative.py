@@ -332,7 +332,7 @@ def drafted_sentence(trace: Trace, d: dict) -> str:
                 f"{listing(trace, tokens)}.")
     if not tokens:
         return "Only one token was left in the budget, so nothing was drafted." if d["k"] == 0 else ""
-    who = heads.head_name(d).capitalize() if d.get("heads") else "The draft"
+    who = heads.who(d) if d.get("heads") else "The draft"
     return f"{who} proposed {plural(len(tokens), 'token')}: {listing(trace, tokens)}."
 
 

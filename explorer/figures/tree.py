@@ -205,7 +205,7 @@ def words(trace: Trace, index: int) -> str:
                  f"{quoted(trace, d['final_token'])} (p = {p:.3g})."]
     else:
         dropped = f"; the budget dropped {d['dropped']} less confident candidates" if d["dropped"] else ""
-        who, unit = (heads.head_name(d).capitalize(), "head") if d.get("heads") else ("The draft", "draft")
+        who, unit = (heads.who(d), "head") if d.get("heads") else ("The draft", "draft")
         parts = [f"{who} grew a {shape} tree of {len(nodes)} node{'s' if len(nodes) != 1 else ''}, {depth} deep, "
                  f"in {step.draft_forwards} {unit} forward{'s' if step.draft_forwards != 1 else ''}{dropped}.",
                  f"One target forward read {step.tokens_fed} tokens ({len(d['pending_ids'])} pending + "
