@@ -1,4 +1,5 @@
-"""The views that look across runs: the race, the losslessness auditor and the trace diff.
+"""The views that look across runs: the race, the losslessness auditor, the sampling check, be-the-drafter
+(those two in explorer/checks.py) and the trace diff.
 
 `build(friendly)` lays out a row of tabs inside the app's Blocks and wires their events, each with an
 api_name and named parameters, so they are scriptable with gradio_client. `friendly` is the app's
@@ -14,6 +15,7 @@ from engines.audit import Audit, audit
 from engines.diff import TOLERANCE, diff, load
 from engines.methods import METHODS, default_target
 from engines.race import race
+from explorer import checks
 from explorer.figures import race as race_figures
 
 TARGETS = ["smollm2-135m-instruct", "tiny-target"]
@@ -140,5 +142,9 @@ def build(friendly: Callable) -> None:
             build_race(friendly)
         with gr.Tab("Audit", elem_id="tab-audit"):
             build_audit(friendly)
+        with gr.Tab("Sampling check", elem_id="tab-check"):
+            checks.build_sampling_check(friendly)
+        with gr.Tab("Be the drafter", elem_id="tab-drafter"):
+            checks.build_verify_draft(friendly)
         with gr.Tab("Trace diff", elem_id="tab-diff"):
             build_diff(friendly)

@@ -84,10 +84,15 @@ def save_trace(trace: Trace, key: str) -> str:
     TRACE_DIR.mkdir(parents=True, exist_ok=True)
     path = TRACE_DIR / f"trace-{trace.method}-{key}-{len(trace.steps)}{'-end' if trace.finished else ''}.json"
     if not path.exists():
-        for old in TRACE_DIR.glob(f"trace-{trace.method}-{key}-*.json"):
-            old.unlink(missing_ok=True)
+        forget_traces(trace, key)
         path.write_text(trace.to_json(indent=1), encoding="utf-8")
     return str(path)
+
+
+def forget_traces(trace: Trace, key: str) -> None:
+    """Remove the file `save_trace` wrote for this run (its session has expired)."""
+    for old in TRACE_DIR.glob(f"trace-{trace.method}-{key}-*.json"):
+        old.unlink(missing_ok=True)
 
 
 def check_trace(trace: Trace) -> Trace:

@@ -26,13 +26,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve():
-    """The app on 127.0.0.1:<free port>, in this process; yields its URL."""
-    from explorer.ui import build, launch_kwargs
-    demo = build()
+def serve(limits=None):
+    """The app on 127.0.0.1:<free port>, in this process, under `limits` (ServerLimits; the defaults when
+    None); yields its URL."""
+    from explorer.limits import ServerLimits
+    from explorer.ui import build, launch_kwargs, queue_kwargs
+    limits = limits or ServerLimits()
+    demo = build(limits=limits)
     port = free_port()
-    demo.queue(default_concurrency_limit=4).launch(server_name="127.0.0.1", server_port=port,
-                                                   prevent_thread_lock=True, quiet=True, **launch_kwargs())
+    demo.queue(**queue_kwargs(limits)).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                                              quiet=True, **launch_kwargs(limits))
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

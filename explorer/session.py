@@ -24,6 +24,7 @@ class Session:
     wanted: dict | None = None  # the control values that made the run (None: a loaded trace)
     failed: bool = False       # the engine raised: its generator is closed, so this run cannot go on
     note: str = ""             # said once on screen after a Step: why that Step started a new run
+    stop_requested: bool = False   # Stop was pressed: Run to end ends before its next step
 
     @classmethod
     def start(cls, run: Run, wanted: dict | None = None) -> "Session":

@@ -1,8 +1,10 @@
 """Layout and event wiring. Handlers are short functions: values in, values out.
 
-Every action has an api_name (reset, step, back, run, seek, load_trace, show_method), so the
-app can be driven with gradio_client. Per-person state is a `Sessions` object in gr.State;
-models live in the process-wide cache of engines.lm, never in the state.
+Every action has an api_name (reset, step, back, run, stop, seek, load_trace, show_method) and its
+parameters are named after the controls, so the app can be driven with gradio_client. Per-person state
+is a `Sessions` object in gr.State that expires; models live in the process-wide cache of engines.lm,
+never in the state. The handlers that take control values read them as sent (preprocess=False) and
+check every one themselves, so whatever a raw HTTP call sends is answered in one sentence.
 """
 from __future__ import annotations
 
@@ -10,19 +12,21 @@ import dataclasses
 import functools
 import inspect
 import logging
-import math
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
 
 from engines import lm
-from engines.config import DecodeConfig, build as build_config, fields
+from engines.config import DecodeConfig, RunSettings, build as build_config, fields
 from engines.methods import METHODS, default_target, method_default_target
 from engines.trace import Trace
 from explorer import compare
 from explorer.figures import VIEWS
-from explorer.render import Screen, check_trace, render
+from explorer.limits import ServerLimits, model_name, model_work, read_upload, text, whole_number
+from explorer.render import Screen, check_trace, forget_traces, render
 from explorer.session import Session, Sessions, Starter, live_session
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -38,22 +42,27 @@ EXAMPLES = [
 # Offered where the launch allows hub ids beyond the presets (and the hub is reachable).
 HUB_MASKED = ["answerdotai/ModernBERT-base"]
 COMMON = [f.name for f in fields(DecodeConfig)]
+MAX_PROMPT_CHARS = 16_000    # checked before tokenising; Run then caps the prompt's tokens
 log = logging.getLogger(__name__)
 
 
 def friendly(fn: Callable) -> Callable:
     """Errors a person can cause become one sentence in a gr.Error; nothing else leaks a traceback."""
     def report(e: Exception):
+        # Gradio prints the traceback of every gr.Error unless told not to: an expected error gets one log line,
+        # an unexpected one its traceback, logged here once.
         if isinstance(e, (ValueError, lm.ModelLoadError)):
-            return gr.Error(str(e))
+            log.info("%s refused: %s", fn.__name__, e)
+            return gr.Error(str(e), print_exception=False)
         log.exception("unexpected error in %s", fn.__name__)
-        return gr.Error(f"Something went wrong inside the app ({type(e).__name__}); the run so far is kept.")
+        return gr.Error(f"Something went wrong inside the app ({type(e).__name__}); the run so far is kept.",
+                        print_exception=False)
 
     if inspect.isgeneratorfunction(fn):   # Gradio streams a generator's yields, so the wrapper must yield too
         @functools.wraps(fn)
-        def gen(*args):
+        def gen(*args, **kwargs):
             try:
-                yield from fn(*args)
+                yield from fn(*args, **kwargs)
             except gr.Error:
                 raise
             except Exception as e:  # noqa: BLE001 - turned into one sentence for the person
@@ -61,9 +70,9 @@ def friendly(fn: Callable) -> Callable:
         return gen
 
     @functools.wraps(fn)
-    def wrapper(*args):
+    def wrapper(*args, **kwargs):
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except gr.Error:
             raise
         except Exception as e:  # noqa: BLE001
@@ -84,26 +93,39 @@ class Controls:
     groups: dict[str, gr.Group]
     start: Starter = live_session   # live here; on ZeroGPU a whole trace computed in one call (explorer.zerogpu)
 
-    def inputs(self) -> list:
-        return [self.method, self.prompt, self.target, self.draft, self.seed, *self.common.values(),
-                *self.own.values()]
+    def named(self) -> dict[str, Any]:
+        """Every control under the name the API gives its parameter: method, prompt, target, draft, seed, the
+        shared settings, then each method's own as <method>_<setting> (speculative_k, mask_predict_length)."""
+        return {"method": self.method, "prompt": self.prompt, "target": self.target, "draft": self.draft,
+                "seed": self.seed, **self.common,
+                **{own_name(m, name): c for (m, name), c in self.own.items()}}
 
-    def wanted(self, values: tuple) -> dict:
-        """What the control values ask to run, checked and in a form that two Steps can compare: the method's
-        own settings only, and the draft model only where it is used."""
-        method, prompt, target, draft, seed, *rest = values
-        settings = dict(zip(self.common, rest[:len(self.common)]))
-        settings.update({name: v for (m, name), v in zip(self.own, rest[len(self.common):]) if m == method})
-        if seed is None or not math.isfinite(float(seed)) or float(seed) != int(seed) or \
-                not 0 <= int(seed) < 2 ** 63:
-            raise ValueError("The seed must be a whole number of 0 or more.")
-        if method not in METHODS:
-            raise ValueError(f"Unknown method '{method}': choose one of {', '.join(METHODS)}.")
+    def wanted(self, values: dict[str, Any]) -> dict:
+        """What the control values (by name, as sent) ask to run, each checked, in a form that two Steps can
+        compare: the method's own settings only, and the draft model only where it is used."""
+        method = checked_method(values.get("method"))
+        settings = {name: values.get(name) for name in self.common}
+        settings.update({name: values.get(own_name(m, name)) for (m, name) in self.own if m == method})
+        for name, value in settings.items():
+            if value is None:   # a cleared box: the config would quietly take its default
+                raise ValueError(f"{name.replace('_', ' ')} is empty; type a number.")
+        if values.get("seed") is None:
+            raise ValueError("The seed is empty; type a whole number of 0 or more.")
+        seed = build_config(RunSettings, {"seed": values["seed"]}).seed
         cfg = build_config(METHODS[method].config, settings)
         uses_draft = METHODS[method].uses_draft and getattr(cfg, "drafter", "model") == "model"
-        return {"method": method, "prompt": prompt, "target": target or None,
-                "draft": (draft or None) if uses_draft else None, "seed": int(seed),
-                "settings": dataclasses.asdict(cfg)}
+        return {"method": method, "prompt": text("The prompt", values.get("prompt"), MAX_PROMPT_CHARS),
+                "target": model_name("The target model", values.get("target")),
+                "draft": model_name("The draft model", values.get("draft")) if uses_draft else None,
+                "seed": seed, "settings": dataclasses.asdict(cfg)}
+
+    def from_trace(self, trace: Trace) -> list:
+        """The control values a loaded trace came from, in `named()` order; gr.skip() where it says nothing
+        (another method's options, a draft it did not use)."""
+        config, skip = trace.config, gr.skip()
+        return [trace.method, trace.prompt, trace.models.get("target", skip), trace.models.get("draft", skip),
+                config.get("seed", skip), *(config.get(name, skip) for name in self.common),
+                *(config.get(name, skip) if m == trace.method else skip for (m, name) in self.own)]
 
     def session(self, values: tuple) -> Session:
         """A new session running what these control values ask for."""
@@ -124,6 +146,61 @@ def draft_choices() -> list[str]:
     return [name for name in drafts if lm.available(name)]
 
 
+def own_name(method: str, setting: str) -> str:
+    return f"{method.replace('-', '_')}_{setting}"
+
+
+def checked_method(method: Any) -> str:
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"Unknown method {str(method)[:40]!r}: choose one of {', '.join(METHODS)}.")
+    return method
+
+
+def first_load(name: str) -> str:
+    """What loading `name` will do, in words, if this process has not loaded it yet ('' if it has, or if the
+    name is unknown: Run then says why in one sentence)."""
+    try:
+        ref = lm.identify(name)
+    except lm.ModelLoadError:
+        return ""
+    if ref.label in lm.MODELS.names():
+        return ""
+    if ref.gguf is not None and not (Path(ref.key) / "config.json").is_file():
+        return f"Converting {ref.label} from its packaged GGUF file, once on this server (about 30 s)"
+    return f"Loading {ref.label} (its first use on this server)"
+
+
+def announce_loading(wanted: dict, progress: gr.Progress) -> None:
+    """Put the first load of a model, and SmolLM2's one-time conversion, in the page while it happens."""
+    names = [wanted["target"] or method_default_target(wanted["method"]), wanted["draft"]]
+    said = [words for words in (first_load(n) for n in names if n) if words]
+    if said:
+        progress(0, desc="; ".join(said) + "...")
+
+
+def free_sessions(sessions: "Sessions | None") -> None:
+    """Gradio calls this when a person's state expires: their runs (engines, KV caches) and trace files go."""
+    if sessions is not None:
+        for session in sessions.by_method.values():
+            forget_traces(session.trace, session.key)
+        sessions.by_method.clear()
+
+
+def preload(name: str | None = None) -> threading.Thread:
+    """Start in the background what the first Step on the default target would wait for: SmolLM2's one-time
+    conversion from its GGUF file (the folder is written, the model is not loaded). A failure is logged in one
+    line; the first Step that needs the model says why in one sentence."""
+    def convert() -> None:
+        try:
+            lm.resolve(name or default_target())
+        except lm.ModelLoadError as e:
+            log.warning("preparing the default model failed: %s", e)
+
+    thread = threading.Thread(target=convert, name="preload", daemon=True)
+    thread.start()
+    return thread
+
+
 def control(f: dataclasses.Field, key: str | None = None) -> gr.components.Component:
     m = f.metadata
     label = m.get("label") or f.name.replace("_", " ")
@@ -135,8 +212,9 @@ def control(f: dataclasses.Field, key: str | None = None) -> gr.components.Compo
         step = 0.01 if (m["high"] or 1) <= 1 else 0.05
         return gr.Slider(m["low"], m["high"], value=f.default, step=step, label=label, info=m["help"], key=key,
                          elem_id=elem_id)
-    # No minimum/maximum here: the config's own check names the setting in its error sentence.
-    return gr.Number(value=f.default, precision=0, label=label, key=key, elem_id=elem_id,
+    # No minimum/maximum and no precision: the config's own check names the setting in its error sentence
+    # (Gradio's rounding would turn 2.5 into 2 silently, and fail on NaN before the handler could say why).
+    return gr.Number(value=f.default, step=1, label=label, key=key, elem_id=elem_id,
                      info=f"{m['help']} ({m['low']:g} to {m['high']:g})")
 
 
@@ -148,55 +226,76 @@ def outputs_of(sessions: Sessions, screen: Screen) -> tuple:
             screen.record, gr.DownloadButton(value=screen.trace_file, interactive=screen.trace_file is not None))
 
 
-def make_handlers(controls: Controls):
-    def reset(sessions: Sessions, *values):
-        method, session = values[0], controls.session(values)
+def make_handlers(controls: Controls, limits: ServerLimits = ServerLimits()):
+    """The handlers by api name. Those that take control values take them by name (`Controls.named`)."""
+    def reset(sessions: Sessions, progress=gr.Progress(), **values):
+        wanted = controls.wanted(values)
+        announce_loading(wanted, progress)
+        session = controls.session(values)
         sessions = sessions or Sessions()
-        sessions.put(method, session)
-        return outputs_of(sessions, render(session, method))
+        sessions.put(wanted["method"], session)
+        return outputs_of(sessions, render(session, wanted["method"]))
 
-    def step(sessions: Sessions, *values):
+    def step(sessions: Sessions, progress=gr.Progress(), **values):
         sessions = sessions or Sessions()
-        method = values[0]
-        session, moved = sessions.advance(method, controls.wanted(values), lambda: controls.session(values))
+        wanted = controls.wanted(values)
+        announce_loading(wanted, progress)
+        session, moved = sessions.advance(wanted["method"], wanted, lambda: controls.session(values))
         if not moved and session.at_end:
             gr.Info("This run has finished; press Reset to start another.")
-        return outputs_of(sessions, render(session, method))
+        return outputs_of(sessions, render(session, wanted["method"]))
 
     def back(sessions: Sessions, method: str):
+        method = checked_method(method)
         session = (sessions or Sessions()).get(method)
         if session is not None:
             session.back()
         return outputs_of(sessions, render(session, method))
 
     def seek(sessions: Sessions, method: str, value: float):
+        method = checked_method(method)
+        index = whole_number("The history position", value, 0, 10 ** 9)
         session = (sessions or Sessions()).get(method)
         if session is not None:
-            session.seek(int(value) - 1)
+            session.seek(index - 1)
         return outputs_of(sessions, render(session, method))
 
-    def run(sessions: Sessions, *values):
+    def run(sessions: Sessions, progress=gr.Progress(), **values):
+        """Steps until the end, Stop or the time budget, whichever comes first. The page is sent a screen at
+        most every `render_interval_s` (a browser cannot draw faster, and a backlog of screens made the page
+        show iteration 26 while the engine was at 170); the last screen sent is the engine's true position."""
         sessions = sessions or Sessions()
-        method = values[0]
-        session, _ = sessions.advance(method, controls.wanted(values), lambda: controls.session(values), again=True)
+        wanted = controls.wanted(values)
+        method = wanted["method"]
+        announce_loading(wanted, progress)
+        session, _ = sessions.advance(method, wanted, lambda: controls.session(values), again=True)
+        session.stop_requested = False
         yield outputs_of(sessions, render(session, method))
-        while session.step():
-            yield outputs_of(sessions, render(session, method))
+        started = shown = time.monotonic()
+        while not session.stop_requested and session.step():
+            if time.monotonic() - started > limits.call_budget_s:
+                session.note = (f"Stopped after {limits.call_budget_s:g} s, this server's limit for one call; "
+                                f"press Run to end again to go on.")
+                break
+            if time.monotonic() - shown >= limits.render_interval_s:
+                shown = time.monotonic()
+                yield outputs_of(sessions, render(session, method))
+        yield outputs_of(sessions, render(session, method))
+
+    def stop(sessions: Sessions, method: str):
+        """Run to end sees this before its next step: it stops within one iteration and shows where it is."""
+        session = (sessions or Sessions()).get(checked_method(method))
+        if session is not None:
+            session.stop_requested = True
 
     def load_trace(sessions: Sessions, path: str | None):
-        if not path:
-            raise ValueError("No file was uploaded; choose a trace .json file saved by this app or the CLI.")
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ValueError("This file could not be read as text; choose a trace .json file.") from e
-        trace = check_trace(Trace.from_json(text))
+        trace = check_trace(Trace.from_json(read_upload(path, limits.max_upload_bytes)))
         sessions = sessions or Sessions()
         session = sessions.put(trace.method, Session.replay(trace))
-        return (gr.Radio(value=trace.method), *outputs_of(sessions, render(session, trace.method)))
+        return (*controls.from_trace(trace), *outputs_of(sessions, render(session, trace.method)))
 
     def show_method(sessions: Sessions, method: str, target: str | None = None):
-        m = METHODS[method]
+        m = METHODS[checked_method(method)]
         targets = model_choices(m.model_kind)
         visibility = [gr.Group(visible=name == method) for name in controls.groups]
         help_text = f"### {m.title}\n{VIEWS[method].help}"
@@ -206,7 +305,8 @@ def make_handlers(controls: Controls):
                 *outputs_of(sessions, render((sessions or Sessions()).get(method), method)))
 
     return {name: friendly(fn) for name, fn in dict(reset=reset, step=step, back=back, seek=seek, run=run,
-                                                     load_trace=load_trace, show_method=show_method).items()}
+                                                     stop=stop, load_trace=load_trace,
+                                                     show_method=show_method).items()}
 
 
 def target_for(session: Session | None, method: str, current: str | None) -> str:
@@ -220,10 +320,10 @@ def target_for(session: Session | None, method: str, current: str | None) -> str
 
 # ----------------------------------------------------------------------------- layout
 
-def build(start: Starter = live_session) -> gr.Blocks:
+def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) -> gr.Blocks:
     """The app; `start` is how a Step or Reset starts a session (app.py chooses it for the host)."""
     with gr.Blocks(title="Parallel Decoding Explorer", delete_cache=(3600, 3600)) as demo:
-        sessions = gr.State(Sessions())
+        sessions = gr.State(Sessions(), time_to_live=limits.session_ttl_s, delete_callback=free_sessions)
         with gr.Row(elem_classes="header"):
             gr.Markdown("## Parallel Decoding Explorer\nStep through faster-than-autoregressive decoding one "
                         "iteration at a time; every number shown is the engine's recorded internal state. "
@@ -240,7 +340,7 @@ def build(start: Starter = live_session) -> gr.Blocks:
                                      info="a preset, a local folder or a Hugging Face id")
                 draft = gr.Dropdown(draft_choices(), value="tiny-draft", label="Draft model", allow_custom_value=True,
                                     visible=False, elem_id="draft")
-                seed = gr.Number(0, precision=0, label="Seed", elem_id="seed")
+                seed = gr.Number(0, step=1, label="Seed", elem_id="seed")
                 common = {f.name: control(f) for f in fields(DecodeConfig)}
                 own, groups = {}, {}
                 for m in METHODS.values():
@@ -276,27 +376,42 @@ def build(start: Starter = live_session) -> gr.Blocks:
                     upload = gr.UploadButton("Load trace", file_types=[".json"], elem_id="upload-btn", size="sm")
                 with gr.Accordion("How to read this", open=False, elem_id="help"):
                     help_md = gr.Markdown(f"### Autoregressive\n{VIEWS['autoregressive'].help}")
-        compare.build(friendly)   # race, audit, diff: tabs below the explorer, their events wired there
+        compare.build(friendly, limits)   # race, audit, diff: tabs below the explorer, their events wired there
 
         controls = Controls(method, prompt, target, draft, seed, common, own, groups, start)
-        h = make_handlers(controls)
+        h = make_handlers(controls, limits)
         screen = [sessions, text, main_plot, side_plot, words, stats, position, history, record, download]
-        run_inputs = [sessions, *controls.inputs()]
-        reset_btn.click(h["reset"], run_inputs, screen, api_name="reset")
-        step_btn.click(h["step"], run_inputs, screen, api_name="step", trigger_mode="once",
-                       show_progress="minimal")
-        back_btn.click(h["back"], [sessions, method], screen, api_name="back", show_progress="hidden")
-        run_evt = run_btn.click(h["run"], run_inputs, screen, api_name="run", show_progress="hidden")
-        stop_btn.click(None, None, None, cancels=[run_evt], api_name="stop")
-        history.release(h["seek"], [sessions, method, history], screen, api_name="seek", show_progress="hidden")
-        upload.upload(h["load_trace"], [sessions, upload], [method, *screen], api_name="load_trace")
+        named = controls.named()
+        # Progress, loading messages and the badge of a failed call go on the position line: one place, not a
+        # badge on every panel. Control values arrive as sent; the handlers check each one (see the docstring).
+        one_place = {"show_progress_on": [position], "preprocess": False}
+        reset_btn.click(h["reset"], [sessions], screen, inputs_kwargs=named, api_name="reset",
+                        **model_work(limits), **one_place)
+        step_btn.click(h["step"], [sessions], screen, inputs_kwargs=named, api_name="step", trigger_mode="once",
+                       show_progress="minimal", **model_work(limits), **one_place)
+        back_btn.click(h["back"], [sessions, method], screen, api_name="back", show_progress="hidden", **one_place)
+        run_btn.click(h["run"], [sessions], screen, inputs_kwargs=named, api_name="run", show_progress="minimal",
+                      **model_work(limits), **one_place)
+        # not queued behind model work, so that it reaches a Run that holds a model worker
+        stop_btn.click(h["stop"], [sessions, method], None, api_name="stop", show_progress="hidden",
+                       concurrency_limit=None, preprocess=False)
+        history.release(h["seek"], [sessions, method, history], screen, api_name="seek", show_progress="hidden",
+                        **one_place)
+        upload.upload(h["load_trace"], [sessions, upload], [*named.values(), *screen], api_name="load_trace",
+                      show_progress_on=[position])
         method.change(h["show_method"], [sessions, method, target], [*groups.values(), target, draft, help_md, *screen],
-                      api_name="show_method")
+                      api_name="show_method", **one_place)
         theme.click(None, js="() => document.body.classList.toggle('dark')")
         demo.load(h["show_method"], [sessions, method, target], [*groups.values(), target, draft, help_md, *screen],
-                  api_visibility="undocumented")
+                  api_visibility="undocumented", **one_place)
     return demo
 
 
-def launch_kwargs() -> dict[str, Any]:
-    return {"css": CSS, "head": f"<script>{SHORTCUTS_JS}</script>", "theme": gr.themes.Soft()}
+def queue_kwargs(limits: ServerLimits) -> dict[str, Any]:
+    """Blocks.queue: a bounded queue; calls that run a model share `model_workers` (their own group)."""
+    return {"max_size": limits.queue_size, "default_concurrency_limit": limits.light_workers}
+
+
+def launch_kwargs(limits: ServerLimits = ServerLimits()) -> dict[str, Any]:
+    return {"css": CSS, "head": f"<script>{SHORTCUTS_JS}</script>", "theme": gr.themes.Soft(),
+            "max_file_size": limits.max_upload_bytes, "state_session_capacity": limits.session_capacity}

@@ -164,12 +164,13 @@ def controls() -> ui.Controls:
     return ui.Controls(None, None, None, None, None, common, own, {})
 
 
-def values(c: ui.Controls, method: str, prompt: str, target: str, **settings) -> list:
-    """The control values in the order the handlers receive them, each setting at its default."""
+def values(c: ui.Controls, method: str, prompt: str, target: str, **settings) -> dict:
+    """The control values by the names the handlers receive them under, each setting at its default."""
     defaults = {**{f.name: f.default for f in fields(DecodeConfig)}, **settings}
     own = {(m.name, f.name): f.default for m in METHODS.values() for f in fields(m.config)}
     own.update({(method, name): v for name, v in settings.items()})
-    return [method, prompt, target, "tiny-draft", 0, *(defaults[n] for n in c.common), *(own[key] for key in c.own)]
+    return {"method": method, "prompt": prompt, "target": target, "draft": "tiny-draft", "seed": 0,
+            **{n: defaults[n] for n in c.common}, **{ui.own_name(*key): own[key] for key in c.own}}
 
 
 def test_load_trace_refuses_a_mismatched_trace_and_changes_nothing(tmp_path):
@@ -199,9 +200,9 @@ def test_a_first_step_that_fails_is_discarded_and_a_fixed_prompt_then_steps(tiny
     sessions = Sessions()
     settings = {"length": 6, "iterations": 2, "max_new_tokens": 8}
     with pytest.raises(gr.Error, match="prompt"):
-        h["step"](sessions, *values(c, "mask-predict", "Once upon a time. " * 200, tiny_masked.source, **settings))
+        h["step"](sessions, **values(c, "mask-predict", "Once upon a time. " * 200, tiny_masked.source, **settings))
     assert sessions.get("mask-predict") is None
-    out = h["step"](sessions, *values(c, "mask-predict", "Once upon a time", tiny_masked.source, **settings))
+    out = h["step"](sessions, **values(c, "mask-predict", "Once upon a time", tiny_masked.source, **settings))
     assert "Iteration 1 of 1 recorded" in out[6] and "running" in out[6]
     assert len(sessions.get("mask-predict").trace.steps) == 1
 
