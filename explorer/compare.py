@@ -1,9 +1,11 @@
 """The views that look across runs: the race, the losslessness auditor, the sampling check, be-the-drafter
 (those two in explorer/checks.py) and the trace diff.
 
-`build(friendly)` lays out a row of tabs inside the app's Blocks and wires their events, each with an
+`build(friendly, limits)` lays out a row of tabs inside the app's Blocks and wires their events, each with an
 api_name and named parameters, so they are scriptable with gradio_client. `friendly` is the app's
-error wrapper (explorer.ui), passed in so this module does not import the layout module.
+error wrapper (explorer.ui), passed in so this module does not import the layout module. The race and the
+audit run models, so they share the app's model-work concurrency group, and take their values as sent
+(preprocess=False): every one is checked here.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from engines.methods import METHODS, default_target
 from engines.race import race
 from explorer import checks
 from explorer.figures import race as race_figures
+from explorer.limits import ServerLimits, model_name, model_work, real_number, text, uploaded, whole_number
 
 TARGETS = ["smollm2-135m-instruct", "tiny-target"]
 RACE_MAX_TOKENS = 128      # every lane runs twice (a warm-up lap, then the timed one): keep a call bounded
@@ -24,28 +27,25 @@ MAX_PROMPT_CHARS = 2000
 
 
 def checked_prompt(prompt: str) -> str:
-    if not prompt or not prompt.strip():
+    if not text("The prompt", prompt, MAX_PROMPT_CHARS).strip():
         raise ValueError("The prompt is empty: type a few words for the model to continue.")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(f"The prompt is {len(prompt)} characters long; keep it under {MAX_PROMPT_CHARS}.")
     return prompt
 
 
 def checked_tokens(max_new_tokens: float | None, limit: int) -> int:
-    if max_new_tokens is None or float(max_new_tokens) != int(max_new_tokens) or not 1 <= max_new_tokens <= limit:
-        raise ValueError(f"New tokens must be a whole number from 1 to {limit}.")
-    return int(max_new_tokens)
+    return whole_number("New tokens", max_new_tokens, 1, limit)
 
 
 def run_race(prompt: str, target: str, max_new_tokens: float):
     """Every causal method on the prompt, greedy: timeline, table, outputs, cost curves, the cost in words."""
-    result = race(checked_prompt(prompt), checked_tokens(max_new_tokens, RACE_MAX_TOKENS), target=target or None)
+    result = race(checked_prompt(prompt), checked_tokens(max_new_tokens, RACE_MAX_TOKENS),
+                  target=model_name("The target model", target))
     return (race_figures.timeline_figure(result), race_figures.table_markdown(result),
             race_figures.outputs_html(result), race_figures.cost_figure(result), result.cost.words,
             result.to_dict())
 
 
-def build_race(friendly: Callable) -> None:
+def build_race(friendly: Callable, limits: ServerLimits) -> None:
     with gr.Row():
         prompt = gr.Textbox("Once upon a time", label="Prompt", lines=2, scale=3, elem_id="race-prompt")
         target = gr.Dropdown(TARGETS, value=default_target(), label="Target model", allow_custom_value=True,
@@ -64,7 +64,7 @@ def build_race(friendly: Callable) -> None:
     with gr.Accordion("Race record (JSON)", open=False):
         record = gr.JSON(elem_id="race-record")
     go.click(friendly(run_race), [prompt, target, tokens], [timeline, table, outputs, cost, words, record],
-             api_name="race")
+             api_name="race", preprocess=False, **model_work(limits))
 
 
 AUDITED = [m.name for m in METHODS.values() if m.model_kind == "causal" and m.name != "autoregressive"]
@@ -87,14 +87,16 @@ def audit_markdown(a: Audit) -> str:
 
 def run_audit(prompt: str, method_name: str, target: str, max_new_tokens: float, float64: bool):
     """The method's greedy output against greedy autoregressive; the first divergence explained."""
-    if method_name not in AUDITED:
+    if not isinstance(method_name, str) or method_name not in AUDITED:
         raise ValueError(f"Audit one of {', '.join(AUDITED)}: the others have no greedy output to compare.")
+    if not isinstance(float64, bool):
+        raise ValueError("The float64 re-run is a yes or no (true or false).")
     result = audit(checked_prompt(prompt), method_name, checked_tokens(max_new_tokens, AUDIT_MAX_TOKENS),
-                   target=target or None, float64=bool(float64))
+                   target=model_name("The target model", target), float64=float64)
     return audit_markdown(result), result.to_dict()
 
 
-def build_audit(friendly: Callable) -> None:
+def build_audit(friendly: Callable, limits: ServerLimits) -> None:
     with gr.Row():
         prompt = gr.Textbox("Once upon a time", label="Prompt", lines=2, scale=3, elem_id="audit-prompt")
         method = gr.Dropdown(AUDITED, value="tree", label="Method", scale=1, elem_id="audit-method")
@@ -109,20 +111,21 @@ def build_audit(friendly: Callable) -> None:
     verdict = gr.Markdown(elem_id="audit-verdict")
     with gr.Accordion("Audit record (JSON)", open=False):
         record = gr.JSON(elem_id="audit-record")
-    go.click(friendly(run_audit), [prompt, method, target, tokens, float64], [verdict, record], api_name="audit")
+    go.click(friendly(run_audit), [prompt, method, target, tokens, float64], [verdict, record], api_name="audit",
+             preprocess=False, **model_work(limits))
 
 
-def diff_traces(trace_a: str | None, trace_b: str | None, tolerance: float):
+def diff_traces(trace_a: str | None, trace_b: str | None, tolerance: float,
+                max_upload_bytes: int = ServerLimits().max_upload_bytes):
     """The first step where two uploaded traces of the same method and prompt differ."""
     if not trace_a or not trace_b:
         raise ValueError("Upload two trace .json files, saved by this app or the CLI.")
-    if tolerance is None or not 0 <= float(tolerance) <= 1:
-        raise ValueError("The tolerance must be between 0 and 1.")
-    result = diff(load(trace_a), load(trace_b), float(tolerance))
+    tolerance = real_number("The tolerance", tolerance, 0, 1)
+    result = diff(load(uploaded(trace_a, max_upload_bytes)), load(uploaded(trace_b, max_upload_bytes)), tolerance)
     return result.words, result.to_dict()
 
 
-def build_diff(friendly: Callable) -> None:
+def build_diff(friendly: Callable, limits: ServerLimits) -> None:
     with gr.Row():
         a = gr.File(label="Trace A", file_types=[".json"], type="filepath", elem_id="diff-a")
         b = gr.File(label="Trace B", file_types=[".json"], type="filepath", elem_id="diff-b")
@@ -132,19 +135,22 @@ def build_diff(friendly: Callable) -> None:
     words = gr.Markdown(elem_id="diff-words")
     with gr.Accordion("Diff record (JSON)", open=False):
         record = gr.JSON(elem_id="diff-record")
-    go.click(friendly(diff_traces), [a, b, tolerance], [words, record], api_name="diff_traces")
+    def diff_uploads(trace_a: str | None, trace_b: str | None, tolerance: float):
+        return diff_traces(trace_a, trace_b, tolerance, limits.max_upload_bytes)
+
+    go.click(friendly(diff_uploads), [a, b, tolerance], [words, record], api_name="diff_traces")
 
 
-def build(friendly: Callable) -> None:
+def build(friendly: Callable, limits: ServerLimits = ServerLimits()) -> None:
     """The comparison tabs, below the method explorer."""
     with gr.Tabs(elem_id="compare-tabs"):
         with gr.Tab("Race", elem_id="tab-race"):
-            build_race(friendly)
+            build_race(friendly, limits)
         with gr.Tab("Audit", elem_id="tab-audit"):
-            build_audit(friendly)
+            build_audit(friendly, limits)
         with gr.Tab("Sampling check", elem_id="tab-check"):
-            checks.build_sampling_check(friendly)
+            checks.build_sampling_check(friendly, **model_work(limits))
         with gr.Tab("Be the drafter", elem_id="tab-drafter"):
-            checks.build_verify_draft(friendly)
+            checks.build_verify_draft(friendly, **model_work(limits))
         with gr.Tab("Trace diff", elem_id="tab-diff"):
-            build_diff(friendly)
+            build_diff(friendly, limits)
