@@ -414,3 +414,94 @@ def test_progress_line_counts_unmasked_span_positions_not_new_tokens():
         r = step.detail["spans"][0]
         assert f"{10 - r['masks_after']} of 10 span positions unmasked" in position_html(session)
     assert "10 of 10 span positions unmasked" in position_html(session)
+
+
+# ----------------------------------------------------------------------------- threshold and the cached prefix
+
+@pytest.mark.parametrize("tau", [0.0, 0.2, 0.5, 0.9])
+def test_threshold_commits_every_position_at_or_above_tau_and_at_least_one(tau):
+    steps = run(Toy(Table(seed=8)), [1, 2, 3], length=16, block=4, strategy="threshold", threshold=tau, eos="allow")
+    assert MASK not in steps[-1].committed_ids and steps[-1].final and not any(s.final for s in steps[:-1])
+    for s in steps:
+        r = span(s)
+        sure = [i for i in r["masked_before"] if r["confidence"][i] >= tau]
+        best = max(r["masked_before"], key=lambda i: (r["confidence"][i], -i))
+        assert r["unmasked"] == (sure or [best])
+
+
+def test_threshold_above_every_confidence_commits_exactly_one_per_iteration():
+    steps = run(Toy(Table(seed=9)), [1, 2], length=10, strategy="threshold", threshold=1.0)
+    assert len(steps) == 10 and all(len(span(s)["unmasked"]) == 1 for s in steps)
+    assert all(c < 1.0 for s in steps for c in span(s)["confidence"] if c is not None)
+
+
+def test_end_of_text_is_held_until_the_text_before_it_is_written():
+    table = Table(seed=10)
+    answer = table.answer(2, 8)
+    eos = answer[5]
+    steps = run(Toy(table, eos_ids={eos}), [1, 2], length=8, strategy="threshold", threshold=0.0)
+    for s in steps:
+        r = span(s)
+        for i in r["eos_committed"]:
+            assert all(r["input_tokens"][j] != MASK for j in range(i))
+    assert any(span(s)["eos_held"] for s in steps)
+
+
+class CausalCache:
+    """A left-to-right toy with a real cache: position p's state sums the embeddings of tokens 0..p, computed
+    when p is fed and then only read; token p is predicted from state p - 1 (shifted, like the diffusion LM)."""
+    mask_id, eos_ids, can_cache, bidirectional = MASK, frozenset(), True, False
+
+    def __init__(self, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.embed, self.out = torch.randn(VOCAB, 8, generator=g), torch.randn(8, VOCAB, generator=g)
+        self.fed = 0
+
+    def states(self, ids, before=None):
+        start = before if before is not None else torch.zeros(8)
+        return start + torch.cumsum(self.embed[torch.tensor(list(ids))], 0)
+
+    def logits(self, states):
+        out = states @ self.out
+        out[:, MASK] = -1e9
+        return torch.cat([out[:1], out[:-1]])
+
+    def masked_logits_rows(self, rows):
+        return [self.logits(self.states(r)) for r in rows]
+
+    def new_kv(self):
+        return []
+
+    def cacheable(self, start):
+        return start - 1
+
+    def crop(self, kv, n):
+        del kv[n:]
+
+    def masked_logits_cached(self, kv, row, start):
+        past = len(kv)
+        new = self.states(row[past:], kv[-1] if kv else None)
+        self.fed += len(row) - past
+        kv.extend(new)
+        return self.logits(torch.stack(kv))[start:]
+
+
+@pytest.mark.parametrize("strategy", ["diffusion", "threshold", "mask-predict"])
+def test_the_cached_prefix_equals_the_exact_forward_where_the_model_is_causal(strategy):
+    plain = run(CausalCache(), [1, 2, 3, 4], length=12, iterations=6, block=4, strategy=strategy, threshold=0.5)
+    model = CausalCache()
+    cached = run(model, [1, 2, 3, 4], length=12, iterations=6, block=4, strategy=strategy, threshold=0.5,
+                 cache="prefix")
+    assert [span(s)["tokens"] for s in cached] == [span(s)["tokens"] for s in plain]
+    assert all(span(s)["drift"] is None or span(s)["drift"] < 1e-4 for s in cached)
+    assert all(span(s)["drift_changed"] == [] and "stale" not in span(s)["kv_state"] for s in cached)
+    assert any("cached" in span(s)["kv_state"] for s in cached)
+    assert sum(s.tokens_fed for s in cached) == model.fed < sum(s.tokens_fed for s in plain)
+
+
+def test_the_quality_curve_decodes_the_span_at_fewer_iterations():
+    steps = run(Toy(Table(seed=11)), [1, 2], length=16, iterations=16, strategy="diffusion", curve="on")
+    curve = steps[-1].detail["quality_curve"]
+    assert [p["iterations"] for p in curve] == [16, 8, 4, 2] and all(s.detail["quality_curve"] is None
+                                                                     for s in steps[:-1])
+    assert curve[0]["tokens"] == list(steps[-1].committed_ids) and [p["forwards"] for p in curve] == [16, 8, 4, 2]
