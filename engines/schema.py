@@ -43,7 +43,7 @@ STEP_FIELDS: dict[str, dict[str, str]] = {
                   "harvested": "array", "added": "array", "pool": "array", "pool_size": "integer",
                   "pool_keys": "integer", "warming_up": "boolean", "shift": "integer", "cache_len": "integer"},
     "mask-predict": {"iteration": "integer", "iterations": "integer", "strategy": "string", "lengths": "ids",
-                     "best": "integer", "spans": "array"},
+                     "best": "integer", "spans": "array", "quality_curve": "array|null"},
 }
 
 TRACE_FIELDS = {"schema_version": "integer", "method": "string", "config": "object", "models": "object",

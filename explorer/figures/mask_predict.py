@@ -107,6 +107,7 @@ def unmasking(trace: Trace, index: int) -> go.Figure:
     data.append({"type": "scatter", **top, "x": [None], "y": [None], "mode": "markers", "name": "masked",
                  "marker": {"symbol": "square", "color": MASK_GREY, "size": 12}, "hoverinfo": "skip"})
     settled_strip(data, g.cell(2, 1), trace, records[-1], index, mask)
+    cache_strip(data, g.cell(2, 1), trace, records[-1])
     # shared x: the top axis follows the bottom one and leaves the tick labels to it
     g.xaxis(1, 1).update(matches="x2", showticklabels=False)
     g.yaxis(1, 1).update(autorange="reversed")
@@ -153,6 +154,29 @@ def settled_strip(data: list[dict], axes: dict, trace: Trace, r: dict, index: in
                  "showscale": False, "colorscale": [[0, MASK_GREY], [1, MASK_GREY]], "xgap": 1, "hoverinfo": "skip"})
 
 
+KV_LOOK = {"fresh": (0, "fed to this forward"), "cached": (1, "read from the cache, computed on this text"),
+           "stale": (2, "read from the cache, computed when a token it sees was different")}
+KV_SCALE = [[0.0, "#F0F0F0"], [0.33, "#F0F0F0"], [0.34, "#56B4E9"], [0.66, "#56B4E9"], [0.67, "#D55E00"],
+            [1.0, "#D55E00"]]
+
+
+def cache_strip(data: list[dict], axes: dict, trace: Trace, r: dict) -> None:
+    """With a cached prefix: per span position whether this forward computed it fresh, read it from the cache,
+    or read a stale entry (the recorded kv_state; the prompt's positions are counted in the words)."""
+    states = r.get("kv_state") or []
+    if not states or set(states) == {"fresh"}:
+        return
+    span_states = states[len(states) - r["length"]:]
+    data.append({"type": "heatmap", **axes, "x": list(range(r["length"])), "y": ["key-value cache"],
+                 "z": [[KV_LOOK[k][0] for k in span_states]], "zmin": 0, "zmax": 2, "colorscale": KV_SCALE,
+                 "showscale": False, "xgap": 1, "name": "key-value cache",
+                 "text": [[k[0].upper() for k in span_states]], "texttemplate": "%{text}",
+                 "textfont": {"size": 9, "color": CELL_TEXT},
+                 "customdata": [[f"position {i}: {KV_LOOK[k][1]}, computed at iteration {c + 1}"
+                                 for i, (k, c) in enumerate(zip(span_states, r["kv_computed"][len(states) - r["length"]:]))]],
+                 "hovertemplate": "%{customdata}<extra></extra>"})
+
+
 def confidence_and_schedule(trace: Trace, index: int) -> go.Figure:
     """This iteration's confidence per position; masks left per iteration against the schedule."""
     if index < 0 or not trace.steps:
@@ -160,10 +184,18 @@ def confidence_and_schedule(trace: Trace, index: int) -> go.Figure:
     mask, r = mask_id(trace), span_at(trace, index)
     x = list(range(r["length"]))
     kinds = [state(r, i, mask) for i in x]
-    g = grid(1, 2, col_widths=[0.6, 0.4], hspace=0.1,
-             titles=("confidence at every position", "masks left per iteration"))
+    curve = trace.steps[index].detail.get("quality_curve")
+    g = grid(1, 3, col_widths=[0.45, 0.3, 0.25], hspace=0.08,
+             titles=("confidence at every position", "masks left and tokens committed", "quality vs iterations")) \
+        if curve else grid(1, 2, col_widths=[0.6, 0.4], hspace=0.1,
+                           titles=("confidence at every position", "masks left and tokens committed"))
     left, right = g.cell(1, 1), g.cell(1, 2)
     data = []
+    if trace.steps[index].detail["strategy"] == "threshold":
+        tau = trace.config.get("threshold")
+        data.append({"type": "scatter", **left, "x": [-0.5, r["length"] - 0.5], "y": [tau, tau], "mode": "lines",
+                     "name": f"threshold tau = {tau}", "line": {"color": colour("rejected"), "dash": "dash"},
+                     "hovertemplate": f"tau = {tau}: every masked position at or above it is committed<extra></extra>"})
     style = {"unmasked": ("chosen", ""), "re-masked": ("rejected", "x"), "kept": ("earlier", ""),
              "guessed, still masked": ("masked", "/")}   # plain masks have no confidence yet: no bar
     for kind, (status, pattern) in style.items():
@@ -188,7 +220,19 @@ def confidence_and_schedule(trace: Trace, index: int) -> go.Figure:
          "mode": "markers", "name": "masks at the start (recorded)",
          "marker": {"color": colour("chosen"), "symbol": symbol("chosen"), "size": 8},
          "hovertemplate": "iteration %{x}: %{y} masks going in<extra></extra>"},
+        {"type": "bar", **right, "x": list(range(1, index + 2)), "y": [len(q["unmasked"]) for q in seen],
+         "name": "tokens committed (recorded)", "marker": {"color": colour("chosen"), "opacity": 0.45},
+         "hovertemplate": "iteration %{x}: %{y} tokens committed<extra></extra>"},
     ]
+    if curve:
+        far = g.cell(1, 3)
+        data.append({"type": "scatter", **far, "x": [p["iterations"] for p in curve],
+                     "y": [p["mean_logprob"] for p in curve], "mode": "lines+markers", "name": "mean log p at commit",
+                     "line": {"color": TARGET_COLOUR},
+                     "customdata": [f"T = {p['iterations']} ({p['tokens_per_iteration']:g} tokens per iteration): "
+                                    f"mean log p {fmt(p['mean_logprob'])}, distinct-2 {fmt(p['distinct2'])}"
+                                    for p in curve], "hovertemplate": "%{customdata}<extra></extra>"})
+        g.xaxis(1, 3).update(title={"text": "iterations T"}, type="log")
     g.yaxis(1, 1).update(title={"text": "confidence"})
     g.xaxis(1, 1).update(title={"text": "position"}, range=[-0.5, r["length"] - 0.5])
     g.xaxis(1, 2).update(count_axis("iteration", len(iterations)))
@@ -212,7 +256,8 @@ def words(trace: Trace, index: int) -> str:
     step = trace.steps[index]
     d, r = step.detail, span_at(trace, index)
     block = f", block {r['block'][0]}-{r['block'][1] - 1}" if r["block_iterations"] < d["iterations"] else ""
-    text = (f"Iteration {index + 1} of {d['iterations']} ({d['strategy']}{block}): ")
+    most = "at most " if d["strategy"] == "threshold" else ""
+    text = (f"Iteration {index + 1} of {most}{d['iterations']} ({d['strategy']}{block}): ")
     if not step.target_forwards:
         text += "nothing was masked in this block, so no forward was needed."
     else:
@@ -223,14 +268,57 @@ def words(trace: Trace, index: int) -> str:
         text += f" Unmasked: {listed(trace, r, r['unmasked'])}."
     if r["remasked"]:
         text += f" Re-masked as the least confident: {listed(trace, r, r['remasked'])}."
-    text += (f" {r['masks_after']} masks remain; the schedule planned {r['scheduled_masks']} going in "
-             f"(formula {r['formula_masks']:g}).")
+    if d["strategy"] == "threshold":
+        tau = trace.config.get("threshold")
+        sure = [i for i in r["masked_before"] if r["confidence"][i] is not None and r["confidence"][i] >= tau]
+        text += (f" {len(sure)} of {len(r['masked_before'])} masked positions were at least tau = {tau} sure"
+                 + ("" if sure else ", so only the most confident was committed") + f"; {r['masks_after']} masks "
+                 f"remain (threshold has no schedule: it ends when the span is full).")
+    else:
+        text += (f" {r['masks_after']} masks remain; the schedule planned {r['scheduled_masks']} going in "
+                 f"(formula {r['formula_masks']:g}).")
+    text += cache_words(r) + eos_words(trace, r) + curve_words(d.get("quality_curve"))
     if len(d["lengths"]) > 1:
         text += (f" The length beam runs {len(d['lengths'])} spans ({', '.join(map(str, d['lengths']))}); the best "
                  f"mean log-probability is length {r['length']} ({fmt(r['mean_logprob'])}).")
     if step.committed_ids:
         text += f" The span is final: {len(step.committed_ids)} tokens committed."
     return text
+
+
+def cache_words(r: dict) -> str:
+    states = r.get("kv_state") or []
+    if "cached" not in states and "stale" not in states:
+        return ""
+    text = (f" The forward fed {states.count('fresh')} positions and read {states.count('cached')} from the key-value "
+            f"cache as computed on this text and {states.count('stale')} stale ones, computed when a token they "
+            f"see was different.")
+    if r.get("drift") is not None:
+        changed = r.get("drift_changed") or []
+        text += (f" The auditor also ran the exact forward ({r['audit_tokens_fed']} positions, not counted as the "
+                 f"method's cost): the largest logit difference at the decided positions is {fmt(r['drift'])}, and "
+                 + (f"the decision would have changed at position{'s' if len(changed) > 1 else ''} "
+                    f"{', '.join(map(str, changed))}." if changed else "no decision would have changed."))
+    return text
+
+
+def eos_words(trace: Trace, r: dict) -> str:
+    held, written = r.get("eos_held") or [], r.get("eos_committed") or []
+    text = ""
+    if held:
+        text += (f" End-of-text was the guess at position{'s' if len(held) > 1 else ''} {', '.join(map(str, held))}, "
+                 f"before text that is still masked: held back, so the span does not flood with end-of-text tokens.")
+    if written:
+        text += f" End-of-text committed at {', '.join(map(str, written))}; the text ends at the first one."
+    return text
+
+
+def curve_words(curve: list[dict] | None) -> str:
+    if not curve:
+        return ""
+    points = "; ".join(f"T = {p['iterations']}: mean log p {fmt(p['mean_logprob'])}, distinct-2 {fmt(p['distinct2'])}"
+                       for p in curve)
+    return f" The same span decoded again at fewer iterations (recorded, {sum(p['forwards'] for p in curve)} forwards): {points}."
 
 
 def chips(trace: Trace, index: int) -> list[Chip]:
