@@ -365,9 +365,14 @@ def test_heatmap_marks_re_masked_cells_and_draws_the_recorded_schedule():
     first = span(trace.steps[0])
     assert all(c is not None for c in conf["z"][0])   # iteration 1 predicts every position, re-masked or not
     assert conf["z"][0] == first["confidence"]
-    strip = next(t for t in fig["data"] if t.get("name") == "settled at iteration")
-    final = span(trace.steps[3])
-    assert strip["z"][0] == [final["settled"][i] + 1 for i in range(10)]
+    strip = next(t for t in fig["data"] if t.get("name") == "unmasked at iteration")
+    entered = [None] * 10                  # the iteration that last unmasked each position, as recorded
+    for s in trace.steps[:4]:
+        for i in span(s)["unmasked"]:
+            entered[i] = s.index + 1
+        for i in span(s)["remasked"]:
+            entered[i] = None
+    assert strip["z"][0] == entered
     side = view.side(trace, 3).to_dict()
     schedule_line = next(t for t in side["data"] if t.get("name") == "schedule")
     assert list(schedule_line["y"]) == first["plan_masks"] == schedule(10, 4, "mask-predict")
