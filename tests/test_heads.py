@@ -1,0 +1,183 @@
+"""Draft heads on the target's own hidden states (Medusa / blockwise, EAGLE-3) and the suffix-tree drafter:
+exact under greedy, lossless under sampling, no extra target forward, refused by any other target."""
+import dataclasses
+
+import pytest
+import torch
+
+from engines import drafters, heads as H, train_heads
+from engines.methods import Run
+from engines.speculative import SpeculativeConfig, speculative
+from engines.tree import TreeConfig, tree
+from tests.conftest import PROMPTS, greedy_reference
+
+KINDS = ("heads", "eagle")
+
+
+@pytest.fixture(scope="module")
+def head_dir(tiny_target, tmp_path_factory):
+    """The shipped heads for tiny-target when they are in assets; otherwise randomly initialised ones (the
+    exactness tests hold for any head, so they stay meaningful)."""
+    shipped = drafters.HEADS_DIR
+    if all((shipped / f"{tiny_target.name}-{k}" / H.HEAD_FILE).exists() for k in ("medusa", "eagle")):
+        return shipped
+    folder = tmp_path_factory.mktemp("heads")
+    torch.manual_seed(0)
+    for kind in ("medusa", "eagle"):
+        head = train_heads.new_head(kind, tiny_target, torch.arange(4096))
+        for p in head.parameters():
+            if p.dim() == 2:
+                torch.nn.init.normal_(p, std=0.02)
+        H.save(head, folder / f"{tiny_target.name}-{kind}")
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def heads_here(head_dir, monkeypatch):
+    monkeypatch.setattr(drafters, "HEADS_DIR", head_dir)   # a test seam: where drafters look for heads
+
+
+def decode(engine, target, ids, cfg, seed=0):
+    steps = list(engine(target, None, ids, cfg, torch.Generator().manual_seed(seed)))
+    return steps, [t for s in steps for t in s.committed_ids]
+
+
+# ----------------------------------------------------------------------------- greedy equals generate
+
+@pytest.mark.parametrize("drafter", KINDS)
+@pytest.mark.parametrize("k, n", [(4, 24), (3, 13), (16, 9)])     # 13 and 9: the budget ends mid-draft
+def test_chain_drafting_from_heads_equals_greedy_generate(drafter, k, n, tiny_target):
+    ids = tiny_target.encode(PROMPTS[0])
+    steps, out = decode(speculative, tiny_target, ids, SpeculativeConfig(k=k, drafter=drafter, max_new_tokens=n))
+    assert out == greedy_reference(tiny_target, ids, n)
+    assert steps[0].detail["draft_tokens"] == []          # nothing to read before the first verification
+    assert all(s.target_forwards == 1 for s in steps)
+
+
+@pytest.mark.parametrize("drafter", KINDS + ("suffix",))
+@pytest.mark.parametrize("shape", ["dynamic", "sparse", "balanced"])
+def test_tree_drafting_from_heads_and_suffix_equals_greedy_generate(drafter, shape, tiny_target):
+    ids = tiny_target.encode(PROMPTS[1] + " " + PROMPTS[1])
+    steps, out = decode(tree, tiny_target, ids, TreeConfig(drafter=drafter, tree=shape, max_new_tokens=20))
+    assert out == greedy_reference(tiny_target, ids, 20)
+
+
+@pytest.mark.parametrize("engine, cfg", [(speculative, SpeculativeConfig(k=4, drafter="eagle", max_new_tokens=12)),
+                                         (tree, TreeConfig(drafter="heads", tree="chain", max_new_tokens=12))])
+def test_stops_at_an_eos_inside_an_accepted_draft(engine, cfg, tiny_target):
+    ids = tiny_target.encode(PROMPTS[3])
+    ref = greedy_reference(tiny_target, ids, 12)
+    eos = ref[5]
+    as_eos = dataclasses.replace(tiny_target, eos_ids=frozenset({eos}))
+    steps, out = decode(engine, as_eos, ids, cfg)
+    assert out == ref[:ref.index(eos) + 1]
+    assert steps[-1].final
+
+
+def test_heads_read_the_verification_forward_and_cost_no_target_forward(tiny_target):
+    """One call of the target model per step, counted by a forward hook on the model itself."""
+    calls = []
+    hook = tiny_target.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        for engine, cfg in ((speculative, SpeculativeConfig(k=4, drafter="eagle", max_new_tokens=16)),
+                            (tree, TreeConfig(drafter="heads", max_new_tokens=16))):
+            calls.clear()
+            steps, _ = decode(engine, tiny_target, tiny_target.encode(PROMPTS[2]), cfg)
+            assert len(calls) == len(steps)
+            assert all(s.draft_forwards >= 1 for s in steps[1:])   # the head forwards, counted apart
+    finally:
+        hook.remove()
+
+
+# ----------------------------------------------------------------------------- what the heads record
+
+def test_steps_record_which_head_drafted_and_what_it_could_draft(tiny_target):
+    steps, _ = decode(speculative, tiny_target, tiny_target.encode(PROMPTS[0]),
+                      SpeculativeConfig(k=3, drafter="eagle", max_new_tokens=10))
+    d = steps[1].detail
+    assert d["heads"]["kind"] == "eagle" and d["heads"]["trained_on"] == tiny_target.name
+    assert len(d["heads"]["layers"]) == 3 and max(d["heads"]["layers"]) <= d["heads"]["target_layers"]
+    assert len(d["heads"]["target_in_vocab"]) == len(d["draft_tokens"]) + 1
+    head = drafters.load_head(tiny_target, "eagle")
+    vocab = set(head.vocab.tolist())
+    assert d["heads"]["target_in_vocab"] == [t in vocab for t in [p["target_token"] for p in d["positions"]]] + \
+        [d["heads"]["target_in_vocab"][-1]]
+    assert all(t in vocab for t in d["draft_tokens"])     # a head can only draft its own vocabulary
+
+
+def test_a_head_refuses_a_target_it_was_not_trained_on(tiny_target, tiny_draft, head_dir):
+    with pytest.raises(H.HeadMismatchError, match="trained on 'tiny-target'"):
+        H.load(head_dir / f"{tiny_target.name}-eagle", tiny_draft.model, tiny_draft.device, tiny_draft.dtype)
+
+
+def test_a_target_without_heads_is_told_which_targets_have_them(tiny_draft):
+    with pytest.raises(ValueError, match="No eagle head was trained for 'tiny-draft'"):
+        Run("speculative", "Once upon a time", {"drafter": "eagle"}, target="tiny-draft")
+
+
+# ----------------------------------------------------------------------------- sampling stays lossless
+
+def test_sampled_head_drafts_are_distributed_as_the_target(tiny_target):
+    """Exact acceptance with the heads' one-hot q: the token emitted where the heads drafted (the second step's
+    first token, given the first step's token) follows the target's own distribution."""
+    ids = tiny_target.encode(PROMPTS[2])
+    cfg = SpeculativeConfig(k=2, drafter="heads", max_new_tokens=3, temperature=1.0, top_k=4)
+    firsts, seconds = [], []
+    for seed in range(300):
+        steps, _ = decode(speculative, tiny_target, ids, cfg, seed)
+        firsts.append(steps[0].committed_ids[0])
+        seconds.append(steps[1].committed_ids[0])
+    common = max(set(firsts), key=firsts.count)
+    drawn = torch.tensor([s for f, s in zip(firsts, seconds) if f == common])
+    from engines.sampling import probabilities
+    p = probabilities(tiny_target.forward(tiny_target.new_kv(), ids + [common])[-1], cfg.sampling)
+    from tests.test_speculative import chi_square_p_value
+    assert len(drawn) > 60 and chi_square_p_value(drawn, p) > 1e-3
+
+
+# ----------------------------------------------------------------------------- suffix tree and training
+
+def test_suffix_tree_matches_the_longest_suffix_and_scores_continuations_by_frequency():
+    s = drafters.SuffixDrafter(depth=8)
+    nodes = s.grow([1, 2, 3, 4, 1, 2, 3, 9, 1, 2], budget=4, depth=5)
+    assert s.match == {"length": 2, "tokens": [1, 2], "occurrences": 3}    # [9, 1, 2] never continued
+    assert [(n.path, n.token, n.q) for n in nodes] == [((0,), 3, 1.0), ((0, 0), 4, 0.5), ((0, 1), 9, 0.5),
+                                                       ((0, 0, 0), 1, 1.0)]
+
+
+def test_suffix_tree_grows_incrementally_as_a_rebuild_would():
+    def counts(node):
+        return {t: (c["count"], counts(c)) for t, c in node["next"].items()}
+    text = [1, 2, 3, 1, 2, 4, 1, 2, 3, 3, 1]
+    grown = drafters.SuffixDrafter(depth=5)
+    grown.extend(text[:4])
+    grown.extend(text)
+    fresh = drafters.SuffixDrafter(depth=5)
+    fresh.extend(text)
+    assert counts(grown.root) == counts(fresh.root)
+
+
+def test_a_few_training_steps_lower_the_head_losses(tiny_target):
+    torch.manual_seed(0)
+    ids = torch.tensor([tiny_target.encode(" ".join(PROMPTS * 3))[:64]])
+    layers = (1, 2, 3)
+    batch = train_heads.target_features(tiny_target, ids, layers)
+    vocab = torch.unique(torch.cat([ids.flatten(), batch["top_ids"].flatten().long()]))
+    embed, readout, index = train_heads.frozen_target_matrices(tiny_target, vocab)
+    for kind in ("medusa", "eagle"):
+        head = train_heads.new_head(kind, tiny_target, vocab)
+        if kind == "eagle":
+            head = H.build(dataclasses.replace(head.spec, layers=layers)).train()
+        opt = torch.optim.AdamW(head.parameters(), lr=3e-3)
+
+        def loss():
+            if kind == "medusa":
+                return train_heads.medusa_loss(head, batch, readout, index)[0]
+            return train_heads.eagle_loss(head, batch, embed, readout, index)[0]
+
+        before = float(loss())
+        for _ in range(15):
+            opt.zero_grad()
+            loss().backward()
+            opt.step()
+        assert float(loss()) < 0.8 * before
