@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from time import perf_counter
 from typing import Iterator, Sequence
 
 import torch
 
 from engines.config import DecodeConfig
-from engines.lm import LM
+from engines.lm import LM, clock
 from engines.sampling import choose, probabilities, raw_probabilities, top
 from engines.trace import Step
 
@@ -23,14 +22,14 @@ def autoregressive(target: LM, prompt_ids: Sequence[int], cfg: AutoregressiveCon
     kv = target.new_kv()
     pending = list(prompt_ids)
     for index in range(cfg.max_new_tokens):
-        start = perf_counter()
+        start = clock(target.device)   # CUDA waited for: timings measure the GPU's work
         logits = target.forward(kv, pending)[-1]
         probs = probabilities(logits, cfg.sampling)
         raw = raw_probabilities(logits)
         token = choose(probs, cfg.sampling, rng)
         final = token in target.eos_ids or index == cfg.max_new_tokens - 1
         yield Step(index, (token,), target_forwards=1, tokens_fed=len(pending),
-                   wall_s=perf_counter() - start, final=final, detail={
+                   wall_s=clock(target.device) - start, final=final, detail={
                        "chosen": token,
                        "p_chosen": round(float(probs[token]), 6),
                        "raw_p_chosen": round(float(raw[token]), 6),

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from time import perf_counter
 from typing import Callable, Iterator, Sequence
 
 import torch
 
 from engines.config import DecodeConfig, option
 from engines.jacobi import cut
-from engines.lm import LM
+from engines.lm import LM, clock
 from engines.sampling import Sampling, probabilities, raw_probabilities
 from engines.trace import Step
 from engines.tree import verify_greedy, verify_one
@@ -186,7 +185,7 @@ def lookahead(target: LM, prompt_ids: Sequence[int], cfg: LookaheadConfig, rng: 
     levels = [draw(W)]
     pool: OrderedDict[int, list[tuple[int, ...]]] = OrderedDict()
     for index in range(cfg.max_new_tokens):
-        start = perf_counter()
+        start = clock(target.device)   # CUDA waited for: timings measure the GPU's work
         last = pending[-1]
         levels[0][0] = last
         candidates = [list(t) for t in pool.get(last, [])] if G else []
@@ -212,7 +211,7 @@ def lookahead(target: LM, prompt_ids: Sequence[int], cfg: LookaheadConfig, rng: 
         levels, shift = slide(levels, new_level, N - 1, len(committed), draw)
         final = committed[-1] in target.eos_ids or len(text) - len(prompt_ids) >= cfg.max_new_tokens
         yield Step(index, tuple(committed), target_forwards=1, tokens_fed=len(b.ids),
-                   wall_s=perf_counter() - start, final=final, detail={
+                   wall_s=clock(target.device) - start, final=final, detail={
                        "input_token": last,
                        "window": window,
                        "new_level_ids": new_level,

@@ -18,7 +18,6 @@ the distribution each draft token was sampled from.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from time import perf_counter
 from typing import Iterator, Sequence
 
 import torch
@@ -27,7 +26,7 @@ from engines.acceptance import (accepted_count, correction, entropy, greedy_acce
                                 typical_accept, typical_threshold)
 from engines.config import DecodeConfig, acceptance_option, delta_option, epsilon_option, option, typical_of
 from engines.drafters import HEAD_KINDS, describe, head_drafter
-from engines.lm import LM, KV
+from engines.lm import KV, LM, clock
 from engines.sampling import Sampling, choose, probabilities, raw_probabilities, top
 from engines.trace import Step
 
@@ -75,7 +74,7 @@ def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: Sp
     text = list(prompt_ids)
     k, produced, index = cfg.k, 0, 0
     while produced < cfg.max_new_tokens:
-        start = perf_counter()
+        start = clock(target.device)   # CUDA waited for: timings measure the GPU's work
         # never draft what the budget could not keep: n accepted + 1 more must fit
         k_now = min(k, cfg.max_new_tokens - produced - 1)
         draft_before = len(draft_kv) if draft_kv is not None else 0
@@ -125,7 +124,7 @@ def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: Sp
         })
         final = ended or produced >= cfg.max_new_tokens
         yield Step(index, tuple(committed), target_forwards=1, draft_forwards=proposal.forwards, final=final,
-                   tokens_fed=len(fed), wall_s=perf_counter() - start, detail=detail)
+                   tokens_fed=len(fed), wall_s=clock(target.device) - start, detail=detail)
         if final:
             return
         k, index = k_next, index + 1
