@@ -27,7 +27,7 @@ import torch
 from engines import trees
 from engines.acceptance import entropy, one_hot, ratio, residual, typical_accept, typical_threshold
 from engines.config import DecodeConfig, acceptance_option, delta_option, epsilon_option, option, typical_of
-from engines.drafters import HEAD_KINDS, describe, head_drafter
+from engines.drafters import HEAD_KINDS, SuffixDrafter, describe, head_drafter
 from engines.lm import KV, LM, clock
 from engines.sampling import Sampling, choose, probabilities, raw_probabilities, top
 from engines.trace import Step
@@ -38,7 +38,9 @@ from engines.trees import ROOT, Path
 class TreeConfig(DecodeConfig):
     drafter: str = option("model", "what grows the tree: the draft model; heads: Medusa heads on the target's last "
                                    "hidden state (each level one head's ranks); eagle: the EAGLE-3 head on the "
-                                   "target's fused features, one head forward per level", choices=("model",) + HEAD_KINDS)
+                                   "target's fused features, one head forward per level; suffix: SuffixDecoding, a "
+                                   "frequency-scored tree from a suffix tree over the prompt and output (no model)",
+                          choices=("model",) + HEAD_KINDS + ("suffix",))
     tree: str = option("dynamic", "the draft tree: 'dynamic' (EAGLE-2, grown by draft confidence) or a fixed shape",
                        choices=("dynamic",) + tuple(trees.SHAPES))
     tree_budget: int = option(16, "dynamic tree: nodes kept for the target to verify", 1, 64,
@@ -135,6 +137,8 @@ def grow(drafting: Drafting, committed: Sequence[int], cfg: TreeConfig, depth: i
     depth = min(depth, getattr(drafting, "max_depth", depth))
     if depth < 1 or not getattr(drafting, "ready", True):   # heads draft from the first verification on
         return [], 0
+    if isinstance(drafting, SuffixDrafter):
+        return drafting.grow(committed, cfg.tree_budget, min(depth, cfg.tree_depth)), 0
     if cfg.tree == "dynamic":
         drafted = grow_dynamic(drafting, committed, min(depth, cfg.tree_depth), cfg.tree_topk)
         kept = most_confident(drafted, cfg.tree_budget)
@@ -286,12 +290,13 @@ def verify_one(parent_of: Sequence[int], tokens: Sequence[int], p: torch.Tensor,
 def tree(target: LM, draft: LM, prompt_ids: Sequence[int], cfg: TreeConfig, rng: torch.Generator) -> Iterator[Step]:
     """Tree speculative decoding; one Step per draft-tree-and-verify iteration."""
     heads = head_drafter(target, cfg.drafter) if cfg.drafter in HEAD_KINDS else None
-    target_kv, draft_kv = target.new_kv(), (draft.new_kv() if heads is None else None)
+    suffix = SuffixDrafter() if cfg.drafter == "suffix" else None
+    target_kv, draft_kv = target.new_kv(), (draft.new_kv() if cfg.drafter == "model" else None)
     committed, pending, produced, index = list(prompt_ids), list(prompt_ids), 0, 0
     while produced < cfg.max_new_tokens:
         start = clock(target.device)   # CUDA waited for: timings measure the GPU's work
         # never draft past the budget: the deepest path plus the target's own token fill it exactly
-        drafting = Drafting(draft, draft_kv, len(committed)) if heads is None else heads
+        drafting = heads or suffix or Drafting(draft, draft_kv, len(committed))
         nodes, dropped = grow(drafting, committed, cfg, cfg.max_new_tokens - produced - 1)
         paths, tokens = [n.path for n in nodes], [n.token for n in nodes]
         parent_of = trees.parents(paths)
@@ -304,7 +309,7 @@ def tree(target: LM, draft: LM, prompt_ids: Sequence[int], cfg: TreeConfig, rng:
                    else verify_one(parent_of, tokens, p, rng))
         new = until_eos([tokens[i] for i in outcome.path] + [outcome.final], target.eos_ids)
         target.keep(target_kv, len(committed), outcome.path)
-        if nodes and heads is None:
+        if nodes and draft_kv is not None:
             draft.keep(draft_kv, len(committed), [nodes[i].row for i in outcome.path if nodes[i].row is not None])
         draft_forwards = drafting.forwards
         stop = outcome.path[-1] if outcome.path else ROOT
@@ -323,6 +328,8 @@ def tree(target: LM, draft: LM, prompt_ids: Sequence[int], cfg: TreeConfig, rng:
         }
         if heads is not None:   # recorded before the heads read this verification's hidden states
             detail["heads"] = describe(heads, [outcome.final])
+        if suffix is not None:
+            detail["suffix_match"] = suffix.match
         if outcome.residual is not None and resampled:
             detail["residual_top"] = top(outcome.residual, 5)
         if heads is not None:   # the pending rows and the accepted path are final: the heads read them
