@@ -78,6 +78,8 @@ def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: Sp
         # never draft what the budget could not keep: n accepted + 1 more must fit
         k_now = min(k, cfg.max_new_tokens - produced - 1)
         draft_before = len(draft_kv) if draft_kv is not None else 0
+        if heads is not None:
+            heads.begin()
         proposal = propose(heads or draft, draft_kv, text, k_now, cfg, rng, target.eos_ids)
         draft_after = len(draft_kv) if draft_kv is not None else 0
 
@@ -109,7 +111,6 @@ def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: Sp
         if draft_kv is not None:
             draft.crop(draft_kv, min(len(draft_kv), len(text) + n))
         if heads is not None:   # positions whose hidden states are now final: up to the last accepted draft
-            heads.begin()
             heads.observe(features[:, :len(text) - target_before + n], target_before, text + committed)
         text += committed
         produced += len(committed)
@@ -123,7 +124,8 @@ def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: Sp
             "heads": describe(heads, verdict.choice.tolist()) if heads is not None else None,
         })
         final = ended or produced >= cfg.max_new_tokens
-        yield Step(index, tuple(committed), target_forwards=1, draft_forwards=proposal.forwards, final=final,
+        yield Step(index, tuple(committed), target_forwards=1, draft_forwards=heads.forwards if heads else proposal.forwards,
+                   final=final,
                    tokens_fed=len(fed), wall_s=clock(target.device) - start, detail=detail)
         if final:
             return
@@ -157,7 +159,7 @@ def propose(draft, kv: KV | None, text: list[int], k: int, cfg: SpeculativeConfi
 
 def draft_with_heads(heads, k: int, stop_ids: frozenset[int]) -> Draft:
     """The heads' top choice at each of k positions (one-hot q); their own distributions are recorded as
-    q_raw. The head forwards that made them were counted when the heads observed the last verification."""
+    q_raw. A step's head forwards are the chain's and the one that reads this step's verification."""
     tokens, probs = heads.chain(k, stop_ids)
     return Draft(tokens, q_raw=probs if tokens else None, forwards=heads.forwards)
 

@@ -431,8 +431,10 @@ def main(argv=None) -> None:
     add_schedule(hd, lr=2e-3, steps=4000, minutes=40)
     he = sub.add_parser("heads-eval", help="held-out agreement of the trained heads with the target")
     he.add_argument("target")
+    hp = sub.add_parser("heads-publish", help="copy the trained heads into assets/models/heads with their figures")
+    hp.add_argument("target")
     add_schedule(train_diffusion.add_parser(sub), lr=1e-3, steps=20000, minutes=600)
-    for s in (t, e, f, hd, he, *[sub.choices[k] for k in ("causal", "masked")]):
+    for s in (t, e, f, hd, he, hp, *[sub.choices[k] for k in ("causal", "masked")]):
         s.add_argument("--threads", type=int, default=2)
         s.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
@@ -448,6 +450,8 @@ def main(argv=None) -> None:
         train_diffusion.train(args)
     elif args.command == "heads-eval":
         print(json.dumps(train_heads.evaluate_heads(args.target), indent=1))
+    elif args.command == "heads-publish":
+        train_heads.publish(args.target)
     elif args.command == "publish":
         shutil.copytree(WORK_DIR / args.name / "export", lm.MODELS_DIR / args.name, dirs_exist_ok=True)
         print(f"published {lm.MODELS_DIR / args.name}")

@@ -361,3 +361,37 @@ def evaluate_heads(target_name: str, folder: Path | None = None) -> dict[str, di
                 row[f"depth{j + 1}_top1"] = round(float((guess == greedy[:, j + 1:]).float().mean()), 4)
         figures[kind] = row
     return figures
+
+
+def publish(target_name: str) -> Path:
+    """Copy both exports into assets/models/heads with their held-out figures in head.json, and write the
+    heads' README table from every published head."""
+    import dataclasses
+    import json
+    import shutil
+    from engines.drafters import HEADS_DIR
+    work = work_dir(target_name)
+    figures = evaluate_heads(target_name)
+    for kind, row in figures.items():
+        out = HEADS_DIR / f"{target_name}-{kind}"
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(work / f"{kind}-export", out)
+        step = torch.load(work / f"{kind}.ckpt.pt", weights_only=False)["step"]
+        spec = dataclasses.replace(H.read_spec(out), training={"steps": step, "held_out": row,
+                                                               "tokens_seen": step * 8 * FEATURE_WINDOW})
+        (out / H.HEAD_FILE).write_text(spec.to_json())
+    lines = ["# Draft heads", "", "Trained by `python -m engines.train features TARGET` then "
+             "`python -m engines.train heads medusa|eagle TARGET`; figures from `heads-eval` on held-out text "
+             "(the corpus's held-out slice and held-out texts the target wrote), against the target's greedy "
+             "token under teacher forcing.", "", "| head | target | steps | tokens seen | held-out figures |",
+             "| --- | --- | --- | --- | --- |"]
+    for folder in sorted(HEADS_DIR.glob("*")):
+        if (folder / H.HEAD_FILE).exists():
+            spec = H.read_spec(folder)
+            t = spec.training or {}
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in t.get("held_out", {}).items())
+            lines.append(f"| {spec.kind} | {spec.target} | {t.get('steps', '?')} | {t.get('tokens_seen', '?')} | "
+                         f"{shown} |")
+    (HEADS_DIR / "README.md").write_text("\n".join(lines) + "\n")
+    print(json.dumps(figures, indent=1))
+    return HEADS_DIR

@@ -297,6 +297,8 @@ def tree(target: LM, draft: LM, prompt_ids: Sequence[int], cfg: TreeConfig, rng:
         start = clock(target.device)   # CUDA waited for: timings measure the GPU's work
         # never draft past the budget: the deepest path plus the target's own token fill it exactly
         drafting = heads or suffix or Drafting(draft, draft_kv, len(committed))
+        if heads is not None:   # a step's head forwards: its tree levels and the read of its verification
+            heads.begin()
         nodes, dropped = grow(drafting, committed, cfg, cfg.max_new_tokens - produced - 1)
         paths, tokens = [n.path for n in nodes], [n.token for n in nodes]
         parent_of = trees.parents(paths)
@@ -311,7 +313,6 @@ def tree(target: LM, draft: LM, prompt_ids: Sequence[int], cfg: TreeConfig, rng:
         target.keep(target_kv, len(committed), outcome.path)
         if nodes and draft_kv is not None:
             draft.keep(draft_kv, len(committed), [nodes[i].row for i in outcome.path if nodes[i].row is not None])
-        draft_forwards = drafting.forwards
         stop = outcome.path[-1] if outcome.path else ROOT
         resampled = bool(trees.children(parent_of)[stop])   # the stop node had children and all were rejected
         detail = {
@@ -334,14 +335,13 @@ def tree(target: LM, draft: LM, prompt_ids: Sequence[int], cfg: TreeConfig, rng:
             detail["residual_top"] = top(outcome.residual, 5)
         if heads is not None:   # the pending rows and the accepted path are final: the heads read them
             rows = list(range(len(pending))) + [len(pending) + i for i in outcome.path[:len(new) - 1]]
-            heads.begin()
             heads.observe(features[:, rows], len(committed) - len(pending), committed + new)
         tokens_fed = len(pending) + len(nodes)
         committed += new
         pending, produced = [new[-1]], produced + len(new)
         detail["cache_len"] = len(target_kv)
         final = new[-1] in target.eos_ids or produced >= cfg.max_new_tokens
-        yield Step(index, tuple(new), target_forwards=1, draft_forwards=draft_forwards, tokens_fed=tokens_fed,
+        yield Step(index, tuple(new), target_forwards=1, draft_forwards=drafting.forwards, tokens_fed=tokens_fed,
                    wall_s=clock(target.device) - start, final=final, detail=detail)
         index += 1
         if final:
