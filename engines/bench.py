@@ -227,8 +227,73 @@ def bench_mask_predict(models: Models, prompts: list[str], quick: bool) -> list[
     return rows
 
 
+# ----------------------------------------------------------------------------- draft heads and suffix trees
+
+HEAD_TREES = {"tree:eagle": {"drafter": "eagle", "tree": "dynamic", "tree_budget": 24, "tree_depth": 6, "tree_topk": 4},
+              "tree:medusa": {"drafter": "heads", "tree": "dynamic", "tree_budget": 24, "tree_depth": 4,
+                              "tree_topk": 4},
+              "spec:eagle k=4": {"drafter": "eagle", "k": 4}, "spec:heads k=4": {"drafter": "heads", "k": 4}}
+REPETITIVE = ("def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\ndef mul(a, b):\n"
+              "    return a * b\n\n\ndef div(a, b):\n")
+
+
+def head_agreement(steps) -> dict:
+    """From recorded chain drafts: how often the first drafted token is the target's greedy token (top-1), and
+    how often the target's token is among the first head's top-5 (top-5)."""
+    firsts = [s.detail["positions"][0] for s in steps if s.detail["positions"]]
+    if not firsts:
+        return {"first_top1": None, "first_top5": None}
+    return {"first_top1": sum(p["token"] == p["target_token"] for p in firsts) / len(firsts),
+            "first_top5": sum(p["target_token"] in [t for t, _ in p["q_raw_top"]] for p in firsts) / len(firsts)}
+
+
+def bench_heads(models: Models, prompts: list[str], quick: bool) -> list[dict]:
+    """Greedy on the default target with its trained heads, beside (in this process, back to back) our
+    autoregressive engine, transformers' generate() and its assisted generation with the tiny draft: tokens
+    per target forward, the heads' agreement with the target, and wall-time ratios (speedup > 1 is faster)."""
+    from engines.drafters import head_folder
+    target = lm.load(models.target, models.device)
+    if not all((head_folder(target, d) / "head.json").exists() for d in ("heads", "eagle")):
+        print(f"heads: no trained heads for {target.name}; skipped", flush=True)
+        return []
+    n = 24 if quick else 64
+    draft = None if models.missing(models.draft) else lm.load(models.draft, models.device)
+    rows = []
+    for prompt in prompts:
+        ids = torch.tensor([target.encode(prompt)], device=target.device)
+        generate = lambda: target.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                                                 do_sample=False, eos_token_id=sorted(target.eos_ids),
+                                                 pad_token_id=target.tokenizer.pad_token_id or 0)
+        gen_s, _ = timed(generate)
+        assisted_s = timed(lambda: assisted_generate(target, draft, ids, n, 4))[0] if draft else None
+        ar_s, ar = baseline(models, models.target, prompt, n)
+        for name, settings in HEAD_TREES.items():
+            method = "tree" if name.startswith("tree") else "speculative"
+            wall, trace = timed(lambda: run_trace(method, prompt, {"max_new_tokens": n, **settings}, models.target,
+                                                  None, models.device))
+            t = trace.totals
+            row = {"method": name, "target": target.name, "new_tokens": t["new_tokens"],
+                   "tokens_per_target_forward": t["new_tokens"] / t["target_forwards"],
+                   "equals_autoregressive": float(trace.output_ids == ar.output_ids),
+                   "speedup_vs_autoregressive": ar_s / wall, "speedup_vs_generate": gen_s / wall}
+            if assisted_s:
+                row["speedup_vs_assisted_tiny_draft"] = assisted_s / wall
+            if method == "speculative":
+                row.update(head_agreement(trace.steps))
+            rows.append(row)
+    for name, method, settings in (("suffix tree", "tree", {"drafter": "suffix", "tree_budget": 24,
+                                                             "tree_depth": 8}),
+                                   ("prompt lookup", "speculative", {"drafter": "ngram", "k": 4})):
+        trace = run_trace(method, REPETITIVE, {"max_new_tokens": n, **settings}, models.target, None, models.device)
+        t = trace.totals
+        rows.append({"method": f"repetitive:{name}", "target": target.name,
+                     "tokens_per_target_forward": t["new_tokens"] / t["target_forwards"]})
+    return rows
+
+
 SECTIONS: list[Callable[[Models, list[str], bool], list[dict]]] = [
-    bench_autoregressive, bench_speculative, bench_tree, bench_jacobi_lookahead, bench_mask_predict]
+    bench_autoregressive, bench_speculative, bench_tree, bench_heads, bench_jacobi_lookahead,
+    bench_mask_predict]
 
 
 def summarise(rows: list[dict]) -> None:
