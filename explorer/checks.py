@@ -105,20 +105,20 @@ def build_verify_draft(friendly: Callable, **events) -> None:
                 "forward, keeps them while it agrees (greedy: each is its argmax; sampled: each passes u <= p(x), "
                 "your q being one-hot) and adds its own token at the first rejection.")
     with gr.Row():
-        prompt = gr.Textbox("Once upon a time", label="Prompt", lines=2, scale=2, elem_id="drafter-prompt")
+        prompt = gr.Textbox("Once upon a time", label="Prompt", lines=2, scale=2, elem_id="typed-prompt")
         continuation = gr.Textbox(" there was a little girl", label="Your draft (at most 16 tokens)", lines=2,
-                                  scale=2, elem_id="drafter-draft")
+                                  scale=2, elem_id="typed-draft")
         target = gr.Dropdown(TARGETS, value=default_target(), label="Target model", allow_custom_value=True,
-                             scale=1, elem_id="drafter-target")
+                             scale=1, elem_id="typed-target")
     with gr.Row():
-        temperature = gr.Number(0.0, label="Temperature (0: greedy)", elem_id="drafter-temperature")
-        seed = gr.Number(0, precision=0, label="Seed", elem_id="drafter-seed")
-        go = gr.Button("Verify my draft", variant="primary", scale=0, elem_id="drafter-btn")
-    main = gr.Plot(elem_id="drafter-plot", show_label=False)
+        temperature = gr.Number(0.0, label="Temperature (0: greedy)", elem_id="typed-temperature")
+        seed = gr.Number(0, precision=0, label="Seed", elem_id="typed-seed")
+        go = gr.Button("Verify my draft", variant="primary", scale=0, elem_id="typed-btn")
+    main = gr.Plot(elem_id="typed-plot", show_label=False)
     with gr.Row(equal_height=False):
-        side = gr.Plot(elem_id="drafter-side", show_label=False)
-        words = gr.Markdown(elem_id="drafter-words")
+        side = gr.Plot(elem_id="typed-side", show_label=False)
+        words = gr.Markdown(elem_id="typed-words")
     with gr.Accordion("Step record (JSON)", open=False):
-        record = gr.JSON(elem_id="drafter-record")
+        record = gr.JSON(elem_id="typed-record")
     go.click(friendly(run_verify_draft), [prompt, continuation, target, temperature, seed],
              [main, side, words, record], api_name="verify_draft", **events)
