@@ -33,6 +33,7 @@ class Screen:
     history_value: int
     record: dict         # the raw step record
     trace_file: str | None
+    drafter: go.Figure | None = None   # the head drafter's own figure, for runs drafted by heads
 
 
 def text_chips(trace: Trace, cursor: int) -> list[Chip]:
@@ -116,6 +117,7 @@ def check_trace(trace: Trace) -> Trace:
         for cursor in sorted({0, len(trace.steps) - 1} - {-1}):
             view.main(trace, cursor)
             view.side(trace, cursor)
+            view.drafter(trace, cursor)
     except Exception as e:  # noqa: BLE001 - any failure to draw a step refuses the whole trace
         raise ValueError(f"This '{trace.method}' trace cannot be replayed: its step {cursor + 1} does not draw "
                          f"({type(e).__name__}: {e}).") from e
@@ -136,7 +138,7 @@ def render(session: Session | None, method: str) -> Screen:
         stats=stats_line(trace, cursor), position=position_html(session),
         history_max=len(trace.steps), history_value=cursor + 1,
         record=trace.steps[cursor].to_dict() if cursor >= 0 else {"prompt_ids": trace.prompt_ids},
-        trace_file=save_trace(trace, session.key) if trace.steps else None)
+        trace_file=save_trace(trace, session.key) if trace.steps else None, drafter=view.drafter(trace, cursor))
 
 
 def figure_bytes(fig: go.Figure) -> int:

@@ -223,7 +223,8 @@ def control(f: dataclasses.Field, key: str | None = None) -> gr.components.Compo
 def outputs_of(sessions: Sessions, screen: Screen) -> tuple:
     return (sessions, screen.text, screen.main, screen.side, screen.words, screen.stats, screen.position,
             gr.Slider(minimum=0, maximum=max(screen.history_max, 1), value=screen.history_value),
-            screen.record, gr.DownloadButton(value=screen.trace_file, interactive=screen.trace_file is not None))
+            screen.record, gr.DownloadButton(value=screen.trace_file, interactive=screen.trace_file is not None),
+            gr.Plot(value=screen.drafter, visible=screen.drafter is not None))
 
 
 def make_handlers(controls: Controls, limits: ServerLimits = ServerLimits()):
@@ -362,6 +363,8 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
                 history = gr.Slider(0, 1, value=0, step=1, label="History (replays recorded steps)",
                                     elem_id="history")
                 main_plot = gr.Plot(elem_id="main-plot", show_label=False)
+                # only for runs drafted by heads (Medusa, EAGLE): their own view
+                drafter_plot = gr.Plot(elem_id="drafter-plot", show_label=False, visible=False)
                 with gr.Row(equal_height=False):
                     side_plot = gr.Plot(elem_id="side-plot", show_label=False)
                     with gr.Column():
@@ -380,7 +383,8 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
 
         controls = Controls(method, prompt, target, draft, seed, common, own, groups, start)
         h = make_handlers(controls, limits)
-        screen = [sessions, text, main_plot, side_plot, words, stats, position, history, record, download]
+        screen = [sessions, text, main_plot, side_plot, words, stats, position, history, record, download,
+                  drafter_plot]
         named = controls.named()
         # Progress, loading messages and the badge of a failed call go on the position line: one place, not a
         # badge on every panel. Control values arrive as sent; the handlers check each one (see the docstring).

@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 
 from engines import trees
+from engines.heads import fusion_layers
 from engines.jacobi import cut, leading_matches
 from engines.lookahead import agreement, branches
 from engines.mask_predict import MaskPredictConfig, mask_predict
@@ -37,6 +38,8 @@ TEXTS = {0: "<unk>", 1: "<s>", EOS: "<|endoftext|>", MASK: "<|mask|>",
          **{i + 3: w for i, w in enumerate(WORDS)}}
 WORD_IDS = [i for i in TEXTS if i not in (0, 1, EOS, MASK)]
 EOS_IDS = frozenset({EOS})
+HEAD_DRAFTERS = ("heads", "eagle")
+MEDUSA_HEADS = 4     # Medusa draws at most this many tokens ahead: one per head
 
 
 # ----------------------------------------------------------------------------- small parts
@@ -95,6 +98,7 @@ def draft_position(rnd: random.Random, token_id: int, status: str, *, greedy: bo
     sampling: u in (0, 1] against min(1, p/q), consistent with the status. The ngram drafter's q is one-hot
     and it has no raw q."""
     model = drafter == "model"
+    own_q = drafter != "ngram"     # the draft model's and the heads' own distributions are recorded as q_raw
     argmax = token_id if status == "accepted" else word(rnd, [token_id]) if status == "rejected" else word(rnd)
     if greedy:
         p, q, ratio, u = (1.0 if argmax == token_id else 0.0), 1.0, None, None
@@ -108,9 +112,9 @@ def draft_position(rnd: random.Random, token_id: int, status: str, *, greedy: bo
         p_top = top(rnd, argmax if rnd.random() < 0.7 else None, rnd.randint(1, 5))
         q_top = top(rnd, token_id, 5) if model else one_hot_top(token_id)
     return {"token": token_id, "status": status, "p": p, "q": q, "ratio": ratio, "u": u,
-            "p_raw": prob(rnd), "q_raw": prob(rnd) if model else None, "target_token": argmax,
+            "p_raw": prob(rnd), "q_raw": prob(rnd) if own_q else None, "target_token": argmax,
             "p_top": p_top, "q_top": q_top, "p_raw_top": top(rnd, None, 5),
-            "q_raw_top": top(rnd, token_id, 5) if model else None}
+            "q_raw_top": top(rnd, token_id, 5) if own_q else None}
 
 
 def speculative_step(rnd: random.Random, index: int, *, k: int, drafted: int, accepted: int, greedy: bool,
@@ -132,6 +136,7 @@ def speculative_step(rnd: random.Random, index: int, *, k: int, drafted: int, ac
               "bonus_p_top": one_hot_top(word(rnd)) if greedy else top(rnd, None, rnd.randint(1, 5)),
               "bonus_p_raw_top": top(rnd, None, 5), "lookup": None,
               "next_token": None, "next_kind": None, "next_p": None, "next_top": None}
+    detail["heads"] = heads_record(rnd, drafter, drafted + 1)   # the target's argmax at each position
     if drafter == "ngram" and drafted:
         ngram = tokens(rnd, rnd.randint(1, 3))
         detail["lookup"] = {"ngram_tokens": ngram, "match_at": rnd.randint(0, 30), "n": len(ngram)}
@@ -152,9 +157,28 @@ def speculative_step(rnd: random.Random, index: int, *, k: int, drafted: int, ac
                    "draft_cache": ([cached, cached + drafted, cached + min(drafted, accepted + 1)]
                                    if drafter == "model" else None)})
     final = ended or produced + len(committed) >= max_new_tokens
-    return Step(index, tuple(committed), target_forwards=1, draft_forwards=drafted if drafter == "model" else 0,
+    return Step(index, tuple(committed), target_forwards=1, draft_forwards=draft_forwards(drafter, drafted),
                 tokens_fed=(prompt_len if index == 0 else 1) + drafted, wall_s=rnd.uniform(0, 0.3), final=final,
                 detail=detail)
+
+
+def heads_record(rnd: random.Random, drafter: str, count: int) -> dict | None:
+    """detail["heads"] as engines/drafters.describe writes it, for `count` target tokens (whether the draft
+    vocabulary holds each); None for a drafter that is not a head."""
+    if drafter not in HEAD_DRAFTERS:
+        return None
+    layers = rnd.randint(1, 32)
+    return {"kind": "medusa" if drafter == "heads" else "eagle", "trained_on": "synthetic",
+            "layers": [layers] if drafter == "heads" else list(fusion_layers(layers)), "target_layers": layers,
+            "draft_vocab": rnd.randint(1, 49152), "target_in_vocab": [rnd.random() < 0.8 for _ in range(count)]}
+
+
+def draft_forwards(drafter: str, drafted: int) -> int:
+    """Drafting's forwards in a chain: the draft model one per token; Medusa one head forward for all (when the
+    heads read the last verification); EAGLE that one and one more per token after the first; lookup none."""
+    if drafter in ("model", "eagle"):
+        return drafted
+    return int(drafter == "heads" and drafted > 0)
 
 
 def speculative_config(*, k: int, greedy: bool, drafter: str, schedule: str, max_new_tokens: int) -> dict:
@@ -225,9 +249,15 @@ def tree_outcome(rnd: random.Random, parent_of: list[int], node_tokens: list[int
 
 def tree_step(rnd: random.Random, index: int, *, shape: str, budget: int, depth: int, topk: int, room: int,
               greedy: bool, stop_chance: float = 0.3, eos: str = "none", committed_len: int = 4,
-              produced: int = 0, max_new_tokens: int = 64) -> Step:
+              produced: int = 0, max_new_tokens: int = 64, drafter: str = "model") -> Step:
     """One tree iteration. `room` is the depth the token budget leaves (max new tokens - produced - 1;
-    0: no tree). eos: "none", "path" (an accepted node is end-of-text), "final" (the target's token is)."""
+    0: no tree). eos: "none", "path" (an accepted node is end-of-text), "final" (the target's token is).
+    Heads draft nothing before the first verification; Medusa's tree is at most one level per head, and its
+    level is one head's ranks: the same token and q at a rank whatever the parent."""
+    if drafter in HEAD_DRAFTERS and index == 0:
+        room = 0
+    if drafter == "heads":
+        room = min(room, MEDUSA_HEADS)
     if room < 1:
         paths, qs, expanded, dropped = [], {}, set(), 0
     elif shape == "dynamic":
@@ -240,6 +270,8 @@ def tree_step(rnd: random.Random, index: int, *, shape: str, budget: int, depth:
     for parent, children in kids.items():
         for child, t in zip(children, tokens(rnd, len(children), [EOS])):
             node_tokens[child] = t
+    if drafter == "heads":
+        node_tokens, qs = medusa_levels(rnd, paths)
     path, tested, draws = tree_outcome(rnd, parent_of, node_tokens, greedy, stop_chance)
     if eos == "path" and path:
         node_tokens[rnd.choice(path)] = EOS   # siblings hold no EOS, so they stay distinct
@@ -268,18 +300,36 @@ def tree_step(rnd: random.Random, index: int, *, shape: str, budget: int, depth:
         "stop_top": one_hot_top(final) if greedy else top(rnd, final, 5), "stop_raw_top": top(rnd, None, 5),
         "eos_cut": len(new) < len(path) + 1,
     }
+    if drafter in HEAD_DRAFTERS:
+        detail["heads"] = heads_record(rnd, drafter, 1)     # the target's own token after the path
     if not greedy and resampled:
         detail["residual_top"] = top(rnd, final, rnd.randint(1, 5))
     detail["cache_len"] = committed_len + len(new) - 1
-    levels = 1 + len({len(p) for p in expanded})
+    # Medusa reads every level off the one head forward made at the last verification
+    levels = 1 if drafter == "heads" else 1 + len({len(p) for p in expanded})
     final_step = new[-1] == EOS or produced + len(new) >= max_new_tokens
     return Step(index, tuple(new), target_forwards=1, draft_forwards=levels if paths else 0,
                 tokens_fed=len(pending) + len(paths), wall_s=rnd.uniform(0, 0.5), final=final_step, detail=detail)
 
 
-def tree_config(*, shape: str, budget: int, depth: int, topk: int, greedy: bool, max_new_tokens: int) -> dict:
-    return {**sampling_config(greedy, max_new_tokens), "tree": shape, "tree_budget": budget, "tree_depth": depth,
-            "tree_topk": topk}
+def medusa_levels(rnd: random.Random, paths: list) -> tuple[list[int], dict]:
+    """Node tokens and (q, cumulative log q) for a Medusa tree: head d's ranks give depth d's tokens."""
+    ranks = {}
+    for p in paths:
+        ranks[len(p)] = max(ranks.get(len(p), 0), p[-1] + 1)
+    table = {d: list(zip(tokens(rnd, n, [EOS]), sorted((prob(rnd, 1e-4) for _ in range(n)), reverse=True)))
+             for d, n in ranks.items()}
+    qs: dict = {}
+    for p in paths:
+        q = table[len(p)][p[-1]][1]
+        qs[p] = (q, (qs[p[:-1]][1] if len(p) > 1 else 0.0) + math.log(q))
+    return [table[len(p)][p[-1]][0] for p in paths], qs
+
+
+def tree_config(*, shape: str, budget: int, depth: int, topk: int, greedy: bool, max_new_tokens: int,
+                drafter: str = "model") -> dict:
+    return {**sampling_config(greedy, max_new_tokens), "drafter": drafter, "tree": shape, "tree_budget": budget,
+            "tree_depth": depth, "tree_topk": topk}
 
 
 # ----------------------------------------------------------------------------- jacobi

@@ -12,8 +12,11 @@ import random
 from typing import Any
 
 import pytest
+import torch
 
+from engines import drafters, heads
 from engines.methods import Run
+from engines.train_heads import new_head
 from explorer.figures import VIEWS
 from tests import synthetic as syn
 
@@ -51,14 +54,16 @@ def speculative(rnd: random.Random, i: int):
     k = rnd.randint(1, 16)
     drafted = rnd.randint(0, k)
     return syn.speculative_step(rnd, i % 2, k=k, drafted=drafted, accepted=rnd.randint(0, drafted),
-                                greedy=rnd.random() < 0.5, drafter=rnd.choice(["model", "ngram"]),
+                                greedy=rnd.random() < 0.5,
+                                drafter=rnd.choice(["model", "ngram", *syn.HEAD_DRAFTERS]),
                                 end=rnd.choice(["none", "eos_next", "eos_draft"]))
 
 
 def tree(rnd: random.Random, i: int):
     return syn.tree_step(rnd, i % 2, shape=rnd.choice(["dynamic", "sparse", "chain", "balanced"]),
                          budget=rnd.randint(1, 64), depth=rnd.randint(1, 8), topk=rnd.randint(1, 8),
-                         room=rnd.randint(0, 8), greedy=rnd.random() < 0.5, stop_chance=rnd.random())
+                         room=rnd.randint(0, 8), greedy=rnd.random() < 0.5, stop_chance=rnd.random(),
+                         drafter=rnd.choice(["model", *syn.HEAD_DRAFTERS]))
 
 
 def jacobi(rnd: random.Random, i: int):
@@ -81,18 +86,32 @@ def autoregressive(rnd: random.Random, i: int):
 GREEDY, SAMPLED = {"max_new_tokens": 8}, {"max_new_tokens": 8, "temperature": 1.5}
 
 
+@pytest.fixture
+def random_heads(tiny_target, tmp_path, monkeypatch):
+    """Randomly initialised Medusa and EAGLE heads for the tiny target, where the drafters look for heads; the
+    draft vocabulary is every other token id, so some target tokens lie outside it."""
+    vocab = torch.arange(0, tiny_target.model.config.vocab_size, 2)
+    for kind, folder in (("medusa", "medusa"), ("eagle", "eagle")):
+        torch.manual_seed(0)
+        heads.save(new_head(kind, tiny_target, vocab), tmp_path / f"{tiny_target.name}-{folder}")
+    monkeypatch.setattr(drafters, "HEADS_DIR", tmp_path)
+
+
 @pytest.mark.parametrize("method, make, runs", [
     ("autoregressive", autoregressive, [("Once upon a time", {"max_new_tokens": 3})]),
     ("speculative", speculative, [("Once upon a time", {**GREEDY, "k": 4}), ("Once upon a time", {**SAMPLED, "k": 4}),
                                   (REPETITIVE, {**GREEDY, "drafter": "ngram"}),
-                                  (REPETITIVE, {**SAMPLED, "drafter": "ngram"})]),
+                                  (REPETITIVE, {**SAMPLED, "drafter": "ngram"}),
+                                  ("Once upon a time", {**GREEDY, "k": 6, "drafter": "heads"}),
+                                  ("Once upon a time", {**SAMPLED, "k": 3, "drafter": "eagle"})]),
     ("tree", tree, [("Once upon a time", GREEDY), ("Once upon a time", {**SAMPLED, "tree": "sparse"}),
-                    ("Once upon a time", SAMPLED)]),
+                    ("Once upon a time", SAMPLED), ("Once upon a time", {**GREEDY, "drafter": "heads"}),
+                    ("Once upon a time", {**SAMPLED, "drafter": "eagle", "tree": "sparse"})]),
     ("jacobi", jacobi, [("Once upon a time", {"max_new_tokens": 6})]),
     ("lookahead", lookahead, [(REPETITIVE, {**GREEDY, "window": 3, "ngram": 3}),
                               (REPETITIVE, {**SAMPLED, "window": 3, "ngram": 3})]),
 ])
-def test_synthetic_steps_have_the_engines_fields(method, make, runs, tiny_target, tiny_draft):
+def test_synthetic_steps_have_the_engines_fields(method, make, runs, tiny_target, tiny_draft, random_heads):
     steps = real_steps(method, runs, tiny_target, tiny_draft)
     real, ours = step_fields(steps), synthetic_fields(make)
     assert ours - real == set(), "synthetic fields no engine writes"

@@ -46,6 +46,10 @@ def check_screen(trace: Trace, cursor: int) -> render.Screen:
     screen = render.render(session, trace.method)
     check_figure(screen.main)
     check_figure(screen.side)
+    drafted_by_heads = cursor >= 0 and trace.config.get("drafter") in syn.HEAD_DRAFTERS
+    assert (screen.drafter is not None) == drafted_by_heads   # the head drafter's view, for its runs only
+    if screen.drafter is not None:
+        check_figure(screen.drafter)
     assert screen.words.strip() and "Iteration" in screen.position or cursor < 0
     return screen
 
@@ -88,23 +92,28 @@ def test_autoregressive_views_render(seed, greedy, count):
 # ----------------------------------------------------------------------------- speculative
 
 @st.composite
-def speculative_iteration(draw, k: int, drafter: str) -> dict:
+def speculative_iteration(draw, k: int, drafter: str, first: bool = False) -> dict:
     """One iteration's shape: how many were drafted (0: no room, or no lookup match), accepted, and how it ended."""
     k_now = draw(st.one_of(st.just(k), st.integers(0, k)))
     end = draw(st.sampled_from(["none", "eos_next", "eos_draft"]))
     if drafter == "ngram":
         drafted = draw(st.integers(0, k_now))             # 0: prompt lookup found no match
+    elif drafter in syn.HEAD_DRAFTERS and first:
+        drafted = 0                                       # heads draft from the first verification on
     else:
         drafted = draw(st.integers(1, k_now)) if end == "eos_draft" and k_now else k_now
+    if drafter == "heads":
+        drafted = min(drafted, syn.MEDUSA_HEADS)          # one token per Medusa head
     return {"k": k_now, "drafted": drafted, "accepted": draw(st.integers(0, drafted)), "end": end}
 
 
 @FAST
 @given(data=st.data(), seed=seeds, k=st.integers(1, 16), greedy=st.booleans(),
-       drafter=st.sampled_from(["model", "ngram"]), schedule=st.sampled_from(["constant", "adaptive"]), count=runs)
+       drafter=st.sampled_from(["model", "ngram", *syn.HEAD_DRAFTERS]),
+       schedule=st.sampled_from(["constant", "adaptive"]), count=runs)
 def test_speculative_views_render(data, seed, k, greedy, drafter, schedule, count):
     rnd = random.Random(seed)
-    shapes = [data.draw(speculative_iteration(k, drafter)) for _ in range(count)]
+    shapes = [data.draw(speculative_iteration(k, drafter, i == 0)) for i in range(count)]
     steps = chain(lambda i, made: syn.speculative_step(rnd, i, greedy=greedy, drafter=drafter, schedule=schedule,
                                                        produced=made, **shapes[i]), count)
     config = syn.speculative_config(k=k, greedy=greedy, drafter=drafter, schedule=schedule, max_new_tokens=64)
@@ -112,16 +121,22 @@ def test_speculative_views_render(data, seed, k, greedy, drafter, schedule, coun
 
 
 @pytest.mark.parametrize("k", range(1, 17))
-@pytest.mark.parametrize("greedy, drafter", [(True, "model"), (False, "model"), (True, "ngram"), (False, "ngram")])
+@pytest.mark.parametrize("greedy, drafter", [(True, "model"), (False, "model"), (True, "ngram"), (False, "ngram"),
+                                             (True, "eagle"), (False, "eagle"), (True, "heads"), (False, "heads")])
 def test_speculative_renders_every_k_fully_drafted(k, greedy, drafter):
-    """k = 11, 15 and 16 drafted tokens (12, 16, 17 columns) crashed Plotly's domain check (issue 15)."""
+    """k = 11, 15 and 16 drafted tokens (12, 16, 17 columns) crashed Plotly's domain check (issue 15). Heads
+    draft nothing on the first step; Medusa's four heads draft at most four tokens."""
     rnd = random.Random(k)
-    steps = [syn.speculative_step(rnd, 0, k=k, drafted=k, accepted=k, greedy=greedy, drafter=drafter),
-             syn.speculative_step(rnd, 1, k=k, drafted=k, accepted=k // 2, greedy=greedy, drafter=drafter,
-                                  produced=k + 1)]
+    first = 0 if drafter in syn.HEAD_DRAFTERS else k
+    most = min(k, syn.MEDUSA_HEADS) if drafter == "heads" else k
+    steps = [syn.speculative_step(rnd, 0, k=k, drafted=first, accepted=first, greedy=greedy, drafter=drafter),
+             syn.speculative_step(rnd, 1, k=k, drafted=most, accepted=most, greedy=greedy, drafter=drafter,
+                                  produced=first + 1),
+             syn.speculative_step(rnd, 2, k=k, drafted=most, accepted=most // 2, greedy=greedy, drafter=drafter,
+                                  produced=first + most + 2)]
     trace = syn.trace_of("speculative", steps, syn.speculative_config(k=k, greedy=greedy, drafter=drafter,
                                                                       schedule="constant", max_new_tokens=64))
-    for cursor in (0, 1):
+    for cursor in range(len(steps)):
         check_screen(trace, cursor)
 
 
@@ -130,14 +145,16 @@ def test_speculative_renders_every_k_fully_drafted(k, greedy, drafter):
 @FAST
 @given(seed=seeds, shape=st.sampled_from(["dynamic", *SHAPES]), budget=st.integers(1, 64), depth=st.integers(1, 8),
        topk=st.integers(1, 8), greedy=st.booleans(), rooms=st.lists(st.integers(0, 8), min_size=1, max_size=3),
-       stop_chance=st.floats(0, 1), eos=st.sampled_from(["none", "path", "final"]))
-def test_tree_views_render(seed, shape, budget, depth, topk, greedy, rooms, stop_chance, eos):
+       stop_chance=st.floats(0, 1), eos=st.sampled_from(["none", "path", "final"]),
+       drafter=st.sampled_from(["model", *syn.HEAD_DRAFTERS]))
+def test_tree_views_render(seed, shape, budget, depth, topk, greedy, rooms, stop_chance, eos, drafter):
     rnd = random.Random(seed)
     steps = chain(lambda i, made: syn.tree_step(
         rnd, i, shape=shape, budget=budget, depth=depth, topk=topk, room=rooms[i], greedy=greedy,
         stop_chance=stop_chance, eos=eos if i == len(rooms) - 1 else "none", produced=made,
-        committed_len=4 + made), len(rooms))
-    config = syn.tree_config(shape=shape, budget=budget, depth=depth, topk=topk, greedy=greedy, max_new_tokens=64)
+        committed_len=4 + made, drafter=drafter), len(rooms))
+    config = syn.tree_config(shape=shape, budget=budget, depth=depth, topk=topk, greedy=greedy, max_new_tokens=64,
+                             drafter=drafter)
     check_every_screen(syn.trace_of("tree", steps, config))
 
 
