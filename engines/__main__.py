@@ -85,6 +85,11 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure speed and forwards per token of every method")
     b.add_argument("--quick", action="store_true", help="fewer prompts and tokens")
     b.add_argument("--device", default=None)
+    b.add_argument("--json", metavar="PATH", default=None,
+                   help="write every figure of the race for the bench prompts, and speculative's ratios to "
+                        "transformers' assisted and prompt-lookup generation, to PATH as JSON")
+    b.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=None,
+                   help="with --json: new tokens per race (default 48, 16 with --quick)")
     r = sub.add_parser("race", help="every causal method on one prompt, greedy, to the same number of tokens")
     r.add_argument("--prompt", required=True)
     r.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=48)
@@ -116,8 +121,12 @@ def main(argv: list[str] | None = None) -> int:
                       device=args.device, dtype=args.dtype)
             print(run.run().to_json(indent=args.indent))
         elif args.command == "bench":
-            from engines.bench import bench
-            bench(quick=args.quick, device=args.device)
+            from engines.bench import bench, bench_json
+            if args.json:
+                bench_json(args.json, quick=args.quick, device=args.device, max_new_tokens=args.max_new_tokens)
+                print(f"wrote {args.json}")
+            else:
+                bench(quick=args.quick, device=args.device)
         elif args.command == "race":
             import json
             from engines.race import race, table

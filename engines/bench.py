@@ -313,3 +313,27 @@ def bench(quick: bool = False, device: str | None = None) -> None:
     prompts = PROMPTS[:2] if quick else PROMPTS
     for section in SECTIONS:
         summarise(section(models, prompts, quick))
+
+
+# ----------------------------------------------------------------------------- bench --json
+
+def bench_json(path: str, quick: bool = False, device: str | None = None, max_new_tokens: int | None = None,
+               target: str | None = None, prompts: list[str] | None = None) -> dict:
+    """Every figure of the race for each bench prompt, and for speculative decoding the wall-time ratio to
+    transformers' assisted generation (the model drafter) and to prompt-lookup generation (the ngram drafter)
+    with the same settings, written to `path` as one JSON object with the command that made it."""
+    import json
+    from engines.race import race
+    torch.manual_seed(0)
+    models = Models(target=target or default_target(), tiny_target="tiny-target", draft="tiny-draft", device=device)
+    prompts = prompts or (PROMPTS[:2] if quick else PROMPTS)
+    n = max_new_tokens or (16 if quick else 48)
+    command = (f"python -m engines bench --json {Path(path).name}{' --quick' if quick else ''}"
+               f"{f' --max-new-tokens {n}' if max_new_tokens else ''}")   # no server path in what is written
+    result = {"command": command, "target": models.target, "max_new_tokens": n,
+              "race": [race(prompt, n, target=models.target, draft=models.draft, device=device).to_dict()
+                       for prompt in prompts],
+              "speculative_vs_transformers": bench_speculative(models, prompts, quick)}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(result, f, ensure_ascii=False, indent=1)
+    return result
