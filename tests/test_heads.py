@@ -181,3 +181,19 @@ def test_a_few_training_steps_lower_the_head_losses(tiny_target):
             loss().backward()
             opt.step()
         assert float(loss()) < 0.8 * before
+
+
+@pytest.mark.parametrize("engine, cfg", [
+    (speculative, SpeculativeConfig(k=4, drafter="eagle", max_new_tokens=14)),
+    (speculative, SpeculativeConfig(k=3, drafter="heads", max_new_tokens=14)),
+    (tree, TreeConfig(drafter="eagle", tree_budget=24, tree_depth=6, tree_topk=4, max_new_tokens=14)),
+    (tree, TreeConfig(drafter="heads", tree="sparse", max_new_tokens=14)),
+    (tree, TreeConfig(drafter="suffix", max_new_tokens=14))], ids=["spec-eagle", "spec-heads", "tree-eagle",
+                                                                    "tree-heads", "tree-suffix"])
+def test_smollm2_with_its_own_heads_equals_greedy_generate(engine, cfg, smollm2):
+    if not (drafters.HEADS_DIR / "smollm2-135m-instruct-eagle" / H.HEAD_FILE).exists():
+        pytest.skip("SmolLM2's heads are not in assets/models/heads")
+    ids = smollm2.encode("User: Give me three tips for staying focused.\nAssistant:")
+    steps, out = decode(engine, smollm2, ids, cfg)
+    assert out == greedy_reference(smollm2, ids, 14)
+    assert len(steps) < 14 or cfg.drafter == "suffix"    # the heads draft tokens the target keeps
