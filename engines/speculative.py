@@ -110,7 +110,7 @@ def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: Sp
         target.crop(target_kv, len(text) + n)   # the cache keeps the committed text but the pending token
         if draft_kv is not None:
             draft.crop(draft_kv, min(len(draft_kv), len(text) + n))
-        if heads is not None:   # positions whose hidden states are now final: up to the last accepted draft
+        if heads is not None and not ended:   # positions now final: up to the last accepted draft
             heads.observe(features[:, :len(text) - target_before + n], target_before, text + committed)
         text += committed
         produced += len(committed)

@@ -333,7 +333,7 @@ def tree(target: LM, draft: LM, prompt_ids: Sequence[int], cfg: TreeConfig, rng:
             detail["suffix_match"] = suffix.match
         if outcome.residual is not None and resampled:
             detail["residual_top"] = top(outcome.residual, 5)
-        if heads is not None:   # the pending rows and the accepted path are final: the heads read them
+        if heads is not None and new[-1] not in target.eos_ids:   # pending rows and accepted path are final
             rows = list(range(len(pending))) + [len(pending) + i for i in outcome.path[:len(new) - 1]]
             heads.observe(features[:, rows], len(committed) - len(pending), committed + new)
         tokens_fed = len(pending) + len(nodes)
