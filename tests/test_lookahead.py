@@ -216,4 +216,4 @@ def test_the_mask_figure_shows_the_recorded_mask(tiny_target):
     n_look = len(d["window"][0]) - 1 + sum(len(level) for level in d["window"][1:])
     assert {row[0] for row in heat["z"][1 + n_look:]} == {3}   # verification rows, coded by branch
     words = VIEWS["lookahead"].words(trace, step.index)
-    assert "pooled n-gram" in words and f"{step.tokens_fed} tokens" in words
+    assert "pooled tokens" in words and "matched" in words and f"{step.tokens_fed} tokens" in words
