@@ -127,7 +127,7 @@ def test_each_head_drafter_steps_in_the_browser(page, name, drafter, folder):
     if not tab.is_checked():     # the second drafter of a method finds its tab open and its last run on screen
         tab.check()
         page.wait_for_function("t => document.querySelector('#words').innerText.includes(t)",
-                               arg=f"start {m.title.lower()} decoding")
+                               arg=f"start {m.title.lower()} decoding", timeout=120_000)
     page.locator("#target input").fill("tiny-target")
     page.locator("#target input").press("Enter")
     page.locator(f"#opt-{name}-drafter input").fill(drafter)
