@@ -9,7 +9,7 @@ audit run models, so they share the app's model-work concurrency group, and take
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import gradio as gr
 
@@ -24,6 +24,15 @@ from explorer.limits import ServerLimits, model_name, model_work, real_number, t
 TARGETS = ["smollm2-135m-instruct", "tiny-target"]
 RACE_MAX_TOKENS = 128      # every lane runs twice (a warm-up lap, then the timed one): keep a call bounded
 MAX_PROMPT_CHARS = 2000
+
+
+def json_record(value: Any) -> Any:
+    """A record as gr.JSON takes it: its dicts keyed by strings (token texts and logits are keyed by token id)."""
+    if isinstance(value, dict):
+        return {str(k): json_record(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_record(v) for v in value]
+    return value
 
 
 def checked_prompt(prompt: str) -> str:
@@ -42,7 +51,7 @@ def run_race(prompt: str, target: str, max_new_tokens: float):
                   target=model_name("The target model", target))
     return (race_figures.timeline_figure(result), race_figures.table_markdown(result),
             race_figures.outputs_html(result), race_figures.cost_figure(result), result.cost.words,
-            result.to_dict())
+            json_record(result.to_dict()))
 
 
 def build_race(friendly: Callable, limits: ServerLimits) -> None:
@@ -93,7 +102,7 @@ def run_audit(prompt: str, method_name: str, target: str, max_new_tokens: float,
         raise ValueError("The float64 re-run is a yes or no (true or false).")
     result = audit(checked_prompt(prompt), method_name, checked_tokens(max_new_tokens, AUDIT_MAX_TOKENS),
                    target=model_name("The target model", target), float64=float64)
-    return audit_markdown(result), result.to_dict()
+    return audit_markdown(result), json_record(result.to_dict())
 
 
 def build_audit(friendly: Callable, limits: ServerLimits) -> None:

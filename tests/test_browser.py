@@ -143,3 +143,62 @@ def test_each_head_drafter_steps_in_the_browser(page, name, drafter, folder):
     assert ("Medusa heads" if drafter == "heads" else "EAGLE head") in words
     record = page.locator("#drafter-plot").inner_text()
     assert ("head 1" if drafter == "heads" else "depth 1") in record
+
+
+# ----------------------------------------------------------------------------- the Compare tabs, short settings
+
+def choose_model(page, elem_id: str, name: str) -> None:
+    page.locator(f"#{elem_id} input").fill(name)
+    page.locator(f"#{elem_id} input").press("Enter")
+
+
+def wait_for_text(page, elem_id: str, text: str, timeout: int = 300_000) -> str:
+    page.wait_for_function("([id, t]) => (document.querySelector('#' + id)?.innerText || '').includes(t)",
+                           arg=[elem_id, text], timeout=timeout)
+    return page.locator(f"#{elem_id}").inner_text()
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def run_tab(page, tab: str, prefix: str, settings: dict[str, str], output: str, wait_for: str) -> str:
+    """Open a Compare tab, choose the target, enter short settings, press its button: the text it wrote."""
+    open_tab(page, tab)
+    choose_model(page, f"{prefix}-target", TARGET)
+    for name, value in settings.items():
+        page.locator(f"#{prefix}-{name} input").fill(value)
+    page.click(f"#{prefix}-btn")
+    return wait_for_text(page, output, wait_for)
+
+
+def test_race_tab(page):
+    table = run_tab(page, "Race", "race", {"tokens": "4"}, "race-table", "lookahead")
+    assert "autoregressive" in table and "speculative" in table
+
+
+def test_audit_tab(page):
+    assert "greedy autoregressive" in run_tab(page, "Audit", "audit", {"tokens": "4"}, "audit-verdict",
+                                              "autoregressive")
+
+
+def test_sampling_check_tab(page):
+    words = run_tab(page, "Sampling check", "check", {"draws": "2000"}, "check-words", "total variation")
+    assert "noise" in words
+    assert page.evaluate("() => document.querySelector('#check-plot .js-plotly-plot')?.data?.length") == 2
+
+
+def test_be_the_drafter_tab(page):
+    assert "You proposed" in run_tab(page, "Be the drafter", "typed", {}, "typed-words", "You proposed")
+
+
+def test_trace_diff_tab(page, tmp_path):
+    from engines.methods import Run
+    path = tmp_path / "a.json"
+    path.write_text(Run("autoregressive", "Once upon a time", {"max_new_tokens": 3}, target=TARGET).run().to_json())
+    open_tab(page, "Trace diff")
+    page.locator("#diff-a input[type=file]").set_input_files(str(path))
+    page.locator("#diff-b input[type=file]").set_input_files(str(path))
+    page.click("#diff-btn")
+    page.wait_for_function("() => (document.querySelector('#diff-words')?.innerText || '').length > 10",
+                           timeout=60_000)
