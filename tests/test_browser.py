@@ -124,10 +124,9 @@ def test_each_head_drafter_steps_in_the_browser(page, name, drafter, folder):
     from engines.methods import METHODS
     m = METHODS[name]
     tab = page.get_by_role("radio", name=m.title, exact=True)
-    if not tab.is_checked():     # the second drafter of a method finds its tab open and its last run on screen
+    if not tab.is_checked():     # a tab keeps its last run on screen, so wait for its own options, not its words
         tab.check()
-        page.wait_for_function("t => document.querySelector('#words').innerText.includes(t)",
-                               arg=f"start {m.title.lower()} decoding", timeout=120_000)
+    page.locator(f"#opt-{name}-drafter input").wait_for(state="visible", timeout=120_000)
     page.locator("#target input").fill("tiny-target")
     page.locator("#target input").press("Enter")
     page.locator(f"#opt-{name}-drafter input").fill(drafter)
@@ -185,7 +184,9 @@ def test_audit_tab(page):
 def test_sampling_check_tab(page):
     words = run_tab(page, "Sampling check", "check", {"draws": "2000"}, "check-words", "total variation")
     assert "noise" in words
-    assert page.evaluate("() => document.querySelector('#check-plot .js-plotly-plot')?.data?.length") == 2
+    # the words arrive before Plotly has drawn the histogram beside them: wait for its two traces
+    page.wait_for_function("() => document.querySelector('#check-plot .js-plotly-plot')?.data?.length === 2",
+                           timeout=60_000)
 
 
 def test_be_the_drafter_tab(page):
