@@ -185,12 +185,8 @@ def masked_loss(model, batch, mask_id, generator):
     only a suffix is masked (a prompt followed by a span to fill), as in decoding."""
     inputs = batch[0]
     b, n = inputs.shape
-    t = 1 - torch.rand(b, 1, generator=generator)
-    masked = torch.rand(b, n, generator=generator) < t
-    suffix = torch.rand(b, 1, generator=generator) < 0.5
-    start = (torch.rand(b, 1, generator=generator) * n).long()
-    masked &= ~suffix | (torch.arange(n)[None, :] >= start)
-    masked[torch.arange(b), torch.randint(n, (b,), generator=generator)] = True
+    masked, _ = train_diffusion.draw_mask(inputs, generator)
+    masked[torch.arange(b), torch.randint(n, (b,), generator=generator)] = True   # never an empty loss
     hidden = model.model(input_ids=inputs.masked_fill(masked, mask_id)).last_hidden_state
     # The 49k-way output layer dominates the cost of so small a model: run it on masked rows only.
     logits = model.decoder(model.head(hidden[masked])).float()

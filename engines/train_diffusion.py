@@ -39,16 +39,22 @@ def all_visible(batch: int, n: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(batch, 1, n, n, dtype=dtype)
 
 
-def noise(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which tokens to mask and each sequence's ratio t ~ U(0, 1]. Half the sequences mask only after a random
-    cut (a prompt followed by a span, as decoding sees it). Position 0 has no position before it to predict it
-    from, so it is never masked."""
+def draw_mask(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which tokens to mask and each sequence's ratio t ~ U(0, 1]: each token with probability t, and half the
+    sequences only after a random cut (a prompt followed by a span, as decoding sees it). Shared by every
+    masked-LM objective here."""
     b, n = x.shape
     t = 1 - torch.rand(b, 1, generator=generator)
     masked = torch.rand(b, n, generator=generator) < t
     suffix_only = torch.rand(b, 1, generator=generator) < 0.5
     cut = (torch.rand(b, 1, generator=generator) * n).long()
     masked &= ~suffix_only | (torch.arange(n)[None, :] >= cut)
+    return masked, t
+
+
+def noise(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """draw_mask, except position 0: it has no position before it to predict it from, so it is never masked."""
+    masked, t = draw_mask(x, generator)
     masked[:, 0] = False
     return masked, t
 
