@@ -3,6 +3,7 @@
     python -m engines trace --method autoregressive --prompt "Once upon a time" --max-new-tokens 32
     python -m engines models
     python -m engines bench
+    python -m engines bench-table bench.json    # the README's markdown tables from `bench --json bench.json`
 
 Bad input ends with one line on stderr and exit code 2; so does a setting of another method than the one
 chosen (it would be ignored).
@@ -90,6 +91,10 @@ def parser() -> argparse.ArgumentParser:
                         "transformers' assisted and prompt-lookup generation, to PATH as JSON")
     b.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=None,
                    help="with --json: new tokens per race (default 48, 16 with --quick)")
+    bt = sub.add_parser("bench-table", help="the README's markdown tables from the JSON of `bench --json PATH`")
+    bt.add_argument("path", help="a JSON file written by `python -m engines bench --json PATH`")
+    bt.add_argument("--per-prompt", dest="per_prompt", action="store_true",
+                    help="also the race table of each prompt")
     r = sub.add_parser("race", help="every causal method on one prompt, greedy, to the same number of tokens")
     r.add_argument("--prompt", required=True)
     r.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=48)
@@ -127,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"wrote {args.json}")
             else:
                 bench(quick=args.quick, device=args.device)
+        elif args.command == "bench-table":
+            from engines.bench_table import load, tables
+            print(tables(load(args.path), args.path, per_prompt=args.per_prompt))
         elif args.command == "race":
             import json
             from engines.race import race, table

@@ -19,3 +19,83 @@ def test_bench_json_carries_the_race_and_the_transformers_ratios(tmp_path, tiny_
     spec = {r["method"]: r for r in data["speculative_vs_transformers"]}
     assert spec["speculative"]["wall_ratio_vs_assisted_generate"] > 0
     assert spec["speculative:ngram"]["wall_ratio_vs_assisted_generate"] > 0   # against prompt-lookup generate
+    # and the README's tables are made from it
+    from engines.bench_table import tables
+    text = tables(data, "bench.json")
+    assert data["command"] in text and all(f"| {r['label']} |" in text for r in data["race"][0]["rows"])
+
+
+# ----------------------------------------------------------------------------- bench-table, on a hand-written file
+
+def race_row(label, method, iterations, target_forwards, draft_forwards, fed_per_forward, wall_ratio, equals,
+             accepted=0, examined=0):
+    return {"label": label, "method": method, "new_tokens": 8, "iterations": iterations,
+            "target_forwards": target_forwards, "draft_forwards": draft_forwards,
+            "tokens_fed_per_forward": fed_per_forward, "wall_ratio": wall_ratio, "equals_greedy": equals,
+            "acceptance_rate": accepted / examined if examined else None, "drafts_accepted": accepted,
+            "drafts_examined": examined}
+
+
+FIXTURE = {
+    "command": "python -m engines bench --json bench.json --max-new-tokens 8", "target": "tiny-target",
+    "max_new_tokens": 8,
+    "race": [
+        {"prompt": "Once upon a time", "target": "tiny-target", "draft": "tiny-draft", "max_new_tokens": 8,
+         "rows": [race_row("autoregressive", "autoregressive", 8, 8, 0, 1.0, 1.0, True),
+                  race_row("speculative, model k=4", "speculative", 3, 3, 12, 5.0, 1.2, True, 5, 7),
+                  race_row("jacobi, block 8", "jacobi", 6, 6, 0, 8.0, 1.5, True, 2, 6)],
+         "cost": {"c": 0.8, "verify_n": [1, 2, 5], "verify_cost": [1.0, 1.2, 1.9]}},
+        {"prompt": "Alice was", "target": "tiny-target", "draft": "tiny-draft", "max_new_tokens": 8,
+         "rows": [race_row("autoregressive", "autoregressive", 8, 8, 0, 1.0, 1.0, True),
+                  race_row("speculative, model k=4", "speculative", 4, 4, 16, 5.0, 1.4, False, 4, 8),
+                  race_row("jacobi, block 8", "jacobi", 8, 8, 0, 8.0, 1.7, True, 0, 8)],
+         "cost": {"c": 0.9, "verify_n": [1, 2, 5], "verify_cost": [1.0, 1.4, 2.1]}}],
+    "speculative_vs_transformers": [
+        {"method": "speculative", "target": "tiny-target", "target_forwards_per_token": 0.375, "acceptance": 0.7,
+         "same_output_as_generate": 1.0, "wall_ratio_vs_assisted_generate": 0.9,
+         "run_wall_ratio_vs_assisted_generate": 1.1},
+        {"method": "speculative", "target": "tiny-target", "target_forwards_per_token": 0.425, "acceptance": 0.6,
+         "same_output_as_generate": 1.0, "wall_ratio_vs_assisted_generate": 1.0,
+         "run_wall_ratio_vs_assisted_generate": 1.3},
+        {"method": "speculative:ngram", "target": "SmolLM2-135M-Instruct", "target_forwards_per_token": 0.59,
+         "acceptance": 0.5, "same_output_as_generate": 0.0, "wall_ratio_vs_assisted_generate": 0.92,
+         "run_wall_ratio_vs_assisted_generate": 0.97}]}
+
+
+def test_bench_table_shows_every_figure_and_the_commands(tmp_path, capsys):
+    from engines.__main__ import main
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(FIXTURE))
+    assert main(["bench-table", str(path)]) == 0
+    text = capsys.readouterr().out
+    # the commands: the one that measured, the one that made the tables
+    assert "`python -m engines bench --json bench.json --max-new-tokens 8`" in text
+    assert f"`python -m engines bench-table {path}`" in text
+    assert "2 prompts x 8 new tokens" in text
+    # summed over the prompts: forwards, tokens per forward, tokens fed, acceptance, tokens per iteration;
+    # the wall ratio is the mean of the prompts' ratios with its range; greedy equality counted per prompt
+    assert "| autoregressive | 16 | 0 | 1.00 | 1.00 | – | 1.00 | 1.00x (1.00-1.00) | 2/2 |" in text
+    assert "| speculative, model k=4 | 7 | 28 | 2.29 | 5.00 | 0.60 (9/15) | 2.29 | 1.30x (1.20-1.40) | 1/2 |" in text
+    assert "| jacobi, block 8 | 14 | 0 | 1.14 | 8.00 | 0.14 (2/14) | 1.14 | 1.60x (1.50-1.70) | 2/2 |" in text
+    assert "c = 0.85 target forwards" in text and "T(2) = 1.30, T(5) = 2.00" in text
+    # speculative against transformers' assisted and prompt-lookup generation
+    assert ("| speculative | tiny-target | transformers' assisted generation (`assistant_model`, constant 4 drafts) "
+            "| 0.400 | 0.65 | 2/2 | 0.95x (0.90-1.00) | 1.20x (1.10-1.30) |") in text
+    assert ("| speculative:ngram | SmolLM2-135M-Instruct | transformers' prompt-lookup generation "
+            "(`prompt_lookup_num_tokens=4`) | 0.590 | 0.50 | 0/1 | 0.92x | 0.97x |") in text
+    assert "Race on" not in text   # per prompt only when asked
+
+    assert main(["bench-table", str(path), "--per-prompt"]) == 0
+    text = capsys.readouterr().out
+    assert "Race on 'Alice was': tiny-target, draft tiny-draft, 8 new tokens, greedy." in text
+    assert "| speculative, model k=4 | 4 | 16 | 2.00 | 5.00 | 0.50 (4/8) | 2.00 | 1.40x | 0/1 |" in text
+    assert "c = 0.90 target forwards" in text
+
+
+def test_bench_table_refuses_a_file_that_is_not_bench_json(tmp_path, capsys):
+    from engines.__main__ import main
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps({"method": "autoregressive"}))
+    assert main(["bench-table", str(path)]) == 2
+    assert "not written by `python -m engines bench --json`" in capsys.readouterr().err
+    assert main(["bench-table", str(tmp_path / "missing.json")]) == 2
