@@ -12,6 +12,7 @@ q and the exact rules stay lossless under sampling; the probabilities recorded a
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +27,11 @@ HEAD_KINDS = ("heads", "eagle")     # drafter names -> head folder suffixes belo
 HEADS_DIR = MODELS_DIR / "heads"
 _FOLDER_KIND = {"heads": "medusa", "eagle": "eagle"}
 
-_loaded: dict[tuple, H.MedusaHeads | H.EagleHead] = {}
+# model object -> {(folder, device, dtype): head}. Keyed weakly by the target's model itself: an id() key
+# would outlive the model (its heads kept after the model cache evicted it) and could be reused by a model
+# loaded later at the same address, which would then be handed heads trained for another target.
+_loaded: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, H.MedusaHeads | H.EagleHead]]" = \
+    weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
@@ -42,11 +47,12 @@ def load_head(target: LM, drafter: str, folder: Path | None = None) -> H.MedusaH
         have = sorted(p.name for p in HEADS_DIR.glob("*") if (p / H.HEAD_FILE).exists())
         raise ValueError(f"No {_FOLDER_KIND[drafter]} head was trained for '{target.name}'; heads exist for: "
                          f"{', '.join(have) or 'none'}. Pick one of those targets or another drafter.")
-    key = (str(folder), str(target.device), str(target.dtype), id(target.model))
+    key = (str(folder), str(target.device), str(target.dtype))
     with _lock:
-        if key not in _loaded:
-            _loaded[key] = H.load(folder, target.model, target.device, target.dtype)
-        return _loaded[key]
+        heads = _loaded.setdefault(target.model, {})   # a head holds no reference to the model: the key can go
+        if key not in heads:
+            heads[key] = H.load(folder, target.model, target.device, target.dtype)
+        return heads[key]
 
 
 def head_drafter(target: LM, drafter: str) -> "MedusaDrafter | EagleDrafter":

@@ -110,6 +110,32 @@ def test_a_head_refuses_a_target_it_was_not_trained_on(tiny_target, tiny_draft, 
         H.load(head_dir / f"{tiny_target.name}-eagle", tiny_draft.model, tiny_draft.device, tiny_draft.dtype)
 
 
+def test_cached_heads_go_with_their_model_and_never_pass_to_a_later_one(tiny_target):
+    """The head cache holds its model weakly: dropping the model (as the model cache's eviction does) frees the
+    model and its cached heads, and a model loaded afterwards gets heads loaded for it, never the freed one's."""
+    import copy
+    import gc
+    import weakref
+
+    def fresh():   # a copy of tiny-target's weights outside the model cache, which would keep it alive
+        return dataclasses.replace(tiny_target, model=copy.deepcopy(tiny_target.model))
+
+    target = fresh()
+    head = drafters.load_head(target, "eagle")
+    assert drafters.load_head(target, "eagle") is head                 # cached for its model
+    model, first = weakref.ref(target.model), weakref.ref(head)
+    assert model() in drafters._loaded
+    before = len(drafters._loaded)
+    del target, head
+    gc.collect()
+    assert model() is None and first() is None                         # the cache kept neither alive
+    assert len(drafters._loaded) == before - 1
+    later = fresh()                   # may reuse the freed model's address: an id() key handed it the old heads
+    assert later.model not in drafters._loaded
+    drafters.load_head(later, "eagle")
+    assert len(drafters._loaded[later.model]) == 1
+
+
 def test_a_target_without_heads_is_told_which_targets_have_them(tiny_draft):
     with pytest.raises(ValueError, match="No eagle head was trained for 'tiny-draft'"):
         Run("speculative", "Once upon a time", {"drafter": "eagle"}, target="tiny-draft").step()
