@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from engines import lm
+from engines import cost, lm
 from engines.autoregressive import AutoregressiveConfig, autoregressive
 from engines.config import MAX_PROMPT_TOKENS, DecodeConfig, RunSettings, build
 from engines.jacobi import JacobiConfig, jacobi
@@ -93,6 +93,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                    "and never re-masks, optionally block by block."),
 )}
 
+# the methods whose views read the cost model: a run of them records its calibration in the trace
+COSTED = ("speculative", "tree")
+
 DEFAULT_TARGET = "smollm2-135m-instruct"
 FALLBACK_TARGET = "tiny-target"
 DEFAULT_DRAFT = "tiny-draft"
@@ -144,6 +147,8 @@ class Run:
         self.trace = Trace(method=m.name, config={**asdict(cfg), **asdict(run_settings)}, models=models,
                            prompt=prompt, prompt_ids=prompt_ids)
         self._note_texts(prompt_ids)
+        if m.name in COSTED:   # before the engine starts: its forwards are no step's, its caches its own
+            self.trace.cost = asdict(cost.calibrate(target_lm, draft_lm, prompt_ids))
         rng = torch.Generator().manual_seed(run_settings.seed)
         self._steps = m.start(self.target, self.draft, prompt_ids, cfg, rng)
 

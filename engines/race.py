@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from engines import lm
+from engines.cost import (DRAFTS_OF, TRADE_OFF, best_k, drafts, expected_speedup, expected_tokens, measure, verdict,
+                          verify_cost_at)
 from engines.lm import LM
 from engines.methods import DEFAULT_DRAFT, Run, default_target
 from engines.trace import Step, Trace
@@ -48,36 +50,6 @@ ENTRIES: tuple[Entry, ...] = (
 REFERENCE = "autoregressive"   # the entry every ratio and every output is compared with
 LEFT_OUT = {"mask-predict": "not a causal method: it fills a span with a masked LM, so it has no greedy "
                             "autoregressive output to race against"}
-
-
-# ----------------------------------------------------------------------------- acceptance, per method
-# (accepted, examined) drafted tokens of one step: the drafts up to and including the first refusal count as
-# examined, so a chain, a tree path, a Jacobi block and a pooled n-gram read the same way.
-
-def _speculative_drafts(s: Step) -> tuple[int, int]:
-    n, m = s.detail["accepted"], len(s.detail["draft_tokens"])
-    return n, n + (n < m)
-
-
-def _tree_drafts(s: Step) -> tuple[int, int]:
-    n = s.detail["accepted_length"]
-    return n, n + (s.detail["final_kind"] == "resampled")   # the stop node had children, all refused
-
-
-def _jacobi_drafts(s: Step) -> tuple[int, int]:
-    n, m = s.detail["settled"], len(s.detail["block_before_ids"])
-    return n, n + (n < m)
-
-
-def _lookahead_drafts(s: Step) -> tuple[int, int]:
-    n = s.detail["accepted_len"]
-    longest = max((len(c) for c in s.detail["candidates"]), default=0)
-    return n, n + (n < longest)
-
-
-DRAFTS_OF: dict[str, Callable[[Step], tuple[int, int]]] = {
-    "speculative": _speculative_drafts, "tree": _tree_drafts, "jacobi": _jacobi_drafts,
-    "lookahead": _lookahead_drafts}
 
 
 @dataclass
@@ -179,11 +151,7 @@ def race(prompt: str, max_new_tokens: int, target: str | None = None, draft: str
 
 def row(e: Entry, trace: Trace, wall_s: float, reference_wall_s: float, reference_ids: list[int]) -> Row:
     t, ids = trace.totals, trace.output_ids
-    accepted = examined = 0
-    if e.method in DRAFTS_OF:
-        for s in trace.steps:
-            a, x = DRAFTS_OF[e.method](s)
-            accepted, examined = accepted + a, examined + x
+    accepted, examined = drafts(e.method, trace.steps) if e.method in DRAFTS_OF else (0, 0)
     return Row(
         label=e.label, method=e.method, settings=dict(e.settings), new_tokens=t["new_tokens"],
         iterations=len(trace.steps), target_forwards=t["target_forwards"], draft_forwards=t["draft_forwards"],
@@ -217,82 +185,35 @@ def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
 
 # ----------------------------------------------------------------------------- cost model
 
-VERIFY_N = (1, 2, 3, 5, 9, 17)   # 17 = the dynamic tree's 16 nodes and its pending token
-
-
-def forward_seconds(model: LM, prompt_ids: Sequence[int], n: int, repeats: int = 5) -> float:
-    """Median time of one forward over n new tokens after the prompt, the cache cropped back each time."""
-    kv = model.new_kv()
-    model.forward(kv, prompt_ids)
-    filler = [prompt_ids[-1]] * n
-    times = []
-    for _ in range(repeats):
-        start = lm.clock(model.device)
-        model.forward(kv, filler)
-        times.append(lm.clock(model.device) - start)
-        model.crop(kv, len(prompt_ids))
-    return statistics.median(times)
-
-
-def expected_tokens(alpha: float, k: int) -> float:
-    """Expected tokens per iteration with k drafts, each accepted with probability alpha."""
-    return k + 1.0 if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
-
-
-def verify_cost_at(n: int, ns: Sequence[int], costs: Sequence[float]) -> float:
-    """T(n) by linear interpolation between the measured points (flat beyond the last)."""
-    if n <= ns[0]:
-        return costs[0]
-    for (n0, c0), (n1, c1) in zip(zip(ns, costs), zip(ns[1:], costs[1:])):
-        if n <= n1:
-            return c0 + (c1 - c0) * (n - n0) / (n1 - n0)
-    return costs[-1] + (costs[-1] - costs[-2]) * (n - ns[-1]) / (ns[-1] - ns[-2])
-
-
-def expected_speedup(alpha: float, k: int, c: float, ns: Sequence[int], costs: Sequence[float]) -> float:
-    """Tokens per iteration over the iteration's cost in target forwards (k drafts + one verify of k+1)."""
-    return expected_tokens(alpha, k) / (k * c + verify_cost_at(k + 1, ns, costs))
-
-
-def best_k(alpha: float, c: float, ns: Sequence[int], costs: Sequence[float], limit: int = 16) -> tuple[int, float]:
-    return max(((k, expected_speedup(alpha, k, c, ns, costs)) for k in range(1, limit + 1)), key=lambda kv: kv[1])
-
-
 def cost_model(target: LM, draft: LM | None, prompt_ids: Sequence[int], rows: Sequence[Row]) -> CostModel:
-    one = forward_seconds(target, prompt_ids, 1)
-    costs = [forward_seconds(target, prompt_ids, n) / one for n in VERIFY_N]
-    costs[0] = 1.0
-    draft_s = forward_seconds(draft, prompt_ids, 1) if draft is not None else None
-    c = draft_s / one if draft_s is not None else None
+    """This run's timing (a median of 5 per size, fresher and steadier than a view's cached calibration) and
+    each speculative row placed on the theory curves."""
+    cal = measure(target, draft, prompt_ids, repeats=5)
+    ns, costs = cal.verify_n, cal.verify_cost
     points = []
     for r in rows:
         if r.method != "speculative" or r.acceptance_rate is None:
             continue
         # prompt lookup costs a scan of the text, nothing a forward would notice
-        c_here = (c or 0.0) if r.settings.get("drafter") == "model" else 0.0
+        c_here = (cal.c or 0.0) if r.settings.get("drafter") == "model" else 0.0
         k, alpha = r.settings.get("k", 4), r.acceptance_rate
-        bk, bs = best_k(alpha, c_here, VERIFY_N, costs)
+        bk, bs = best_k(alpha, c_here, ns, costs)
         points.append(Point(r.label, k, alpha, c_here, r.tokens_per_iteration, expected_tokens(alpha, k),
-                            1 / r.wall_ratio, expected_speedup(alpha, k, c_here, VERIFY_N, costs), bk, bs))
-    return CostModel(one, draft_s, c, list(VERIFY_N), costs, points, explain(c, costs, points))
+                            1 / r.wall_ratio, expected_speedup(alpha, k, c_here, ns, costs), bk, bs))
+    return CostModel(cal.target_forward_s, cal.draft_forward_s, cal.c, ns, costs, points,
+                     explain(cal.c, ns, costs, points))
 
 
-def explain(c: float | None, costs: Sequence[float], points: Sequence[Point]) -> str:
+def explain(c: float | None, ns: Sequence[int], costs: Sequence[float], points: Sequence[Point]) -> str:
     """Why the best k depends on alpha and c, with this run's numbers."""
-    parts = [f"A target forward over 5 tokens costs {costs[VERIFY_N.index(5)]:.2f} and over 17 tokens "
-             f"{costs[-1]:.2f} forwards of one token" + (f"; a draft forward costs c = {c:.2f} of a target forward."
-                                                         if c is not None else ".")]
-    parts.append("Each drafted token adds c to the cost of an iteration but only alpha^k expected tokens to "
-                 "what it yields, so drafting more pays only while alpha^k exceeds c plus the extra verify "
-                 "cost: a high alpha and a cheap draft favour a long draft, and when c is close to 1 no k beats "
-                 "plain decoding.")
+    parts = [f"A target forward over 5 tokens costs {verify_cost_at(5, ns, costs):.2f} and over 17 tokens "
+             f"{verify_cost_at(17, ns, costs):.2f} forwards of one token" +
+             (f"; a draft forward costs c = {c:.2f} of a target forward." if c is not None else "."), TRADE_OFF]
     for p in points:
-        verdict = (f"the best is k = {p.best_k} at {p.best_speedup:.2f}x" if p.best_speedup > 1
-                   else f"no k wins (the best, k = {p.best_k}, reaches only {p.best_speedup:.2f}x)")
         parts.append(f"{p.label}: alpha = {p.alpha:.2f}, c = {p.c:.2f}: {p.tokens_per_iteration:.2f} tokens per "
                      f"iteration measured against {p.expected_tokens:.2f} expected; expected speedup "
                      f"{p.expected_speedup:.2f}x, measured {p.speedup:.2f}x (the engine's own per-step work is "
-                     f"not in the model); {verdict}.")
+                     f"not in the model); {verdict(p.alpha, p.c, ns, costs)}.")
     return " ".join(parts)
 
 

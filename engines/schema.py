@@ -49,6 +49,8 @@ STEP_FIELDS: dict[str, dict[str, str]] = {
 TRACE_FIELDS = {"schema_version": "integer", "method": "string", "config": "object", "models": "object",
                 "prompt": "string", "prompt_ids": "ids", "output_ids": "ids", "output_text": "string",
                 "steps": "array", "totals": "object", "finished": "boolean", "token_texts": "object"}
+# trace fields a trace may leave out (older traces do): the cost model's calibration (engines/cost.py)
+TRACE_OPTIONAL = {"cost": "object|null"}
 
 
 def type_schema(spec: str) -> dict[str, Any]:
@@ -72,6 +74,7 @@ def step_schema(method: str) -> dict[str, Any]:
 def trace_schema() -> dict[str, Any]:
     """The published document: the trace, and for each method the schema its steps follow."""
     top = object_schema(TRACE_FIELDS)
+    top["properties"].update({name: type_schema(spec) for name, spec in TRACE_OPTIONAL.items()})
     top["properties"]["schema_version"] = {"const": SCHEMA_VERSION}
     top["properties"]["method"] = {"enum": sorted(STEP_FIELDS)}
     return {

@@ -56,6 +56,10 @@ class Trace:
     output_text: str = ""
     token_texts: dict[int, str] = field(default_factory=dict)   # every id in the trace -> its text
     finished: bool = False
+    # the cost model's calibration measured when the run started (engines.cost.Calibration as a dict): outside
+    # every step, so no step counts its forwards; None where nothing was measured (an older trace, a method
+    # without drafts)
+    cost: dict[str, Any] | None = None
 
     @property
     def output_ids(self) -> list[int]:
@@ -74,6 +78,7 @@ class Trace:
             "steps": [s.to_dict() for s in self.steps], "totals": self.totals,
             "finished": self.finished,
             "token_texts": {str(k): v for k, v in sorted(self.token_texts.items())},
+            "cost": self.cost,
         }
 
     def to_json(self, indent: int | None = None) -> str:
@@ -89,7 +94,8 @@ class Trace:
                         steps=[Step.from_dict(s) for s in d["steps"]],
                         output_text=str(d.get("output_text", "")),
                         token_texts={int(k): v for k, v in d.get("token_texts", {}).items()},
-                        finished=bool(d.get("finished", True)))
+                        finished=bool(d.get("finished", True)),
+                        cost=dict(d["cost"]) if d.get("cost") is not None else None)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"This is not a trace file of this app ({type(e).__name__}: {e}).") from e
         if "output_ids" in d and list(d["output_ids"]) != trace.output_ids:

@@ -7,10 +7,9 @@ import html
 
 import plotly.graph_objects as go
 
-from engines.race import Race, expected_speedup, expected_tokens
-from explorer.figures.common import GRID_COLOUR, colour, figure, grid, show, symbol
-
-K_MAX = 16
+from engines.race import Race
+from explorer.figures import theory
+from explorer.figures.common import colour, figure, grid, show
 SINGLE, MULTI = colour("chosen"), colour("accepted")   # one token per forward (plain decoding) vs several
 
 
@@ -51,34 +50,20 @@ def cost_figure(race: Race) -> go.Figure:
     """Expected tokens per iteration and expected speedup over k for each measured (alpha, c), with the
     measured runs as points on the curves."""
     cost = race.cost
-    g = grid(1, 2, titles=("tokens per iteration: (1 - α^(k+1)) / (1 - α)",
-                           "speedup: tokens / (k·c + T(k+1))"))
-    ks = list(range(1, K_MAX + 1))
+    g = grid(1, 2, titles=(theory.TOKENS_TITLE, theory.SPEEDUP_TITLE))
     data = []
-    palette = [colour("accepted"), colour("resampled"), colour("bonus"), colour("rejected")]
     for i, p in enumerate(cost.points):
-        c_line = palette[i % len(palette)]
-        name = f"{p.label} (α {p.alpha:.2f}, c {p.c:.2f})"
-        data.append({"type": "scatter", "mode": "lines", "name": name, "legendgroup": name, "x": ks,
-                     "y": [expected_tokens(p.alpha, k) for k in ks], "line": {"color": c_line},
-                     "hovertemplate": "k %{x}: %{y:.2f} tokens expected<extra></extra>", **g.cell(1, 1)})
-        data.append({"type": "scatter", "mode": "lines", "name": name, "legendgroup": name, "showlegend": False,
-                     "x": ks, "y": [expected_speedup(p.alpha, k, p.c, cost.verify_n, cost.verify_cost) for k in ks],
-                     "line": {"color": c_line},
-                     "hovertemplate": "k %{x}: %{y:.2f}x expected<extra></extra>", **g.cell(1, 2)})
-        for col, y, what in ((1, p.tokens_per_iteration, "tokens per iteration"), (2, p.speedup, "speedup")):
-            data.append({"type": "scatter", "mode": "markers", "name": f"{p.label}: measured",
-                         "legendgroup": name, "showlegend": col == 1, "x": [p.k], "y": [y],
-                         "marker": {"color": c_line, "symbol": symbol("bonus"), "size": 13,
-                                    "line": {"color": "#333333", "width": 1}},
-                         "hovertemplate": f"measured in this run: k {p.k}, {what} %{{y:.2f}}<extra></extra>",
-                         **g.cell(1, col)})
-    data.append({"type": "scatter", "mode": "lines", "name": "plain decoding (1x)", "x": [1, K_MAX], "y": [1, 1],
-                 "line": {"color": GRID_COLOUR.replace("0.25", "0.9"), "dash": "dash"}, **g.cell(1, 2)})
+        cv = theory.Curves(f"{p.label} (α {p.alpha:.2f}, c {p.c:.2f})", p.alpha, p.c, cost.verify_n,
+                           cost.verify_cost, theory.PALETTE[i % len(theory.PALETTE)],
+                           [theory.Measured(p.k, p.tokens_per_iteration, f"measured in this run: k {p.k}, "
+                                                                         f"{p.tokens_per_iteration:.2f} tokens per iteration")],
+                           [theory.Measured(p.k, p.speedup, f"measured in this run: k {p.k}, speedup {p.speedup:.2f}x")],
+                           marker_name=f"{p.label}: measured")
+        data += theory.curve_traces(cv, g.cell(1, 1), g.cell(1, 2))
+    data.append(theory.plain_line(g.cell(1, 2)))
     for col in (1, 2):
-        g.xaxis(1, col).update(title={"text": "k, tokens drafted per iteration"}, dtick=2)
-    g.yaxis(1, 1).update(rangemode="tozero")
-    g.yaxis(1, 2).update(rangemode="tozero")
+        g.xaxis(1, col).update(theory.k_axis())
+        g.yaxis(1, col).update(rangemode="tozero")
     return figure(data, g, "Cost model, measured in this run", height=380, uirevision="race-cost",
                   legend={"y": -0.3})
 

@@ -1,0 +1,113 @@
+"""The cost model's curves, shared by the race and the speculative view: expected tokens per iteration
+(1 - α^(k+1)) / (1 - α) and expected speedup tokens / (k·c + T(k+1)) over k, with measured points on them.
+Callers place the two panels in cells of their own grid."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from engines.cost import K_MAX, Calibration, expected_speedup, expected_tokens
+from engines.trace import Step, Trace
+from explorer.figures.common import GRID_COLOUR, colour, symbol
+
+KS = list(range(1, K_MAX + 1))
+TOKENS_TITLE = "tokens per iteration: (1 - α^(k+1)) / (1 - α)"
+SPEEDUP_TITLE = "speedup: tokens / (k·c + T(k+1))"
+PALETTE = [colour("accepted"), colour("resampled"), colour("bonus"), colour("rejected")]
+
+
+@dataclass
+class Measured:
+    """A measured value at one k, placed on a curve."""
+    k: int
+    value: float
+    hover: str
+    size: int = 13
+
+
+@dataclass
+class Curves:
+    """One acceptance rate α and draft cost c on the theory curves, with what the run measured."""
+    name: str
+    alpha: float
+    c: float | None                  # None: not measured, so no speedup curve
+    ns: list[int]                    # T(n) measured at these n ...
+    costs: list[float]               # ... in forwards of one token
+    line: str                        # its colour
+    tokens: list[Measured] = field(default_factory=list)
+    speedup: list[Measured] = field(default_factory=list)
+    marker_name: str = "measured"
+
+
+def curve_traces(cv: Curves, tokens_cell: dict, speedup_cell: dict | None) -> list[dict]:
+    """The two curves and their measured points, one legend group; the speedup panel only with a measured c."""
+    data = [{"type": "scatter", "mode": "lines", "name": cv.name, "legendgroup": cv.name, "x": KS,
+             "y": [expected_tokens(cv.alpha, k) for k in KS], "line": {"color": cv.line},
+             "hovertemplate": "k %{x}: %{y:.2f} tokens expected<extra></extra>", **tokens_cell}]
+    data += points(cv, cv.tokens, tokens_cell, True)
+    if speedup_cell is not None and cv.c is not None and cv.costs:
+        data.append({"type": "scatter", "mode": "lines", "name": cv.name, "legendgroup": cv.name, "showlegend": False,
+                     "x": KS, "y": [expected_speedup(cv.alpha, k, cv.c, cv.ns, cv.costs) for k in KS],
+                     "line": {"color": cv.line},
+                     "hovertemplate": "k %{x}: %{y:.2f}x expected<extra></extra>", **speedup_cell})
+        data += points(cv, cv.speedup, speedup_cell, not cv.tokens)
+    return data
+
+
+def points(cv: Curves, measured: list[Measured], cell: dict, legend: bool) -> list[dict]:
+    if not measured:
+        return []
+    return [{"type": "scatter", "mode": "markers", "name": cv.marker_name, "legendgroup": cv.name,
+             "showlegend": legend, "x": [m.k for m in measured], "y": [m.value for m in measured],
+             "marker": {"color": cv.line, "symbol": symbol("bonus"), "size": [m.size for m in measured],
+                        "line": {"color": "#333333", "width": 1}},
+             "hovertext": [m.hover for m in measured], "hoverinfo": "text", **cell}]
+
+
+def plain_line(cell: dict) -> dict:
+    """Speedup 1: plain decoding, what a curve must rise above to win."""
+    return {"type": "scatter", "mode": "lines", "name": "plain decoding (1x)", "x": [1, K_MAX], "y": [1, 1],
+            "line": {"color": GRID_COLOUR.replace("0.25", "0.9"), "dash": "dash"}, "hoverinfo": "skip", **cell}
+
+
+def k_axis() -> dict:
+    return {"title": {"text": "k, tokens drafted per iteration"}, "dtick": 2, "range": [0.5, K_MAX + 0.5]}
+
+
+# ----------------------------------------------------------------------------- what a trace recorded
+
+def calibration(trace: Trace) -> Calibration | None:
+    """The cost model's calibration the run recorded; None for a trace made before runs recorded it."""
+    return Calibration.from_dict(trace.cost) if trace.cost else None
+
+
+# drafters that run no draft model: what a drafting step costs them instead, for the words
+FREE_DRAFTS = {
+    "ngram": "prompt lookup scans the text and runs no model, so its c is taken as 0",
+    "typed": "you typed the draft, so it cost no forward: c is taken as 0",
+    "heads": "Medusa heads are one small layer each over hidden states the target's verify forward already "
+             "computed, a few percent of a target forward: c is taken as 0",
+    "eagle": "the EAGLE head is one decoder layer over features the target's verify forward already computed, "
+             "a small fraction of a target forward: c is taken as 0",
+    "suffix": "the suffix tree is a lookup in the text so far and runs no model, so c is taken as 0",
+}
+
+
+def draft_c(trace: Trace, cal: Calibration | None) -> float | None:
+    """c for this run's drafter: the measured draft model's, 0 for drafters that run no model (heads are
+    counted as free too), None when the draft model's cost was not measured."""
+    drafter = trace.config.get("drafter", "model")
+    if drafter in FREE_DRAFTS:
+        return 0.0
+    return cal.c if cal is not None else None
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def measured_speedup(steps: Sequence[Step], cal: Calibration) -> float | None:
+    """Committed tokens x the time of one plain target forward, over the steps' summed wall time: how much
+    faster than one forward per token the run went, engine overhead and all."""
+    wall = sum(s.wall_s for s in steps)
+    return sum(len(s.committed_ids) for s in steps) * cal.target_forward_s / wall if wall > 0 else None
