@@ -9,6 +9,7 @@
     python -m engines.train eval                     # held-out figures -> assets/models/README.md
     python -m engines.train features TARGET          # draft heads: the target's hidden states, cached once
     python -m engines.train heads medusa|eagle TARGET --minutes 40   # see engines/train_heads.py
+    python -m engines.train diffusion | diffusion-export            # see engines/train_diffusion.py
 
 Every command checkpoints under ~/.cache/parallel-decoding-explorer/train/ and resumes where it stopped. The held-out
 slice is the last 5% of every book; nothing here ever trains on it.
@@ -430,6 +431,7 @@ def main(argv=None) -> None:
     hp = sub.add_parser("heads-publish", help="copy the trained heads into assets/models/heads with their figures")
     hp.add_argument("target")
     add_schedule(train_diffusion.add_parser(sub), lr=1e-3, steps=20000, minutes=600)
+    train_diffusion.add_export_parser(sub)
     for s in (t, e, f, hd, he, hp, *[sub.choices[k] for k in ("causal", "masked")]):
         s.add_argument("--threads", type=int, default=2)
         s.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
@@ -444,6 +446,11 @@ def main(argv=None) -> None:
         train_heads.train_head(args)
     elif args.command == "diffusion":
         train_diffusion.train(args)
+    elif args.command == "diffusion-export":
+        try:
+            train_diffusion.export_latest(args)
+        except ValueError as e:
+            p.exit(2, f"error: {e}\n")
     elif args.command == "heads-eval":
         print(json.dumps(train_heads.evaluate_heads(args.target), indent=1))
     elif args.command == "heads-publish":

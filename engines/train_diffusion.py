@@ -1,6 +1,7 @@
 """Adapt SmolLM2-135M-Instruct into a masked diffusion LM, the preset `smollm2-135m-diffusion`.
 
     python -m engines.train diffusion --minutes 600          # resumable; checkpoints outside the work tree
+    python -m engines.train diffusion-export --out DIR       # the latest checkpoint's adapter, while training goes on
     python -m engines.train publish smollm2-135m-diffusion   # copy the adapter into assets/models once it is good
 
 The recipe of Dream 7B (Ye et al. 2025, arXiv 2508.15487) and DiffuLLaMA (Gong et al. 2025, arXiv 2410.17891):
@@ -19,6 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pickle
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,6 +85,14 @@ def adapt(model, mask_id: int, rank: int):
     return get_peft_model(model, config)
 
 
+def fresh_adapter(base: str, rank: int):
+    """`adapt` on a private copy of the causal base: the shared cache's model must stay the plain causal one."""
+    causal = lm.load(base, device="cpu", dtype="float32")
+    model = type(causal.model)(causal.model.config)
+    model.load_state_dict(causal.model.state_dict())
+    return adapt(model, causal.tokenizer.convert_tokens_to_ids(MASK_TOKEN), rank)
+
+
 def train_steps(peft_model, data: torch.Tensor, mask_id: int, *, steps: int, batch: int, lr: float,
                 generator: torch.Generator, opt: torch.optim.Optimizer, start: int = 0, total: int | None = None,
                 bf16: bool = False, on_step=None) -> int:
@@ -124,6 +136,39 @@ def export(peft_model, out: Path, base: str, info: dict) -> Path:
     return out
 
 
+def read_checkpoint(path: Path, tries: int = 5) -> dict:
+    """torch.load of a copy of the checkpoint: the training run rewrites it in place every few steps, so a read
+    may overlap a write; a torn copy fails to load, and is copied again a moment later."""
+    if not path.is_file():
+        raise ValueError(f"There is no checkpoint {path.name} in {path.parent}; train with "
+                         f"`python -m engines.train diffusion` first.")
+    for attempt in range(tries):
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / path.name
+            shutil.copyfile(path, copy)
+            try:
+                return torch.load(copy, map_location="cpu", weights_only=True)
+            except (RuntimeError, EOFError, pickle.UnpicklingError):
+                time.sleep(1 + attempt)
+    raise ValueError(f"{path.name} could not be read in {tries} tries (it kept changing or is damaged); try again.")
+
+
+def adapter_rank(adapter: dict) -> int:
+    """The LoRA rank of a saved adapter state dict: the rows of any lora_A matrix."""
+    return next(w.shape[0] for k, w in adapter.items() if "lora_A" in k)
+
+
+def export_checkpoint(ckpt: Path, out: Path, base: str = BASE) -> Path:
+    """What `train` exports at its end, made from a checkpoint instead, without training: a checkpoint can be
+    evaluated while the run that writes it goes on."""
+    from peft import set_peft_model_state_dict
+    state = read_checkpoint(ckpt)
+    peft_model = fresh_adapter(base, adapter_rank(state["adapter"]))
+    set_peft_model_state_dict(peft_model, state["adapter"])
+    return export(peft_model, out, base, {"step": state["step"], "tokens_seen": state["tokens"],
+                                          "curve": state["curve"]})
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
     """`python -m engines.train diffusion ...`; engines/train.py adds its shared schedule flags to it."""
     d = sub.add_parser("diffusion", help="adapt SmolLM2 into a masked diffusion LM (LoRA, bidirectional, shifted)")
@@ -136,21 +181,36 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return d
 
 
+def add_export_parser(sub) -> argparse.ArgumentParser:
+    """`python -m engines.train diffusion-export [--out DIR]`."""
+    e = sub.add_parser("diffusion-export", help="write the adapter of the latest diffusion checkpoint, without "
+                                                "training (the run writing it may go on)")
+    e.add_argument("--name", default=NAME)
+    e.add_argument("--base", default=BASE, help="the causal model the checkpoint adapts (a preset or a folder)")
+    e.add_argument("--out", default=None, help="where to write it (default: NAME/export under the training folder)")
+    return e
+
+
+def export_latest(args) -> Path:
+    """The diffusion-export command: the checkpoint of NAME under the training folder, exported to --out."""
+    from engines import train as corpus   # engines.train imports us
+    folder = corpus.WORK_DIR / args.name
+    out = export_checkpoint(folder / "ckpt.pt", Path(args.out) if args.out else folder / "export", args.base)
+    step = json.loads((out / lm.DIFFUSION_FILE).read_text())["step"]
+    print(f"exported step {step} to {out}", flush=True)
+    return out
+
+
 def train(args) -> None:
     """Resumable training on assets/corpus: the checkpoint holds the adapter, the optimiser, the step and the
     loss curve; the export goes to NAME/export under the training folder."""
     from engines import train as corpus   # the corpus helpers; imported here, since engines.train imports us
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     torch.set_num_threads(args.threads)
-    base = lm.load(args.base, device="cpu", dtype="float32")
-    tok = base.tokenizer
-    mask_id = tok.convert_tokens_to_ids(MASK_TOKEN)
+    mask_id = lm.load(args.base, device="cpu", dtype="float32").tokenizer.convert_tokens_to_ids(MASK_TOKEN)
     data = corpus.windows(corpus.token_stream("train", corpus.tokenizer()), args.seq - 1)
     held = corpus.windows(corpus.token_stream("heldout", corpus.tokenizer()), args.seq - 1)[:16]
-    # a private copy: the shared cache's model must stay the plain causal one
-    model = type(base.model)(base.model.config)
-    model.load_state_dict(base.model.state_dict())
-    peft_model = adapt(model, mask_id, args.rank)
+    peft_model = fresh_adapter(args.base, args.rank)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=args.lr,
                             betas=(0.9, 0.98), weight_decay=0.0)
     folder = corpus.WORK_DIR / args.name

@@ -51,16 +51,21 @@ def test_the_loss_reads_token_i_at_position_i_minus_1_under_bidirectional_attent
 
 
 @pytest.fixture(scope="module")
-def toy_diffusion(tmp_path_factory) -> str:
-    """A toy base folder and a (briefly trained) adapter over it, as `train` exports them."""
+def toy_base(tmp_path_factory) -> str:
+    """A toy causal base folder with SmolLM2's tokenizer (whose <empty_output>, the mask token, is id 16)."""
     base = tmp_path_factory.mktemp("toy-base")
-    model = toy_llama(2)
-    model.save_pretrained(base)
+    toy_llama(2).save_pretrained(base)
     AutoTokenizer.from_pretrained(lm.resolve("smollm2-135m-instruct")).save_pretrained(base)
-    peft_model = td.adapt(model, mask_id=16, rank=4)
+    return str(base)
+
+
+@pytest.fixture(scope="module")
+def toy_diffusion(tmp_path_factory, toy_base) -> str:
+    """A (briefly trained) adapter over the toy base, as `train` exports it."""
+    peft_model = td.fresh_adapter(toy_base, rank=4)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
     td.train_steps(peft_model, pattern(16), 16, steps=3, batch=4, lr=1e-2, generator=torch.Generator(), opt=opt)
-    out = td.export(peft_model, tmp_path_factory.mktemp("toy-diffusion"), str(base), {"step": 3})
+    out = td.export(peft_model, tmp_path_factory.mktemp("toy-diffusion"), toy_base, {"step": 3})
     return str(out)
 
 
@@ -123,3 +128,35 @@ def test_tiny_masked_refuses_the_cache_in_one_sentence(tiny_masked):
     with pytest.raises(ValueError, match="keeps no key-value cache") as e:
         Run("mask-predict", PROMPTS[0], {"cache": "prefix"}, target=tiny_masked.source)
     assert str(e.value).count(". ") == 0
+
+
+# ----------------------------------------------------------------------------- issue 13: export, bench, default
+
+def test_a_checkpoint_exports_without_training_and_loads_as_the_trained_weights(tmp_path, toy_base):
+    """diffusion-export's path: the adapter of a checkpoint (written as `train` writes it) equals, once loaded
+    through lm.load, the adapter that `export` writes from the live model."""
+    from peft import get_peft_model_state_dict
+    peft_model = td.fresh_adapter(toy_base, rank=4)
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    td.train_steps(peft_model, pattern(16), 16, steps=2, batch=4, lr=1e-2, generator=torch.Generator(), opt=opt)
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"adapter": get_peft_model_state_dict(peft_model), "opt": opt.state_dict(), "step": 2,
+                "tokens": 192, "curve": [{"step": 2, "tokens": 192, "held_out_loss": 9.0}]}, ckpt)
+    live = td.export(peft_model, tmp_path / "live", toy_base, {"step": 2})
+    made = td.export_checkpoint(ckpt, tmp_path / "from-ckpt", toy_base)
+    info = json.loads((made / lm.DIFFUSION_FILE).read_text())
+    assert info["step"] == 2 and info["tokens_seen"] == 192 and info["curve"][0]["held_out_loss"] == 9.0
+    a, b = lm.load(str(live)).model.state_dict(), lm.load(str(made)).model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["model.embed_tokens.weight"][16],   # the trained mask row came through
+                           lm.load(toy_base).model.state_dict()["model.embed_tokens.weight"][16])
+
+
+def test_diffusion_export_says_in_one_line_when_there_is_no_checkpoint(tmp_path, monkeypatch, capsys):
+    from engines import train
+    monkeypatch.setattr(train, "WORK_DIR", tmp_path)
+    with pytest.raises(SystemExit) as e:
+        train.main(["diffusion-export", "--out", str(tmp_path / "out")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
