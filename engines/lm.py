@@ -756,8 +756,20 @@ def read_pretrained(source: str, dt: torch.dtype, **placement) -> tuple[PreTrain
         config = AutoConfig.from_pretrained(source, trust_remote_code=False)
         model = model_class(config).from_pretrained(source, dtype=dt, trust_remote_code=False,
                                                     **({"use_safetensors": True} if hub else {}), **placement)
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder(source), trust_remote_code=False)
     return model, tokenizer
+
+
+SHARED_TOKENIZER = "tokenizer_from.json"   # {"folder": "../tiny-target"}: the model uses that folder's tokenizer
+
+
+def tokenizer_folder(source: str) -> str:
+    """Where a model's tokenizer is saved: beside it, or in the sibling folder its tokenizer_from.json names
+    (tiny-draft shares tiny-target's vocabulary, so the embedded pair ship one 3.5 MB tokenizer, not two)."""
+    pointer = Path(source) / SHARED_TOKENIZER
+    if not pointer.is_file():
+        return source
+    return str((Path(source) / json.loads(pointer.read_text())["folder"]).resolve())
 
 
 def model_class(config) -> type:

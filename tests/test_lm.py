@@ -1,4 +1,6 @@
 """The model adapter: cache crop, tree forward, refusals with clear messages."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -82,6 +84,16 @@ def test_folder_without_config_is_refused(tmp_path):
     with pytest.raises(lm.ModelLoadError, match="Unknown model") as refused:
         lm.resolve(str(tmp_path))
     assert str(tmp_path) not in str(refused.value)
+
+
+def test_tiny_draft_reads_the_tokenizer_it_shares_with_tiny_target(tiny_target):
+    """The embedded pair ship one tokenizer: tiny-draft's folder names tiny-target's instead of a copy."""
+    folder = Path(lm.resolve("tiny-draft"))
+    assert not (folder / "tokenizer.json").exists() and (folder / lm.SHARED_TOKENIZER).is_file()
+    draft = lm.load("tiny-draft")
+    assert draft.vocab_digest == tiny_target.vocab_digest
+    assert draft.encode(PROMPTS[1]) == tiny_target.encode(PROMPTS[1])
+    lm.check_same_tokenizer(tiny_target, draft)
 
 
 def test_tokenizer_mismatch_is_refused(tiny_target, tmp_path):
