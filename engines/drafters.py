@@ -15,7 +15,7 @@ import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence, TypedDict
 
 import torch
 
@@ -219,14 +219,24 @@ class ChainNode:
     row: int | None = None
 
 
-def describe(heads: HeadDrafter, target_tokens: Sequence[int]) -> dict:
+class HeadsRecord(TypedDict):
+    """What a speculative or tree step records about its head drafter."""
+    kind: Literal["medusa", "eagle"]   # Medusa / blockwise heads, or the EAGLE-3 head
+    trained_on: str                    # the target preset the head was trained on (the only one it drafts for)
+    layers: list[int]                  # the target's hidden-state indices it reads (0: the embeddings' output)
+    target_layers: int                 # how many layers the target has
+    draft_vocab: int                   # tokens the head can draft (its vocabulary, a part of the target's)
+    target_in_vocab: list[bool]        # per token the target chose this step: could the head draft it at all
+
+
+def describe(heads: HeadDrafter, target_tokens: Sequence[int]) -> HeadsRecord:
     """What a step records about its head drafter: which head read which target layers, the size of its
     draft vocabulary, and for each token the target chose whether a head could have drafted it at all."""
     spec = heads.head.spec
     layers = list(spec.layers) if spec.kind == "eagle" else [heads.target.model.config.num_hidden_layers]
-    return {"kind": spec.kind, "trained_on": spec.target, "layers": layers,
-            "target_layers": heads.target.model.config.num_hidden_layers, "draft_vocab": spec.vocab_size,
-            "target_in_vocab": [heads.in_vocab(int(t)) for t in target_tokens]}
+    return HeadsRecord(kind=spec.kind, trained_on=spec.target, layers=layers,
+                       target_layers=heads.target.model.config.num_hidden_layers, draft_vocab=spec.vocab_size,
+                       target_in_vocab=[heads.in_vocab(int(t)) for t in target_tokens])
 
 
 def until_stop(tokens: list[int], stop_ids: frozenset[int]) -> list[int]:
@@ -237,6 +247,12 @@ def until_stop(tokens: list[int], stop_ids: frozenset[int]) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- suffix tree (model-free)
+
+class SuffixMatch(TypedDict):
+    """The text's longest suffix found in the suffix tree, whose continuations became the draft tree."""
+    length: int          # its length in tokens; 0 when no suffix of the text has a continuation
+    tokens: list[int]    # the suffix itself
+    occurrences: int     # how often it occurred in the prompt and output so far
 
 class SuffixDrafter:
     """SuffixDecoding (Oliaro et al. 2024, arXiv 2411.04975): a suffix tree over the prompt and the output so
@@ -250,7 +266,8 @@ class SuffixDrafter:
         self.depth, self.max_match = depth, max_match
         self.root: dict = {"count": 0, "next": {}}
         self.text: list[int] = []
-        self.forwards, self.ready, self.match = 0, True, None
+        self.forwards, self.ready = 0, True
+        self.match: SuffixMatch | None = None   # the last draft's match, as tree steps record it
 
     def begin(self) -> None:
         self.forwards = 0
@@ -286,8 +303,8 @@ class SuffixDrafter:
         from engines.tree import Node
         self.extend(committed)
         m, node = self.matched()
-        self.match = {"length": m, "tokens": list(self.text[-m:]) if m else [],
-                      "occurrences": node["count"] if node else 0}
+        self.match = SuffixMatch(length=m, tokens=list(self.text[-m:]) if m else [],
+                                 occurrences=node["count"] if node else 0)
         if node is None or depth < 1 or budget < 1:
             return []
         nodes, heap, tick = [], [], 0

@@ -13,7 +13,7 @@ committed at once, the block slides on and the freed slots get fresh guesses.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, TypedDict
 
 import torch
 
@@ -35,6 +35,20 @@ class JacobiConfig(DecodeConfig):
         super().__post_init__()
         if self.temperature > 0:
             raise ValueError("Jacobi decoding here is greedy only: set temperature to 0.")
+
+
+class JacobiDetail(TypedDict):
+    """One Jacobi iteration: the block of guesses before and after the forward, and the prefix that settled."""
+    block_start: int               # the block's first slot, counted in new tokens from the end of the prompt
+    block_before_ids: list[int]    # the guesses the forward read (the previous iterate)
+    block_after_ids: list[int]     # the target's argmax at every guessed slot (the new iterate)
+    beyond_token: int              # the argmax after the last guess: the first corrected token when all matched
+    p_new: list[float]             # the target's own probability (temperature 1) of each argmax, slots 1..n+1
+    changed: list[int]             # block slots whose guess the forward replaced
+    fixed: list[int]               # block slots whose guess the forward reproduced
+    settled: int                   # leading guesses reproduced: exact, committed with the next token
+    fresh_ids: list[int]           # new guesses for the slots freed after the block slides
+    cache_len: int                 # tokens in the target's cache after the crop (the text but its last token)
 
 
 def guesses(init: str, before: int, count: int, target: LM, rng: torch.Generator) -> list[int]:
@@ -88,18 +102,18 @@ def jacobi(target: LM, prompt_ids: Sequence[int], cfg: JacobiConfig, rng: torch.
         fresh = guesses(cfg.init, rest[-1] if rest else committed[-1], cfg.block - len(rest), target, rng)
         final = committed[-1] in target.eos_ids or produced >= cfg.max_new_tokens
         yield Step(index, tuple(committed), target_forwards=1, tokens_fed=len(pending) + len(block),
-                   wall_s=clock(target.device) - start, final=final, detail={
-                       "block_start": produced - len(committed),
-                       "block_before_ids": list(block),
-                       "block_after_ids": new[:len(block)],
-                       "beyond_token": new[len(block)],
-                       "p_new": [round(p, 6) for p in p_new],
-                       "changed": [i for i, (a, b) in enumerate(zip(block, new)) if a != b],
-                       "fixed": [i for i, (a, b) in enumerate(zip(block, new)) if a == b],
-                       "settled": settled,
-                       "fresh_ids": fresh,
-                       "cache_len": len(kv),
-                   })
+                   wall_s=clock(target.device) - start, final=final, detail=JacobiDetail(
+                       block_start=produced - len(committed),
+                       block_before_ids=list(block),
+                       block_after_ids=new[:len(block)],
+                       beyond_token=new[len(block)],
+                       p_new=[round(p, 6) for p in p_new],
+                       changed=[i for i, (a, b) in enumerate(zip(block, new)) if a != b],
+                       fixed=[i for i, (a, b) in enumerate(zip(block, new)) if a == b],
+                       settled=settled,
+                       fresh_ids=fresh,
+                       cache_len=len(kv),
+                   ))
         if final:
             return
         pending = [committed[-1]]

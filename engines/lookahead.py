@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypedDict
 
 import torch
 
@@ -43,6 +43,44 @@ class LookaheadConfig(DecodeConfig):
                         label="n-gram size N")
     guesses: int = option(5, "G: pooled n-grams verified per forward (and kept per first token)", 0, 12,
                           label="guesses G")
+
+
+# ----------------------------------------------------------------------------- the step record
+
+PoolEntry = tuple[int, list[list[int]]]   # (first token, the pooled n-grams' other tokens), most recent last
+
+
+class LookaheadDraw(TypedDict):
+    """One uniform drawn while verifying the pooled n-grams by recursive rejection (sampling only)."""
+    depth: int          # the tested token's depth in the candidates' trie (0: right after the last committed token)
+    child_token: int    # the token tested
+    u: float            # the uniform in (0, 1] drawn for it
+    p_child: float      # its acceptance probability then, min(1, r(x)): r is p, or the residual after refused siblings
+    accepted: bool      # it is on the accepted path
+
+
+class LookaheadDetail(TypedDict):
+    """One lookahead forward: the Jacobi window, the pooled n-grams verified, what was committed and harvested."""
+    input_token: int                 # the last committed token: level 0, column 0 of the window
+    window: list[list[int]]          # the window the forward read, [level][column]
+    new_level_ids: list[int]         # the forward's argmax after the window's last level: the next level
+    fed_ids: list[int]               # tokens fed from the last committed token on: window, then verification trie
+    parents: list[int]               # each fed token's parent, an index into fed_ids; -1 for the first
+    candidates: list[list[int]]      # pooled n-grams verified: the tokens after the last committed one
+    matched: list[int]               # per candidate, its leading tokens equal to the committed ones
+    accepted: int                    # the candidate whose tokens were accepted; -1 when none was
+    accepted_len: int                # pooled tokens committed (the target's own token comes after them)
+    draws: list[LookaheadDraw]       # every uniform drawn in verification, by depth; empty under greedy
+    p_committed: list[float]         # each committed token's probability under p, after the sampling settings
+    raw_p_committed: list[float]     # the same under the target's own distribution (temperature 1)
+    harvested: list[list[int]]       # n-grams read off the window's diagonals; empty while the window fills
+    added: list[bool]                # per harvested n-gram: it was new to the pool
+    pool: list[PoolEntry]            # the pool under the last committed token and the most recently updated others
+    pool_size: int                   # n-grams in the whole pool
+    pool_keys: int                   # first tokens in the whole pool
+    warming_up: bool                 # the window has fewer than N - 1 levels yet: nothing harvested
+    shift: int                       # positions the window slid left after the commit
+    cache_len: int                   # tokens in the target's cache after the accepted n-gram was kept
 
 
 # ----------------------------------------------------------------------------- the tree of one forward
@@ -130,7 +168,7 @@ def pool_snapshot(pool: OrderedDict, first: int) -> list:
 class Verdict:
     tokens: list[int]          # committed: accepted pooled tokens, then the target's own token
     path: list[int]            # the accepted verification tokens (indices in the forward)
-    draws: list[dict]          # every uniform drawn (sampling only)
+    draws: list[LookaheadDraw]   # every uniform drawn (sampling only)
 
 
 def verify(logits: torch.Tensor, root: int, b: Branches, s: Sampling, rng: torch.Generator) -> Verdict:
@@ -140,8 +178,8 @@ def verify(logits: torch.Tensor, root: int, b: Branches, s: Sampling, rng: torch
     p = probabilities(logits[[root] + b.trie_rows], s)
     tokens = [b.ids[r] for r in b.trie_rows]
     outcome = verify_greedy(b.trie_parents, tokens, p) if s.greedy else verify_one(b.trie_parents, tokens, p, rng)
-    draws = [{"depth": depth(b.trie_parents, n), "child_token": tokens[n], "u": round(u, 6),
-              "p_child": round(chance, 6), "accepted": n in outcome.path}
+    draws = [LookaheadDraw(depth=depth(b.trie_parents, n), child_token=tokens[n], u=round(u, 6),
+                           p_child=round(chance, 6), accepted=n in outcome.path)
              for n, (u, chance) in enumerate(zip(outcome.u, outcome.ratio)) if u is not None]
     return Verdict([tokens[n] for n in outcome.path] + [outcome.final], [b.trie_rows[n] for n in outcome.path],
                    sorted(draws, key=lambda d: d["depth"]))
@@ -211,28 +249,28 @@ def lookahead(target: LM, prompt_ids: Sequence[int], cfg: LookaheadConfig, rng: 
         levels, shift = slide(levels, new_level, N - 1, len(committed), draw)
         final = committed[-1] in target.eos_ids or len(text) - len(prompt_ids) >= cfg.max_new_tokens
         yield Step(index, tuple(committed), target_forwards=1, tokens_fed=len(b.ids),
-                   wall_s=clock(target.device) - start, final=final, detail={
-                       "input_token": last,
-                       "window": window,
-                       "new_level_ids": new_level,
-                       "fed_ids": b.ids[root:],
-                       "parents": [p - root if p >= root else -1 for p in b.parents[root:]],
-                       "candidates": candidates,
-                       "matched": [agreement(c, committed) for c in candidates],
-                       "accepted": accepted,
-                       "accepted_len": len(committed) - 1,
-                       "draws": verdict.draws,
-                       "p_committed": [round(p, 6) for p in p_committed],
-                       "raw_p_committed": [round(p, 6) for p in raw_p_committed],
-                       "harvested": harvested,
-                       "added": added,
-                       "pool": pool_snapshot(pool, last),
-                       "pool_size": sum(len(t) for t in pool.values()),
-                       "pool_keys": len(pool),
-                       "warming_up": len(window) < N - 1,
-                       "shift": shift,
-                       "cache_len": len(kv),
-                   })
+                   wall_s=clock(target.device) - start, final=final, detail=LookaheadDetail(
+                       input_token=last,
+                       window=window,
+                       new_level_ids=new_level,
+                       fed_ids=b.ids[root:],
+                       parents=[p - root if p >= root else -1 for p in b.parents[root:]],
+                       candidates=candidates,
+                       matched=[agreement(c, committed) for c in candidates],
+                       accepted=accepted,
+                       accepted_len=len(committed) - 1,
+                       draws=verdict.draws,
+                       p_committed=[round(p, 6) for p in p_committed],
+                       raw_p_committed=[round(p, 6) for p in raw_p_committed],
+                       harvested=harvested,
+                       added=added,
+                       pool=pool_snapshot(pool, last),
+                       pool_size=sum(len(t) for t in pool.values()),
+                       pool_keys=len(pool),
+                       warming_up=len(window) < N - 1,
+                       shift=shift,
+                       cache_len=len(kv),
+                   ))
         if final:
             return
         pending = [committed[-1]]

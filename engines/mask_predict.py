@@ -40,12 +40,12 @@ import itertools
 import math
 from dataclasses import dataclass, field, replace
 from time import perf_counter
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, NotRequired, Sequence, TypedDict
 
 import torch
 
 from engines.config import DecodeConfig, option
-from engines.sampling import choose, probabilities, raw_probabilities, top
+from engines.sampling import TokenProbability, choose, probabilities, raw_probabilities, top
 from engines.trace import Step
 
 STRATEGIES = ("mask-predict", "diffusion", "threshold", "random")
@@ -95,6 +95,75 @@ class MaskPredictConfig(DecodeConfig):
         blocks = len(block_bounds(self.length or 1, self.block))
         if self.strategy in FIXED and self.iterations < blocks:
             raise ValueError(f"{blocks} blocks need at least {blocks} iterations; raise iterations or the block size.")
+
+
+# ----------------------------------------------------------------------------- the step record
+
+# where a row position's keys and values came from: fed to this forward, read from the cache as computed on the
+# text as it stands, or read from the cache though a token it attends to has changed since
+KVState = Literal["fresh", "cached", "stale"]
+
+
+class Commitment(TypedDict):
+    """What the strategy did after one iteration's predictions, in span positions."""
+    unmasked: list[int]          # positions that now hold their prediction
+    remasked: list[int]          # mask-predict: positions masked again, the least confident
+    eos_held: list[int]          # end-of-text guesses held back: a position before them is still masked (eos hold)
+    draws: NotRequired[list[float]]   # random strategy: the uniform drawn per masked position; the lowest commit
+
+
+class SpanUpdate(Commitment):
+    """A Commitment and the end-of-text tokens it wrote."""
+    eos_committed: list[int]     # unmasked positions whose token is end-of-text
+
+
+class SpanRecord(SpanUpdate):
+    """One candidate span in one iteration: per position (prompt excluded unless said) what was read and written."""
+    length: int                           # positions in the span
+    block: list[int]                      # [start, end) of the block being filled, in span positions
+    block_iteration: int                  # this iteration's index within the block
+    block_iterations: int                 # iterations the block has (threshold: at most its size)
+    input_tokens: list[int]               # the span the forward read; the mask id where masked
+    predicted_tokens: list[int]           # the latest prediction at each position; the mask id before any
+    tokens: list[int]                     # the span after this iteration
+    p: list[float | None]                 # the model's probability (temperature 1) of each prediction; null before any
+    confidence: list[float | None]        # what the strategy ranks by: that probability, or its margin
+    settled: list[int | None]             # the iteration since which each prediction is unchanged; null before any
+    masked_before: list[int]              # positions masked in the current block when the iteration began
+    top: list[list[TokenProbability]]     # per position, top 5 of the model's distribution; empty where not predicted
+    scheduled_masks: int                  # masks the schedule leaves in the whole span at the start of this iteration
+    formula_masks: float                  # the paper's unrounded count, n * (T - t) / T for the block plus later blocks
+    masks_after: int                      # masks left in the span after this iteration
+    mean_logprob: float | None            # mean log-probability of the predictions so far (the length beam's score)
+    kv_state: list[KVState]               # per row position (prompt and span): where its keys and values came from
+    kv_computed: list[int]                # per row position, the iteration that computed its keys and values
+    drift: float | None                   # cached prefix: largest logit difference to the exact forward; null otherwise
+    drift_changed: list[int]              # cached prefix: positions the exact forward would have decided differently
+    audit_tokens_fed: int                 # tokens the audit's exact forward read (not the method's cost); 0 without one
+    plan_masks: NotRequired[list[int]]    # first iteration only: the schedule's masks at the start of every iteration
+    plan_formula: NotRequired[list[float]]   # first iteration only: the paper's unrounded counts for the same
+
+
+class QualityPoint(TypedDict):
+    """The same span decoded again at fewer iterations: what the speed costs."""
+    iterations: int                       # T for this decoding
+    tokens_per_iteration: float           # length / T
+    block: int                            # the block size used (0: the whole span, where T is below the blocks)
+    mean_logprob: float | None            # mean log-probability the model gave its tokens when it wrote them
+    distinct2: float | None               # distinct bigrams / bigrams of the text; null under two tokens
+    tokens: list[int]                     # the text it wrote
+    forwards: int                         # model forwards it took
+
+
+class MaskPredictDetail(TypedDict):
+    """One iteration over every candidate span (several with the length beam); the text exists at the last."""
+    iteration: int                        # this iteration, from 0
+    iterations: int                       # iterations the chosen span is planned for (threshold: at most its length)
+    strategy: Literal["mask-predict", "diffusion", "threshold", "random"]   # the rule choosing what to commit
+    lengths: list[int]                    # the candidate span lengths
+    best: int                             # index of the candidate with the best mean log-probability
+    spans: list[SpanRecord]               # one per candidate length
+    quality_curve: list[QualityPoint] | None   # last iteration with the curve on: T = length, /2, /4, /8; else null
 
 
 # ----------------------------------------------------------------------------- schedules (pure)
@@ -216,17 +285,16 @@ def held_eos(span: Span, masked: list[int], eos_ids: frozenset[int]) -> list[int
 
 
 def update(span: Span, phase: Phase, masked: list[int], cfg: MaskPredictConfig,
-           rng: torch.Generator, eos_ids: frozenset[int] = frozenset()) -> dict:
+           rng: torch.Generator, eos_ids: frozenset[int] = frozenset()) -> SpanUpdate:
     """Apply the strategy after this iteration's predictions: which positions keep a token, which are
     (re-)masked. Returns the positions unmasked and re-masked, the end-of-text guesses held back and
     committed, and the random draws if any."""
     changes = commit_or_remask(span, phase, masked, cfg, rng, eos_ids)
-    changes["eos_committed"] = [i for i in changes["unmasked"] if span.tokens[i] in eos_ids]
-    return changes
+    return SpanUpdate(**changes, eos_committed=[i for i in changes["unmasked"] if span.tokens[i] in eos_ids])
 
 
 def commit_or_remask(span: Span, phase: Phase, masked: list[int], cfg: MaskPredictConfig,
-                     rng: torch.Generator, eos_ids: frozenset[int]) -> dict:
+                     rng: torch.Generator, eos_ids: frozenset[int]) -> Commitment:
     # mask-predict re-masks rather than holds, and random is a control: neither holds end-of-text back
     held = held_eos(span, masked, eos_ids) if cfg.eos == "hold" and cfg.strategy in ("diffusion", "threshold") else []
     if cfg.strategy == "threshold":
@@ -236,7 +304,7 @@ def commit_or_remask(span: Span, phase: Phase, masked: list[int], cfg: MaskPredi
         chosen = sure or sorted(free, key=lambda i: (-span.confidence[i], i))[:1]
         for i in chosen:
             span.tokens[i] = span.predicted[i]
-        return {"unmasked": chosen, "remasked": [], "eos_held": [i for i in held if i not in chosen]}
+        return Commitment(unmasked=chosen, remasked=[], eos_held=[i for i in held if i not in chosen])
     counts = schedule(phase.end - phase.start, phase.of, cfg.strategy)
     after = counts[phase.t + 1] if phase.t + 1 < phase.of else 0
     if cfg.strategy == "mask-predict":
@@ -246,20 +314,23 @@ def commit_or_remask(span: Span, phase: Phase, masked: list[int], cfg: MaskPredi
         remasked = sorted(sorted(block, key=lambda i: (span.confidence[i], i))[:after])
         for i in remasked:
             span.tokens[i] = span.mask_id
-        return {"unmasked": [i for i in masked if i not in remasked], "remasked": remasked, "eos_held": []}
+        return Commitment(unmasked=[i for i in masked if i not in remasked], remasked=remasked, eos_held=[])
     commit = len(masked) - after
+    draws: list[float] | None = None
     if cfg.strategy == "random":
-        draws = torch.rand(len(masked), generator=rng).tolist()
+        # float32 whatever the default dtype (bf16 while some models load): the same seed, the same order
+        draws = torch.rand(len(masked), generator=rng, dtype=torch.float32).tolist()
         order = sorted(range(len(masked)), key=lambda k: (draws[k], masked[k]))
         chosen = sorted(masked[k] for k in order[:commit])
-        extra = {"draws": [round(u, 6) for u in draws]}
     else:
         # held end-of-text guesses go last: committed only when the schedule leaves nothing else
         chosen = sorted(sorted(masked, key=lambda i: (i in held, -span.confidence[i], i))[:commit])
-        extra = {}
     for i in chosen:
         span.tokens[i] = span.predicted[i]
-    return {"unmasked": chosen, "remasked": [], "eos_held": [i for i in held if i not in chosen], **extra}
+    commitment = Commitment(unmasked=chosen, remasked=[], eos_held=[i for i in held if i not in chosen])
+    if draws is not None:
+        commitment["draws"] = [round(u, 6) for u in draws]
+    return commitment
 
 
 def planned_masks(phase: Phase, length: int, strategy: str) -> tuple[int, float]:
@@ -269,24 +340,25 @@ def planned_masks(phase: Phase, length: int, strategy: str) -> tuple[int, float]
     return schedule(n, phase.of, strategy)[phase.t] + later, round(n * (phase.of - phase.t) / phase.of + later, 4)
 
 
-def record(span: Span, phase: Phase, iteration_input: list[int], masked: list[int], tops: dict,
-           changes: dict, cfg: MaskPredictConfig, audit: "Audit") -> dict:
+def record(span: Span, phase: Phase, iteration_input: list[int], masked: list[int],
+           tops: dict[int, list], changes: SpanUpdate, cfg: MaskPredictConfig,
+           audit: "Audit") -> SpanRecord:
     """One candidate span's part of a Step: plain lists, one entry per span position (the cache's per row
     position: prompt and span)."""
     scheduled, formula = planned_masks(phase, span.length, cfg.strategy)
-    return {
-        "length": span.length, "block": [phase.start, phase.end], "block_iteration": phase.t,
-        "block_iterations": phase.of,
-        "input_tokens": iteration_input, "predicted_tokens": list(span.predicted), "tokens": list(span.tokens),
-        "p": list(span.p), "confidence": list(span.confidence), "settled": list(span.settled),
-        "masked_before": masked, **changes,
-        "top": [tops.get(i, []) for i in range(span.length)],
-        "scheduled_masks": scheduled, "formula_masks": formula,
-        "masks_after": span.tokens.count(span.mask_id),
-        "mean_logprob": None if span.mean_logprob() is None else round(span.mean_logprob(), 6),
-        "kv_state": audit.states, "kv_computed": audit.computed, "drift": audit.drift,
-        "drift_changed": audit.changed, "audit_tokens_fed": audit.tokens_fed,
-    }
+    return SpanRecord(
+        length=span.length, block=[phase.start, phase.end], block_iteration=phase.t,
+        block_iterations=phase.of,
+        input_tokens=iteration_input, predicted_tokens=list(span.predicted), tokens=list(span.tokens),
+        p=list(span.p), confidence=list(span.confidence), settled=list(span.settled),
+        masked_before=masked, **changes,
+        top=[tops.get(i, []) for i in range(span.length)],
+        scheduled_masks=scheduled, formula_masks=formula,
+        masks_after=span.tokens.count(span.mask_id),
+        mean_logprob=None if span.mean_logprob() is None else round(span.mean_logprob(), 6),
+        kv_state=audit.states, kv_computed=audit.computed, drift=audit.drift,
+        drift_changed=audit.changed, audit_tokens_fed=audit.tokens_fed,
+    )
 
 
 def best(spans: Sequence[Span]) -> int:
@@ -312,7 +384,7 @@ class Audit:
     from the cache, computed when a token it attends to was different) and the iteration that computed it;
     with cached positions in a bidirectional model, the largest logit difference to the exact forward over
     the positions decided, the positions whose decision the exact forward would change, and its length."""
-    states: list[str] = field(default_factory=list)
+    states: list[KVState] = field(default_factory=list)
     computed: list[int] = field(default_factory=list)
     drift: float | None = None
     changed: list[int] = field(default_factory=list)
@@ -329,10 +401,10 @@ class Prefix:
     rows: dict[int, list[int]] = field(default_factory=dict)
 
 
-def kv_states(prefix: Prefix, row: list[int], bidirectional: bool) -> list[str]:
+def kv_states(prefix: Prefix, row: list[int], bidirectional: bool) -> list[KVState]:
     """'cached' or 'stale' for every cached position: stale when a token it attends to (every token in a
     bidirectional model, those on its left in a causal one) has changed since it was computed."""
-    states = []
+    states: list[KVState] = []
     for i, at in enumerate(prefix.computed):
         seen = prefix.rows[at]
         visible = len(row) if bidirectional else i + 1
@@ -386,7 +458,7 @@ def distinct2(ids: Sequence[int]) -> float | None:
 
 
 def quality_curve(model, prompt_ids: Sequence[int], cfg: MaskPredictConfig, length: int,
-                  rng: torch.Generator) -> list[dict]:
+                  rng: torch.Generator) -> list[QualityPoint]:
     """The same span decoded at T = length, length/2, length/4, length/8 (diffusion for threshold, no cache):
     what fewer iterations cost. Each point: T, tokens per iteration, the mean log-probability the model gave
     its tokens when it wrote them, distinct-2 of the text, the text and the forwards it took."""
@@ -398,9 +470,9 @@ def quality_curve(model, prompt_ids: Sequence[int], cfg: MaskPredictConfig, leng
         steps = list(decode(model, list(prompt_ids), run, rng))
         final = steps[-1].detail["spans"][0]
         text = list(steps[-1].committed_ids)
-        points.append({"iterations": t, "tokens_per_iteration": round(length / t, 4), "block": block,
-                       "mean_logprob": final["mean_logprob"], "distinct2": distinct2(text), "tokens": text,
-                       "forwards": sum(s.target_forwards for s in steps)})
+        points.append(QualityPoint(iterations=t, tokens_per_iteration=round(length / t, 4), block=block,
+                                   mean_logprob=final["mean_logprob"], distinct2=distinct2(text), tokens=text,
+                                   forwards=sum(s.target_forwards for s in steps)))
     return points
 
 
@@ -465,11 +537,11 @@ def decode(model, prompt: list[int], cfg: MaskPredictConfig, rng: torch.Generato
         wall = perf_counter() - start - sum(a.seconds for a in audits)
         curve = quality_curve(model, prompt, cfg, spans[chosen].length, rng) if last and cfg.curve == "on" else None
         yield Step(iteration, output(spans[chosen], model.eos_ids) if last else (), final=last,
-                   target_forwards=len(rows), tokens_fed=fed, wall_s=wall, detail={
-                       "iteration": iteration, "iterations": len(plans[chosen]), "strategy": cfg.strategy,
-                       "lengths": [s.length for s in spans], "best": chosen, "spans": records,
-                       "quality_curve": curve,
-                   })
+                   target_forwards=len(rows), tokens_fed=fed, wall_s=wall, detail=MaskPredictDetail(
+                       iteration=iteration, iterations=len(plans[chosen]), strategy=cfg.strategy,
+                       lengths=[s.length for s in spans], best=chosen, spans=records,
+                       quality_curve=curve,
+                   ))
         if last:
             return
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+TokenProbability = tuple[int, float]   # (token id, probability), as a Step records a distribution's top tokens
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -65,10 +67,11 @@ def choose(probs: torch.Tensor, s: Sampling, rng: torch.Generator) -> int:
 
 def uniform(rng: torch.Generator) -> float:
     """One uniform draw in [0, 1) for an accept/reject decision."""
-    return float(torch.rand((), generator=rng).item())
+    # float32 whatever the default dtype (bf16 while some models load): the same seed draws the same number
+    return float(torch.rand((), generator=rng, dtype=torch.float32).item())
 
 
-def top(probs: torch.Tensor, k: int = 5) -> list[tuple[int, float]]:
+def top(probs: torch.Tensor, k: int = 5) -> list[TokenProbability]:
     """The k most probable tokens as (id, probability), for recording in a Step."""
     values, ids = probs.float().topk(min(k, probs.shape[-1]))
     return [(int(i), round(float(v), 6)) for i, v in zip(ids.tolist(), values.tolist()) if v > 0]

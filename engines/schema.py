@@ -1,51 +1,41 @@
-"""The trace format as a versioned JSON Schema, and the check that refuses a trace that does not follow it.
+"""The trace format as a versioned JSON Schema, generated from the step records the engines declare.
 
-`trace_schema()` is the published document (JSON Schema 2020-12): the trace's own fields, the counters
-every step carries, and each method's step record. The step fields are those the engines emit today
-(engines/<method>.py, the `detail` of each Step); the engines do not declare typed records of their
-own yet, so this file is where their shape is written down. Fields an engine adds later are allowed
-(additional properties), fields listed here are required, so a renamed or missing field is caught.
+Each method declares its step record beside its engine as a TypedDict, one commented line per field:
+`AutoregressiveDetail` (engines/autoregressive.py), `SpeculativeDetail`, `TreeDetail`, `JacobiDetail`,
+`LookaheadDetail` and `MaskPredictDetail`, with nested TypedDicts for list items (a drafted position, a tree node,
+a span, a quality-curve point) and for shared parts (`HeadsRecord`, `SuffixMatch` in engines/drafters.py). Each
+engine builds its Step's `detail` through its type, so a type checker sees every key it writes.
 
-Bump SCHEMA_VERSION when a listed field changes meaning, type or name; traces carry it and a trace
-of another version is refused in one sentence.
+`trace_schema()` is the published document (JSON Schema 2020-12; `python -m engines.schema` prints it): the
+trace's own fields (TRACE_FIELDS, and TRACE_OPTIONAL for those a trace may leave out), the counters every step
+carries (the fields of trace.Step), and each method's step record, typed from the annotations (int, float, str,
+bool, None, Literal, list, tuple, unions, nested TypedDicts under $defs) and described by the fields' comments. A
+field is required unless it is declared NotRequired[...] (present only in some settings, as typical acceptance's
+threshold). Fields not declared are allowed, so a reader ignores what it does not know and adding an optional
+field stays compatible; the tests check that the engines emit declared fields only.
+
+Bump SCHEMA_VERSION when a declared field changes meaning, type or name. Traces carry it, and one of another
+version is refused in one sentence (check_version) before anything reads it. Version 1 was first written down by
+hand; the typed records describe the same fields under the same names and types, so it stays 1: a version-1 trace
+recorded since typical acceptance and the head drafters existed validates, and an older one that lacks a field
+they added is refused in one sentence naming that field.
 """
 from __future__ import annotations
 
-from typing import Any
+import copy
+import dataclasses
+import functools
+import inspect
+import re
+import types
+from typing import Any, Literal, NotRequired, Required, Union, get_args, get_origin, get_type_hints, is_typeddict
 
 SCHEMA_VERSION = 1
 SCHEMA_ID = "https://parallel-decoding-explorer/trace.schema.json"
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
-# every step, whatever the method: what it committed and what it cost
-STEP_COMMON = {"index": "integer", "committed_ids": "ids", "target_forwards": "integer",
-               "draft_forwards": "integer", "tokens_fed": "integer", "wall_s": "number", "final": "boolean"}
-
-# each method's step record: field -> JSON type ("|null" where the engine may leave it empty)
-STEP_FIELDS: dict[str, dict[str, str]] = {
-    "autoregressive": {"chosen": "integer", "p_chosen": "number", "raw_p_chosen": "number", "top": "array",
-                       "raw_top": "array", "cache_len": "integer"},
-    "speculative": {"draft_tokens": "ids", "accepted": "integer", "positions": "array", "bonus_p_top": "array",
-                    "bonus_p_raw_top": "array", "lookup": "object|null", "next_token": "integer|null",
-                    "next_kind": "string|null", "next_p": "number|null", "next_top": "array|null",
-                    "drafter": "string", "k": "integer", "k_next": "integer", "schedule": "string",
-                    "ended": "boolean", "target_cache": "ids", "draft_cache": "ids|null"},
-    "tree": {"tree": "string", "root_token": "integer", "pending_ids": "ids", "nodes": "array", "dropped": "integer",
-             "mask": "array", "positions": "ids", "accepted_path": "ids", "accepted_length": "integer",
-             "stop_node": "integer", "final_token": "integer", "final_kind": "string", "final_p": "number",
-             "final_p_raw": "number", "stop_top": "array", "stop_raw_top": "array", "eos_cut": "boolean",
-             "cache_len": "integer"},
-    "jacobi": {"block_start": "integer", "block_before_ids": "ids", "block_after_ids": "ids",
-               "beyond_token": "integer", "p_new": "array", "changed": "ids", "fixed": "ids", "settled": "integer",
-               "fresh_ids": "ids", "cache_len": "integer"},
-    "lookahead": {"input_token": "integer", "window": "array", "new_level_ids": "ids", "fed_ids": "ids",
-                  "parents": "ids", "candidates": "array", "matched": "ids", "accepted": "integer",
-                  "accepted_len": "integer", "draws": "array", "p_committed": "array", "raw_p_committed": "array",
-                  "harvested": "array", "added": "array", "pool": "array", "pool_size": "integer",
-                  "pool_keys": "integer", "warming_up": "boolean", "shift": "integer", "cache_len": "integer"},
-    "mask-predict": {"iteration": "integer", "iterations": "integer", "strategy": "string", "lengths": "ids",
-                     "best": "integer", "spans": "array", "quality_curve": "array|null"},
-}
-
+# the trace's own fields (Trace.to_dict): name -> JSON type, "ids" for a list of token ids, "|null" where the
+# trace may leave it empty. A new trace-level field is one more entry here, or in TRACE_OPTIONAL.
 TRACE_FIELDS = {"schema_version": "integer", "method": "string", "config": "object", "models": "object",
                 "prompt": "string", "prompt_ids": "ids", "output_ids": "ids", "output_text": "string",
                 "steps": "array", "totals": "object", "finished": "boolean", "token_texts": "object"}
@@ -53,8 +43,26 @@ TRACE_FIELDS = {"schema_version": "integer", "method": "string", "config": "obje
 TRACE_OPTIONAL = {"cost": "object|null"}
 
 
+def step_records() -> dict[str, type]:
+    """Each method's step record: the TypedDict its engine builds a Step's detail through."""
+    # imported here, not above: every engine imports engines.trace, which imports this module
+    from engines.autoregressive import AutoregressiveDetail
+    from engines.jacobi import JacobiDetail
+    from engines.lookahead import LookaheadDetail
+    from engines.mask_predict import MaskPredictDetail
+    from engines.speculative import SpeculativeDetail
+    from engines.tree import TreeDetail
+    return {"autoregressive": AutoregressiveDetail, "speculative": SpeculativeDetail, "tree": TreeDetail,
+            "jacobi": JacobiDetail, "lookahead": LookaheadDetail, "mask-predict": MaskPredictDetail}
+
+
+# ----------------------------------------------------------------------------- annotations -> JSON Schema
+
+JSON_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
+
+
 def type_schema(spec: str) -> dict[str, Any]:
-    """'integer', 'ids' (a list of token ids), 'number|null', ... -> a JSON Schema."""
+    """A TRACE_FIELDS entry ('integer', 'ids', 'number|null', ...) -> a JSON Schema."""
     kinds = spec.split("|")
     if "ids" in kinds:
         ids = {"type": "array", "items": {"type": "integer"}}
@@ -62,50 +70,157 @@ def type_schema(spec: str) -> dict[str, Any]:
     return {"type": kinds[0] if len(kinds) == 1 else kinds}
 
 
-def object_schema(fields: dict[str, str]) -> dict[str, Any]:
-    return {"type": "object", "required": sorted(fields),
-            "properties": {name: type_schema(spec) for name, spec in fields.items()}}
+def annotation_schema(annotation: Any, defs: dict[str, Any]) -> dict[str, Any]:
+    """A field's annotation as JSON Schema. A nested TypedDict is written once into `defs` under its name and
+    referenced from every field that holds it."""
+    if annotation in JSON_NAMES:
+        return {"type": JSON_NAMES[annotation]}
+    if annotation is Any:
+        return {}
+    if is_typeddict(annotation):
+        name = annotation.__name__
+        if name not in defs:
+            defs[name] = {}   # taken before it is filled: a record that holds itself refers to itself
+            defs[name] = record_schema(annotation, defs)
+        return {"$ref": f"#/$defs/{name}"}
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return {"enum": list(args)}
+    if origin in (Union, types.UnionType):
+        options = [annotation_schema(a, defs) for a in args]
+        if all(option.keys() == {"type"} for option in options):   # int | None -> {"type": ["integer", "null"]}
+            return {"type": [t for option in options for t in _as_list(option["type"])]}
+        return {"anyOf": options}
+    if origin is list or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
+        return {"type": "array", "items": annotation_schema(args[0], defs)}
+    if origin is tuple:   # a fixed pair or triple, as (token id, probability)
+        return {"type": "array", "prefixItems": [annotation_schema(a, defs) for a in args],
+                "minItems": len(args), "maxItems": len(args)}
+    if origin is dict and args and args[0] is str:
+        return {"type": "object", "additionalProperties": annotation_schema(args[1], defs)}
+    raise TypeError(f"The trace schema has no JSON form for the annotation {annotation!r}.")
 
 
-def step_schema(method: str) -> dict[str, Any]:
-    return object_schema({**STEP_COMMON, **STEP_FIELDS[method]})
+def _as_list(kind: str | list[str]) -> list[str]:
+    return kind if isinstance(kind, list) else [kind]
+
+
+def declared_fields(record: type) -> dict[str, tuple[Any, bool]]:
+    """A TypedDict's fields -> (annotation, required), in declaration order. Read from the annotations, not from
+    `__required_keys__`: under `from __future__ import annotations` Python 3.11 cannot see NotRequired[...]
+    when the class is made, and counts every field as required."""
+    fields = {}
+    for name, annotation in get_type_hints(record, include_extras=True).items():
+        required = record.__total__
+        if get_origin(annotation) in (NotRequired, Required):
+            required = get_origin(annotation) is Required
+            annotation = get_args(annotation)[0]
+        fields[name] = (annotation, required)
+    return fields
+
+
+def required_keys(record: type) -> frozenset[str]:
+    return frozenset(name for name, (_, required) in declared_fields(record).items() if required)
+
+
+FIELD_NOTE = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.+?)\s*$")   # "    name: annotation   # what it is"
+
+
+def field_notes(cls: type) -> dict[str, str]:
+    """Each field's one-line comment in the source of `cls`, the description the schema gives the field. A
+    TypedDict does not keep its bases, so fields it inherits are looked up in the records of its module whose
+    fields it all has."""
+    names = cls.__annotations__.keys()
+    module = inspect.getmodule(cls)
+    bases = [c for c in vars(module).values() if is_typeddict(c) and c is not cls and c.__annotations__.keys() <= names]
+    notes: dict[str, str] = {}
+    for source in (cls, *bases):
+        try:
+            lines = inspect.getsource(source).splitlines()
+        except (OSError, TypeError):   # no source (a frozen build): the schema goes without descriptions
+            continue
+        for line in lines:
+            if (m := FIELD_NOTE.match(line)) and m[1] in names:
+                notes.setdefault(m[1], m[2])
+    return notes
+
+
+def record_schema(record: type, defs: dict[str, Any]) -> dict[str, Any]:
+    """A TypedDict as an object schema: a property per field, its comment as the description."""
+    notes = field_notes(record)
+    properties, required = {}, []
+    for name, (annotation, needed) in declared_fields(record).items():
+        properties[name] = {**({"description": notes[name]} if name in notes else {}),
+                            **annotation_schema(annotation, defs)}
+        if needed:
+            required.append(name)
+    doc = inspect.getdoc(record)
+    return {"title": record.__name__, **({"description": doc.splitlines()[0]} if doc else {}),
+            "type": "object", "required": required, "properties": properties}
+
+
+def step_schema_from(record: type, defs: dict[str, Any]) -> dict[str, Any]:
+    """One method's step as JSON: the common counters of trace.Step beside the method's record."""
+    from engines.trace import Step   # see step_records
+    hints, notes = get_type_hints(Step), field_notes(Step)
+    common = [f.name for f in dataclasses.fields(Step) if f.name != "detail"]
+    detail = record_schema(record, defs)
+    properties = {name: {**({"description": notes[name]} if name in notes else {}),
+                         **annotation_schema(hints[name], defs)} for name in common}
+    return {**detail, "required": common + detail["required"], "properties": {**properties, **detail["properties"]}}
+
+
+@functools.cache
+def _document() -> dict[str, Any]:
+    defs: dict[str, Any] = {}
+    steps = {method: step_schema_from(record, defs) for method, record in step_records().items()}
+    properties = {name: type_schema(spec) for name, spec in {**TRACE_FIELDS, **TRACE_OPTIONAL}.items()}
+    properties["schema_version"] = {"const": SCHEMA_VERSION}
+    properties["method"] = {"enum": sorted(steps)}
+    return {
+        "$schema": DIALECT, "$id": SCHEMA_ID, "title": f"Parallel Decoding Explorer trace, version {SCHEMA_VERSION}",
+        "type": "object", "required": sorted(TRACE_FIELDS), "properties": properties,
+        "$defs": {**{f"step-{m}": s for m, s in steps.items()}, **dict(sorted(defs.items()))},
+        "allOf": [{"if": {"properties": {"method": {"const": m}}},
+                   "then": {"properties": {"steps": {"items": {"$ref": f"#/$defs/step-{m}"}}}}} for m in steps],
+    }
 
 
 def trace_schema() -> dict[str, Any]:
     """The published document: the trace, and for each method the schema its steps follow."""
-    top = object_schema(TRACE_FIELDS)
-    top["properties"].update({name: type_schema(spec) for name, spec in TRACE_OPTIONAL.items()})
-    top["properties"]["schema_version"] = {"const": SCHEMA_VERSION}
-    top["properties"]["method"] = {"enum": sorted(STEP_FIELDS)}
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
-        "title": f"Parallel Decoding Explorer trace, version {SCHEMA_VERSION}", **top,
-        "$defs": {f"step-{m}": step_schema(m) for m in STEP_FIELDS},
-        "allOf": [{"if": {"properties": {"method": {"const": m}}},
-                   "then": {"properties": {"steps": {"items": {"$ref": f"#/$defs/step-{m}"}}}}}
-                  for m in STEP_FIELDS],
-    }
+    return copy.deepcopy(_document())
+
+
+def step_schema(method: str) -> dict[str, Any]:
+    """The schema one method's steps follow (its nested records are under trace_schema()'s $defs)."""
+    return copy.deepcopy(_document()["$defs"][f"step-{method}"])
 
 
 # ----------------------------------------------------------------------------- checking
 
-JSON_TYPES = {"integer": (int,), "number": (int, float), "string": (str,), "boolean": (bool,), "array": (list,),
-              "object": (dict,), "null": (type(None),)}
+JSON_TYPES = {"integer": (int,), "number": (int, float), "string": (str,), "boolean": (bool,),
+              "array": (list, tuple), "object": (dict,), "null": (type(None),)}
 
 
-def mismatch(value: Any, schema: dict[str, Any], where: str) -> str | None:
-    """The first place where value breaks schema, in words; None when it follows it. Covers the keywords
-    this module's schemas use (type, const, enum, anyOf, required, properties, items)."""
+def mismatch(value: Any, schema: dict[str, Any], where: str, defs: dict[str, Any] | None = None) -> str | None:
+    """The first place where value breaks schema, in words; None when it follows it. Covers the keywords this
+    module's schemas use (type, const, enum, anyOf, $ref into defs, required, properties, items, prefixItems,
+    minItems, maxItems)."""
+    defs = _document()["$defs"] if defs is None else defs
+    if "$ref" in schema:
+        found = mismatch(value, defs[schema["$ref"].removeprefix("#/$defs/")], where, defs)
+        if found:
+            return found
     if "const" in schema and value != schema["const"]:
         return f"{where} is {value!r}, not {schema['const']!r}"
     if "enum" in schema and value not in schema["enum"]:
         return f"{where} is {value!r}, not one of {', '.join(map(str, schema['enum']))}"
     if "anyOf" in schema:
-        if all(mismatch(value, s, where) for s in schema["anyOf"]):
-            return mismatch(value, schema["anyOf"][0], where)
+        if all(mismatch(value, s, where, defs) for s in schema["anyOf"]):
+            return mismatch(value, schema["anyOf"][0], where, defs)
         return None
     if "type" in schema:
-        kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        kinds = _as_list(schema["type"])
         # JSON has no separate boolean-as-number, and Python's bool is an int: keep them apart
         if not any(isinstance(value, JSON_TYPES[k]) and not (isinstance(value, bool) and k in ("integer", "number"))
                    for k in kinds):
@@ -115,11 +230,15 @@ def mismatch(value: Any, schema: dict[str, Any], where: str) -> str | None:
             if name not in value:
                 return f"{where} has no field '{name}'"
         for name, sub in schema.get("properties", {}).items():
-            if name in value and (found := mismatch(value[name], sub, f"{where}.{name}")):
+            if name in value and (found := mismatch(value[name], sub, f"{where}.{name}", defs)):
                 return found
-    if isinstance(value, list) and "items" in schema:
+    if isinstance(value, (list, tuple)):
+        if not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", len(value)):
+            return f"{where} has {len(value)} items, not {schema['minItems']}"
+        fixed = schema.get("prefixItems", [])
         for i, item in enumerate(value):
-            if found := mismatch(item, schema["items"], f"{where}[{i}]"):
+            sub = fixed[i] if i < len(fixed) else schema.get("items")
+            if sub is not None and (found := mismatch(item, sub, f"{where}[{i}]", defs)):
                 return found
     return None
 
@@ -137,11 +256,17 @@ def validate(data: Any) -> None:
     if not isinstance(data, dict):
         raise ValueError("This is not a trace: a trace is one JSON object with method, config and steps.")
     check_version(data)
-    top = trace_schema()
+    top = _document()
     found = mismatch(data, {k: top[k] for k in ("type", "required", "properties")}, "trace")
     if found is None:
-        for i, step in enumerate(data["steps"]):
-            if found := mismatch(step, step_schema(data["method"]), f"trace.steps[{i}]"):
+        step = top["$defs"][f"step-{data['method']}"]
+        for i, record in enumerate(data["steps"]):
+            if found := mismatch(record, step, f"trace.steps[{i}]"):
                 break
     if found:
         raise ValueError(f"This trace does not follow the trace schema (version {SCHEMA_VERSION}): {found}.")
+
+
+if __name__ == "__main__":   # python -m engines.schema > trace.schema.json
+    import json
+    print(json.dumps(trace_schema(), indent=1, ensure_ascii=False))

@@ -18,16 +18,16 @@ the distribution each draft token was sampled from.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, NotRequired, Sequence, TypedDict
 
 import torch
 
 from engines.acceptance import (accepted_count, correction, entropy, greedy_accept, one_hot, ratio,
                                 typical_accept, typical_threshold)
 from engines.config import DecodeConfig, acceptance_option, delta_option, epsilon_option, option, typical_of
-from engines.drafters import HEAD_KINDS, describe, head_drafter
+from engines.drafters import HEAD_KINDS, HeadsRecord, describe, head_drafter
 from engines.lm import KV, LM, clock
-from engines.sampling import Sampling, choose, probabilities, raw_probabilities, top
+from engines.sampling import Sampling, TokenProbability, choose, probabilities, raw_probabilities, top
 from engines.trace import Step
 
 MAX_K = 16
@@ -51,6 +51,62 @@ class SpeculativeConfig(DecodeConfig):
     typical_delta: float = delta_option()
 
 
+# ----------------------------------------------------------------------------- the step record
+
+class LookupMatch(TypedDict):
+    """Where prompt lookup found the text's last n-gram earlier in the text."""
+    ngram_tokens: list[int]   # the text's last n tokens, the n-gram looked up
+    match_at: int             # where its latest earlier occurrence starts, as an index into the text (prompt first)
+    n: int                    # the n-gram's length: the longest from lookup_ngram down to 1 that matched
+
+
+class DraftedPosition(TypedDict):
+    """One drafted token x_i and how verification treated it (p: target, q: drafter, i = 1..k)."""
+    token: int                      # x_i, the drafted token
+    status: Literal["accepted", "rejected", "not_reached"]   # kept; the first refused; after it, never tested
+    p: float                        # p_i(x_i): the target's probability after temperature / top-k / top-p
+    q: float                        # q_i(x_i): the drafter's probability it was proposed from; 1 if one-hot
+    ratio: float | None             # min(1, p_i(x_i) / q_i(x_i)); null under greedy or typical acceptance
+    u: float | None                 # the uniform in (0, 1] drawn for it (all k at once); null when none was drawn
+    p_raw: float                    # p_i(x_i) under the target's own distribution (temperature 1)
+    q_raw: float | None             # the draft model's or the heads' own probability (temperature 1); null for lookup
+    target_token: int               # the target's argmax at this position
+    p_top: list[TokenProbability]   # top 5 of p_i
+    q_top: list[TokenProbability]   # top 5 of q_i (the drafted token alone when one-hot)
+    p_raw_top: list[TokenProbability]          # top 5 of the target's own distribution
+    q_raw_top: list[TokenProbability] | None   # top 5 of the drafter's own distribution; null for lookup
+    threshold: NotRequired[float]   # typical acceptance: min(epsilon, delta * exp(-H(p_i))), kept when p is above
+    entropy: NotRequired[float]     # typical acceptance: H(p_i) in nats
+
+
+class VerificationRecord(TypedDict):
+    """One draft-and-verify: every drafted position and the token the target added after the kept ones."""
+    draft_tokens: list[int]         # x_1..x_m as drafted (m <= k: a drafter may stop early)
+    accepted: int                   # n, how many leading drafts were kept
+    positions: list[DraftedPosition]          # one per drafted token, in order
+    bonus_p_top: list[TokenProbability]       # top 5 of p_{m+1}, the target after the whole draft
+    bonus_p_raw_top: list[TokenProbability]   # top 5 of the target's own distribution there
+    lookup: LookupMatch | None      # prompt lookup's match; null for other drafters or when nothing matched
+    next_token: int | None          # the token after the kept drafts; null when a kept draft ended the text
+    next_kind: Literal["bonus", "resampled"] | None   # bonus: p_{m+1} after a full accept; resampled: at a rejection
+    next_p: float | None            # its probability in the distribution it was drawn from
+    next_top: list[TokenProbability] | None   # top 5 of that distribution: norm(max(0, p - q)), p_{m+1}, or p (typical)
+    next_raw_p: NotRequired[float]  # its probability under the target's own distribution; absent with no next token
+
+
+class SpeculativeDetail(VerificationRecord):
+    """A speculative step: the verification and what the run's settings made of it."""
+    drafter: str                    # model, ngram, heads or eagle; typed for a continuation a person typed
+    acceptance: Literal["exact", "typical"]   # the rule: lossless, or Medusa-2's typical acceptance (lossy)
+    k: int                          # drafts asked for this step (capped by the token budget)
+    k_next: int                     # k for the next step (the adaptive schedule moves it)
+    schedule: Literal["constant", "adaptive"]   # how k changes between steps
+    ended: bool                     # an end-of-text token was committed
+    target_cache: list[int]         # the target's cache length before the forward, after it, after the crop
+    draft_cache: list[int] | None   # the same for the draft model's cache; null without a draft model
+    heads: HeadsRecord | None       # the head drafter's record; null for other drafters
+
+
 @dataclass
 class Draft:
     """What a drafter proposed: the tokens and, for the draft model, its processed and raw distributions."""
@@ -58,7 +114,7 @@ class Draft:
     q: torch.Tensor | None = None        # [m, V] the distributions the tokens were sampled from
     q_raw: torch.Tensor | None = None    # [m, V] the draft model's distributions at temperature 1
     forwards: int = 0
-    lookup: dict | None = None           # prompt lookup: the n-gram matched and where
+    lookup: LookupMatch | None = None    # prompt lookup: the n-gram matched and where
 
 
 def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: SpeculativeConfig,
@@ -115,14 +171,13 @@ def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: Sp
         text += committed
         produced += len(committed)
         k_next = next_k(k, n, m, cfg.schedule)
-        detail = record(p, logits, q, proposal, verdict, next_token, dist)
-        detail.update({
-            "drafter": cfg.drafter, "acceptance": cfg.acceptance, "k": k_now, "k_next": k_next,
-            "schedule": cfg.schedule, "ended": ended,
-            "target_cache": [target_before, target_after, len(target_kv)],
-            "draft_cache": [draft_before, draft_after, len(draft_kv)] if draft_kv is not None else None,
-            "heads": describe(heads, verdict.choice.tolist()) if heads is not None else None,
-        })
+        detail = SpeculativeDetail(
+            **record(p, logits, q, proposal, verdict, next_token, dist),
+            drafter=cfg.drafter, acceptance=cfg.acceptance, k=k_now, k_next=k_next, schedule=cfg.schedule,
+            ended=ended, target_cache=[target_before, target_after, len(target_kv)],
+            draft_cache=[draft_before, draft_after, len(draft_kv)] if draft_kv is not None else None,
+            heads=describe(heads, verdict.choice.tolist()) if heads is not None else None,
+        )
         final = ended or produced >= cfg.max_new_tokens
         yield Step(index, tuple(committed), target_forwards=1, draft_forwards=heads.forwards if heads else proposal.forwards,
                    final=final,
@@ -191,7 +246,7 @@ def draft_by_lookup(text: list[int], k: int, longest: int, stop_ids: frozenset[i
             if text[start:start + n] == tail:
                 follow = text[start + n:start + n + k]
                 cut = next((i + 1 for i, t in enumerate(follow) if t in stop_ids), len(follow))
-                return Draft(follow[:cut], lookup={"ngram_tokens": tail, "match_at": start, "n": n})
+                return Draft(follow[:cut], lookup=LookupMatch(ngram_tokens=tail, match_at=start, n=n))
     return Draft([], lookup=None)
 
 
@@ -230,7 +285,7 @@ def verify(p: torch.Tensor, q: torch.Tensor, tokens: list[int], s: Sampling, rng
     if s.greedy:
         return Verdict(int(greedy_accept(x, choice)), choice)
     # drawn in (0, 1] so that u <= 0 can never keep a token the target rules out
-    u = 1.0 - torch.rand(len(tokens), generator=rng)
+    u = 1.0 - torch.rand(len(tokens), generator=rng, dtype=torch.float32)   # float32 whatever the default dtype
     r = ratio(p[:len(tokens)], q, x)
     return Verdict(int(accepted_count(u.to(r.device) <= r)), choice, u, r)
 
@@ -238,7 +293,7 @@ def verify(p: torch.Tensor, q: torch.Tensor, tokens: list[int], s: Sampling, rng
 # ----------------------------------------------------------------------------- recording
 
 def record(p: torch.Tensor, logits: torch.Tensor, q: torch.Tensor, proposal: Draft, verdict: Verdict,
-           next_token: int | None, dist: torch.Tensor | None) -> dict:
+           next_token: int | None, dist: torch.Tensor | None) -> VerificationRecord:
     """The step's internals as plain data: per drafted position p(x), q(x), their top-5 (processed
     and raw), min(1, p/q), u and the decision; then the token that followed and its distribution."""
     m, n = len(proposal.tokens), verdict.accepted
@@ -255,27 +310,22 @@ def record(p: torch.Tensor, logits: torch.Tensor, q: torch.Tensor, proposal: Dra
     q_raw_top = top_rows(proposal.q_raw) if proposal.q_raw is not None else [None] * m
     positions = []
     for i, token in enumerate(proposal.tokens):
-        status = "accepted" if i < n else "rejected" if i == n else "not_reached"
-        positions.append({
-            "token": token, "status": status, "p": px[i], "q": qx[i], "ratio": r[i], "u": u[i],
-            "p_raw": px_raw[i], "q_raw": qx_raw[i], "target_token": choice[i],
-            "p_top": p_top[i], "q_top": q_top[i], "p_raw_top": p_raw_top[i], "q_raw_top": q_raw_top[i],
-        })
+        position = DraftedPosition(
+            token=token, status="accepted" if i < n else "rejected" if i == n else "not_reached",
+            p=px[i], q=qx[i], ratio=r[i], u=u[i], p_raw=px_raw[i], q_raw=qx_raw[i], target_token=choice[i],
+            p_top=p_top[i], q_top=q_top[i], p_raw_top=p_raw_top[i], q_raw_top=q_raw_top[i])
         if typical:   # the lossy rule's numbers: accepted when p > threshold
-            positions[-1].update(threshold=float(verdict.threshold[i]), entropy=float(verdict.entropy[i]))
-    detail = {
-        "draft_tokens": list(proposal.tokens), "accepted": n, "positions": positions,
-        "bonus_p_top": p_top[m], "bonus_p_raw_top": p_raw_top[m],
-        "lookup": proposal.lookup,
-        "next_token": next_token, "next_kind": None, "next_p": None, "next_top": None,
-    }
+            position["threshold"], position["entropy"] = float(verdict.threshold[i]), float(verdict.entropy[i])
+        positions.append(position)
+    detail = VerificationRecord(
+        draft_tokens=list(proposal.tokens), accepted=n, positions=positions,
+        bonus_p_top=p_top[m], bonus_p_raw_top=p_raw_top[m], lookup=proposal.lookup,
+        next_token=next_token, next_kind=None, next_p=None, next_top=None)
     if next_token is not None:
-        detail.update({
-            "next_kind": "bonus" if n == m else "resampled",
-            # the distribution the next token was drawn from: residual norm(max(0, p - q)) or p_{k+1}
-            "next_p": float(dist[next_token]), "next_top": top(dist, TOP),
-            "next_raw_p": float(p_raw[n, next_token]),
-        })
+        detail["next_kind"] = "bonus" if n == m else "resampled"
+        # the distribution the next token was drawn from: residual norm(max(0, p - q)) or p_{k+1}
+        detail["next_p"], detail["next_top"] = float(dist[next_token]), top(dist, TOP)
+        detail["next_raw_p"] = float(p_raw[n, next_token])
     return detail
 
 

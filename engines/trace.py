@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from engines.schema import SCHEMA_VERSION, check_version
 
@@ -19,14 +19,14 @@ COUNTERS = ("target_forwards", "draft_forwards", "tokens_fed", "wall_s")
 
 @dataclass(frozen=True)
 class Step:
-    index: int
-    committed_ids: tuple[int, ...]
-    target_forwards: int = 0
-    draft_forwards: int = 0
-    tokens_fed: int = 0      # tokens the target read in this step's forward(s)
-    wall_s: float = 0.0
-    final: bool = False      # the method stopped here (end of text, the token budget, the last iteration)
-    detail: dict[str, Any] = field(default_factory=dict)
+    index: int                        # the iteration, from 0
+    committed_ids: tuple[int, ...]    # the tokens this iteration added to the text (mask-predict: at its last only)
+    target_forwards: int = 0          # forwards of the target (or the masked LM) this iteration
+    draft_forwards: int = 0           # forwards of the drafter (draft model or heads); 0 for model-free drafts
+    tokens_fed: int = 0               # tokens the target read in this step's forward(s)
+    wall_s: float = 0.0               # seconds this iteration took
+    final: bool = False               # the method stopped here (end of text, the token budget, the last iteration)
+    detail: Mapping[str, Any] = field(default_factory=dict)   # the method's typed record, declared beside its engine
 
     def to_dict(self) -> dict[str, Any]:
         common = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "detail"}

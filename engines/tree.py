@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, NotRequired, Sequence, TypedDict
 
 import torch
 
 from engines import trees
 from engines.acceptance import entropy, one_hot, ratio, residual, typical_accept, typical_threshold
 from engines.config import DecodeConfig, acceptance_option, delta_option, epsilon_option, option, typical_of
-from engines.drafters import HEAD_KINDS, SuffixDrafter, describe, head_drafter
+from engines.drafters import HEAD_KINDS, HeadsRecord, SuffixDrafter, SuffixMatch, describe, head_drafter
 from engines.lm import KV, LM, clock
-from engines.sampling import Sampling, choose, probabilities, raw_probabilities, top
+from engines.sampling import Sampling, TokenProbability, choose, probabilities, raw_probabilities, top
 from engines.trace import Step
 from engines.trees import ROOT, Path
 
@@ -51,6 +51,53 @@ class TreeConfig(DecodeConfig):
     acceptance: str = acceptance_option()
     typical_epsilon: float = epsilon_option()
     typical_delta: float = delta_option()
+
+
+# ----------------------------------------------------------------------------- the step record
+
+class TreeNodeRecord(TypedDict):
+    """One node of the draft tree, its numbers and its fate (p: target, q: drafter)."""
+    id: int                    # its index in the breadth-first node list
+    parent: int                # its parent's id; -1 for a child of the root (the last committed token)
+    token: int                 # the token it proposes
+    depth: int                 # 1 for a child of the root
+    rank: int                  # its rank among its parent's draft choices (0: the drafter's most probable)
+    q: float                   # the draft's probability of it after the parent (temperature 1); suffix: frequency share
+    logq: float                # cumulative draft log-probability from the root, the confidence EAGLE-2 ranks by
+    p: float                   # the target's probability of the token at the parent, after the sampling settings
+    p_raw: float               # the same under the target's own distribution (temperature 1)
+    status: Literal["accepted", "rejected", "not_reached"]   # on the accepted path; tested and refused; never tested
+    expanded: bool             # the drafter read it to grow the next level (its row in the draft cache)
+    u: NotRequired[float]      # exact sampling, when tested: the uniform in (0, 1] drawn for it
+    ratio: NotRequired[float]  # exact sampling, when tested: its acceptance probability min(1, r(x) / q(x)) then
+    threshold: NotRequired[float]   # typical acceptance: min(epsilon, delta * exp(-H(p))) at its parent
+    entropy: NotRequired[float]     # typical acceptance: H(p) at its parent, in nats
+
+
+class TreeDetail(TypedDict):
+    """A tree step: the draft tree, the one target forward over it (mask, positions), and the accepted path."""
+    tree: str                               # dynamic (EAGLE-2) or the name of a fixed shape (engines/trees.py)
+    acceptance: Literal["exact", "typical"]   # the verification rule: lossless, or Medusa-2's typical (lossy)
+    root_token: int                         # the last committed token, the tree's root
+    pending_ids: list[int]                  # tokens the forward fed before the nodes (not yet in the target's cache)
+    nodes: list[TreeNodeRecord]             # every node kept, breadth-first
+    dropped: int                            # drafted nodes the budget left out
+    mask: list[list[int]]                   # the tree attention mask over [root, nodes]: 1 where a row sees a column
+    positions: list[int]                    # position ids of [root, nodes]: the root's position plus depth
+    accepted_path: list[int]                # node ids accepted, root to leaf
+    accepted_length: int                    # accepted nodes committed (an end-of-text token cuts the path)
+    stop_node: int                          # the last accepted node; -1 for the root
+    final_token: int                        # the target's token after the accepted path
+    final_kind: Literal["bonus", "resampled"]   # bonus: the stop node had no children; resampled: all were rejected
+    final_p: float                          # the final token's probability under p at the stop node
+    final_p_raw: float                      # the same under the target's own distribution
+    stop_top: list[TokenProbability]        # top 5 of p at the stop node
+    stop_raw_top: list[TokenProbability]    # top 5 of the target's own distribution there
+    eos_cut: bool                           # an end-of-text token cut the committed tokens short
+    cache_len: int                          # tokens in the target's cache after the accepted path was kept
+    heads: NotRequired[HeadsRecord]         # head drafters: the head and whether it could draft the final token
+    suffix_match: NotRequired[SuffixMatch | None]   # suffix drafter: the match the tree grew from; null before any
+    residual_top: NotRequired[list[TokenProbability]]   # exact sampling, at a rejection: top 5 of the residual
 
 
 # ----------------------------------------------------------------------------- drafting
@@ -189,10 +236,10 @@ def verify_sampled(parent_of: Sequence[int], tokens: Sequence[int], p: torch.Ten
     kids = trees.children(parent_of)
     at = torch.full((draws,), ROOT, dtype=torch.long, device=device)
     open_ = torch.ones(draws, dtype=torch.bool, device=device)
-    u = torch.full((draws, n), math.nan, device=device)
-    chance = torch.full((draws, n), math.nan, device=device)
+    u = torch.full((draws, n), math.nan, dtype=torch.float32, device=device)
+    chance = torch.full((draws, n), math.nan, dtype=torch.float32, device=device)
     final = torch.zeros(draws, dtype=torch.long, device=device)
-    left = torch.zeros(draws, vocab, device=device)
+    left = torch.zeros(draws, vocab, dtype=torch.float32, device=device)
     for node in [ROOT, *range(n)]:                  # breadth-first: a node is settled before its children
         here = ((at == node) & open_).nonzero().squeeze(1)
         if here.numel() == 0:
@@ -205,7 +252,8 @@ def verify_sampled(parent_of: Sequence[int], tokens: Sequence[int], p: torch.Ten
                 break
             x = torch.full((w.numel(),), tokens[child], dtype=torch.long, device=device)
             qc = one_hot(x, vocab, like=r) if q is None else q[child].expand(w.numel(), vocab)
-            draw = (1.0 - torch.rand(w.numel(), generator=rng)).to(device)   # in (0, 1], as in acceptance.py
+            # in (0, 1], as in acceptance.py; float32 whatever the default dtype, as every buffer here
+            draw = (1.0 - torch.rand(w.numel(), generator=rng, dtype=torch.float32)).to(device)
             keep = ratio(r[w], qc, x)
             ok = draw <= keep
             u[here[w], child], chance[here[w], child] = draw, keep
@@ -214,7 +262,8 @@ def verify_sampled(parent_of: Sequence[int], tokens: Sequence[int], p: torch.Ten
             r[w[~ok]] = residual(r[w[~ok]], qc[~ok])
         done = waiting.nonzero().squeeze(1)
         if done.numel():
-            final[here[done]] = torch.multinomial(r[done].cpu(), 1, generator=rng).squeeze(1).to(device)
+            drawn = torch.multinomial(r[done].float().cpu(), 1, generator=rng)
+            final[here[done]] = drawn.squeeze(1).to(device)
             left[here[done]] = r[done]
             open_[here[done]] = False
     return Verdict(at, final, u, chance, left)
@@ -315,18 +364,19 @@ def tree(target: LM, draft: LM, prompt_ids: Sequence[int], cfg: TreeConfig, rng:
             draft.keep(draft_kv, len(committed), [nodes[i].row for i in outcome.path if nodes[i].row is not None])
         stop = outcome.path[-1] if outcome.path else ROOT
         resampled = bool(trees.children(parent_of)[stop])   # the stop node had children and all were rejected
-        detail = {
-            "tree": cfg.tree, "acceptance": cfg.acceptance, "root_token": committed[-1], "pending_ids": list(pending),
-            "nodes": node_records(nodes, outcome, p, p_raw, typical), "dropped": dropped,
-            "mask": trees.behind(1, trees.attend(paths)).int().tolist(),
-            "positions": [len(committed) - 1] + trees.positions(paths, len(committed) - 1),
-            "accepted_path": list(outcome.path), "accepted_length": min(len(outcome.path), len(new)),
-            "stop_node": stop, "final_token": outcome.final, "final_kind": "resampled" if resampled else "bonus",
-            "final_p": round(float(p[stop + 1, outcome.final]), 6),
-            "final_p_raw": round(float(p_raw[stop + 1, outcome.final]), 6),
-            "stop_top": top(p[stop + 1], 5), "stop_raw_top": top(p_raw[stop + 1], 5),
-            "eos_cut": len(new) < len(outcome.path) + 1,
-        }
+        detail = TreeDetail(
+            tree=cfg.tree, acceptance=cfg.acceptance, root_token=committed[-1], pending_ids=list(pending),
+            nodes=node_records(nodes, outcome, p, p_raw, typical), dropped=dropped,
+            mask=trees.behind(1, trees.attend(paths)).int().tolist(),
+            positions=[len(committed) - 1] + trees.positions(paths, len(committed) - 1),
+            accepted_path=list(outcome.path), accepted_length=min(len(outcome.path), len(new)),
+            stop_node=stop, final_token=outcome.final, final_kind="resampled" if resampled else "bonus",
+            final_p=round(float(p[stop + 1, outcome.final]), 6),
+            final_p_raw=round(float(p_raw[stop + 1, outcome.final]), 6),
+            stop_top=top(p[stop + 1], 5), stop_raw_top=top(p_raw[stop + 1], 5),
+            eos_cut=len(new) < len(outcome.path) + 1,
+            cache_len=len(target_kv),   # the accepted path is kept above; nothing below changes the target's cache
+        )
         if heads is not None:   # recorded before the heads read this verification's hidden states
             detail["heads"] = describe(heads, [outcome.final])
         if suffix is not None:
@@ -339,7 +389,6 @@ def tree(target: LM, draft: LM, prompt_ids: Sequence[int], cfg: TreeConfig, rng:
         tokens_fed = len(pending) + len(nodes)
         committed += new
         pending, produced = [new[-1]], produced + len(new)
-        detail["cache_len"] = len(target_kv)
         final = new[-1] in target.eos_ids or produced >= cfg.max_new_tokens
         yield Step(index, tuple(new), target_forwards=1, draft_forwards=drafting.forwards, tokens_fed=tokens_fed,
                    wall_s=clock(target.device) - start, final=final, detail=detail)
@@ -357,7 +406,7 @@ def until_eos(ids: list[int], eos_ids: frozenset[int]) -> list[int]:
 
 
 def node_records(nodes: list[Node], outcome: Outcome, p: torch.Tensor, p_raw: torch.Tensor,
-                 typical: tuple[float, float] | None = None) -> list[dict]:
+                 typical: tuple[float, float] | None = None) -> list[TreeNodeRecord]:
     """Every node with its numbers and its fate: accepted, rejected (tested and refused) or not reached; under
     typical acceptance also the threshold at its parent and H(p) there."""
     parent_of = trees.parents([n.path for n in nodes])
@@ -366,12 +415,13 @@ def node_records(nodes: list[Node], outcome: Outcome, p: torch.Tensor, p_raw: to
         thresholds, entropies = typical_threshold(p, *typical).tolist(), entropy(p).tolist()
     rows = []
     for i, n in enumerate(nodes):
-        row = {"id": i, "parent": parent_of[i], "token": n.token, "depth": len(n.path), "rank": n.path[-1],
-               "q": round(n.q, 6), "logq": round(n.logq, 4),
-               "p": round(float(p[parent_of[i] + 1, n.token]), 6),
-               "p_raw": round(float(p_raw[parent_of[i] + 1, n.token]), 6),
-               "status": "accepted" if i in accepted else "rejected" if outcome.tested[i] else "not_reached",
-               "expanded": n.row is not None}
+        row = TreeNodeRecord(
+            id=i, parent=parent_of[i], token=n.token, depth=len(n.path), rank=n.path[-1],
+            q=round(n.q, 6), logq=round(n.logq, 4),
+            p=round(float(p[parent_of[i] + 1, n.token]), 6),
+            p_raw=round(float(p_raw[parent_of[i] + 1, n.token]), 6),
+            status="accepted" if i in accepted else "rejected" if outcome.tested[i] else "not_reached",
+            expanded=n.row is not None)
         if outcome.u[i] is not None:
             row["u"], row["ratio"] = round(outcome.u[i], 6), round(outcome.ratio[i], 6)
         if typical:

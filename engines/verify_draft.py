@@ -21,7 +21,7 @@ from engines.lm import LM
 from engines.config import MAX_PROMPT_TOKENS
 from engines.methods import _ids_in, check_prompt_length, default_target
 from engines.sampling import Sampling, choose, probabilities
-from engines.speculative import MAX_K, Draft, SpeculativeConfig, record, verify
+from engines.speculative import MAX_K, Draft, SpeculativeConfig, SpeculativeDetail, record, verify
 from engines.trace import Step, Trace
 
 
@@ -45,11 +45,10 @@ def verify_draft(target: LM, prompt_ids: Sequence[int], draft_ids: Sequence[int]
         next_token = choose(dist, s, rng)
         committed.append(next_token)
         ended = next_token in target.eos_ids
-    detail = record(p, logits, q, Draft(draft_ids), verdict, next_token, dist)
     fed = len(prompt_ids) + m
-    detail.update({"drafter": "typed", "acceptance": "exact", "k": m, "k_next": m, "schedule": "constant",
-                   "ended": ended, "target_cache": [0, fed, len(prompt_ids) + n], "draft_cache": None,
-                   "heads": None})
+    detail = SpeculativeDetail(**record(p, logits, q, Draft(draft_ids), verdict, next_token, dist),
+                               drafter="typed", acceptance="exact", k=m, k_next=m, schedule="constant", ended=ended,
+                               target_cache=[0, fed, len(prompt_ids) + n], draft_cache=None, heads=None)
     return Step(0, tuple(committed), target_forwards=1, draft_forwards=0, tokens_fed=fed,
                 wall_s=perf_counter() - start, final=True, detail=detail)
 
