@@ -77,7 +77,7 @@ def unmasking(trace: Trace, index: int) -> go.Figure:
     shown = max(1, min(index + 1, CELL_BUDGET // length, ROWS_SHOWN))
     rows = range(index + 1 - shown, index + 1)
     records = [trace.steps[s].detail["spans"][best] for s in rows]
-    y = [f"iter {s + 1}" for s in rows]
+    y = [s + 1 for s in rows]       # numeric rows, labelled "iter k", so outlines can sit on a cell's edge
     x = list(range(length))
     g = grid(2, 1, row_heights=[0.76, 0.24], vspace=0.06)
     top = g.cell(1, 1)
@@ -94,29 +94,44 @@ def unmasking(trace: Trace, index: int) -> go.Figure:
                  "customdata": [[hover(trace, r, i, s, mask) for i in x] for s, r in zip(rows, records)],
                  "hovertemplate": "%{customdata}<extra></extra>", "name": "confidence",
                  "colorbar": {"title": {"text": "confidence"}, "len": 0.66, "y": 0.66}})
-    for kind, status, label in (("unmasked", "chosen", "unmasked this iteration"),
-                                ("re-masked", "rejected", "re-masked (may change)")):
+    for kind, status, label, dash in (("unmasked", "chosen", "unmasked this iteration", "solid"),
+                                      ("re-masked", "rejected", "re-masked (may change)", "dot")):
         cells = [(i, y[k]) for k, r in enumerate(records) for i in x if state(r, i, mask) == kind]
-        corner = -0.32 if kind == "unmasked" else 0.32   # in the cell's corner, clear of its token
-        data.append({"type": "scatter", **top, "x": [c[0] + corner for c in cells], "y": [c[1] for c in cells],
-                     "mode": "markers", "name": label,
-                     "marker": {"symbol": symbol(status), "color": colour(status), "size": 7,
-                                "line": {"width": 1.5, "color": colour(status)}},
-                     "customdata": [c[0] for c in cells],
-                     "hovertemplate": f"{label}<br>position %{{customdata}}, %{{y}}<extra></extra>"})
+        xs, ys = outlines(cells)
+        # the cell's hover already names its state, so the outline takes no hover of its own
+        data.append({"type": "scatter", **top, "x": xs, "y": ys, "mode": "lines", "name": label,
+                     "line": {"color": colour(status), "width": 2, "dash": dash}, "hoverinfo": "skip"})
     data.append({"type": "scatter", **top, "x": [None], "y": [None], "mode": "markers", "name": "masked",
                  "marker": {"symbol": "square", "color": MASK_GREY, "size": 12}, "hoverinfo": "skip"})
     settled_strip(data, g.cell(2, 1), trace, records[-1], index, mask)
     cache_strip(data, g.cell(2, 1), trace, records[-1])
     # shared x: the top axis follows the bottom one and leaves the tick labels to it
     g.xaxis(1, 1).update(matches="x2", showticklabels=False)
-    g.yaxis(1, 1).update(autorange="reversed")
+    # the rows' own extent, newest at the bottom: autorange would pad around the outlines
+    g.yaxis(1, 1).update(range=[y[-1] + 0.5, y[0] - 0.5], tickmode="array", tickvals=y,
+                         ticktext=[f"iter {k}" for k in y])
     for axis in g.xaxes():
         axis.update(range=[-0.5, length - 0.5])
     g.xaxis(2, 1).update(title={"text": "position in the span"}, **({"dtick": 1} if length <= 40 else {}))
     hidden = f" (last {shown} of {index + 1} iterations)" if shown < index + 1 else ""
     return figure(data, g, f"Iteration {index + 1}: unmasking order, colour = confidence{hidden}",
                   height=min(720, max(380, 140 + 22 * shown)))
+
+
+OUTLINE_INSET = 0.44   # outlines run just inside a cell's edge: clear of its centred token, apart from the next
+
+
+def outlines(cells: list[tuple[int, int]]) -> tuple[list, list]:
+    """One rectangle per (position, iteration) cell along its edge, as a single line trace (None between
+    rectangles). A marker on the cell covered its token once cells were narrower than the token's text."""
+    xs, ys = [], []
+    for cx, cy in cells:
+        for dx, dy in ((-1, -1), (1, -1), (1, 1), (-1, 1), (-1, -1)):
+            xs.append(cx + dx * OUTLINE_INSET)
+            ys.append(cy + dy * OUTLINE_INSET)
+        xs.append(None)
+        ys.append(None)
+    return xs, ys
 
 
 def unmasked_at(trace: Trace, index: int, best: int) -> list[int | None]:
@@ -364,8 +379,9 @@ VIEW = View(
          "tokens anywhere in the span, so a token can change; *diffusion* commits the most confident masked "
          "positions and never takes them back, block by block when a block size is set; *random* commits at "
          "random, a control. The heatmap shows positions (across) by iterations (down): the token in every "
-         "cell, its confidence as colour, masks grey, dots where a position was unmasked, crosses where it "
-         "was re-masked. The strip below colours the text by the iteration that unmasked each token. On the right: "
+         "cell, its confidence as colour, masks grey, a solid outline where a position was unmasked, a dotted "
+         "one where it was re-masked. The strip below colours the text by the iteration that unmasked each token. "
+         "On the right: "
          "this iteration's confidences (hover a bar for the model's top candidates), and the masks left "
          "against the schedule and the formula. With length 0 "
          "several span lengths run at once and the best mean log-probability wins (the paper's length beam).",
