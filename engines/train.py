@@ -310,7 +310,7 @@ def masked_accuracy(model, tok, rate: float = 0.15, seed: int = 0) -> tuple[floa
         ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
         for start in range(0, len(ids), length):
             x = ids[start:start + length][None]
-            masked = torch.rand(x.shape, generator=gen) < rate
+            masked = torch.rand(x.shape, generator=gen, dtype=torch.float32) < rate
             logits = model(input_ids=x.masked_fill(masked, tok.mask_token_id)).logits
             hits += (logits[masked].argmax(-1) == x[masked]).sum().item()
             base += (x[masked] == commonest).sum().item()

@@ -48,10 +48,11 @@ def draw_mask(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor
     sequences only after a random cut (a prompt followed by a span, as decoding sees it). Shared by every
     masked-LM objective here."""
     b, n = x.shape
-    t = 1 - torch.rand(b, 1, generator=generator)
-    masked = torch.rand(b, n, generator=generator) < t
-    suffix_only = torch.rand(b, 1, generator=generator) < 0.5
-    cut = (torch.rand(b, 1, generator=generator) * n).long()
+    # float32 whatever the default dtype: the same seed draws the same masks
+    t = 1 - torch.rand(b, 1, generator=generator, dtype=torch.float32)
+    masked = torch.rand(b, n, generator=generator, dtype=torch.float32) < t
+    suffix_only = torch.rand(b, 1, generator=generator, dtype=torch.float32) < 0.5
+    cut = (torch.rand(b, 1, generator=generator, dtype=torch.float32) * n).long()
     masked &= ~suffix_only | (torch.arange(n)[None, :] >= cut)
     return masked, t
 
