@@ -53,11 +53,12 @@ def cost_figure(race: Race) -> go.Figure:
     g = grid(1, 2, titles=(theory.TOKENS_TITLE, theory.SPEEDUP_TITLE))
     data = []
     for i, p in enumerate(cost.points):
+        said = f"measured in this run: k {p.k}"
+        tokens = theory.Measured(p.k, p.tokens_per_iteration,
+                                 f"{said}, {p.tokens_per_iteration:.2f} tokens per iteration")
+        speedup = theory.Measured(p.k, p.speedup, f"{said}, speedup {p.speedup:.2f}x")
         cv = theory.Curves(f"{p.label} (α {p.alpha:.2f}, c {p.c:.2f})", p.alpha, p.c, cost.verify_n,
-                           cost.verify_cost, theory.PALETTE[i % len(theory.PALETTE)],
-                           [theory.Measured(p.k, p.tokens_per_iteration, f"measured in this run: k {p.k}, "
-                                                                         f"{p.tokens_per_iteration:.2f} tokens per iteration")],
-                           [theory.Measured(p.k, p.speedup, f"measured in this run: k {p.k}, speedup {p.speedup:.2f}x")],
+                           cost.verify_cost, theory.PALETTE[i % len(theory.PALETTE)], [tokens], [speedup],
                            marker_name=f"{p.label}: measured")
         data += theory.curve_traces(cv, g.cell(1, 1), g.cell(1, 2))
     data.append(theory.plain_line(g.cell(1, 2)))

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
+from engines.cost import TRADE_OFF, drafts, expected_speedup, expected_tokens, verdict
 from engines.speculative import acceptance_rate
 from engines.trace import Step, Trace
-from explorer.figures import heads
+from explorer.figures import heads, theory
 from explorer.figures.common import (DRAFT_COLOUR, TARGET_COLOUR, Chip, Grid, View, colour, empty, figure, grid,
                                      quoted, show, symbol, token)
 
@@ -119,9 +120,10 @@ def draft_check(trace: Trace, index: int) -> go.Figure:
     for col, (x, y) in enumerate(zip(g.xaxes(1), g.yaxes(1))):
         x.update(tickangle=-40, tickfont={"size": 10})
         y.update(rangemode="tozero", **({"matches": "y"} if col else {}))   # one scale, so positions compare
-    for x, y in zip(g.xaxes(2), g.yaxes(2)):
-        # greedy draws no coin: the u axis would only frame the words
-        x.update(range=[0, 1.02], tickvals=[0, 0.5, 1], visible=not raw)
+    for col, (x, y) in enumerate(zip(g.xaxes(2), g.yaxes(2))):
+        # greedy draws no coin: the u axis would only frame the words. Every coin shares one u scale, labelled
+        # under the first only: labels under each ran together ("0 0.5 10 0.5 1") on a phone-width screen
+        x.update(range=[0, 1.02], tickvals=[0, 0.5, 1], showticklabels=col == 0, visible=not raw)
         y.update(visible=False)
     g.xaxis(2, cols)["visible"] = False     # the column after the draft never has a coin
     g.yaxis(1, 1)["title"] = {"text": "probability"}
@@ -206,11 +208,6 @@ class Running:
     expected: list[float | None]    # mean of (1 - alpha^(k+1)) / (1 - alpha) over the steps' draft lengths
 
 
-def expected_tokens(alpha: float, k: int) -> float:
-    """Leviathan et al. 2023, Eq. 1: expected tokens per iteration for acceptance rate alpha and k drafts."""
-    return float(k + 1) if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
-
-
 def running(trace: Trace, index: int) -> Running:
     out = Running([], [], [], [])
     steps = trace.steps[: index + 1]
@@ -233,8 +230,8 @@ def next_token_and_stats(trace: Trace, index: int) -> go.Figure:
     if index < 0:
         return empty("The residual distribution and the running acceptance rate appear after the first step.")
     d = trace.steps[index].detail
-    g = grid(2, 1, row_heights=[0.5, 0.5], vspace=0.22, secondary_y=((2, 1),),
-             titles=[next_title(trace, d), "Running statistics"])
+    g = grid(4, 1, row_heights=[0.28, 0.28, 0.22, 0.22], vspace=0.085, secondary_y=((2, 1),),
+             titles=[next_title(trace, d), "Running statistics", theory.TOKENS_TITLE, theory.SPEEDUP_TITLE])
     data, notes = [], []
     next_bars(data, notes, g.cell(1, 1), trace, d)
     r = running(trace, index)
@@ -254,7 +251,55 @@ def next_token_and_stats(trace: Trace, index: int) -> go.Figure:
                                            tickvals=[0, 0.25, 0.5, 0.75, 1], showgrid=False)
     g.yaxis(1, 1).update(title={"text": "probability"}, rangemode="tozero")
     g.xaxis(2, 1).update(title={"text": "step"}, tickmode="linear", tick0=1, dtick=max(1, round(len(r.steps) / 8)))
-    return figure(data, g, "", height=520, barmode="group", annotations=notes)
+    theory_panels(data, notes, g, trace, index)
+    return figure(data, g, "", height=960, barmode="group", annotations=notes, legend_below=True)
+
+
+def theory_panels(data: list[dict], notes: list[dict], g: Grid, trace: Trace, index: int) -> None:
+    """Rows 3 and 4: the cost model over k for the run's alpha and c so far, the run's measured points on it."""
+    steps = trace.steps[: index + 1]
+    alpha, cal = acceptance_rate(steps), theory.calibration(trace)
+    c = theory.draft_c(trace, cal)
+    for row in (3, 4):
+        g.xaxis(row, 1).update(theory.k_axis())
+        g.yaxis(row, 1).update(rangemode="tozero")
+    g.yaxis(3, 1)["title"] = {"text": "tokens / iteration"}
+    g.yaxis(4, 1)["title"] = {"text": "speedup"}
+    if cal is None or c is None:
+        notes.append(cell_note(g.cell(4, 1), "cost not measured in this trace", "not_reached",
+                               "traces recorded before runs measured c and T(n) carry no calibration"))
+    if alpha is None:
+        notes.append(cell_note(g.cell(3, 1), "no draft examined yet: no α", "not_reached",
+                               "the curves need the acceptance rate α, accepted / examined drafts"))
+        return
+    ns, costs = (cal.verify_n, cal.verify_cost) if cal is not None else ([], [])
+    cv = theory.Curves(f"expected at α {alpha:.2f}" + (f", c {c:.2f}" if c is not None else ""), alpha, c, ns, costs,
+                       colour("bonus"), measured_tokens(steps), marker_name="measured so far")
+    speedup = theory.measured_speedup(steps, cal) if cal is not None else None
+    if speedup is not None and c is not None:
+        k = run_k(steps)
+        cv.speedup = [theory.Measured(k, speedup, f"measured so far: {speedup:.2f}x over {plural(len(steps), 'step')}"
+                                                  f" (most at k = {k}), wall time and all")]
+    data += theory.curve_traces(cv, g.cell(3, 1), g.cell(4, 1))
+    data.append(theory.plain_line(g.cell(4, 1)))
+
+
+def measured_tokens(steps: list[Step]) -> list[theory.Measured]:
+    """Mean tokens per iteration at each k the steps drafted (the adaptive schedule and the budget vary it),
+    the marker sized by how many steps it averages."""
+    by_k: dict[int, list[int]] = {}
+    for s in steps:
+        if s.detail["draft_tokens"]:
+            by_k.setdefault(len(s.detail["draft_tokens"]), []).append(len(s.committed_ids))
+    return [theory.Measured(k, sum(v) / len(v), f"measured at k = {k}: {sum(v) / len(v):.2f} tokens per iteration "
+                                                f"over {plural(len(v), 'step')}", min(18, 9 + 2 * len(v)))
+            for k, v in sorted(by_k.items())]
+
+
+def run_k(steps: list[Step]) -> int:
+    """The k most steps drafted: the run's k, where its measured speedup is placed."""
+    ks = [len(s.detail["draft_tokens"]) for s in steps if s.detail["draft_tokens"]]
+    return max(set(ks), key=ks.count) if ks else max(1, int(steps[-1].detail["k"]))
 
 
 def next_title(trace: Trace, d: dict) -> str:
@@ -392,12 +437,54 @@ def words(trace: Trace, index: int) -> str:
                   else "."))
     if d["schedule"] == "adaptive" and not d["ended"]:
         text += f" Adaptive schedule: k = {d['k_next']} next."
-    r = running(trace, index)
-    if r.alpha[-1] is not None:
-        text += (f" So far α = {r.alpha[-1]:.2f}: {r.measured[-1]:.2f} tokens per target forward, against "
-                 f"{r.expected[-1]:.2f} expected from (1 - α^(k+1)) / (1 - α).")
+    text += acceptance_words(trace, index)
     said = heads.words(trace, index, heads.CHAIN)
-    return f"{text}\n\n{said}" if said else text
+    return "\n\n".join(x for x in (text, cost_words(trace, index), said) if x)
+
+
+def acceptance_words(trace: Trace, index: int) -> str:
+    """The two acceptance figures side by side, each named, with its counts."""
+    steps = trace.steps[: index + 1]
+    r = running(trace, index)
+    if r.alpha[-1] is None:
+        return ""
+    accepted, examined = drafts("speculative", steps)
+    made = sum(len(s.committed_ids) for s in steps)
+    return (f" So far, two acceptance figures: the acceptance rate α = accepted / examined drafts = {accepted} / "
+            f"{examined} = {r.alpha[-1]:.2f} (a draft counts as examined up to and including the first refused "
+            f"one); and the mean tokens per iteration, the target's own token included, = {made} / "
+            f"{plural(len(steps), 'iteration')} = {made / len(steps):.2f}, against {r.expected[-1]:.2f} expected "
+            f"from (1 - α^(k+1)) / (1 - α).")
+
+
+def cost_words(trace: Trace, index: int) -> str:
+    """The cost model with the run's numbers: c, T(k+1), the expected and the measured speedup, the best k."""
+    cal = theory.calibration(trace)
+    if cal is None:
+        return ("**Cost model:** not measured for this trace (it was recorded before runs measured c and T(n)), "
+                "so no speedup is drawn.")
+    steps = trace.steps[: index + 1]
+    k, alpha, c = run_k(steps), acceptance_rate(steps), theory.draft_c(trace, cal)
+    drafter = trace.config.get("drafter", "model")
+    draft = (f"a draft forward {theory.ms(cal.draft_forward_s)}, so c = {c:.2f}" if drafter not in theory.FREE_DRAFTS
+             else theory.FREE_DRAFTS[drafter])
+    text = (f"**Cost model**, measured on this machine when the run started: a target forward over one token takes "
+            f"{theory.ms(cal.target_forward_s)}; {draft}; verifying k + 1 = {k + 1} tokens costs "
+            f"T({k + 1}) = {cal.T(k + 1):.2f} forwards of one token.")
+    if alpha is None or c is None:
+        return text
+    ns, costs = cal.verify_n, cal.verify_cost
+    spent = k * c + cal.T(k + 1)
+    text += (f" At α = {alpha:.2f} and k = {k} the model expects {expected_tokens(alpha, k):.2f} tokens per "
+             f"iteration for {k} × {c:.2f} + {cal.T(k + 1):.2f} = {spent:.2f} forwards: "
+             f"{expected_speedup(alpha, k, c, ns, costs):.2f}x.")
+    speedup = theory.measured_speedup(steps, cal)
+    if speedup is not None:
+        made = sum(len(s.committed_ids) for s in steps)
+        text += (f" Measured: {speedup:.2f}x ({made} tokens × {theory.ms(cal.target_forward_s)} / "
+                 f"{sum(s.wall_s for s in steps):.3f} s of steps; the engine's own work per step, sampling and "
+                 f"recording what these figures show, is in that time but not in the model).")
+    return f"{text} {TRADE_OFF} Here, at α = {alpha:.2f} and c = {c:.2f}, {verdict(alpha, c, ns, costs)}."
 
 
 def chips(trace: Trace, index: int) -> list[Chip]:
@@ -426,7 +513,10 @@ VIEW = View(
          "**Bottom figure:** where the step's last token came from: at a rejection, the residual "
          "norm(max(0, p - q)), which is exactly what makes the output distributed as the target's; after a "
          "fully accepted draft, a bonus token from p. Then the running acceptance rate α and tokens per target "
-         "forward beside the expected (1 - α^(k+1)) / (1 - α).\n\n"
+         "forward beside the expected (1 - α^(k+1)) / (1 - α). Last, the cost model, measured on this machine "
+         "when the run started: the expected tokens per iteration and the expected speedup "
+         "tokens / (k·c + T(k+1)) over k for the run's α and c (c: a draft forward over a target forward; T(n): "
+         "verifying n tokens over one), with the run's measured points on them.\n\n"
          "Look for: a draft that agrees with the target (high α) gives several tokens per forward; a rejection "
          "costs the rest of the draft but never changes what the target would have written.",
 )

@@ -11,10 +11,11 @@ import networkx as nx
 import plotly.graph_objects as go
 
 from engines import trees
+from engines.cost import drafts
 from engines.trace import Step, Trace
-from explorer.figures import heads
-from explorer.figures.common import (GRID_COLOUR, TARGET_COLOUR, TEXT_COLOUR, Chip, View, colour, empty, figure,
-                                     quoted, show, symbol, token)
+from explorer.figures import heads, theory
+from explorer.figures.common import (GRID_COLOUR, TARGET_COLOUR, TEXT_COLOUR, Chip, Grid, View, colour, empty, figure,
+                                     grid, quoted, show, symbol, token)
 
 FINAL = "final"
 DIM = 0.4          # opacity of rejected and unreached branches
@@ -180,11 +181,70 @@ def attention_mask(trace: Trace, index: int) -> go.Figure:
         data.append({"type": "scatter", "x": [None], "y": [None], "mode": "markers", "name": name,
                      "hoverinfo": "skip", "marker": {"symbol": "square", "size": 12, "color": fill}})
     size = len(names)
+    mask_px = max(360, min(800, 18 * size + 230))
+    g = grid(2, 1, row_heights=[mask_px, COST_PX], vspace=COST_GAP / (mask_px + COST_PX + COST_GAP),
+             titles=["", COST_TITLE])
+    for trace_ in data:
+        trace_.update(g.cell(1, 1))
+    g.xaxis(1, 1).update(type="category", side="top", tickangle=-60, tickfont={"size": 10})
+    g.yaxis(1, 1).update(autorange="reversed", type="category", tickfont={"size": 10})
+    notes: list[dict] = []
+    cost_panel(data, notes, g, trace, index)
     # title_y / title_yanchor move the shared title (figure() owns its text) above the column labels
-    return figure(data, None, f"Tree attention mask ({size} x {size}); every row also sees all earlier text",
-                  height=max(360, min(800, 18 * size + 230)), margin={"t": 150}, title_y=0.98, title_yanchor="top",
-                  xaxis={"type": "category", "side": "top", "tickangle": -60, "tickfont": {"size": 10}},
-                  yaxis={"autorange": "reversed", "type": "category", "tickfont": {"size": 10}})
+    return figure(data, g, f"Tree attention mask ({size} x {size}); every row also sees all earlier text",
+                  height=mask_px + COST_PX + COST_GAP, margin={"t": 150}, title_y=0.99, title_yanchor="top",
+                  annotations=notes, legend_below=True)
+
+
+# ----------------------------------------------------------------------------- the cost model
+
+COST_PX, COST_GAP = 300, 110   # the cost panel's height, and the room above it for its title and the mask's
+COST_TITLE = "tokens per step against its cost T(n) + drafting, in forwards of one token"
+
+
+def cost_panel(data: list[dict], notes: list[dict], g: Grid, trace: Trace, index: int) -> None:
+    """Each step so far as a point (tokens the verify forward read, tokens it committed) over the cost of such
+    a step in target forwards of one token: a point above the cost line beat plain decoding."""
+    steps = trace.steps[: index + 1]
+    cell = g.cell(2, 1)
+    cal = theory.calibration(trace)
+    c = theory.draft_c(trace, cal)
+    fed = [s.tokens_fed for s in steps]
+    hover = [f"step {s.index + 1}: the verify forward read {s.tokens_fed} tokens and committed "
+             f"{len(s.committed_ids)}" + (f"; cost T({s.tokens_fed}) = {cal.T(s.tokens_fed):.2f}"
+                                          f"{f' + {s.draft_forwards} × c' if s.draft_forwards and c else ''}"
+                                          if cal is not None else "") for s in steps]
+    data.append({"type": "scatter", "mode": "markers", "name": "steps so far: tokens committed", "x": fed,
+                 "y": [len(s.committed_ids) for s in steps], "hovertext": hover, "hoverinfo": "text",
+                 "marker": {"color": colour("accepted"), "symbol": symbol("accepted"), "size": 9, "opacity": 0.6},
+                 **cell})
+    data.append({"type": "scatter", "mode": "markers", "name": "this step", "x": fed[-1:],
+                 "y": [len(steps[-1].committed_ids)], "hovertext": hover[-1:], "hoverinfo": "text",
+                 "marker": {"color": colour("bonus"), "symbol": symbol("bonus"), "size": 15,
+                            "line": {"color": "#333333", "width": 1}}, **cell})
+    top = max([*fed, 2])
+    g.xaxis(2, 1).update(title={"text": "n, tokens the verify forward read (pending + tree nodes)"},
+                         rangemode="tozero")
+    g.yaxis(2, 1).update(title={"text": "tokens / forwards"}, rangemode="tozero")
+    if cal is None:
+        notes.append({"text": "cost not measured in this trace", "x": 0.5, "y": 0.9, "showarrow": False,
+                      "xref": f"{cell['xaxis']} domain", "yref": f"{cell['yaxis']} domain",
+                      "font": {"color": colour("not_reached")}})
+        return
+    ns = list(range(1, top + 1))
+    data.append({"type": "scatter", "mode": "lines", "name": "T(n): verifying n tokens", "x": ns,
+                 "y": [cal.T(n) for n in ns], "line": {"color": TARGET_COLOUR},
+                 "hovertemplate": "T(%{x}) = %{y:.2f} forwards of one token<extra></extra>", **cell})
+    drafting = draft_cost(steps, c)
+    if drafting:
+        data.append({"type": "scatter", "mode": "lines", "name": f"T(n) + drafting ({drafting:.2f})", "x": ns,
+                     "y": [cal.T(n) + drafting for n in ns], "line": {"color": TARGET_COLOUR, "dash": "dash"},
+                     "hovertemplate": "T(%{x}) + drafting = %{y:.2f} forwards<extra></extra>", **cell})
+
+
+def draft_cost(steps: list[Step], c: float | None) -> float:
+    """Mean drafting cost per step in target forwards: draft forwards x c (0 for drafters that run no model)."""
+    return sum(s.draft_forwards for s in steps) / len(steps) * c if c else 0.0
 
 
 def words(trace: Trace, index: int) -> str:
@@ -219,7 +279,46 @@ def words(trace: Trace, index: int) -> str:
                      "output is not distributed as the target's (under greedy only the argmax passes).")
     parts.append(so_far(trace, index))
     said = heads.words(trace, index, heads.TREE)
-    return " ".join(p for p in parts if p) + (f"\n\n{said}" if said else "")
+    return "\n\n".join(x for x in (" ".join(p for p in parts if p), cost_words(trace, index), said) if x)
+
+
+def cost_words(trace: Trace, index: int) -> str:
+    """The cost model with the run's numbers: both acceptance figures, what a step costs in target forwards
+    (verifying n tokens, and drafting), and the speedup it predicts against the one measured."""
+    steps = trace.steps[: index + 1]
+    accepted, examined = drafts("tree", steps)
+    made = sum(len(s.committed_ids) for s in steps)
+    text = (f"**Two acceptance figures:** the acceptance rate α = accepted / examined drafts along the accepted "
+            f"paths = {accepted} / {examined}" + (f" = {accepted / examined:.2f}" if examined else "") +
+            f"; the mean tokens per iteration, the target's own token included, = {made} / {len(steps)} = "
+            f"{made / len(steps):.2f} (one target forward per iteration, so also tokens per target forward).")
+    cal = theory.calibration(trace)
+    if cal is None:
+        return text + (" **Cost model:** not measured for this trace (it was recorded before runs measured c and "
+                       "T(n)), so no cost line is drawn.")
+    c = theory.draft_c(trace, cal)
+    drafter = trace.config.get("drafter", "model")
+    n = sum(s.tokens_fed for s in steps) / len(steps)
+    verify = sum(cal.T(s.tokens_fed) for s in steps) / len(steps)
+    drafting = draft_cost(steps, c)
+    draft = (f"the draft grew each tree in {sum(s.draft_forwards for s in steps) / len(steps):.1f} draft forwards "
+             f"on average, each c = {c:.2f} of a target forward ({theory.ms(cal.draft_forward_s)}), so drafting "
+             f"costs {drafting:.2f} forwards a step" if drafter not in theory.FREE_DRAFTS
+             else f"drafting is nearly free: {theory.FREE_DRAFTS[drafter]}")
+    text += (f"\n\n**Cost model**, measured on this machine when the run started: a target forward over one token "
+             f"takes {theory.ms(cal.target_forward_s)}; verifying a tree reads n = {n:.1f} tokens a step on average "
+             f"(pending + nodes), T(n) = {verify:.2f} forwards of one token; {draft}.")
+    expected = made / len(steps) / (verify + drafting)
+    text += (f" So each step yields {made / len(steps):.2f} tokens for {verify + drafting:.2f} forwards' cost: "
+             f"the model expects {expected:.2f}x over plain decoding.")
+    speedup = theory.measured_speedup(steps, cal)
+    if speedup is not None:
+        text += (f" Measured: {speedup:.2f}x ({made} tokens × {theory.ms(cal.target_forward_s)} / "
+                 f"{sum(s.wall_s for s in steps):.3f} s of steps; the engine's own work per step, building the tree "
+                 f"and its mask and recording it, is in that time but not in the model).")
+    return text + (" A bigger tree raises the tokens a step can yield but also T(n) and the drafting: it pays only "
+                   "while the extra accepted tokens outgrow the extra cost, which the points above or below the cost "
+                   "line show step by step.")
 
 
 def won(trace: Trace, step: Step) -> str:
@@ -320,7 +419,10 @@ VIEW = View(
          "the coin flip u against its acceptance probability.\n\n"
          "**Bottom figure:** the tree attention mask of that one forward. Row = a node, column = what it may "
          "attend to: only its own ancestors and itself (every node also sees all earlier text), and each node "
-         "sits at position root + depth, so every branch is scored exactly as if it were alone.\n\n"
+         "sits at position root + depth, so every branch is scored exactly as if it were alone. Under it, the cost "
+         "model measured when the run started: each step as a point (tokens the verify forward read, tokens it "
+         "committed) over the cost of such a step in forwards of one token, T(n) plus the drafting; a point "
+         "above the cost line beat plain decoding.\n\n"
          "Look for: a wide tree helps when the draft's first choice is often wrong but its second or third is "
          "right. Greedy output equals the target's own greedy decoding; sampled output has exactly the target's "
          "distribution (recursive rejection over siblings).")
