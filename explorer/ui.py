@@ -113,7 +113,7 @@ class Controls:
             raise ValueError("The seed is empty; type a whole number of 0 or more.")
         seed = build_config(RunSettings, {"seed": values["seed"]}).seed
         cfg = build_config(METHODS[method].config, settings)
-        uses_draft = METHODS[method].uses_draft and getattr(cfg, "drafter", "model") == "model"
+        uses_draft = uses_draft_model(method, getattr(cfg, "drafter", None))
         return {"method": method, "prompt": text("The prompt", values.get("prompt"), MAX_PROMPT_CHARS),
                 "target": model_name("The target model", values.get("target")),
                 "draft": model_name("The draft model", values.get("draft")) if uses_draft else None,
@@ -144,6 +144,19 @@ def draft_choices() -> list[str]:
     """Every preset that drafts for another, then the embedded causal models, where they load."""
     drafts = dict.fromkeys([*(p.draft for p in lm.PRESETS.values() if p.draft), "tiny-draft", "tiny-target"])
     return [name for name in drafts if lm.available(name)]
+
+
+def uses_draft_model(method: str, drafter: str | None) -> bool:
+    """Whether a run of `method` with this drafter reads the draft model: only the model drafter does; prompt
+    lookup, heads, EAGLE and the suffix tree draft without one (None: a method with no drafter setting)."""
+    return METHODS[method].uses_draft and (drafter or "model") == "model"
+
+
+def draft_visibility(method: str, **drafters) -> gr.Dropdown:
+    """The draft model control, shown only while the method on screen drafts with it. `drafters`: the drafter
+    controls' values by name (speculative_drafter, tree_drafter)."""
+    method = checked_method(method)
+    return gr.Dropdown(visible=uses_draft_model(method, drafters.get(own_name(method, "drafter"))))
 
 
 def own_name(method: str, setting: str) -> str:
@@ -295,14 +308,16 @@ def make_handlers(controls: Controls, limits: ServerLimits = ServerLimits()):
         session = sessions.put(trace.method, Session.replay(trace))
         return (*controls.from_trace(trace), *outputs_of(sessions, render(session, trace.method)))
 
-    def show_method(sessions: Sessions, method: str, target: str | None = None):
+    def show_method(sessions: Sessions, method: str, target: str | None = None, **drafters):
+        """Switch the screen to `method`: its options, its target, its run. `drafters` are the drafter controls'
+        values by name (speculative_drafter, tree_drafter): the draft model shows only where it is used."""
         m = METHODS[checked_method(method)]
         targets = model_choices(m.model_kind)
         visibility = [gr.Group(visible=name == method) for name in controls.groups]
         help_text = f"### {m.title}\n{VIEWS[method].help}"
         chosen = target_for((sessions or Sessions()).get(method), method, target)
         return (*visibility, gr.Dropdown(choices=targets, value=chosen),
-                gr.Dropdown(visible=m.uses_draft), help_text,
+                draft_visibility(method, **drafters), help_text,
                 *outputs_of(sessions, render((sessions or Sessions()).get(method), method)))
 
     return {name: friendly(fn) for name, fn in dict(reset=reset, step=step, back=back, seek=seek, run=run,
@@ -332,26 +347,29 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
             theme = gr.Button("Light / dark", size="sm", elem_id="theme-toggle", scale=0)
         method = gr.Radio([(m.title, m.name) for m in METHODS.values()], value="autoregressive",
                           label="Method", elem_id="method", elem_classes="method-tabs")
-        with gr.Row(equal_height=False):
+        # On a narrow screen (assets/explorer.css) the prompt stays on top, the results come next and the
+        # settings after them: the classes below name the three parts for the stylesheet.
+        with gr.Row(equal_height=False, elem_classes="workspace"):
             with gr.Column(scale=1, min_width=280, elem_classes="controls"):
                 prompt = gr.Textbox(EXAMPLES[0][0], label="Prompt", lines=3, elem_id="prompt")
-                gr.Examples(EXAMPLES, inputs=[prompt], label="Examples")
-                target = gr.Dropdown(model_choices("causal"), value=default_target(), label="Target model",
-                                     allow_custom_value=True, elem_id="target",
-                                     info="a preset, a local folder or a Hugging Face id")
-                draft = gr.Dropdown(draft_choices(), value="tiny-draft", label="Draft model", allow_custom_value=True,
-                                    visible=False, elem_id="draft")
-                seed = gr.Number(0, step=1, label="Seed", elem_id="seed")
-                common = {f.name: control(f) for f in fields(DecodeConfig)}
-                own, groups = {}, {}
-                for m in METHODS.values():
-                    extra = [f for f in fields(m.config) if f.name not in COMMON]
-                    with gr.Group(visible=m.name == "autoregressive") as groups[m.name]:
-                        if extra:
-                            gr.Markdown(f"**{m.title} options**")
-                        for f in extra:
-                            own[(m.name, f.name)] = control(f, key=f"{m.name}-{f.name}")
-            with gr.Column(scale=3, min_width=320):
+                with gr.Column(elem_classes="settings", elem_id="settings"):
+                    gr.Examples(EXAMPLES, inputs=[prompt], label="Examples")
+                    target = gr.Dropdown(model_choices("causal"), value=default_target(), label="Target model",
+                                         allow_custom_value=True, elem_id="target",
+                                         info="a preset, a local folder or a Hugging Face id")
+                    draft = gr.Dropdown(draft_choices(), value="tiny-draft", label="Draft model",
+                                        allow_custom_value=True, visible=False, elem_id="draft")
+                    seed = gr.Number(0, step=1, label="Seed", elem_id="seed")
+                    common = {f.name: control(f) for f in fields(DecodeConfig)}
+                    own, groups = {}, {}
+                    for m in METHODS.values():
+                        extra = [f for f in fields(m.config) if f.name not in COMMON]
+                        with gr.Group(visible=m.name == "autoregressive") as groups[m.name]:
+                            if extra:
+                                gr.Markdown(f"**{m.title} options**")
+                            for f in extra:
+                                own[(m.name, f.name)] = control(f, key=f"{m.name}-{f.name}")
+            with gr.Column(scale=3, min_width=320, elem_classes="results"):
                 text = gr.HTML(elem_id="text-so-far")
                 with gr.Row(elem_classes="transport"):
                     reset_btn = gr.Button("|<< Reset", elem_id="reset-btn", size="sm")
@@ -403,11 +421,15 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
                         **one_place)
         upload.upload(h["load_trace"], [sessions, upload], [*named.values(), *screen], api_name="load_trace",
                       show_progress_on=[position])
+        # the drafter controls by name: switching methods or drafters shows the draft model only where it is used
+        drafter_choice = {own_name(m, name): c for (m, name), c in own.items() if name == "drafter"}
         method.change(h["show_method"], [sessions, method, target], [*groups.values(), target, draft, help_md, *screen],
-                      api_name="show_method", **one_place)
+                      inputs_kwargs=drafter_choice, api_name="show_method", **one_place)
+        gr.on([c.change for c in drafter_choice.values()], friendly(draft_visibility), [method], draft,
+              inputs_kwargs=drafter_choice, api_visibility="private", show_progress="hidden", preprocess=False)
         theme.click(None, js="() => document.body.classList.toggle('dark')")
         demo.load(h["show_method"], [sessions, method, target], [*groups.values(), target, draft, help_md, *screen],
-                  api_visibility="undocumented", **one_place)
+                  inputs_kwargs=drafter_choice, api_visibility="undocumented", **one_place)
     return demo
 
 

@@ -30,6 +30,7 @@ def distribution(trace: Trace, index: int) -> go.Figure:
          "hovertemplate": "%{x}<br>processed p = %{y:.4f}<extra></extra>"},
         {"type": "scatter", "x": [chosen], "y": [max(raw.get(d["chosen"], 0), processed.get(d["chosen"], 0)) + 0.04],
          "mode": "markers+text", "text": ["chosen"], "textposition": "top center",
+         "cliponaxis": False,   # the word above a bar of p = 1 reaches past the axis range; cut, it read "chos"
          "marker": {"symbol": "triangle-down", "size": 12, "color": colour("chosen")}, "name": "chosen token",
          "hovertemplate": f"chosen: {chosen}<br>p = {d['p_chosen']:.4f}<extra></extra>"},
     ]
