@@ -27,7 +27,8 @@ def load(path: str) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not a readable JSON file ({e}); write one with "
                          f"`python -m engines bench --json {path}`.") from e
-    missing = [k for k in ("command", "target", "max_new_tokens", "race") if not isinstance(data, dict) or k not in data]
+    needed = ("command", "target", "max_new_tokens", "race")
+    missing = [k for k in needed if not isinstance(data, dict) or k not in data]
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}: it was not written by `python -m engines bench --json`.")
     return data
@@ -112,15 +113,17 @@ def tables(data: dict[str, Any], path: str, per_prompt: bool = False) -> str:
              f"{' --per-prompt' if per_prompt else ''}.",
              f"Race: target {data['target']}, draft {races[0]['draft'] if races else '?'}, greedy, "
              f"{prompts} prompt{'s' if prompts != 1 else ''} x {data['max_new_tokens']} new tokens; forwards and "
-             "tokens summed over the prompts; wall time is the mean of each prompt's ratio (range in brackets).",
+             "tokens summed over the prompts; wall time is the mean of each prompt's ratio (its range over the prompts "
+             "in parentheses).",
              race_table(races)]
     if races:
         parts.append(cost_line(races))
     if per_prompt:
         for race in races:
             parts += [prompt_heading(race), race_table([race]), cost_line([race])]
-    if data.get("speculative_vs_transformers"):
-        parts += ["Speculative decoding against transformers' own implementation, the same settings, back to back "
-                  "(mean over prompts, range in brackets; below 1 is faster than transformers):",
-                  speculative_table(data["speculative_vs_transformers"])]
+    spec = data.get("speculative_vs_transformers")
+    if spec:
+        parts += [f"Speculative decoding against transformers' own implementation, greedy, k = 4, "
+                  f"{max(r['new_tokens'] for r in spec)} new tokens per prompt, back to back (mean over the prompts, "
+                  "range in parentheses; below 1 is faster than transformers):", speculative_table(spec)]
     return "\n\n".join(parts)

@@ -51,15 +51,15 @@ FIXTURE = {
                   race_row("jacobi, block 8", "jacobi", 8, 8, 0, 8.0, 1.7, True, 0, 8)],
          "cost": {"c": 0.9, "verify_n": [1, 2, 5], "verify_cost": [1.0, 1.4, 2.1]}}],
     "speculative_vs_transformers": [
-        {"method": "speculative", "target": "tiny-target", "target_forwards_per_token": 0.375, "acceptance": 0.7,
-         "same_output_as_generate": 1.0, "wall_ratio_vs_assisted_generate": 0.9,
+        {"method": "speculative", "target": "tiny-target", "new_tokens": 24, "target_forwards_per_token": 0.375,
+         "acceptance": 0.7, "same_output_as_generate": 1.0, "wall_ratio_vs_assisted_generate": 0.9,
          "run_wall_ratio_vs_assisted_generate": 1.1},
-        {"method": "speculative", "target": "tiny-target", "target_forwards_per_token": 0.425, "acceptance": 0.6,
-         "same_output_as_generate": 1.0, "wall_ratio_vs_assisted_generate": 1.0,
+        {"method": "speculative", "target": "tiny-target", "new_tokens": 24, "target_forwards_per_token": 0.425,
+         "acceptance": 0.6, "same_output_as_generate": 1.0, "wall_ratio_vs_assisted_generate": 1.0,
          "run_wall_ratio_vs_assisted_generate": 1.3},
-        {"method": "speculative:ngram", "target": "SmolLM2-135M-Instruct", "target_forwards_per_token": 0.59,
-         "acceptance": 0.5, "same_output_as_generate": 0.0, "wall_ratio_vs_assisted_generate": 0.92,
-         "run_wall_ratio_vs_assisted_generate": 0.97}]}
+        {"method": "speculative:ngram", "target": "SmolLM2-135M-Instruct", "new_tokens": 24,
+         "target_forwards_per_token": 0.59, "acceptance": 0.5, "same_output_as_generate": 0.0,
+         "wall_ratio_vs_assisted_generate": 0.92, "run_wall_ratio_vs_assisted_generate": 0.97}]}
 
 
 def test_bench_table_shows_every_figure_and_the_commands(tmp_path, capsys):
@@ -79,6 +79,7 @@ def test_bench_table_shows_every_figure_and_the_commands(tmp_path, capsys):
     assert "| jacobi, block 8 | 14 | 0 | 1.14 | 8.00 | 0.14 (2/14) | 1.14 | 1.60x (1.50-1.70) | 2/2 |" in text
     assert "c = 0.85 target forwards" in text and "T(2) = 1.30, T(5) = 2.00" in text
     # speculative against transformers' assisted and prompt-lookup generation
+    assert "greedy, k = 4, 24 new tokens per prompt" in text
     assert ("| speculative | tiny-target | transformers' assisted generation (`assistant_model`, constant 4 drafts) "
             "| 0.400 | 0.65 | 2/2 | 0.95x (0.90-1.00) | 1.20x (1.10-1.30) |") in text
     assert ("| speculative:ngram | SmolLM2-135M-Instruct | transformers' prompt-lookup generation "
