@@ -3,6 +3,7 @@
     python -m engines trace --method autoregressive --prompt "Once upon a time" --max-new-tokens 32
     python -m engines models
     python -m engines bench
+    python -m engines bench --section diffusion --masked tiny-masked,/tmp/diff-export
     python -m engines bench-table bench.json    # the README's markdown tables from `bench --json bench.json`
 
 Bad input ends with one line on stderr and exit code 2; so does a setting of another method than the one
@@ -66,6 +67,11 @@ def has_setting(m: Method, name: str) -> bool:
     return any(f.name == name for f in fields(m.config))
 
 
+def bench_sections() -> list[str]:
+    from engines.bench import SECTIONS, section_name
+    return [section_name(s) for s in SECTIONS]
+
+
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m engines", description="Parallel decoding engines, from the terminal.")
     p.add_argument("--hub-max-params", type=float, default=0,
@@ -91,6 +97,11 @@ def parser() -> argparse.ArgumentParser:
                         "transformers' assisted and prompt-lookup generation, to PATH as JSON")
     b.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=None,
                    help="with --json: new tokens per race (default 48, 16 with --quick)")
+    b.add_argument("--section", default=None, choices=bench_sections(),
+                   help="run only this section (default: all)")
+    b.add_argument("--masked", action="append", default=None, metavar="DIR_OR_PRESET",
+                   help="a masked LM for the diffusion section (repeat, or a comma list; default: tiny-masked "
+                        "and smollm2-135m-diffusion where available)")
     bt = sub.add_parser("bench-table", help="the README's markdown tables from the JSON of `bench --json PATH`")
     bt.add_argument("path", help="a JSON file written by `python -m engines bench --json PATH`")
     bt.add_argument("--per-prompt", dest="per_prompt", action="store_true",
@@ -131,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench_json(args.json, quick=args.quick, device=args.device, max_new_tokens=args.max_new_tokens)
                 print(f"wrote {args.json}")
             else:
-                bench(quick=args.quick, device=args.device)
+                masked = tuple(n.strip() for v in args.masked or [] for n in v.split(",") if n.strip())
+                bench(quick=args.quick, device=args.device, section=args.section, masked=masked)
         elif args.command == "bench-table":
             from engines.bench_table import load, tables
             print(tables(load(args.path), args.path, per_prompt=args.per_prompt))

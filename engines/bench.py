@@ -8,14 +8,17 @@ order of the method tabs.
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from engines import lm
+from engines.mask_predict import distinct2
 from engines.methods import Run, default_target
 from engines.speculative import SpeculativeConfig, acceptance_rate, speculative
 from engines.trace import Trace
@@ -34,6 +37,7 @@ class Models:
     tiny_target: str
     draft: str
     device: str | None
+    masked: tuple[str, ...] = ()   # the masked LMs of the diffusion section (presets or folders)
 
     def missing(self, *names: str) -> list[str]:
         return [n for n in names if not (lm.available(n) or Path(n).is_dir())]
@@ -291,28 +295,161 @@ def bench_heads(models: Models, prompts: list[str], quick: bool) -> list[dict]:
     return rows
 
 
+# ----------------------------------------------------------------------------- masked diffusion LMs (issue 13)
+
+# the bench prompts and two of another kind: a plain statement of fact, and dialogue
+DIFFUSION_PROMPTS = [*PROMPTS, "The moon goes round the earth once in about a month, and",
+                     "\"Where are you going so early?\" asked the old man. \"To the market,\" said the boy,"]
+DIFFUSION_MODELS = ("tiny-masked", "smollm2-135m-diffusion")
+
+
+def default_masked() -> tuple[str, ...]:
+    """The masked LMs the diffusion section measures unless told: those of DIFFUSION_MODELS available here."""
+    return tuple(n for n in DIFFUSION_MODELS if lm.available(n))
+
+
+def strategies(span: int) -> dict[str, dict]:
+    """What the diffusion section runs over a span: 1 and 4 tokens per iteration, and Fast-dLLM's threshold."""
+    return {f"diffusion T={span}": {"strategy": "diffusion", "iterations": span},
+            f"diffusion T={span // 4}": {"strategy": "diffusion", "iterations": span // 4},
+            "threshold 0.9": {"strategy": "threshold", "threshold": 0.9}}
+
+
+def scorer_ids(model: lm.LM, scorer: lm.LM, ids: list[int]) -> list[int]:
+    """A model's ids as the scorer's tokens: the same ids where the vocabularies agree, else its text re-encoded
+    (tiny-masked's vocabulary has a mask token that SmolLM2's lacks)."""
+    return list(ids) if model.vocab_digest == scorer.vocab_digest else scorer.encode(model.decode(ids))
+
+
+def score(scorer: lm.LM, prompt: str, continuation: list[int]) -> dict:
+    """Generative perplexity (as in SEDD, Lou et al. 2024, arXiv 2310.16834, and MDLM, Sahoo et al. 2024, arXiv
+    2406.07524): exp of the mean negative log-likelihood of the continuation given the prompt under a causal
+    scorer, in one forward; and distinct-2 of the same scorer tokens (low perplexity alone rewards repetition)."""
+    if not continuation:
+        return {"gen_ppl": None, "distinct2": None, "scored_tokens": 0}
+    context = scorer.encode(prompt)
+    logits = scorer.forward(scorer.new_kv(), context + continuation)[len(context) - 1:-1]
+    nll = F.cross_entropy(logits, torch.tensor(continuation, device=logits.device)).item()
+    return {"gen_ppl": math.exp(nll), "distinct2": distinct2(continuation), "scored_tokens": len(continuation)}
+
+
+def score_run(scorer: lm.LM, model: lm.LM, trace: Trace, method: str) -> dict:
+    """One row: a run's text scored, its iterations and tokens per iteration."""
+    return {"method": method, "target": model.name, "iterations": len(trace.steps),
+            "tokens_per_iteration": len(trace.output_ids) / len(trace.steps),
+            **score(scorer, trace.prompt, scorer_ids(model, scorer, trace.output_ids)), "text": trace.output_text}
+
+
+def score_autoregressive(models: Models, scorer: lm.LM, prompts: list[str], span: int) -> list[dict]:
+    """The reference rows: the scorer's own greedy continuations, scored by itself."""
+    return [score_run(scorer, scorer, run_trace("autoregressive", prompt, {"max_new_tokens": span}, models.target,
+                                                None, models.device), "ar:greedy")
+            for prompt in prompts]
+
+
+def score_strategies(models: Models, name: str, scorer: lm.LM, prompts: list[str], span: int) -> list[dict]:
+    """Each strategy's continuation of every prompt by the masked LM `name`, scored."""
+    model = lm.load(name, models.device)
+    return [score_run(scorer, model, run_trace("mask-predict", prompt, {"length": span, "max_new_tokens": span,
+                                                                        "curve": "off", **settings},
+                                               name, None, models.device), f"dlm:{label}")
+            for prompt in prompts for label, settings in strategies(span).items()]
+
+
+def measure_masked_top1(model: lm.LM, windows: int) -> dict:
+    """Top-1 on held-out corpus text at 15% and 50% masking (engines.train.masked_accuracy), beside always
+    guessing the commonest token."""
+    from engines.train import masked_accuracy   # the corpus helpers; engines.train imports the trainers
+    row = {"method": "dlm:masked top-1", "target": model.name}
+    for rate in (15, 50):
+        row[f"top1_at_{rate}pct"], row[f"commonest_at_{rate}pct"] = masked_accuracy(model, rate / 100,
+                                                                                    windows=windows)
+    return row
+
+
+def measure_prefix_cache(models: Models, name: str, prompt: str, span: int, repeats: int) -> dict:
+    """Diffusion block by block (block span/4, one token per iteration) with the prefix cache and without, run
+    back to back `repeats` times: tokens fed per committed token of each, and the median wall-time ratio. The
+    method's time is the steps' own wall_s, which leaves out the auditor's exact forward; the whole run's time,
+    auditor included, is given too."""
+    settings = {"length": span, "max_new_tokens": span, "iterations": span, "strategy": "diffusion",
+                "block": span // 4, "curve": "off"}
+    walls, runs, traces = {"off": [], "prefix": []}, {"off": [], "prefix": []}, {}
+    for _ in range(repeats):
+        for cache in walls:
+            run_s, traces[cache] = timed(lambda: run_trace("mask-predict", prompt, {**settings, "cache": cache}, name,
+                                                           None, models.device))
+            walls[cache].append(traces[cache].totals["wall_s"])
+            runs[cache].append(run_s)
+    spans = [s.detail["spans"][0] for s in traces["prefix"].steps]
+    return {"method": f"dlm:block {span // 4} prefix cache vs off", "target": traces["off"].models["target"],
+            "fed_per_token_off": traces["off"].totals["tokens_fed"] / span,
+            "fed_per_token_prefix": traces["prefix"].totals["tokens_fed"] / span,
+            "wall_ratio_prefix_vs_off": statistics.median(walls["prefix"]) / statistics.median(walls["off"]),
+            "run_wall_ratio_prefix_vs_off": statistics.median(runs["prefix"]) / statistics.median(runs["off"]),
+            "same_output": float(traces["off"].output_ids == traces["prefix"].output_ids),
+            "decisions_changed_by_cache": sum(len(r["drift_changed"]) for r in spans)}
+
+
+def bench_diffusion(models: Models, prompts: list[str], quick: bool) -> list[dict]:
+    """Issue 13, for each masked LM (models.masked, else default_masked()) over `span`-token continuations:
+    generative perplexity under the default target (SmolLM2) and distinct-2 of diffusion at 1 and 4 tokens per
+    iteration and of threshold 0.9, beside the default target's own greedy text; masked top-1 on held-out text
+    at 15% and 50% masking; and, for a model that keeps a cache, the prefix cache against none."""
+    names = models.masked or default_masked()
+    missing = models.missing(models.target, *names)
+    if missing or not names:
+        print(f"diffusion: {', '.join(missing) or 'no masked LM'} not available here; skipped", flush=True)
+        return []
+    span, windows, repeats = (8, 2, 1) if quick else (32, 24, 3)
+    scorer = lm.load(models.target, models.device)
+    print(f"diffusion: {span} new tokens; perplexity and distinct-2 on the tokens of {scorer.name}", flush=True)
+    rows = score_autoregressive(models, scorer, prompts, span)
+    for name in names:
+        model = lm.load(name, models.device)
+        rows += score_strategies(models, name, scorer, prompts, span)
+        rows.append(measure_masked_top1(model, windows))
+        if model.can_cache:
+            rows += [measure_prefix_cache(models, name, prompt, span, repeats) for prompt in prompts]
+    return rows
+
+
 SECTIONS: list[Callable[[Models, list[str], bool], list[dict]]] = [
     bench_autoregressive, bench_speculative, bench_tree, bench_heads, bench_jacobi_lookahead,
-    bench_mask_predict]
+    bench_mask_predict, bench_diffusion]
+SECTION_PROMPTS = {bench_diffusion: DIFFUSION_PROMPTS}   # a section's own prompts, where not PROMPTS
+
+
+def section_name(section: Callable) -> str:
+    """What `--section` calls a section: its function's name without bench_."""
+    return section.__name__.removeprefix("bench_")
 
 
 def summarise(rows: list[dict]) -> None:
-    by_method: dict[str, list[dict]] = {}
+    by_method: dict[tuple, list[dict]] = {}
     for r in rows:
-        by_method.setdefault(r["method"], []).append(r)
-    for method, rs in by_method.items():
+        by_method.setdefault((r["method"], r.get("target", "")), []).append(r)
+    for (method, _), rs in by_method.items():
         keys = [k for k in rs[0] if isinstance(rs[0][k], (int, float)) and not isinstance(rs[0][k], bool)]
         means = {k: statistics.mean(r[k] for r in rs if r.get(k) is not None) for k in keys}
         text = "  ".join(f"{k}={v:.3f}" for k, v in means.items())
         print(f"{method:16s} ({rs[0].get('target', '')}; mean over {len(rs)} prompts)  {text}", flush=True)
 
 
-def bench(quick: bool = False, device: str | None = None) -> None:
+def bench(quick: bool = False, device: str | None = None, section: str | None = None,
+          masked: tuple[str, ...] = ()) -> None:
+    """Every section, or the one named; `masked`: the masked LMs of the diffusion section."""
     torch.manual_seed(0)
-    models = Models(target=default_target(), tiny_target="tiny-target", draft="tiny-draft", device=device)
-    prompts = PROMPTS[:2] if quick else PROMPTS
-    for section in SECTIONS:
-        summarise(section(models, prompts, quick))
+    models = Models(target=default_target(), tiny_target="tiny-target", draft="tiny-draft", device=device,
+                    masked=masked)
+    unknown = models.missing(*masked)
+    if unknown:
+        raise ValueError(f"--masked {unknown[0]} is neither an available preset nor a folder; give a masked LM "
+                         f"such as tiny-masked or a folder written by diffusion-export.")
+    for run in SECTIONS:
+        if section in (None, section_name(run)):
+            prompts = SECTION_PROMPTS.get(run, PROMPTS)
+            summarise(run(models, prompts[:2] if quick else prompts, quick))
 
 
 # ----------------------------------------------------------------------------- bench --json

@@ -298,23 +298,41 @@ def held_out_predictions(model, tok) -> tuple[float, int, torch.Tensor]:
     return total_nats, n_bytes, torch.cat(argmax)
 
 
+MASKED_WINDOW = 256   # tiny-masked's positions, and the diffusion adapter's training windows
+
+
+def heldout_chunks(tok, length: int, windows: int = 0) -> list[torch.Tensor]:
+    """Every held-out book cut into chunks of `length` ids (the last of a book shorter), in book order; with
+    `windows` > 0 only that many, spread evenly over the whole list (so every book has its share)."""
+    chunks = []
+    for text in books("heldout").values():
+        ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
+        chunks += [ids[start:start + length] for start in range(0, len(ids), length)]
+    if windows and windows < len(chunks):
+        chunks = chunks[::len(chunks) // windows][:windows]
+    return chunks
+
+
 @torch.inference_mode()
-def masked_accuracy(model, tok, rate: float = 0.15, seed: int = 0) -> tuple[float, float]:
-    """Top-1 accuracy on held-out masked positions, and that of always guessing the commonest token."""
+def masked_accuracy(model: lm.LM, rate: float = 0.15, seed: int = 0, windows: int = 0) -> tuple[float, float]:
+    """Top-1 accuracy on held-out masked positions, and that of always guessing the commonest token.
+
+    The logits are the LM's own masked-LM logits (lm.LM.masked_logits), so a shifted diffusion LM is read as it
+    decodes: token i at position i - 1, every position visible. Its first position has nothing before it to be
+    predicted from and is never masked (as in training). `windows` > 0: that many chunks (heldout_chunks)."""
     gen = torch.Generator().manual_seed(seed)
     train_ids = token_stream("train", tokenizer())
     commonest = torch.bincount(train_ids.long()).argmax().item()
     hits, base, count = 0, 0, 0
-    length = model.config.max_position_embeddings
-    for text in books("heldout").values():
-        ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
-        for start in range(0, len(ids), length):
-            x = ids[start:start + length][None]
-            masked = torch.rand(x.shape, generator=gen, dtype=torch.float32) < rate
-            logits = model(input_ids=x.masked_fill(masked, tok.mask_token_id)).logits
-            hits += (logits[masked].argmax(-1) == x[masked]).sum().item()
-            base += (x[masked] == commonest).sum().item()
-            count += masked.sum().item()
+    for ids in heldout_chunks(model.tokenizer, min(model.max_positions or MASKED_WINDOW, MASKED_WINDOW), windows):
+        x = ids[None]
+        masked = torch.rand(x.shape, generator=gen, dtype=torch.float32) < rate
+        if model.shifted:
+            masked[:, 0] = False
+        logits = model.masked_logits(x.masked_fill(masked, model.mask_id)).cpu()
+        hits += (logits[masked].argmax(-1) == x[masked]).sum().item()
+        base += (x[masked] == commonest).sum().item()
+        count += masked.sum().item()
     return hits / count, base / count
 
 
@@ -349,7 +367,7 @@ def evaluate(args) -> None:
     source = candidate("tiny-masked", args.candidates)
     if source is not None:
         model = lm.load(source)
-        acc, base = masked_accuracy(model.model, model.tokenizer)
+        acc, base = masked_accuracy(model)
         rows["tiny-masked"] = {"masked_top1_at_15pct": acc, "commonest_token_baseline": base,
                                "parameters_M": sum(p.numel() for p in model.model.parameters()) / 1e6}
         print(f"tiny-masked: top-1 {acc:.1%} at 15% masking vs {base:.1%} for the commonest token")

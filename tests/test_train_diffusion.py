@@ -160,3 +160,26 @@ def test_diffusion_export_says_in_one_line_when_there_is_no_checkpoint(tmp_path,
     assert e.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
 
+
+def test_the_diffusion_bench_gives_every_figure(tiny_masked, toy_diffusion, tiny_target):
+    """tiny-masked (no cache) and the toy adapter (cache) over one prompt, quick settings, scored by tiny-target."""
+    from engines.bench import Models, bench_diffusion
+    models = Models(target=tiny_target.source, tiny_target=tiny_target.source, draft="", device=None,
+                    masked=(tiny_masked.source, toy_diffusion))
+    rows = bench_diffusion(models, [PROMPTS[0]], quick=True)
+    by = {}
+    for r in rows:
+        by.setdefault(r["method"], []).append(r)
+    scored = ["ar:greedy", "dlm:diffusion T=8", "dlm:diffusion T=2", "dlm:threshold 0.9"]
+    for method in scored:
+        for r in by[method]:
+            assert r["gen_ppl"] > 1 and 0 < r["distinct2"] <= 1 and r["scored_tokens"] > 0
+    assert [r["iterations"] for r in by["dlm:diffusion T=2"]] == [2, 2]
+    assert len(by["dlm:masked top-1"]) == 2
+    for r in by["dlm:masked top-1"]:
+        assert all(0 <= r[k] <= 1 for k in ("top1_at_15pct", "top1_at_50pct", "commonest_at_15pct",
+                                            "commonest_at_50pct"))
+    [cache] = by["dlm:block 2 prefix cache vs off"]   # the toy adapter only: ModernBERT keeps no cache
+    assert cache["fed_per_token_prefix"] < cache["fed_per_token_off"]
+    assert cache["wall_ratio_prefix_vs_off"] > 0 and cache["run_wall_ratio_prefix_vs_off"] > 0
+
