@@ -99,6 +99,8 @@ COSTED = ("speculative", "tree")
 DEFAULT_TARGET = "smollm2-135m-instruct"
 FALLBACK_TARGET = "tiny-target"
 DEFAULT_DRAFT = "tiny-draft"
+DIFFUSION_TARGET = "smollm2-135m-diffusion"
+FALLBACK_MASKED = "tiny-masked"
 
 
 def default_target() -> str:
@@ -106,8 +108,11 @@ def default_target() -> str:
 
 
 def method_default_target(name: str) -> str:
-    """The model a method runs on unless told otherwise: a masked LM for the masked family."""
-    return "tiny-masked" if method(name).model_kind == "masked" else default_target()
+    """The model a method runs on unless told otherwise: for the masked family the diffusion LM adapted from SmolLM2
+    where it is installed (it writes text; tiny-masked mostly shows the mechanics), else tiny-masked."""
+    if method(name).model_kind != "masked":
+        return default_target()
+    return DIFFUSION_TARGET if lm.available(DIFFUSION_TARGET) else FALLBACK_MASKED
 
 
 def method(name: str) -> Method:

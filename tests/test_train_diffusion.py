@@ -183,3 +183,11 @@ def test_the_diffusion_bench_gives_every_figure(tiny_masked, toy_diffusion, tiny
     assert cache["fed_per_token_prefix"] < cache["fed_per_token_off"]
     assert cache["wall_ratio_prefix_vs_off"] > 0 and cache["run_wall_ratio_prefix_vs_off"] > 0
 
+
+def test_mask_predict_defaults_to_the_diffusion_lm_where_it_is_installed(monkeypatch):
+    from engines import methods
+    monkeypatch.setattr(lm, "available", lambda name: name != "smollm2-135m-diffusion")
+    assert methods.method_default_target("mask-predict") == "tiny-masked"
+    monkeypatch.setattr(lm, "available", lambda name: True)
+    assert methods.method_default_target("mask-predict") == "smollm2-135m-diffusion"
+    assert methods.method_default_target("speculative") == methods.DEFAULT_TARGET
