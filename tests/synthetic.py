@@ -465,3 +465,18 @@ def mask_predict_steps(seed: int, settings: dict, sharpness: float = 3.0, steady
     model = StubMaskedLM(seed, sharpness, steady)
     steps = list(mask_predict(model, prompt, cfg, torch.Generator().manual_seed(seed)))
     return steps, {**asdict(cfg), "seed": seed}
+
+
+# ----------------------------------------------------------------------------- the cost model's calibration
+
+def calibration(rnd: random.Random, c: float | None = None) -> dict:
+    """A calibration as engines.cost.measure records it (Trace.cost): c over its plausible range (a draft
+    costlier than the target included) unless given, T(n) from 1 up, as measured (not always monotonic)."""
+    from engines.cost import VERIFY_N   # here, not above: the builders above need no model code
+    target_s = rnd.uniform(1e-4, 0.5)
+    c = rnd.choice([0.02, 0.3, 1.0, 1.4, rnd.uniform(0.01, 1.5)]) if c is None else c
+    costs = [1.0]
+    for _ in VERIFY_N[1:]:
+        costs.append(max(0.5, costs[-1] + rnd.uniform(-0.2, 1.5)))
+    return {"target_forward_s": target_s, "draft_forward_s": c * target_s, "c": c, "verify_n": list(VERIFY_N),
+            "verify_cost": costs, "measured_at": "2026-01-01T00:00:00Z"}

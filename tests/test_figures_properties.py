@@ -214,3 +214,69 @@ def test_mask_predict_views_render(seed, cfg, sharpness):
     for cursor in sorted({-1, 0, len(steps) // 2, len(steps) - 1}):
         check_screen(trace, cursor)
     check_screen(render.check_trace(Trace.from_json(trace.to_json())), len(steps) - 1)
+
+
+# ----------------------------------------------------------------------------- the cost model in the views
+
+def with_cost(trace: Trace, cost: dict | None) -> Trace:
+    trace.cost = cost
+    return trace
+
+
+@FAST
+@given(data=st.data(), seed=seeds, k=st.integers(1, 16), greedy=st.booleans(),
+       drafter=st.sampled_from(["model", "ngram", *syn.HEAD_DRAFTERS]), measured=st.booleans(), count=runs)
+def test_speculative_cost_panels_render_with_and_without_a_calibration(data, seed, k, greedy, drafter, measured,
+                                                                        count):
+    rnd = random.Random(seed)
+    shapes = [data.draw(speculative_iteration(k, drafter, i == 0)) for i in range(count)]
+    steps = chain(lambda i, made: syn.speculative_step(rnd, i, greedy=greedy, drafter=drafter, produced=made,
+                                                       **shapes[i]), count)
+    config = syn.speculative_config(k=k, greedy=greedy, drafter=drafter, schedule="constant", max_new_tokens=64)
+    trace = with_cost(syn.trace_of("speculative", steps, config), syn.calibration(rnd) if measured else None)
+    check_every_screen(trace)
+    screen = check_screen(trace, len(steps) - 1)
+    assert ("not measured" in screen.words) != measured
+    if measured and any(s.detail["draft_tokens"] for s in steps):
+        assert "Cost model" in screen.words and "acceptance rate α = accepted / examined" in screen.words
+
+
+@FAST
+@given(seed=seeds, shape=st.sampled_from(["dynamic", *SHAPES]), budget=st.integers(1, 64), depth=st.integers(1, 8),
+       topk=st.integers(1, 8), rooms=st.lists(st.integers(0, 8), min_size=1, max_size=3),
+       drafter=st.sampled_from(["model", *syn.HEAD_DRAFTERS]), measured=st.booleans())
+def test_tree_cost_panel_renders_with_and_without_a_calibration(seed, shape, budget, depth, topk, rooms, drafter,
+                                                                 measured):
+    rnd = random.Random(seed)
+    steps = chain(lambda i, made: syn.tree_step(
+        rnd, i, shape=shape, budget=budget, depth=depth, topk=topk, room=rooms[i], greedy=True, stop_chance=0.5,
+        eos="none", produced=made, committed_len=4 + made, drafter=drafter), len(rooms))
+    config = syn.tree_config(shape=shape, budget=budget, depth=depth, topk=topk, greedy=True, max_new_tokens=64,
+                             drafter=drafter)
+    trace = with_cost(syn.trace_of("tree", steps, config), syn.calibration(rnd) if measured else None)
+    check_every_screen(trace)
+    screen = check_screen(trace, len(steps) - 1)
+    assert ("not measured" in screen.words) != measured
+    assert "acceptance rate α = accepted / examined" in screen.words
+
+
+def test_synthetic_mask_predict_reaches_the_cases_the_views_must_draw():
+    """The stubs really make what the examples above are for: a bidirectional cache goes stale and drifts
+    enough to change a decision, a causal one stays cached and exact, end-of-text is held or floods, and tau
+    above every confidence commits one position an iteration."""
+    def records(seed, settings, **stub):
+        steps, _ = syn.mask_predict_steps(seed, settings, **stub)
+        return [s.detail["spans"][0] for s in steps]
+
+    stale = records(2, mp_settings(16, "diffusion", block=4, cache="prefix", iterations=8))
+    assert "stale" in {k for r in stale for k in r["kv_state"]} and any(r["drift_changed"] for r in stale)
+    assert all(r["drift"] > 0 for r in stale[1:])
+    causal = records(3, mp_settings(16, "threshold", block=8, cache="prefix", threshold=0.5), bidirectional=False)
+    assert "cached" in {k for r in causal for k in r["kv_state"]} and all(r["drift"] is None or r["drift"] < 1e-4
+                                                                          for r in causal)
+    assert any(r["eos_held"] for r in records(4, mp_settings(24, "diffusion", eos="hold", iterations=6),
+                                              eos_pull=40.0))
+    flood = records(4, mp_settings(24, "diffusion", eos="allow", iterations=6), eos_pull=40.0)
+    assert sum(len(r["eos_committed"]) for r in flood) > 12
+    sure = records(1, mp_settings(12, "threshold", threshold=1.0), sharpness=0.5)
+    assert len(sure) == 12 and all(len(r["unmasked"]) == 1 for r in sure)
