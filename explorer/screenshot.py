@@ -2,6 +2,7 @@
 
     python -m explorer.screenshot        # the README's picture: speculative sampling on the tiny pair
     python -m explorer.screenshot --method Tree --target smollm2-135m-instruct --temperature 0 --steps 6 --out tree.png
+    python -m explorer.screenshot --race --target tiny-target --tokens 32   # assets/race.png: the Compare > Race tab
 
 Launches the app on a free local port, drives it with Playwright (never `playwright install`:
 it uses /usr/bin/chromium), presses Step a few times and saves a PNG.
@@ -82,6 +83,30 @@ def press_step(page, times: int = 1) -> None:
             arg=expected, timeout=120_000)
 
 
+def race_shot(page, target: str, prompt: str, tokens: int, out: str) -> None:
+    """Run the race in the Compare > Race tab and save the part of the page from its settings down to the cost
+    figure: the timeline, the table, the outputs and the cost curves, once both figures are drawn."""
+    page.get_by_role("tab", name="Race", exact=True).click()
+    page.locator("#race-target input").fill(target)
+    page.locator("#race-target input").press("Enter")
+    page.locator("#race-prompt textarea").fill(prompt)
+    page.locator("#race-tokens input").fill(str(tokens))
+    page.click("#race-btn")
+    page.wait_for_function("() => (document.querySelector('#race-table')?.innerText || '').includes('lookahead')",
+                           timeout=1_800_000)   # a loaded 2-core machine may take many minutes
+    # the table arrives before Plotly has drawn the figures beside it
+    page.wait_for_function("() => ['#race-timeline', '#race-cost'].every("
+                           "id => document.querySelector(id + ' .js-plotly-plot')?.data?.length > 0)", timeout=120_000)
+    page.wait_for_timeout(1500)
+    # a full-page clip is in page coordinates, bounding boxes are in the scrolled viewport's
+    top, bottom, left, right = page.evaluate(
+        "() => { const a = document.querySelector('#race-prompt').getBoundingClientRect(),"
+        " b = document.querySelector('#race-cost').getBoundingClientRect();"
+        " return [a.top + scrollY, b.bottom + scrollY, a.left, document.documentElement.clientWidth - a.left]; }")
+    page.screenshot(path=out, full_page=True, clip={"x": left - 8, "y": top - 8, "width": right - left + 16,
+                                                     "height": bottom - top + 16})
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m explorer.screenshot")
     p.add_argument("--method", default="Speculative", help="the method's title as on its tab")
@@ -89,10 +114,19 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
     p.add_argument("--seed", type=int, default=2)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "assets" / "screenshot.png"))
+    p.add_argument("--out", default=None, help="default assets/screenshot.png, with --race assets/race.png")
+    p.add_argument("--race", action="store_true", help="the Compare > Race tab after a race, instead of a method")
+    p.add_argument("--prompt", default="Once upon a time", help="with --race")
+    p.add_argument("--tokens", type=int, default=32, help="with --race: new tokens per lane")
     args = p.parse_args(argv)
+    args.out = args.out or str(Path(__file__).resolve().parent.parent / "assets" /
+                               ("race.png" if args.race else "screenshot.png"))
     with serve() as url, browser_page() as page:
         open_app(page, url)
+        if args.race:
+            race_shot(page, args.target, args.prompt, args.tokens, args.out)
+            print(args.out)
+            return 0
         choose_method(page, args.method)
         page.locator("#target input").fill(args.target)
         page.keyboard.press("Enter")
