@@ -439,12 +439,14 @@ def lookahead_config(*, window: int, ngram: int, guesses: int, greedy: bool, max
 
 class StubMaskedLM:
     """What engines/mask_predict.py asks of a model (mask_id, eos_ids, masked_logits_rows), with seeded
-    random logits: the real engine then writes every field of its steps."""
+    random logits: the real engine then writes every field of its steps. eos_pull raises end-of-text's logit
+    towards the end of each row, as a diffusion LM trained on padded text does (a large pull floods the span)."""
     mask_id, eos_ids = MASK, EOS_IDS
 
-    def __init__(self, seed: int, sharpness: float, steady: bool = False):
+    def __init__(self, seed: int, sharpness: float, steady: bool = False, eos_pull: float = 0.0):
         self.seed, self.generator = seed, torch.Generator().manual_seed(seed)
         self.sharpness, self.steady = sharpness, steady   # steady: the same logits every forward
+        self.eos_pull = eos_pull
 
     def masked_logits_rows(self, rows: list[list[int]]) -> list[torch.Tensor]:
         vocab = max(TEXTS) + 1
@@ -453,16 +455,73 @@ class StubMaskedLM:
         out = []
         for row in rows:
             logits = torch.randn(len(row), vocab, generator=self.generator) * self.sharpness
-            logits[:, [0, 1, MASK]] = -1e9     # never predict the mask or special tokens
-            out.append(logits)
+            out.append(finish(logits, self.eos_pull))
         return out
 
 
+def finish(logits: torch.Tensor, eos_pull: float) -> torch.Tensor:
+    """Never the mask or a special token; end-of-text pulled up along the row by up to eos_pull."""
+    logits[:, [0, 1, MASK]] = -1e9
+    logits[:, EOS] += eos_pull * torch.arange(len(logits)) / max(1, len(logits) - 1)
+    return logits
+
+
+class StubCachedLM:
+    """A stub with a key-value cache (what the cached prefix asks: new_kv, masked_logits_cached, cacheable,
+    crop, bidirectional). Position j's value mixes its token and position with the text it was computed on:
+    the whole row when bidirectional, the row up to j when not; its logits read the values it may see. A
+    cached value computed on an older row is then stale in the bidirectional stub only, so there the cached
+    logits drift from the exact ones (and decisions may change), while the causal stub's cache is exact."""
+    mask_id, eos_ids, can_cache = MASK, EOS_IDS, True
+    WIDTH, ROWS = 8, 512
+
+    def __init__(self, seed: int, sharpness: float, bidirectional: bool = True, eos_pull: float = 0.0):
+        g = torch.Generator().manual_seed(seed)
+        vocab = max(TEXTS) + 1
+        self.embed = torch.randn(vocab, self.WIDTH, generator=g)
+        self.position = torch.randn(self.ROWS, self.WIDTH, generator=g)
+        self.out = torch.randn(self.WIDTH, vocab, generator=g) * sharpness / 3
+        self.bidirectional, self.eos_pull = bidirectional, eos_pull
+
+    def context(self, x: torch.Tensor) -> torch.Tensor:
+        """What each position sees of x: the mean of every row when bidirectional, of the rows up to it if not."""
+        if self.bidirectional:
+            return x.mean(0).expand_as(x)
+        return x.cumsum(0) / torch.arange(1, len(x) + 1)[:, None]
+
+    def values(self, row: Sequence[int], start: int = 0) -> torch.Tensor:
+        """The values of row[start:], computed on this row."""
+        e = self.embed[torch.tensor(list(row))]
+        return (e + self.position[:len(row)] + self.context(e))[start:]
+
+    def logits(self, values: torch.Tensor) -> torch.Tensor:
+        return finish((values + self.context(values)) @ self.out, self.eos_pull)
+
+    def masked_logits_rows(self, rows: list[list[int]]) -> list[torch.Tensor]:
+        return [self.logits(self.values(row)) for row in rows]
+
+    def new_kv(self) -> list:
+        return []
+
+    def cacheable(self, start: int) -> int:
+        return max(0, start - 1)      # as the adapted diffusion LM: the position before `start` is fed again
+
+    def crop(self, kv: list, n: int) -> None:
+        del kv[n:]
+
+    def masked_logits_cached(self, kv: list, row: list[int], start: int) -> torch.Tensor:
+        kv.extend(self.values(row, len(kv)))
+        return self.logits(torch.stack(kv))[start:]
+
+
 def mask_predict_steps(seed: int, settings: dict, sharpness: float = 3.0, steady: bool = False,
-                       prompt: Sequence[int] = (10, 11, 12, 13)) -> tuple[list[Step], dict]:
-    """Every step of a mask-predict run on the stub model, and the trace config the UI would record."""
+                       prompt: Sequence[int] = (10, 11, 12, 13), bidirectional: bool = True,
+                       eos_pull: float = 0.0) -> tuple[list[Step], dict]:
+    """Every step of a mask-predict run on a stub model, and the trace config the UI would record. With
+    cache "prefix" the stub keeps a cache (bidirectional: stale entries and a drift to audit)."""
     cfg = MaskPredictConfig(**settings)
-    model = StubMaskedLM(seed, sharpness, steady)
+    model = (StubCachedLM(seed, sharpness, bidirectional, eos_pull) if cfg.cache == "prefix"
+             else StubMaskedLM(seed, sharpness, steady, eos_pull))
     steps = list(mask_predict(model, prompt, cfg, torch.Generator().manual_seed(seed)))
     return steps, {**asdict(cfg), "seed": seed}
 

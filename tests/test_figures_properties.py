@@ -12,12 +12,14 @@ import random
 
 import plotly.graph_objects as go
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engines.trace import Trace
 from engines.trees import SHAPES
+from engines.mask_predict import STRATEGIES
 from explorer import render
+from explorer.figures import mask_predict as mp_figures
 from explorer.session import Session
 from tests import synthetic as syn
 
@@ -189,31 +191,157 @@ def test_lookahead_views_render(data, seed, window, ngram, guesses, greedy, coun
 
 # ----------------------------------------------------------------------------- mask-predict
 
+WORK = 1024     # forwards x span positions per run at most: the stub engine is plain Python per position
+CURVE_UP_TO = 24   # the quality curve decodes the span again at T = length .. length/8: short spans only
+
+
 @st.composite
 def mask_predict_settings(draw) -> dict:
-    """Valid settings over their whole ranges: span length (0: the length beam), iterations, blocks."""
+    """Valid settings over their whole ranges: span length (0: the length beam), every strategy, iterations,
+    blocks, tau in [0, 1] (1.0: above every confidence), the cached prefix, end-of-text hold or allow, and the
+    quality curve on or off, kept within WORK."""
     length = draw(st.integers(0, 256))
+    strategy = draw(st.sampled_from(STRATEGIES))
     # the length beam runs up to 16 spans around max_new_tokens / 2: small ones keep the stub engine quick
     max_new_tokens = draw(st.integers(1, 48) if length == 0 else st.integers(length, 256))
-    block = 0 if length == 0 else draw(st.one_of(st.just(0), st.integers(1, length)))
+    span = length or max_new_tokens
+    if length == 0:
+        block = 0
+    elif strategy == "threshold":      # a block of B takes up to B iterations
+        block = draw(st.integers(1, max(1, min(length, WORK // length))) | st.just(0 if length * length <= WORK
+                                                                                   else 1))
+    else:                              # a block needs an iteration of its own
+        block = draw(st.just(0) | st.integers(min(length, -(-length * length // WORK)), length))
     blocks = -(-length // block) if block else 1
-    # up to 256 iterations on short spans, fewer on long ones (the engine's cost is positions x iterations)
-    iterations = draw(st.integers(blocks, max(blocks, min(256, 1024 // (length or 48)))))
+    iterations = draw(st.integers(blocks, max(blocks, min(256, WORK // span))))
     return {"max_new_tokens": max_new_tokens, "length": length, "block": block, "iterations": iterations,
             "length_beam": draw(st.integers(1, 16)), "temperature": draw(st.sampled_from([0.0, 0.9])),
-            "strategy": draw(st.sampled_from(["mask-predict", "diffusion", "random"])),
-            "confidence": draw(st.sampled_from(["probability", "margin"]))}
+            "strategy": strategy, "threshold": draw(st.sampled_from([0.0, 1.0]) | st.floats(0, 1)),
+            "confidence": draw(st.sampled_from(["probability", "margin"])),
+            "cache": draw(st.sampled_from(["off", "prefix"])) if length else "off",
+            "eos": draw(st.sampled_from(["hold", "allow"])),
+            "curve": draw(st.sampled_from(["on", "off"])) if span <= CURVE_UP_TO else "off"}
+
+
+def by_name(fig: go.Figure, name: str) -> list[dict]:
+    return [d for d in fig.to_plotly_json()["data"] if d.get("name") == name]
+
+
+def check_mask_predict_screen(trace: Trace, cursor: int) -> None:
+    """The screen renders, and its figures and words show what the step record holds."""
+    screen = check_screen(trace, cursor)
+    if cursor < 0:
+        return
+    d = trace.steps[cursor].detail
+    r = d["spans"][d["best"]]
+    tau = trace.config["threshold"]
+    line = by_name(screen.side, f"threshold tau = {tau}")
+    assert (len(line) == 1) == (d["strategy"] == "threshold")
+    if line:
+        assert list(line[0]["y"]) == [tau, tau] and f"tau = {tau}" in screen.words
+        if all(r["confidence"][i] < tau for i in r["masked_before"]):   # tau above every confidence
+            assert len(r["unmasked"]) == 1
+    check_cache_row(screen.main, r)
+    check_committed_counts(screen.side, trace, cursor)
+    check_marks_clear_of_text(screen.main, trace, cursor)
+    check_mask_predict_words(screen.words, r, d)
+
+
+def check_cache_row(main: go.Figure, r: dict) -> None:
+    """One cell per span position in the state the record gives it (fresh, cached, stale); no row when this
+    forward read nothing from a cache."""
+    row = by_name(main, "key-value cache")
+    span_states = r["kv_state"][len(r["kv_state"]) - r["length"]:] if r["kv_state"] else []
+    assert (len(row) == 1) == bool(set(r["kv_state"]) - {"fresh"})
+    if row:
+        codes = {"fresh": 0, "cached": 1, "stale": 2}
+        assert list(row[0]["z"][0]) == [codes[k] for k in span_states]
+        assert list(row[0]["text"][0]) == [k[0].upper() for k in span_states]
+
+
+def check_committed_counts(side: go.Figure, trace: Trace, cursor: int) -> None:
+    """The bars are the recorded commits of every iteration so far; with the re-masks of positions that held
+    a token they account for every position unmasked now (all of the span at the last iteration)."""
+    best = trace.steps[cursor].detail["best"]
+    seen = [s.detail["spans"][best] for s in trace.steps[:cursor + 1]]
+    bars = by_name(side, "tokens committed (recorded)")[0]
+    assert list(bars["y"]) == [len(q["unmasked"]) for q in seen]
+    taken_back = sum(len(set(q["remasked"]) - set(q["masked_before"])) for q in seen)
+    r = seen[-1]
+    assert sum(bars["y"]) - taken_back == r["length"] - r["masks_after"]
+    if trace.steps[cursor].final:
+        assert r["masks_after"] == 0
+
+
+def check_marks_clear_of_text(main: go.Figure, trace: Trace, cursor: int) -> None:
+    """The unmasked and re-masked marks run along the edges of their cells, never over the token centred in
+    the cell, one outline per such cell shown; and a row is tall enough for a line of text between them."""
+    fig = main.to_plotly_json()
+    best = trace.steps[cursor].detail["best"]
+    heat = next(d for d in fig["data"] if d.get("name") == "confidence")
+    rows = {y: trace.steps[y - 1].detail["spans"][best] for y in heat["y"]}
+    for label, key in (("unmasked this iteration", "unmasked"), ("re-masked (may change)", "remasked")):
+        mark = next(d for d in fig["data"] if d.get("name") == label)
+        points = [(x, y) for x, y in zip(mark["x"], mark["y"]) if x is not None]
+        assert all(abs(x - round(x)) >= 0.4 or abs(y - round(y)) >= 0.4 for x, y in points), label
+        assert list(mark["x"]).count(None) == sum(len(r[key]) for r in rows.values())
+    layout = fig["layout"]
+    margin = layout["margin"]
+    low, high = layout["yaxis"]["domain"]
+    row_px = (layout["height"] - margin["t"] - margin["b"]) * (high - low) / len(heat["y"])
+    text_px = heat["textfont"]["size"]
+    # the top and bottom outlines (2 px wide) leave a line of text between them
+    assert mp_figures.OUTLINE_INSET * row_px - 1 >= text_px / 2, row_px
+
+
+def check_mask_predict_words(words: str, r: dict, d: dict) -> None:
+    if r["drift"] is not None:
+        assert "exact forward" in words and mp_figures.fmt(r["drift"]) in words
+        assert ("would have changed at position" in words) == bool(r["drift_changed"])
+    if r["eos_held"]:
+        assert "held back" in words and ", ".join(map(str, r["eos_held"])) in words
+    assert ("End-of-text committed at" in words) == bool(r["eos_committed"])
+    curve = d["quality_curve"]
+    assert ("fewer iterations" in words) == bool(curve)
+
+
+def mp_settings(length: int, strategy: str, **more) -> dict:
+    return {"max_new_tokens": max(1, length), "length": length, "strategy": strategy, "iterations": 4,
+            "curve": "off", **more}
 
 
 @FAST
-@given(seed=seeds, cfg=mask_predict_settings(), sharpness=st.sampled_from([0.5, 3.0, 12.0]))
-def test_mask_predict_views_render(seed, cfg, sharpness):
-    steps, config = syn.mask_predict_steps(seed, cfg, sharpness)
+@given(seed=seeds, cfg=mask_predict_settings(), sharpness=st.sampled_from([0.5, 3.0, 12.0]),
+       bidirectional=st.booleans(), eos_pull=st.sampled_from([0.0, 4.0, 40.0]))
+# the cases a dozen draws may miss: tau above every confidence, a bidirectional cache over blocks, end-of-text
+# held and flooding, the longest span, the length beam with its curve
+@example(seed=1, cfg=mp_settings(12, "threshold", threshold=1.0, curve="on"), sharpness=0.5, bidirectional=True,
+         eos_pull=0.0)
+@example(seed=2, cfg=mp_settings(16, "diffusion", block=4, cache="prefix", iterations=8), sharpness=3.0,
+         bidirectional=True, eos_pull=0.0)
+@example(seed=3, cfg=mp_settings(16, "threshold", block=8, cache="prefix", threshold=0.5), sharpness=3.0,
+         bidirectional=False, eos_pull=4.0)
+@example(seed=4, cfg=mp_settings(24, "diffusion", eos="hold", iterations=6), sharpness=3.0, bidirectional=True,
+         eos_pull=40.0)
+@example(seed=4, cfg=mp_settings(24, "diffusion", eos="allow", iterations=6), sharpness=3.0, bidirectional=True,
+         eos_pull=40.0)
+@example(seed=5, cfg=mp_settings(256, "mask-predict", iterations=2, block=128), sharpness=3.0,
+         bidirectional=True, eos_pull=0.0)
+@example(seed=6, cfg={**mp_settings(0, "random", length_beam=3, curve="on"), "max_new_tokens": 12}, sharpness=3.0,
+         bidirectional=True, eos_pull=0.0)
+def test_mask_predict_views_render(seed, cfg, sharpness, bidirectional, eos_pull):
+    steps, config = syn.mask_predict_steps(seed, cfg, sharpness, bidirectional=bidirectional, eos_pull=eos_pull)
     trace = syn.trace_of("mask-predict", steps, config)
     # the first, a middle and the last iteration (every one would repeat the same code on a longer trace)
     for cursor in sorted({-1, 0, len(steps) // 2, len(steps) - 1}):
-        check_screen(trace, cursor)
-    check_screen(render.check_trace(Trace.from_json(trace.to_json())), len(steps) - 1)
+        check_mask_predict_screen(trace, cursor)
+    loaded = render.check_trace(Trace.from_json(trace.to_json()))
+    check_mask_predict_screen(loaded, len(steps) - 1)
+    curve = steps[-1].detail["quality_curve"]
+    if curve:    # the third panel plots the recorded points
+        plotted = by_name(check_screen(trace, len(steps) - 1).side, "mean log p at commit")[0]
+        assert list(plotted["x"]) == [p["iterations"] for p in curve]
+    assert (curve is not None) == (cfg["curve"] == "on")
 
 
 # ----------------------------------------------------------------------------- the cost model in the views
