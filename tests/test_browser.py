@@ -7,6 +7,7 @@ import pytest
 
 from engines import lm
 from explorer.screenshot import CHROMIUM, browser_page, iteration, open_app, press_step, serve
+from tests.test_train_diffusion import toy_base, toy_diffusion  # noqa: F401 (fixtures: the cached prefix's model)
 
 TARGET = "tiny-target" if lm.available("tiny-target") else "smollm2-135m-instruct"
 
@@ -203,3 +204,47 @@ def test_trace_diff_tab(page, tmp_path):
     page.click("#diff-btn")
     page.wait_for_function("() => (document.querySelector('#diff-words')?.innerText || '').length > 10",
                            timeout=60_000)
+
+
+# ----------------------------------------------------------------------------- mask-predict's strategies (issue 13)
+
+def open_mask_predict(page, target: str, options: dict[str, str]) -> None:
+    """The Mask-predict tab on `target` with these of its options (by field name), reset and stepped twice."""
+    from engines.methods import METHODS
+    tab = page.get_by_role("radio", name=METHODS["mask-predict"].title, exact=True)
+    if not tab.is_checked():     # a tab keeps its last run on screen, so wait for its own options, not its words
+        tab.check()
+    page.locator("#opt-mask-predict-strategy input").wait_for(state="visible", timeout=120_000)
+    choose_model(page, "target", target)
+    for name, value in options.items():
+        box = page.locator(f"#opt-mask-predict-{name} input:not([type=range])")   # a slider's number box
+        box.fill(value)
+        box.press("Enter")
+    page.click("#reset-btn")
+    page.wait_for_function("() => document.querySelector('#position').innerText.includes('Before the first')",
+                           timeout=120_000)
+    press_step(page, 2)
+
+
+def trace_names(page, elem_id: str) -> list[str]:
+    return page.evaluate("id => (document.querySelector('#' + id + ' .js-plotly-plot')?.data || [])"
+                         ".map(d => d.name || '')", elem_id)
+
+
+def test_threshold_steps_in_the_browser(page, tiny_masked):
+    open_mask_predict(page, tiny_masked.source, {"strategy": "threshold", "threshold": "0.5", "length": "12"})
+    page.wait_for_function("() => (document.querySelector('#side-plot .js-plotly-plot')?.data || [])"
+                           ".some(d => (d.name || '').startsWith('threshold tau'))", timeout=60_000)
+    assert "threshold tau = 0.5" in trace_names(page, "side-plot")
+    assert "at least tau = 0.5 sure" in page.locator("#words").inner_text()
+
+
+def test_block_and_prefix_cache_step_in_the_browser(page, toy_diffusion):
+    """tiny-masked keeps no cache, so the cached prefix runs on a toy adapted diffusion LM (a causal architecture
+    read bidirectionally, the only kind that can cache)."""
+    open_mask_predict(page, toy_diffusion, {"strategy": "diffusion", "cache": "prefix", "block": "4",
+                                            "length": "8", "iterations": "4"})
+    page.wait_for_function("() => (document.querySelector('#main-plot .js-plotly-plot')?.data || [])"
+                           ".some(d => d.name === 'key-value cache')", timeout=60_000)
+    words = page.locator("#words").inner_text()
+    assert "from the key-value cache" in words and "exact forward" in words
