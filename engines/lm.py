@@ -844,4 +844,7 @@ def available(name: str) -> bool:
                 or hub_reachable())
     if name in PRESETS and PRESETS[name].hub_id:
         return hub_reachable()
+    adapter = MODELS_DIR / name / DIFFUSION_FILE
+    if adapter.is_file():   # a delta is loadable only where the model it adapts is
+        return available(json.loads(adapter.read_text())["base"])
     return saved_here(MODELS_DIR / name)

@@ -143,3 +143,15 @@ def test_forwards_use_the_cache_argument_the_installed_transformers_names(tiny_t
         tiny_target.forward(kv, tiny_target.encode(PROMPTS[0]))
         tiny_target.forward(kv, [42])
     assert kv.cache.get_seq_length() == len(kv) == len(tiny_target.encode(PROMPTS[0])) + 1
+
+
+@pytest.mark.parametrize("base, expected", [("tiny-target", True), ("no-such-model", False)])
+def test_a_diffusion_adapter_is_available_only_where_its_base_is(base, expected, tmp_path, monkeypatch):
+    """The delta alone loads nothing: without its base (SmolLM2's package or the hub) the preset is unavailable,
+    so mask-predict's default falls back to tiny-masked instead of failing to load."""
+    for name in ("tiny-target", "adapted"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "tiny-target" / "config.json").write_text("{}")
+    (tmp_path / "adapted" / lm.DIFFUSION_FILE).write_text(f'{{"base": "{base}", "mask_token": "<m>"}}')
+    monkeypatch.setattr(lm, "MODELS_DIR", tmp_path)
+    assert lm.available("adapted") is expected
