@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from engines import lm
 
@@ -130,6 +131,10 @@ def held_out_loss(peft_model, data: torch.Tensor, mask_id: int, seed: int = 0) -
 def export(peft_model, out: Path, base: str, info: dict) -> Path:
     """The adapter (peft's save_pretrained) and diffusion.json, which makes lm.load see a diffusion LM."""
     peft_model.save_pretrained(out)
+    # bfloat16 halves the delta in git (19 MB for rank 32); loading casts it back to the base's dtype before the
+    # merge, and the rounding is far below what another training step changes
+    weights = out / "adapter_model.safetensors"
+    save_file({k: v.to(torch.bfloat16) for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})
     (out / lm.DIFFUSION_FILE).write_text(json.dumps({"base": base, "mask_token": MASK_TOKEN, **info}, indent=1))
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     if size > MAX_DELTA_BYTES:

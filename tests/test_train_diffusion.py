@@ -150,6 +150,9 @@ def test_a_checkpoint_exports_without_training_and_loads_as_the_trained_weights(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["model.embed_tokens.weight"][16],   # the trained mask row came through
                            lm.load(toy_base).model.state_dict()["model.embed_tokens.weight"][16])
+    from safetensors.torch import load_file
+    stored = load_file(live / "adapter_model.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch.bfloat16}   # the delta is kept in git at half size
 
 
 def test_diffusion_export_says_in_one_line_when_there_is_no_checkpoint(tmp_path, monkeypatch, capsys):
