@@ -59,10 +59,23 @@ def run_trace(method: str, prompt: str, settings: dict, target: str, draft: str 
     return Run(method, prompt, settings, target=target, draft=draft, device=device).run()
 
 
+def timed_trace(method: str, prompt: str, settings: dict, target: str, draft: str | None, device: str | None,
+                repeats: int = 1) -> tuple[float, Trace]:
+    """Median wall time of a run's decoding, and its trace. Loading, tokenizing and the cost model's calibration
+    happen before the clock starts: the calibration is timed once per model pair and would bill the first run."""
+    times, trace = [], None
+    for _ in range(repeats):
+        run = Run(method, prompt, settings, target=target, draft=draft, device=device)
+        start = lm.clock()
+        trace = run.run()
+        times.append(lm.clock() - start)
+    return statistics.median(times), trace
+
+
 def baseline(models: Models, target: str, prompt: str, n: int, repeats: int = 1) -> tuple[float, Trace]:
     """Wall time and trace of n autoregressive tokens: what the other methods are measured against."""
-    return timed(lambda: run_trace("autoregressive", prompt, {"max_new_tokens": n}, target, None, models.device),
-                 repeats)
+    return timed_trace("autoregressive", prompt, {"max_new_tokens": n}, target, None, models.device,
+                       repeats)
 
 
 # ----------------------------------------------------------------------------- autoregressive
@@ -165,8 +178,8 @@ def bench_tree(models: Models, prompts: list[str], quick: bool) -> list[dict]:
     for prompt in prompts:
         ar_s, _ = baseline(models, models.tiny_target, prompt, n)
         for name, (method, settings) in runs.items():
-            wall, trace = timed(lambda: run_trace(method, prompt, {"max_new_tokens": n, **settings},
-                                                  models.tiny_target, models.draft, models.device))
+            wall, trace = timed_trace(method, prompt, {"max_new_tokens": n, **settings},
+                                      models.tiny_target, models.draft, models.device)
             t, steps = trace.totals, trace.steps
             rows.append({"method": name, "target": models.tiny_target,
                          "target_forwards_per_token": t["target_forwards"] / t["new_tokens"],
@@ -190,8 +203,8 @@ def bench_jacobi_lookahead(models: Models, prompts: list[str], quick: bool) -> l
     for prompt in prompts:
         ar_s, _ = baseline(models, models.target, prompt, n)
         for method, settings in FIXED_POINT.items():
-            wall, trace = timed(lambda: run_trace(method, prompt, {**settings, "max_new_tokens": n}, models.target,
-                                                  None, models.device))
+            wall, trace = timed_trace(method, prompt, {**settings, "max_new_tokens": n}, models.target,
+                                      None, models.device)
             t = trace.totals
             rows.append({"method": method, "target": models.target, "new_tokens": t["new_tokens"],
                          "target_forwards_per_token": t["target_forwards"] / t["new_tokens"],
@@ -223,7 +236,7 @@ def bench_mask_predict(models: Models, prompts: list[str], quick: bool) -> list[
         ar_s, ar = baseline(models, models.tiny_target, prompt, 32, repeats=3)
         for name, settings in runs.items():
             settings = {"length": 32, "iterations": 10, "max_new_tokens": 64, **settings}
-            wall, trace = timed(lambda: run_trace("mask-predict", prompt, settings, masked, None, models.device), 3)
+            wall, trace = timed_trace("mask-predict", prompt, settings, masked, None, models.device, 3)
             d = trace.steps[-1].detail
             rows.append({"method": f"mp:{name}", "target": masked, "span": d["lengths"][d["best"]],
                          "target_forwards": trace.totals["target_forwards"], "wall_s": wall,
@@ -273,8 +286,8 @@ def bench_heads(models: Models, prompts: list[str], quick: bool) -> list[dict]:
         ar_s, ar = baseline(models, models.target, prompt, n)
         for name, settings in HEAD_TREES.items():
             method = "tree" if name.startswith("tree") else "speculative"
-            wall, trace = timed(lambda: run_trace(method, prompt, {"max_new_tokens": n, **settings}, models.target,
-                                                  None, models.device))
+            wall, trace = timed_trace(method, prompt, {"max_new_tokens": n, **settings}, models.target,
+                                      None, models.device)
             t = trace.totals
             row = {"method": name, "target": target.name, "new_tokens": t["new_tokens"],
                    "tokens_per_target_forward": t["new_tokens"] / t["target_forwards"],
@@ -377,8 +390,8 @@ def measure_prefix_cache(models: Models, name: str, prompt: str, span: int, repe
     walls, runs, traces = {"off": [], "prefix": []}, {"off": [], "prefix": []}, {}
     for _ in range(repeats):
         for cache in walls:
-            run_s, traces[cache] = timed(lambda: run_trace("mask-predict", prompt, {**settings, "cache": cache}, name,
-                                                           None, models.device))
+            run_s, traces[cache] = timed_trace("mask-predict", prompt, {**settings, "cache": cache}, name,
+                                               None, models.device)
             walls[cache].append(traces[cache].totals["wall_s"])
             runs[cache].append(run_s)
     spans = [s.detail["spans"][0] for s in traces["prefix"].steps]
