@@ -760,16 +760,17 @@ def read_pretrained(source: str, dt: torch.dtype, **placement) -> tuple[PreTrain
     return model, tokenizer
 
 
-SHARED_TOKENIZER = "tokenizer_from.json"   # {"folder": "../tiny-target"}: the model uses that folder's tokenizer
+SHARED_TOKENIZER = "tokenizer_from.json"   # {"model": "tiny-target"}: the model uses that model's tokenizer
 
 
 def tokenizer_folder(source: str) -> str:
-    """Where a model's tokenizer is saved: beside it, or in the sibling folder its tokenizer_from.json names
-    (tiny-draft shares tiny-target's vocabulary, so the embedded pair ship one 3.5 MB tokenizer, not two)."""
+    """Where a model's tokenizer is saved: beside it, or with the model its tokenizer_from.json names (a preset,
+    so a copy of the folder still finds it; tiny-draft shares tiny-target's vocabulary, so the embedded pair
+    ship one 3.5 MB tokenizer, not two)."""
     pointer = Path(source) / SHARED_TOKENIZER
     if not pointer.is_file():
         return source
-    return str((Path(source) / json.loads(pointer.read_text())["folder"]).resolve())
+    return resolve(json.loads(pointer.read_text())["model"])
 
 
 def model_class(config) -> type:
