@@ -259,6 +259,9 @@ def predict(span: Span, logits: torch.Tensor, positions: list[int], iteration: i
     if not positions:
         return tops
     rows = logits[[i - first for i in positions]]
+    # the mask token is never a training target, so it is never content: a position "unmasked" to it would
+    # still read as masked (an undertrained model can rank it first)
+    rows[:, span.mask_id] = float("-inf")
     processed = probabilities(rows, cfg.sampling)
     raw = raw_probabilities(rows)
     for row, i in enumerate(positions):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,16 @@ def check_trace(trace: Trace) -> Trace:
     return trace
 
 
+# any "<" that does not open one of the few tags the words use on purpose
+STRAY_TAG = re.compile(r"<(?!/?(?:b|i|br)>)")
+
+
+def markdown_words(words: str) -> str:
+    """The words as Markdown shows them: a token such as <|im_end|> or <empty_output> would be read as an HTML
+    tag and vanish, with the rest of the sentence after it."""
+    return STRAY_TAG.sub("&lt;", words)
+
+
 def render(session: Session | None, method: str) -> Screen:
     view = VIEWS[method]
     if session is None:
@@ -134,7 +145,7 @@ def render(session: Session | None, method: str) -> Screen:
     trace, cursor = session.trace, session.cursor
     return Screen(
         text=chips_html(trace, text_chips(trace, cursor)) + legend_html(view.legend),
-        main=view.main(trace, cursor), side=view.side(trace, cursor), words=view.words(trace, cursor),
+        main=view.main(trace, cursor), side=view.side(trace, cursor), words=markdown_words(view.words(trace, cursor)),
         stats=stats_line(trace, cursor), position=position_html(session),
         history_max=len(trace.steps), history_value=cursor + 1,
         record=trace.steps[cursor].to_dict() if cursor >= 0 else {"prompt_ids": trace.prompt_ids},

@@ -510,3 +510,14 @@ def test_the_quality_curve_decodes_the_span_at_fewer_iterations():
     assert [p["iterations"] for p in curve] == [16, 8, 4, 2] and all(s.detail["quality_curve"] is None
                                                                      for s in steps[:-1])
     assert curve[0]["tokens"] == list(steps[-1].committed_ids) and [p["forwards"] for p in curve] == [16, 8, 4, 2]
+
+
+def test_the_mask_token_is_never_predicted_even_where_the_model_ranks_it_first():
+    """An undertrained model may rank the mask token first; a position 'unmasked' to it would still read as masked."""
+    from engines.mask_predict import Span, predict
+    span, mask_id = Span(3, mask_id=5), 5
+    logits = torch.zeros(3, 10)
+    logits[:, mask_id] = 9.0
+    logits[:, 7] = 1.0
+    predict(span, logits, [0, 1, 2], 0, MaskPredictConfig(length=3, iterations=3), torch.Generator())
+    assert span.predicted == [7, 7, 7] and logits[0, mask_id] == 9.0   # the caller's logits are left as they were

@@ -214,3 +214,9 @@ def test_switching_method_keeps_the_chosen_target_where_it_fits():
     assert ui.target_for(None, "speculative", "tiny-masked") in ui.model_choices("causal")
     on_screen = Session.start(StubRun(), {**WANTED, "target": "tiny-target"})
     assert ui.target_for(on_screen, "autoregressive", "smollm2-135m-instruct") == "tiny-target"
+
+
+def test_token_texts_that_look_like_html_tags_stay_visible_in_the_words():
+    from explorer.render import markdown_words
+    shown = markdown_words('The target chose "<|im_end|>" and <empty_output>; <b>kept</b><br>next')
+    assert "&lt;|im_end|>" in shown and "&lt;empty_output>" in shown and "<b>kept</b><br>" in shown
