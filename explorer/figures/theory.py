@@ -67,7 +67,8 @@ def points(cv: Curves, measured: list[Measured], cell: dict, legend: bool) -> li
 def plain_line(cell: dict) -> dict:
     """Speedup 1: plain decoding, what a curve must rise above to win."""
     return {"type": "scatter", "mode": "lines", "name": "plain decoding (1x)", "x": [1, K_MAX], "y": [1, 1],
-            "line": {"color": GRID_COLOUR.replace("0.25", "0.9"), "dash": "dash"}, "hoverinfo": "skip", **cell}
+            "line": {"color": GRID_COLOUR.replace("0.25", "0.9"), "dash": "dash"},
+            "hovertemplate": "plain decoding: speedup 1x<extra></extra>", **cell}
 
 
 def k_axis() -> dict:

@@ -170,7 +170,8 @@ def attention_mask(trace: Trace, index: int) -> go.Figure:
     names += [f"{n['id']}: {shown(trace, n['token'])} @{d['positions'][n['id'] + 1]}" for n in d["nodes"]]
     z = [[(2 if r in on_path and c in on_path else 1) if seen else 0 for c, seen in enumerate(row)]
          for r, row in enumerate(d["mask"])]
-    text = [["0 (visible)" if seen else "-inf (hidden)" for seen in row] for row in d["mask"]]
+    # the bare additive value: a 64-node tree has 4,225 cells, and the legend says which value hides
+    text = [["0" if seen else "-inf" for seen in row] for row in d["mask"]]
     data = [{"type": "heatmap", "z": z, "x": names, "y": names, "text": text, "zmin": 0, "zmax": 2,
              "showscale": False, "xgap": 1, "ygap": 1,
              "colorscale": [[0, HIDDEN], [0.33, HIDDEN], [0.34, TARGET_COLOUR],
