@@ -63,13 +63,8 @@ def timed_trace(method: str, prompt: str, settings: dict, target: str, draft: st
                 repeats: int = 1) -> tuple[float, Trace]:
     """Median wall time of a run's decoding, and its trace. Loading, tokenizing and the cost model's calibration
     happen before the clock starts: the calibration is timed once per model pair and would bill the first run."""
-    times, trace = [], None
-    for _ in range(repeats):
-        run = Run(method, prompt, settings, target=target, draft=draft, device=device)
-        start = lm.clock()
-        trace = run.run()
-        times.append(lm.clock() - start)
-    return statistics.median(times), trace
+    runs = iter([Run(method, prompt, settings, target=target, draft=draft, device=device) for _ in range(repeats)])
+    return timed(lambda: next(runs).run(), repeats)
 
 
 def baseline(models: Models, target: str, prompt: str, n: int, repeats: int = 1) -> tuple[float, Trace]:

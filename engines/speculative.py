@@ -25,6 +25,7 @@ import torch
 from engines.acceptance import (accepted_count, correction, entropy, greedy_accept, one_hot, ratio,
                                 typical_accept, typical_threshold)
 from engines.config import DecodeConfig, acceptance_option, delta_option, epsilon_option, option, typical_of
+from engines.cost import drafts
 from engines.drafters import HEAD_KINDS, HeadsRecord, describe, head_drafter
 from engines.lm import KV, LM, clock
 from engines.sampling import Sampling, TokenProbability, choose, probabilities, raw_probabilities, top
@@ -338,6 +339,5 @@ def top_rows(probs: torch.Tensor, k: int = TOP) -> list[list[tuple[int, float]]]
 
 def acceptance_rate(steps: Sequence[Step]) -> float | None:
     """Accepted drafts / drafts the target examined (those up to and including the first rejection)."""
-    kept = sum(s.detail["accepted"] for s in steps)
-    examined = sum(s.detail["accepted"] + (s.detail["accepted"] < len(s.detail["draft_tokens"])) for s in steps)
+    kept, examined = drafts("speculative", steps)
     return kept / examined if examined else None
