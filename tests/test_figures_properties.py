@@ -3,13 +3,19 @@
 The explorer's screen for a step is what explorer/render.py composes from the method's View: the main and
 side figures, "this step, in words", the token chips and the progress line. Each is rendered here at every
 cursor of a synthetic trace (tests/synthetic.py), live and after a JSON round trip, and every figure must
-pass Plotly's validation with every axis domain inside [0, 1]. Real models made only the traces they
-happened to make; speculative with 11, 15 or 16 drafted tokens crashed before any test drew it.
+pass Plotly's validation with every axis domain inside [0, 1] and, where Chromium is installed, be drawn by
+Plotly.js itself: a figure Python accepts can still fail in the browser (one-row heatmaps on a categorical axis
+did, and froze the page's later updates). Real models made only the traces they happened to make; speculative
+with 11, 15 or 16 drafted tokens crashed before any test drew it.
 """
 from __future__ import annotations
 
+import json
 import random
+import re
+from pathlib import Path
 
+import plotly
 import plotly.graph_objects as go
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -19,6 +25,7 @@ from engines.trace import Trace
 from engines.trees import SHAPES
 from engines.mask_predict import STRATEGIES
 from explorer import render
+from explorer.screenshot import CHROMIUM
 from explorer.figures import mask_predict as mp_figures
 from explorer.session import Session
 from tests import synthetic as syn
@@ -33,6 +40,30 @@ def trace_files_in_a_temporary_folder(tmp_path_factory):
         yield
 
 
+# Draws a figure with Plotly.js in Chromium and returns the error it raised ('' if none); None without Chromium.
+draw_in_browser = None
+DRAW = """async fig => { try { Plotly.purge('plot'); await Plotly.newPlot('plot', fig.data, fig.layout); return ''; }
+                          catch (e) { return String(e); } }"""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def plotly_js_in_chromium(tmp_path_factory):
+    """One page holding the Plotly.js that plotly's Python package bundles, for the whole module."""
+    global draw_in_browser
+    if not Path(CHROMIUM).exists():
+        yield
+        return
+    from explorer.screenshot import browser_page
+    page_file = tmp_path_factory.mktemp("plotly") / "plot.html"
+    script = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    page_file.write_text(f'<html><body><div id="plot"></div><script src="{script.as_uri()}"></script></body></html>')
+    with browser_page() as page:
+        page.goto(page_file.as_uri())
+        draw_in_browser = lambda fig: page.evaluate(DRAW, json.loads(fig.to_json()))  # noqa: E731
+        yield
+    draw_in_browser = None
+
+
 def check_figure(fig: go.Figure) -> None:
     as_dict = fig.to_plotly_json()
     go.Figure(as_dict)    # Plotly's validation of the whole figure
@@ -40,6 +71,24 @@ def check_figure(fig: go.Figure) -> None:
         if name.startswith(("xaxis", "yaxis")) and "domain" in axis:
             lo, hi = axis["domain"]
             assert 0.0 <= lo <= hi <= 1.0, (name, axis["domain"])
+    if draw_in_browser is not None and shape_of(as_dict) not in drawn:
+        drawn.add(shape_of(as_dict))
+        error = draw_in_browser(fig)
+        assert not error, f"Plotly.js could not draw {fig.layout.title.text!r}: {error}"
+
+
+drawn: set[str] = set()
+
+
+def shape_of(fig: dict) -> str:
+    """What decides whether Plotly.js can draw a figure, not its numbers: each trace's type, name (digits aside)
+    and axes, and whether its x and y are numbers or categories. The browser draws each shape once."""
+    def kind(values) -> str:
+        values = [v for v in (values if isinstance(values, (list, tuple)) else []) if v is not None]
+        return "none" if not values else "category" if isinstance(values[0], str) else "number"
+
+    return json.dumps([(d.get("type"), re.sub(r"[\d.]+", "#", d.get("name") or ""), d.get("xaxis"), d.get("yaxis"), kind(d.get("x")), kind(d.get("y")))
+                       for d in fig["data"]] + sorted(k for k in fig["layout"] if k.startswith(("xaxis", "yaxis"))))
 
 
 def check_screen(trace: Trace, cursor: int) -> render.Screen:

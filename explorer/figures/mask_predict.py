@@ -112,6 +112,9 @@ def unmasking(trace: Trace, index: int) -> go.Figure:
                          ticktext=[f"iter {k}" for k in y])
     for axis in g.xaxes():
         axis.update(range=[-0.5, length - 0.5])
+    rows_used = 2 if any(d.get("name") == "key-value cache" for d in data) else 1
+    g.yaxis(2, 1).update(range=[rows_used - 0.5, -0.5], tickmode="array", tickvals=list(range(rows_used)),
+                         ticktext=STRIP_ROWS[:rows_used])
     g.xaxis(2, 1).update(title={"text": "position in the span"}, **({"dtick": 1} if length <= 40 else {}))
     hidden = f" (last {shown} of {index + 1} iterations)" if shown < index + 1 else ""
     return figure(data, g, f"Iteration {index + 1}: unmasking order, colour = confidence{hidden}",
@@ -149,12 +152,17 @@ def unmasked_at(trace: Trace, index: int, best: int) -> list[int | None]:
     return at
 
 
+# The strip's rows, numbered and labelled by ticks: Plotly.js (3.x) fails to draw one-row heatmaps on a
+# categorical axis past its first category ("Cannot read properties of undefined"), which froze the page.
+STRIP_ROWS = ["text now", "key-value cache"]
+
+
 def settled_strip(data: list[dict], axes: dict, trace: Trace, r: dict, index: int, mask: int) -> None:
     """The text as it stands after this iteration, each token coloured by the iteration that unmasked it."""
     x = list(range(r["length"]))
     entered = unmasked_at(trace, index, trace.steps[index].detail["best"])
     settled = [None if r["tokens"][i] == mask else entered[i] for i in x]
-    data.append({"type": "heatmap", **axes, "x": x, "y": ["text now"], "z": [settled], "zmin": 1,
+    data.append({"type": "heatmap", **axes, "x": x, "y": [STRIP_ROWS.index("text now")], "z": [settled], "zmin": 1,
                  "zmax": max(index + 1, 2), "colorscale": SETTLED_SCALE, "xgap": 1,
                  "text": [[show(token(trace, r["tokens"][i])) if s else "" for i, s in zip(x, settled)]],
                  "texttemplate": "%{text}", "textfont": {"size": 9, "color": CELL_TEXT},
@@ -165,7 +173,8 @@ def settled_strip(data: list[dict], axes: dict, trace: Trace, r: dict, index: in
                  "hovertemplate": "%{customdata}<extra></extra>", "name": "unmasked at iteration",
                  "colorbar": {"title": {"text": "unmasked at", "side": "top"}, "len": 0.28, "y": 0.1,
                               "thickness": 10, "dtick": max(1, (index + 1) // 3)}})
-    data.append({"type": "heatmap", **axes, "x": x, "y": ["text now"], "z": [[1 if s is None else None for s in settled]],
+    data.append({"type": "heatmap", **axes, "x": x, "y": [STRIP_ROWS.index("text now")],
+                 "z": [[1 if s is None else None for s in settled]],
                  "showscale": False, "colorscale": [[0, MASK_GREY], [1, MASK_GREY]], "xgap": 1, "hoverinfo": "skip"})
 
 
@@ -182,7 +191,7 @@ def cache_strip(data: list[dict], axes: dict, trace: Trace, r: dict) -> None:
     if not states or set(states) == {"fresh"}:
         return
     span_states = states[len(states) - r["length"]:]
-    data.append({"type": "heatmap", **axes, "x": list(range(r["length"])), "y": ["key-value cache"],
+    data.append({"type": "heatmap", **axes, "x": list(range(r["length"])), "y": [STRIP_ROWS.index("key-value cache")],
                  "z": [[KV_LOOK[k][0] for k in span_states]], "zmin": 0, "zmax": 2, "colorscale": KV_SCALE,
                  "showscale": False, "xgap": 1, "name": "key-value cache",
                  "text": [[k[0].upper() for k in span_states]], "texttemplate": "%{text}",
