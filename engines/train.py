@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from transformers import (AutoTokenizer, LlamaConfig, LlamaForCausalLM, ModernBertConfig,
                           ModernBertForMaskedLM)
 
-from engines import lm, train_diffusion, train_heads
+from engines import checkpoint, lm, train_diffusion, train_heads
 
 CORPUS_DIR = lm.ASSETS / "corpus"
 WORK_DIR = lm.CACHE_DIR / "train"   # outside the work tree, so checkpoints outlive a fresh checkout
@@ -265,8 +265,8 @@ def train(args, kind: str) -> None:
             print(f"step {step}  loss {loss.item():.3f}  ce {ce.item():.3f}  lr {lr:.2e}  {rate:.0f} tok/s",
                   flush=True)
         if step % args.save_every == 0:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "tokens": seen}, ckpt)
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "tokens": seen}, ckpt)
+            checkpoint.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "tokens": seen}, ckpt)
+    checkpoint.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "tokens": seen}, ckpt)
     export(model, tok, args.name, {"step": step, "tokens_seen": seen, "args": vars(args)})
 
 

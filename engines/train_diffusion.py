@@ -21,8 +21,6 @@ import argparse
 import json
 import math
 import pickle
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from engines import lm
+from engines import checkpoint, lm
 
 NAME = "smollm2-135m-diffusion"
 BASE = lm.SMOLLM2
@@ -142,21 +140,15 @@ def export(peft_model, out: Path, base: str, info: dict) -> Path:
     return out
 
 
-def read_checkpoint(path: Path, tries: int = 5) -> dict:
-    """torch.load of a copy of the checkpoint: the training run rewrites it in place every few steps, so a read
-    may overlap a write; a torn copy fails to load, and is copied again a moment later."""
+def read_checkpoint(path: Path) -> dict:
+    """The checkpoint's state; the run writing it may go on, since it replaces the file whole (checkpoint.save)."""
     if not path.is_file():
         raise ValueError(f"There is no checkpoint {path.name} in {path.parent}; train with "
                          f"`python -m engines.train diffusion` first.")
-    for attempt in range(tries):
-        with tempfile.TemporaryDirectory() as tmp:
-            copy = Path(tmp) / path.name
-            shutil.copyfile(path, copy)
-            try:
-                return torch.load(copy, map_location="cpu", weights_only=True)
-            except (RuntimeError, EOFError, pickle.UnpicklingError):
-                time.sleep(1 + attempt)
-    raise ValueError(f"{path.name} could not be read in {tries} tries (it kept changing or is damaged); try again.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise ValueError(f"{path.name} could not be read ({type(e).__name__}); it is damaged.") from e
 
 
 def adapter_rank(adapter: dict) -> int:
@@ -233,7 +225,7 @@ def train(args) -> None:
     deadline, began, tokens0 = time.time() + 60 * args.minutes, time.time(), seen
 
     def save() -> None:
-        torch.save({"adapter": get_peft_model_state_dict(peft_model), "opt": opt.state_dict(), "step": step,
+        checkpoint.save({"adapter": get_peft_model_state_dict(peft_model), "opt": opt.state_dict(), "step": step,
                     "tokens": seen, "curve": curve}, ckpt)
 
     def on_step(at: int, loss: float, tokens: int) -> None:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from engines import heads as H
-from engines import lm
+from engines import checkpoint, lm
 
 FEATURE_WINDOW = 256
 WINDOWS_PER_SHARD = 8
@@ -325,8 +325,8 @@ def train_head(args) -> None:
             print(f"step {step}  loss {loss.item():.3f}  parts {' '.join(f'{p.item():.2f}' for p in parts)}  "
                   f"lr {lr:.1e}  {rate:.0f} tok/s", flush=True)
         if step % args.save_every == 0:
-            torch.save({"head": head.state_dict(), "opt": opt.state_dict(), "step": step, "vocab": vocab}, ckpt)
-    torch.save({"head": head.state_dict(), "opt": opt.state_dict(), "step": step, "vocab": vocab}, ckpt)
+            checkpoint.save({"head": head.state_dict(), "opt": opt.state_dict(), "step": step, "vocab": vocab}, ckpt)
+    checkpoint.save({"head": head.state_dict(), "opt": opt.state_dict(), "step": step, "vocab": vocab}, ckpt)
     H.save(head, folder / f"{args.kind}-export")
     print(f"exported {args.kind} after {step} steps", flush=True)
 

@@ -2,6 +2,7 @@
 base as a masked LM (refused by causal methods, taken by mask-predict), and the cached prefix's recorded drift
 is the true difference to the exact forward."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,3 +195,22 @@ def test_mask_predict_defaults_to_the_diffusion_lm_where_it_is_installed(monkeyp
     monkeypatch.setattr(lm, "available", lambda name: True)
     assert methods.method_default_target("mask-predict") == "smollm2-135m-diffusion"
     assert methods.method_default_target("speculative") == methods.DEFAULT_TARGET
+
+
+def test_a_checkpoint_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A run killed while writing (the session ends, Ctrl-C) must leave the last checkpoint loadable."""
+    from engines import checkpoint
+    ckpt = tmp_path / "ckpt.pt"
+    checkpoint.save({"step": 1}, ckpt)
+
+    def killed_mid_write(state, path):
+        Path(path).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save({"step": 2}, ckpt)
+    monkeypatch.undo()
+    assert torch.load(ckpt)["step"] == 1
+    checkpoint.save({"step": 3}, ckpt)
+    assert torch.load(ckpt)["step"] == 3 and td.read_checkpoint(ckpt)["step"] == 3
