@@ -129,6 +129,12 @@ def held_out_loss(peft_model, data: torch.Tensor, mask_id: int, seed: int = 0) -
 def export(peft_model, out: Path, base: str, info: dict) -> Path:
     """The adapter (peft's save_pretrained) and diffusion.json, which makes lm.load see a diffusion LM."""
     peft_model.save_pretrained(out)
+    # peft's blank model card and the base's local path say nothing true about this delta: diffusion.json names
+    # the base as a preset, and assets/models/README.md holds the figures
+    (out / "README.md").unlink(missing_ok=True)
+    config = json.loads((out / "adapter_config.json").read_text())
+    config.update(base_model_name_or_path=base, target_modules=sorted(config["target_modules"]))
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     # bfloat16 halves the delta in git (19 MB for rank 32); loading casts it back to the base's dtype before the
     # merge, and the rounding is far below what another training step changes
     weights = out / "adapter_model.safetensors"
