@@ -222,7 +222,13 @@ def open_mask_predict(page, target: str, options: dict[str, str]) -> None:
     for name, value in options.items():
         box = page.locator(f"#opt-mask-predict-{name} input:not([type=range])")   # a slider's number box
         box.fill(value)
-        box.press("Enter")
+        choice = page.get_by_role("option", name=value, exact=True)
+        if choice.count():      # a dropdown: click its choice (Enter alone sometimes left the old value)
+            choice.first.click()
+        else:
+            box.press("Enter")
+        page.wait_for_function("([sel, v]) => document.querySelector(sel)?.value == v",
+                               arg=[f"#opt-mask-predict-{name} input:not([type=range])", value], timeout=30_000)
     page.click("#reset-btn")
     page.wait_for_function("() => document.querySelector('#position').innerText.includes('Before the first')",
                            timeout=120_000)

@@ -210,7 +210,10 @@ def test_a_first_step_that_fails_is_discarded_and_a_fixed_prompt_then_steps(tiny
 def test_switching_method_keeps_the_chosen_target_where_it_fits():
     assert ui.target_for(None, "speculative", "smollm2-135m-instruct") == "smollm2-135m-instruct"
     assert ui.target_for(None, "tree", "/models/my-llama") == "/models/my-llama"
-    assert ui.target_for(None, "mask-predict", "smollm2-135m-instruct") == "tiny-masked"
+    # a causal preset gives way to mask-predict's default: the SmolLM2 diffusion adapter where it loads
+    masked_default = ui.method_default_target("mask-predict")
+    assert ui.target_for(None, "mask-predict", "smollm2-135m-instruct") == masked_default
+    assert masked_default in ui.model_choices("masked")
     assert ui.target_for(None, "speculative", "tiny-masked") in ui.model_choices("causal")
     on_screen = Session.start(StubRun(), {**WANTED, "target": "tiny-target"})
     assert ui.target_for(on_screen, "autoregressive", "smollm2-135m-instruct") == "tiny-target"
