@@ -156,9 +156,7 @@ def cache_features(args) -> None:
             continue
         path.parent.mkdir(exist_ok=True)
         rows = train_windows[s * WINDOWS_PER_SHARD:(s + 1) * WINDOWS_PER_SHARD]
-        tmp = path.with_suffix(".tmp")
-        torch.save(target_features(target, rows, layers), tmp)
-        tmp.rename(path)
+        checkpoint.save(target_features(target, rows, layers), path)   # whole or absent: a shard is never redone
         done += rows.numel()
         print(f"shard {s + 1}/{shards}  {done / (time.time() - start):.0f} tok/s", flush=True)
 

@@ -87,8 +87,9 @@ def shape_of(fig: dict) -> str:
         values = [v for v in (values if isinstance(values, (list, tuple)) else []) if v is not None]
         return "none" if not values else "category" if isinstance(values[0], str) else "number"
 
-    return json.dumps([(d.get("type"), re.sub(r"[\d.]+", "#", d.get("name") or ""), d.get("xaxis"), d.get("yaxis"), kind(d.get("x")), kind(d.get("y")))
-                       for d in fig["data"]] + sorted(k for k in fig["layout"] if k.startswith(("xaxis", "yaxis"))))
+    traces = [(d.get("type"), re.sub(r"[\d.]+", "#", d.get("name") or ""), d.get("xaxis"), d.get("yaxis"),
+               kind(d.get("x")), kind(d.get("y"))) for d in fig["data"]]
+    return json.dumps(traces + sorted(k for k in fig["layout"] if k.startswith(("xaxis", "yaxis"))))
 
 
 def check_screen(trace: Trace, cursor: int) -> render.Screen:

@@ -104,7 +104,7 @@ def unmasking(trace: Trace, index: int) -> go.Figure:
     data.append({"type": "scatter", **top, "x": [None], "y": [None], "mode": "markers", "name": "masked",
                  "marker": {"symbol": "square", "color": MASK_GREY, "size": 12}, "hoverinfo": "skip"})
     settled_strip(data, g.cell(2, 1), trace, records[-1], index, mask)
-    cache_strip(data, g.cell(2, 1), trace, records[-1])
+    rows_used = 1 + cache_strip(data, g.cell(2, 1), trace, records[-1])
     # shared x: the top axis follows the bottom one and leaves the tick labels to it
     g.xaxis(1, 1).update(matches="x2", showticklabels=False)
     # the rows' own extent, newest at the bottom: autorange would pad around the outlines
@@ -112,7 +112,6 @@ def unmasking(trace: Trace, index: int) -> go.Figure:
                          ticktext=[f"iter {k}" for k in y])
     for axis in g.xaxes():
         axis.update(range=[-0.5, length - 0.5])
-    rows_used = 2 if any(d.get("name") == "key-value cache" for d in data) else 1
     g.yaxis(2, 1).update(range=[rows_used - 0.5, -0.5], tickmode="array", tickvals=list(range(rows_used)),
                          ticktext=STRIP_ROWS[:rows_used])
     g.xaxis(2, 1).update(title={"text": "position in the span"}, **({"dtick": 1} if length <= 40 else {}))
@@ -184,12 +183,13 @@ KV_SCALE = [[0.0, "#F0F0F0"], [0.33, "#F0F0F0"], [0.34, "#56B4E9"], [0.66, "#56B
             [1.0, "#D55E00"]]
 
 
-def cache_strip(data: list[dict], axes: dict, trace: Trace, r: dict) -> None:
+def cache_strip(data: list[dict], axes: dict, trace: Trace, r: dict) -> bool:
     """With a cached prefix: per span position whether this forward computed it fresh, read it from the cache,
-    or read a stale entry (the recorded kv_state; the prompt's positions are counted in the words)."""
+    or read a stale entry (the recorded kv_state; the prompt's positions are counted in the words). Returns
+    whether it drew the row."""
     states = r.get("kv_state") or []
     if not states or set(states) == {"fresh"}:
-        return
+        return False
     span_states = states[len(states) - r["length"]:]
     data.append({"type": "heatmap", **axes, "x": list(range(r["length"])), "y": [STRIP_ROWS.index("key-value cache")],
                  "z": [[KV_LOOK[k][0] for k in span_states]], "zmin": 0, "zmax": 2, "colorscale": KV_SCALE,
@@ -199,6 +199,7 @@ def cache_strip(data: list[dict], axes: dict, trace: Trace, r: dict) -> None:
                  "customdata": [[f"position {i}: {KV_LOOK[k][1]}, computed at iteration {c + 1}"
                                  for i, (k, c) in enumerate(zip(span_states, r["kv_computed"][len(states) - r["length"]:]))]],
                  "hovertemplate": "%{customdata}<extra></extra>"})
+    return True
 
 
 def confidence_and_schedule(trace: Trace, index: int) -> go.Figure:
