@@ -1,7 +1,7 @@
 """The target's own answers, in its chat template: the chat data that draft heads, the diffusion adapter and
 the CLLM train on (EAGLE and Medusa-2 train on the target's own answers, not on human text).
 
-    python -m engines.training.chat_data smollm2-135m-instruct --conversations 9000   # resumable, background
+    python -m engines.training.chat_data smollm2-135m-instruct --conversations 13000  # resumable, background
     python -m engines.training.chat_data smollm2-135m-instruct --status
 
 Each shard is a JSON-lines file of conversations: the messages, the token ids exactly as the target saw and wrote
@@ -65,12 +65,13 @@ def answer(target: lm.LM, prompts: list[list[int]], max_new: int, generator: tor
     return answers
 
 
-def conversations(target: lm.LM, items: list[dict], sampled: bool, seed: int) -> list[dict]:
+def conversations(target: lm.LM, items: list[dict], sampled: bool, seed: int,
+                  limits: tuple[int, int] = (FIRST_TURN_TOKENS, SECOND_TURN_TOKENS)) -> list[dict]:
     """Answer the items' first turns in length-sorted batches, then the follow-ups of those that have one."""
     tok = target.tokenizer
     generator = torch.Generator().manual_seed(seed) if sampled else None
     convs = [{"messages": [{"role": "user", "content": it["user"]}], **it} for it in items]
-    for turn, limit in ((0, FIRST_TURN_TOKENS), (1, SECOND_TURN_TOKENS)):
+    for turn, limit in enumerate(limits):
         todo = [c for c in convs if turn == 0 or c["follow_up"]]
         if turn == 1:
             for c in todo:
@@ -100,17 +101,13 @@ def record(tok, conv: dict, sampled: bool) -> dict:
     return {"family": conv["family"], "sampled": sampled, "messages": conv["messages"], "ids": ids, "answers": spans}
 
 
-def instructions_digest() -> str:
-    return hashlib.sha256(json.dumps(instructions()).encode()).hexdigest()[:16]
-
-
-def check_same_instructions(folder: Path) -> None:
+def check_same_instructions(folder: Path, items: list[dict]) -> None:
     """Shards are numbered by instruction index: resuming over a changed instruction list would mix two lists."""
     manifest = folder / "instructions.json"
-    digest = instructions_digest()
+    digest = hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
     if manifest.exists() and json.loads(manifest.read_text())["digest"] != digest:
         raise SystemExit(f"{folder} was generated from another instruction list; move it away to start afresh.")
-    manifest.write_text(json.dumps({"digest": digest, "count": len(instructions())}))
+    manifest.write_text(json.dumps({"digest": digest, "count": len(items)}))
 
 
 def write_shard(path: Path, rows: list[dict]) -> None:
@@ -130,37 +127,38 @@ def read_shards(folder: Path, split: str | None = None) -> list[dict]:
     return [r for r in rows if split is None or r["split"] == split]
 
 
-def generate(target_name: str, conversations_wanted: int, device: str | None = None, dtype: str | None = None,
-             minutes: float = 0.0) -> None:
-    folder = data_dir(target_name)
-    folder.mkdir(parents=True, exist_ok=True)
-    items = instructions()[:conversations_wanted]
-    check_same_instructions(folder)
-    target = lm.load(target_name, device=device, dtype=dtype)
+def generate(target: lm.LM, folder: Path, items: list[dict], count: int, *, per_shard: int = PER_SHARD,
+             limits: tuple[int, int] = (FIRST_TURN_TOKENS, SECOND_TURN_TOKENS), minutes: float = 0.0) -> int:
+    """Answer the first `count` items into shards of `per_shard` under `folder`, skipping shards already
+    written; stop after `minutes` if set. Returns how many shards this call wrote."""
     if not target.tokenizer.chat_template:
-        raise SystemExit(f"{target_name} has no chat template, so it has no chat answers to learn from.")
-    started = time.time()
-    for shard in range((len(items) + PER_SHARD - 1) // PER_SHARD):
+        raise SystemExit(f"{target.name} has no chat template, so it has no chat answers to learn from.")
+    folder.mkdir(parents=True, exist_ok=True)
+    check_same_instructions(folder, items)
+    started, written = time.time(), 0
+    for shard in range((min(count, len(items)) + per_shard - 1) // per_shard):
         path = shard_path(folder, shard)
         if path.exists():
             continue
         if minutes and time.time() - started > minutes * 60:
             break
-        first = shard * PER_SHARD
-        chunk = items[first:first + PER_SHARD]
+        first = shard * per_shard
         t0 = time.time()
-        rows = conversations(target, chunk, sampled=shard % 2 == 1, seed=shard)
+        rows = conversations(target, items[first:min(first + per_shard, count)], sampled=shard % 2 == 1,
+                             seed=shard, limits=limits)
         for k, row in enumerate(rows):
             row["index"] = first + k
             row["split"] = "held_out" if (first + k) % HELD_OUT_EVERY == 0 else "train"
         write_shard(path, rows)
+        written += 1
         answered = sum(e - s for r in rows for s, e in r["answers"])
         print(f"shard {shard}: {len(rows)} conversations, {answered} answer tokens, "
               f"{answered / (time.time() - t0):.0f} tokens/s", flush=True)
+    return written
 
 
-def status(target_name: str) -> dict:
-    rows = read_shards(data_dir(target_name))
+def status(folder: Path) -> dict:
+    rows = read_shards(folder)
     tokens = sum(len(r["ids"]) for r in rows)
     answered = sum(e - s for r in rows for s, e in r["answers"])
     return {"conversations": len(rows), "tokens": tokens, "answer_tokens": answered,
@@ -171,16 +169,18 @@ def status(target_name: str) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m engines.training.chat_data", description=__doc__.split("\n")[0])
     parser.add_argument("target", nargs="?", default=lm.SMOLLM2)
-    parser.add_argument("--conversations", type=int, default=9000)
+    parser.add_argument("--conversations", type=int, default=13000)
     parser.add_argument("--minutes", type=float, default=0.0, help="stop after this long (0: run to the end)")
     parser.add_argument("--device")
     parser.add_argument("--dtype")
     parser.add_argument("--status", action="store_true", help="print what has been generated and stop")
     args = parser.parse_args(argv)
+    folder = data_dir(args.target)
     if args.status:
-        print(json.dumps(status(args.target), indent=1))
+        print(json.dumps(status(folder), indent=1))
         return
-    generate(args.target, args.conversations, args.device, args.dtype, args.minutes)
+    target = lm.load(args.target, device=args.device, dtype=args.dtype)
+    generate(target, folder, instructions(), args.conversations, minutes=args.minutes)
 
 
 if __name__ == "__main__":
