@@ -12,13 +12,13 @@ stepping replays it; elsewhere each Step runs the engine.
 """
 import os
 
-from engines import lm
-from engines.hub import HubPolicy
+from engines.models import locate
+from engines.models.hub import HubPolicy
 from explorer import zerogpu
 from explorer.limits import ServerLimits
 from explorer.ui import build, launch_kwargs, preload, queue_kwargs
 
-lm.set_hub_policy(HubPolicy(max_parameters=int(float(os.environ.get("EXPLORER_HUB_MAX_PARAMS") or 0))))
+locate.set_hub_policy(HubPolicy(max_parameters=int(float(os.environ.get("EXPLORER_HUB_MAX_PARAMS") or 0))))
 # per call, per session, per upload, and how many calls at once: explorer/limits.py
 LIMITS = ServerLimits()
 demo = build(zerogpu.starter(), limits=LIMITS)

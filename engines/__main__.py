@@ -15,10 +15,10 @@ import argparse
 import dataclasses
 import sys
 
-from engines import lm
-from engines.hub import HubPolicy
 from engines.config import RunSettings, fields
 from engines.methods import METHODS, Method, Run
+from engines.models import devices, locate, presets, store
+from engines.models.hub import HubPolicy
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -45,8 +45,19 @@ def add_setting_options(p: argparse.ArgumentParser) -> None:
     for f in setting_fields().values():
         kind = {"int": int, "float": float}.get(str(f.type), str)
         meta = f.metadata
-        p.add_argument(flag(f.name), dest=f.name, type=kind, default=None, choices=meta.get("choices"),
+        p.add_argument(flag(f.name), dest=f.name, type=kind, default=None, choices=every_choice(f.name),
                        help=f"{meta['help']} (default {f.default})")
+
+
+def every_choice(name: str) -> list[str] | None:
+    """The values a flag takes across every method that has the setting (speculative's --drafter and tree's
+    differ: suffix drafts trees only); the chosen method's own config refuses the rest in one sentence."""
+    seen: dict[str, None] = {}
+    for cls in (RunSettings, *(m.config for m in METHODS.values())):
+        for f in fields(cls):
+            if f.name == name and f.metadata.get("choices"):
+                seen.update(dict.fromkeys(f.metadata["choices"]))
+    return list(seen) or None
 
 
 def refuse_foreign_settings(args: argparse.Namespace) -> None:
@@ -68,7 +79,7 @@ def has_setting(m: Method, name: str) -> bool:
 
 
 def bench_sections() -> list[str]:
-    from engines.bench import SECTIONS, section_name
+    from engines.analysis.bench import SECTIONS, section_name
     return [section_name(s) for s in SECTIONS]
 
 
@@ -84,7 +95,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--target", default=None, help="preset, local folder or hub id (default: SmolLM2 if installed)")
     t.add_argument("--draft", default=None, help="draft model for methods that use one (default tiny-draft)")
     t.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when present)")
-    t.add_argument("--dtype", default=None, choices=list(lm.DTYPES),
+    t.add_argument("--dtype", default=None, choices=list(devices.DTYPES),
                    help="weights and activations (default: float32 on CPU, bfloat16 or float16 on CUDA)")
     t.add_argument("--indent", type=int, default=None)
     add_setting_options(t)
@@ -124,11 +135,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    lm.set_hub_policy(HubPolicy(max_parameters=int(args.hub_max_params)))
+    locate.set_hub_policy(HubPolicy(max_parameters=int(args.hub_max_params)))
     try:
         if args.command == "models":
-            for p in lm.PRESETS.values():
-                state = "available" if lm.available(p.name) else "missing"
+            for p in presets.PRESETS.values():
+                state = "available" if store.available(p.name) else "missing"
                 print(f"{p.name:24s} {p.kind:7s} {state:10s} {p.description}")
         elif args.command == "trace":
             refuse_foreign_settings(args)
@@ -137,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                       device=args.device, dtype=args.dtype)
             print(run.run().to_json(indent=args.indent))
         elif args.command == "bench":
-            from engines.bench import bench, bench_json
+            from engines.analysis.bench import bench, bench_json
             if args.json:
                 bench_json(args.json, quick=args.quick, device=args.device, max_new_tokens=args.max_new_tokens)
                 print(f"wrote {args.json}")
@@ -145,20 +156,22 @@ def main(argv: list[str] | None = None) -> int:
                 masked = tuple(n.strip() for v in args.masked or [] for n in v.split(",") if n.strip())
                 bench(quick=args.quick, device=args.device, section=args.section, masked=masked)
         elif args.command == "bench-table":
-            from engines.bench_table import load, tables
+            from engines.analysis.bench_table import load, tables
             print(tables(load(args.path), args.path, per_prompt=args.per_prompt))
         elif args.command == "race":
             import json
-            from engines.race import race, table
+
+            from engines.analysis.race import race, table
             result = race(args.prompt, args.max_new_tokens, target=args.target, draft=args.draft,
                           device=args.device, repeats=args.repeats)
             print(json.dumps(result.to_dict(), ensure_ascii=False) if args.json else table(result))
         elif args.command == "diff":
             import json
-            from engines.diff import diff, load
+
+            from engines.analysis.diff import diff, load
             result = diff(load(args.a), load(args.b), args.tolerance)
             print(json.dumps(result.to_dict(), ensure_ascii=False) if args.json else result.words)
-    except (ValueError, lm.ModelLoadError) as e:
+    except (ValueError, presets.ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from engines.sampling import Sampling
+from engines.decoding.sampling import Sampling
 
 MAX_NEW_TOKENS = 512
 MAX_PROMPT_TOKENS = 1024   # the default cap on a prompt's tokens; a server may pass another to Run

@@ -11,16 +11,18 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from engines import cost, lm
-from engines.autoregressive import AutoregressiveConfig, autoregressive
+from engines.analysis import cost
+from engines.analysis.theory import jacobi_drafts, lookahead_drafts, speculative_drafts, tree_drafts
 from engines.config import MAX_PROMPT_TOKENS, DecodeConfig, RunSettings, build
-from engines.jacobi import JacobiConfig, jacobi
-from engines.lookahead import LookaheadConfig, lookahead
-from engines.mask_predict import MaskPredictConfig, mask_predict
-from engines.speculative import MAX_K, SpeculativeConfig, speculative
+from engines.decoding.autoregressive import AutoregressiveConfig, AutoregressiveDetail, autoregressive
+from engines.decoding.jacobi import JacobiConfig, JacobiDetail, jacobi
+from engines.decoding.lookahead import LookaheadConfig, LookaheadDetail, lookahead
+from engines.decoding.mask_predict import MaskPredictConfig, MaskPredictDetail, mask_predict
+from engines.decoding.speculative import MAX_K, SpeculativeConfig, SpeculativeDetail, speculative
+from engines.decoding.tree import TreeConfig, TreeDetail, tree
+from engines.decoding.trees import SHAPES
+from engines.models import adapter, presets, store
 from engines.trace import Step, Trace
-from engines.tree import TreeConfig, tree
-from engines.trees import SHAPES
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class Method:
     # positions a run may use after the prompt: the new tokens and whatever a forward feeds beyond them
     # (a draft, a tree, a block of guesses, a lookahead window); the prompt and these must fit the model
     reach: Callable[[Any], int] = lambda cfg: cfg.max_new_tokens
+    record: type = dict                     # the step record (a TypedDict) its engine builds each Step's detail through
+    drafts: Callable[[Step], tuple[int, int]] | None = None   # (accepted, examined) drafts of a step; None: none
     lossless: str = ""                      # what the output equals, if anything
     paper: str = ""
     summary: str = ""
@@ -41,12 +45,13 @@ class Method:
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("autoregressive", "Autoregressive", AutoregressiveConfig,
-           lambda target, draft, ids, cfg, rng: autoregressive(target, ids, cfg, rng),
+           lambda target, draft, ids, cfg, rng: autoregressive(target, ids, cfg, rng), record=AutoregressiveDetail,
            lossless="is the reference: target.generate() with the same settings",
            paper="the baseline every method is measured against",
            summary="One target forward per token. Each step shows the next-token distribution before and "
                    "after temperature / top-k / top-p, and the token that was chosen."),
     Method("speculative", "Speculative", SpeculativeConfig, speculative, uses_draft=True,
+           record=SpeculativeDetail, drafts=speculative_drafts,
            reach=lambda cfg: cfg.max_new_tokens + (MAX_K if cfg.schedule == "adaptive" else cfg.k),
            lossless="equals target.generate() under greedy; under sampling it is distributed as the target's "
                     "own sampling",
@@ -55,7 +60,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                    "forward scores them all. Each drafted token x is kept when u <= min(1, p(x)/q(x)); the first "
                    "rejection is replaced by a draw from norm(max(0, p - q)), and a fully accepted draft earns "
                    "a bonus token from the target."),
-    Method("tree", "Tree", TreeConfig, tree, uses_draft=True,
+    Method("tree", "Tree", TreeConfig, tree, uses_draft=True, record=TreeDetail, drafts=tree_drafts,
            reach=lambda cfg: cfg.max_new_tokens + 1 + max([cfg.tree_depth, *map(len, SHAPES.get(cfg.tree, ()))]),
            lossless="equals target.generate() under greedy; under sampling it is distributed as the target's "
                     "own sampling",
@@ -65,7 +70,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                    "EAGLE-2 tree grown by draft confidence); one target forward with a tree attention mask "
                    "checks every branch, and the longest accepted path plus one target token is kept."),
     Method("jacobi", "Jacobi", JacobiConfig,
-           lambda target, draft, ids, cfg, rng: jacobi(target, ids, cfg, rng),
+           lambda target, draft, ids, cfg, rng: jacobi(target, ids, cfg, rng), record=JacobiDetail, drafts=jacobi_drafts,
            reach=lambda cfg: cfg.max_new_tokens + cfg.block,
            lossless="equals target.generate() (greedy only)",
            paper="Santilli et al. 2023, Accelerating Transformer Inference for Translation via Parallel "
@@ -74,7 +79,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                    "the target's argmax given the guesses before it. The matching prefix and the first "
                    "corrected token are committed (at least one per forward), and the block slides on."),
     Method("lookahead", "Lookahead", LookaheadConfig,
-           lambda target, draft, ids, cfg, rng: lookahead(target, ids, cfg, rng),
+           lambda target, draft, ids, cfg, rng: lookahead(target, ids, cfg, rng), record=LookaheadDetail,
+           drafts=lookahead_drafts,
            reach=lambda cfg: cfg.max_new_tokens + cfg.window + cfg.ngram,
            lossless="equals target.generate() under greedy; under sampling it is distributed as the target's "
                     "own sampling",
@@ -85,6 +91,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                    "with the last committed token; the longest verified prefix plus one target token is kept."),
     Method("mask-predict", "Mask-predict", MaskPredictConfig,
            lambda target, draft, ids, cfg, rng: mask_predict(target, ids, cfg, rng), model_kind="masked",
+           record=MaskPredictDetail,
            reach=lambda cfg: cfg.length or cfg.max_new_tokens,   # the span; the length beam stays within the budget
            paper="Ghazvininejad et al. 2019, Mask-Predict (arXiv 1904.09324); LLaDA, Nie et al. 2025 "
                  "(arXiv 2502.09992)",
@@ -104,7 +111,7 @@ FALLBACK_MASKED = "tiny-masked"
 
 
 def default_target() -> str:
-    return DEFAULT_TARGET if lm.available(DEFAULT_TARGET) else FALLBACK_TARGET
+    return DEFAULT_TARGET if store.available(DEFAULT_TARGET) else FALLBACK_TARGET
 
 
 def method_default_target(name: str) -> str:
@@ -112,7 +119,7 @@ def method_default_target(name: str) -> str:
     where it is installed (it writes text; tiny-masked mostly shows the mechanics), else tiny-masked."""
     if method(name).model_kind != "masked":
         return default_target()
-    return DIFFUSION_TARGET if lm.available(DIFFUSION_TARGET) else FALLBACK_MASKED
+    return DIFFUSION_TARGET if store.available(DIFFUSION_TARGET) else FALLBACK_MASKED
 
 
 def method(name: str) -> Method:
@@ -135,16 +142,16 @@ class Run:
             raise ValueError("The prompt is empty: type a few words for the model to continue.")
         cfg = build(m.config, settings)
         run_settings = build(RunSettings, {**settings, **({} if seed is None else {"seed": seed})})
-        target_lm = lm.load(target or method_default_target(method_name), device, dtype)
+        target_lm = store.load(target or method_default_target(method_name), device, dtype)
         check_model_kind(m, target_lm)
         prompt_ids = target_lm.encode(prompt)
         check_prompt_length(len(prompt_ids), max_prompt_tokens)
         check_positions(m, cfg, len(prompt_ids), target_lm)
         # a deterministic drafter (prompt lookup) needs no draft model
         needs_draft = m.uses_draft and getattr(cfg, "drafter", "model") == "model"
-        draft_lm = lm.load(draft or DEFAULT_DRAFT, device, dtype) if needs_draft else None
+        draft_lm = store.load(draft or DEFAULT_DRAFT, device, dtype) if needs_draft else None
         if draft_lm is not None:
-            lm.check_same_tokenizer(target_lm, draft_lm)
+            store.check_same_tokenizer(target_lm, draft_lm)
             check_positions(m, cfg, len(prompt_ids), draft_lm)
         # traces name models as people do (a preset, a hub id, a folder's own name), never by a server path
         models = {"target": target_lm.name, **({"draft": draft_lm.name} if draft_lm is not None else {})}
@@ -188,11 +195,11 @@ class Run:
                 self.trace.token_texts[i] = self.target.token_text(i)
 
 
-def check_model_kind(m: Method, target: lm.LM) -> None:
+def check_model_kind(m: Method, target: adapter.LM) -> None:
     if m.model_kind == "masked" and not target.is_masked:
-        raise lm.ModelLoadError(f"{m.title} needs a masked LM such as tiny-masked, not '{target.name}'.")
+        raise presets.ModelLoadError(f"{m.title} needs a masked LM such as tiny-masked, not '{target.name}'.")
     if m.model_kind == "causal" and target.is_masked:
-        raise lm.ModelLoadError(f"{m.title} needs a causal LM; '{target.name}' is a masked LM.")
+        raise presets.ModelLoadError(f"{m.title} needs a causal LM; '{target.name}' is a masked LM.")
 
 
 def check_prompt_length(tokens: int, cap: int) -> None:
@@ -201,7 +208,7 @@ def check_prompt_length(tokens: int, cap: int) -> None:
         raise ValueError(f"The prompt is {tokens} tokens, more than the {cap} this app accepts; shorten it.")
 
 
-def check_positions(m: Method, cfg: DecodeConfig, prompt_tokens: int, model: lm.LM) -> None:
+def check_positions(m: Method, cfg: DecodeConfig, prompt_tokens: int, model: adapter.LM) -> None:
     """The prompt and everything the run may add after it must fit the positions the model was trained on."""
     limit, reach = model.max_positions, m.reach(cfg)
     if limit and prompt_tokens + reach > limit:

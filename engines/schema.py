@@ -1,9 +1,9 @@
 """The trace format as a versioned JSON Schema, generated from the step records the engines declare.
 
 Each method declares its step record beside its engine as a TypedDict, one commented line per field:
-`AutoregressiveDetail` (engines/autoregressive.py), `SpeculativeDetail`, `TreeDetail`, `JacobiDetail`,
+`AutoregressiveDetail` (engines/decoding/autoregressive.py), `SpeculativeDetail`, `TreeDetail`, `JacobiDetail`,
 `LookaheadDetail` and `MaskPredictDetail`, with nested TypedDicts for list items (a drafted position, a tree node,
-a span, a quality-curve point) and for shared parts (`HeadsRecord`, `SuffixMatch` in engines/drafters.py). Each
+a span, a quality-curve point) and for shared parts (`HeadsRecord`, `SuffixMatch` in engines/drafting/). Each
 engine builds its Step's `detail` through its type, so a type checker sees every key it writes.
 
 `trace_schema()` is the published document (JSON Schema 2020-12; `python -m engines.schema` prints it): the
@@ -28,9 +28,20 @@ import functools
 import inspect
 import re
 import types
-from typing import Any, Literal, NotRequired, Required, Union, get_args, get_origin, get_type_hints, is_typeddict
+from typing import (
+    Any,
+    Literal,
+    NotRequired,
+    Required,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+    is_typeddict,
+)
 
-SCHEMA_VERSION = 1
+from engines.trace import SCHEMA_VERSION, check_version
+
 SCHEMA_ID = "https://parallel-decoding-explorer/trace.schema.json"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -39,21 +50,14 @@ DIALECT = "https://json-schema.org/draft/2020-12/schema"
 TRACE_FIELDS = {"schema_version": "integer", "method": "string", "config": "object", "models": "object",
                 "prompt": "string", "prompt_ids": "ids", "output_ids": "ids", "output_text": "string",
                 "steps": "array", "totals": "object", "finished": "boolean", "token_texts": "object"}
-# trace fields a trace may leave out (older traces do): the cost model's calibration (engines/cost.py)
+# trace fields a trace may leave out (older traces do): the cost model's calibration (engines/analysis/theory.py)
 TRACE_OPTIONAL = {"cost": "object|null"}
 
 
 def step_records() -> dict[str, type]:
-    """Each method's step record: the TypedDict its engine builds a Step's detail through."""
-    # imported here, not above: every engine imports engines.trace, which imports this module
-    from engines.autoregressive import AutoregressiveDetail
-    from engines.jacobi import JacobiDetail
-    from engines.lookahead import LookaheadDetail
-    from engines.mask_predict import MaskPredictDetail
-    from engines.speculative import SpeculativeDetail
-    from engines.tree import TreeDetail
-    return {"autoregressive": AutoregressiveDetail, "speculative": SpeculativeDetail, "tree": TreeDetail,
-            "jacobi": JacobiDetail, "lookahead": LookaheadDetail, "mask-predict": MaskPredictDetail}
+    """Each method's step record, from the methods table: the TypedDict its engine builds a Step's detail through."""
+    from engines.methods import METHODS  # here, not above: the methods table sits above the engines and this
+    return {name: m.record for name, m in METHODS.items()}
 
 
 # ----------------------------------------------------------------------------- annotations -> JSON Schema
@@ -161,7 +165,7 @@ def record_schema(record: type, defs: dict[str, Any]) -> dict[str, Any]:
 
 def step_schema_from(record: type, defs: dict[str, Any]) -> dict[str, Any]:
     """One method's step as JSON: the common counters of trace.Step beside the method's record."""
-    from engines.trace import Step   # see step_records
+    from engines.trace import Step  # see step_records
     hints, notes = get_type_hints(Step), field_notes(Step)
     common = [f.name for f in dataclasses.fields(Step) if f.name != "detail"]
     detail = record_schema(record, defs)
@@ -241,14 +245,6 @@ def mismatch(value: Any, schema: dict[str, Any], where: str, defs: dict[str, Any
             if sub is not None and (found := mismatch(item, sub, f"{where}[{i}]", defs)):
                 return found
     return None
-
-
-def check_version(data: dict[str, Any]) -> None:
-    version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        said = "no schema version (it predates the versioned format)" if version is None else f"version {version!r}"
-        raise ValueError(f"This trace has {said}; this app reads trace schema version {SCHEMA_VERSION} only, so "
-                         f"record it again with this version.")
 
 
 def validate(data: Any) -> None:

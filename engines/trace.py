@@ -12,7 +12,17 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from engines.schema import SCHEMA_VERSION, check_version
+# Bump when a recorded field changes meaning, type or name (engines/schema.py describes every field).
+SCHEMA_VERSION = 1
+
+
+def check_version(data: dict[str, Any]) -> None:
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        said = "no schema version (it predates the versioned format)" if version is None else f"version {version!r}"
+        raise ValueError(f"This trace has {said}; this app reads trace schema version {SCHEMA_VERSION} only, so "
+                         f"record it again with this version.")
+
 
 COUNTERS = ("target_forwards", "draft_forwards", "tokens_fed", "wall_s")
 
@@ -56,7 +66,7 @@ class Trace:
     output_text: str = ""
     token_texts: dict[int, str] = field(default_factory=dict)   # every id in the trace -> its text
     finished: bool = False
-    # the cost model's calibration measured when the run started (engines.cost.Calibration as a dict): outside
+    # the cost model's calibration measured when the run started (engines.analysis.theory.Calibration as a dict): outside
     # every step, so no step counts its forwards; None where nothing was measured (an older trace, a method
     # without drafts)
     cost: dict[str, Any] | None = None

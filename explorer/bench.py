@@ -12,8 +12,8 @@ import statistics
 import sys
 import time
 
-from engines import lm
 from engines.methods import METHODS, Run, method_default_target
+from engines.models import store
 from explorer.render import figure_bytes, render
 from explorer.session import Session
 
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     for name, m in METHODS.items():
         targets = [method_default_target(name)] if m.model_kind == "masked" else args.targets
         for target in targets:
-            missing = [x for x in (target, "tiny-draft" if m.uses_draft else None) if x and not lm.available(x)]
+            missing = [x for x in (target, "tiny-draft" if m.uses_draft else None) if x and not store.available(x)]
             if missing:
                 print(f"{name:16s} {target:24s} skipped: {', '.join(missing)} not available here")
                 continue

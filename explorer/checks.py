@@ -11,9 +11,9 @@ from typing import Callable
 
 import gradio as gr
 
+from engines.analysis.sampling_check import DRAWS, MAX_DRAWS, RULES, sampling_check
+from engines.analysis.verify_draft import verify_draft_trace
 from engines.methods import Run, default_target
-from engines.sampling_check import DRAWS, MAX_DRAWS, RULES, sampling_check
-from engines.verify_draft import verify_draft_trace
 from explorer.figures import speculative as speculative_figures
 from explorer.figures.sampling_check import histogram_figure
 

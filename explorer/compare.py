@@ -13,13 +13,21 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from engines.audit import Audit, audit
-from engines.diff import TOLERANCE, diff, load
+from engines.analysis.audit import Audit, audit
+from engines.analysis.diff import TOLERANCE, diff, load
+from engines.analysis.race import race
 from engines.methods import METHODS, default_target
-from engines.race import race
 from explorer import checks
 from explorer.figures import race as race_figures
-from explorer.limits import ServerLimits, model_name, model_work, real_number, text, uploaded, whole_number
+from explorer.limits import (
+    ServerLimits,
+    model_name,
+    model_work,
+    real_number,
+    text,
+    uploaded,
+    whole_number,
+)
 
 TARGETS = ["smollm2-135m-instruct", "tiny-target"]
 RACE_MAX_TOKENS = 128      # every lane runs twice (a warm-up lap, then the timed one): keep a call bounded

@@ -3,7 +3,7 @@ trace was loaded from a file) the live engine that extends it.
 
 Back and the history slider move the cursor through recorded steps; only a Step past
 the last recorded one runs the model. Models are never held here, only the Run
-(which reaches them through the process-wide cache in engines.lm).
+(which reaches them through the process-wide cache in engines.models.store).
 """
 from __future__ import annotations
 

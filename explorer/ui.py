@@ -2,7 +2,7 @@
 
 Every action has an api_name (reset, step, back, run, stop, seek, load_trace, show_method) and its
 parameters are named after the controls, so the app can be driven with gradio_client. Per-person state
-is a `Sessions` object in gr.State that expires; models live in the process-wide cache of engines.lm,
+is a `Sessions` object in gr.State that expires; models live in the process-wide cache of engines.models.store,
 never in the state. The handlers that take control values read them as sent (preprocess=False) and
 check every one themselves, so whatever a raw HTTP call sends is answered in one sentence.
 """
@@ -19,13 +19,22 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from engines import lm
-from engines.config import DecodeConfig, RunSettings, build as build_config, fields
+from engines.config import DecodeConfig, RunSettings, fields
+from engines.config import build as build_config
+from engines.drafting.registry import DRAFTERS
 from engines.methods import METHODS, default_target, method_default_target
+from engines.models import locate, presets, store
 from engines.trace import Trace
 from explorer import compare
 from explorer.figures import VIEWS
-from explorer.limits import ServerLimits, model_name, model_work, read_upload, text, whole_number
+from explorer.limits import (
+    ServerLimits,
+    model_name,
+    model_work,
+    read_upload,
+    text,
+    whole_number,
+)
 from explorer.render import Screen, check_trace, forget_traces, render
 from explorer.session import Session, Sessions, Starter, live_session
 
@@ -51,7 +60,7 @@ def friendly(fn: Callable) -> Callable:
     def report(e: Exception):
         # Gradio prints the traceback of every gr.Error unless told not to: an expected error gets one log line,
         # an unexpected one its traceback, logged here once.
-        if isinstance(e, (ValueError, lm.ModelLoadError)):
+        if isinstance(e, (ValueError, presets.ModelLoadError)):
             log.info("%s refused: %s", fn.__name__, e)
             return gr.Error(str(e), print_exception=False)
         log.exception("unexpected error in %s", fn.__name__)
@@ -135,21 +144,21 @@ class Controls:
 def model_choices(kind: str) -> list[str]:
     """The presets of one kind (causal or masked) that load here: the hub presets only where the hub is
     reachable; the listed hub ids only where the launch allows hub ids."""
-    presets = [p.name for p in lm.PRESETS.values() if p.kind == kind and lm.available(p.name)]
-    hub_ids = HUB_MASKED if kind == "masked" and lm.hub_policy().allows_any_id and lm.hub_reachable() else []
-    return presets + hub_ids
+    loadable = [p.name for p in presets.PRESETS.values() if p.kind == kind and store.available(p.name)]
+    hub_ids = HUB_MASKED if kind == "masked" and locate.hub_policy().allows_any_id and locate.hub_reachable() else []
+    return loadable + hub_ids
 
 
 def draft_choices() -> list[str]:
     """Every preset that drafts for another, then the embedded causal models, where they load."""
-    drafts = dict.fromkeys([*(p.draft for p in lm.PRESETS.values() if p.draft), "tiny-draft", "tiny-target"])
-    return [name for name in drafts if lm.available(name)]
+    drafts = dict.fromkeys([*(p.draft for p in presets.PRESETS.values() if p.draft), "tiny-draft", "tiny-target"])
+    return [name for name in drafts if store.available(name)]
 
 
 def uses_draft_model(method: str, drafter: str | None) -> bool:
     """Whether a run of `method` with this drafter reads the draft model: only the model drafter does; prompt
     lookup, heads, EAGLE and the suffix tree draft without one (None: a method with no drafter setting)."""
-    return METHODS[method].uses_draft and (drafter or "model") == "model"
+    return METHODS[method].uses_draft and DRAFTERS[drafter or "model"].draft_model
 
 
 def draft_visibility(method: str, **drafters) -> gr.Dropdown:
@@ -173,10 +182,10 @@ def first_load(name: str) -> str:
     """What loading `name` will do, in words, if this process has not loaded it yet ('' if it has, or if the
     name is unknown: Run then says why in one sentence)."""
     try:
-        ref = lm.identify(name)
-    except lm.ModelLoadError:
+        ref = locate.identify(name)
+    except presets.ModelLoadError:
         return ""
-    if ref.label in lm.MODELS.names():
+    if ref.label in store.MODELS.names():
         return ""
     if ref.gguf is not None and not (Path(ref.key) / "config.json").is_file():
         return f"Converting {ref.label} from its packaged GGUF file, once on this server (about 30 s)"
@@ -205,8 +214,8 @@ def preload(name: str | None = None) -> threading.Thread:
     line; the first Step that needs the model says why in one sentence."""
     def convert() -> None:
         try:
-            lm.resolve(name or default_target())
-        except lm.ModelLoadError as e:
+            locate.resolve(name or default_target())
+        except presets.ModelLoadError as e:
             log.warning("preparing the default model failed: %s", e)
 
     thread = threading.Thread(target=convert, name="preload", daemon=True)

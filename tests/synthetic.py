@@ -19,14 +19,14 @@ from typing import Sequence
 
 import torch
 
-from engines import trees
-from engines.heads import fusion_layers
-from engines.jacobi import cut, leading_matches
-from engines.lookahead import agreement, branches
-from engines.mask_predict import MaskPredictConfig, mask_predict
-from engines.speculative import next_k
+from engines.decoding import trees
+from engines.decoding.jacobi import leading_matches
+from engines.decoding.lookahead import agreement, branches
+from engines.decoding.mask_predict import MaskPredictConfig, mask_predict
+from engines.decoding.speculative import next_k
+from engines.decoding.stop import until_eos
+from engines.models.heads import fusion_layers
 from engines.trace import Step, Trace
-from engines.tree import until_eos
 
 EOS = 2
 MASK = 47
@@ -189,7 +189,7 @@ def speculative_config(*, k: int, greedy: bool, drafter: str, schedule: str, max
 # ----------------------------------------------------------------------------- tree
 
 def dynamic_paths(rnd: random.Random, depth: int, topk: int, budget: int) -> tuple[list, dict, set, int]:
-    """EAGLE-2's tree as engines/tree.py grows it: each level expands the top-k children of the top-k most
+    """EAGLE-2's tree as engines/drafting/growth.py grows it: each level expands the top-k children of the top-k most
     confident nodes of the level before; then the `budget` most confident nodes are kept. Returns the kept
     paths (breadth-first), each path's draft q and cumulative log q, the expanded paths, and how many the
     budget dropped."""
@@ -226,7 +226,7 @@ def static_paths(rnd: random.Random, shape: str, depth: int) -> tuple[list, dict
 
 def tree_outcome(rnd: random.Random, parent_of: list[int], node_tokens: list[int], greedy: bool,
                  stop_chance: float) -> tuple[list[int], list[bool], dict[int, tuple[float, float]]]:
-    """Verification as engines/tree.py records it: the accepted path, which nodes were tested, and the
+    """Verification as engines/decoding/tree.py records it: the accepted path, which nodes were tested, and the
     (u, ratio) of each tested node under sampling. Greedy tests every child of an accepted node; sampling
     tries children in rank order until one is accepted (recursive rejection)."""
     kids = trees.children(parent_of)
@@ -349,7 +349,7 @@ def jacobi_step(rnd: random.Random, index: int, *, block: int, settled: int, pro
     if eos:
         new[rnd.randint(0, settled)] = EOS
     settled = leading_matches(guesses, new)
-    committed = cut(new[:settled + 1], EOS_IDS, budget)
+    committed = until_eos(new[:min(settled + 1, budget)], EOS_IDS)
     rest = new[len(committed):]
     fresh = [rest[-1] if rest else committed[-1]] * max(0, block - len(rest))   # the 'repeat' guess
     final = committed[-1] == EOS or produced + len(committed) >= max_new_tokens
@@ -394,7 +394,7 @@ def lookahead_step(rnd: random.Random, index: int, *, window: int, ngram: int, g
     # the target's own token differs from every pooled continuation of the accepted prefix
     followers = [t[len(prefix)] for t in tails if t[:len(prefix)] == prefix and len(t) > len(prefix)]
     committed = prefix + [EOS if eos else word(rnd, followers)]
-    committed = cut(committed, EOS_IDS, max_new_tokens - produced)
+    committed = until_eos(committed[:max_new_tokens - produced], EOS_IDS)
     accepted = next((g for g, t in enumerate(tails) if prefix and t[:len(prefix)] == prefix), -1)
     draws = []
     if not greedy:
@@ -531,7 +531,7 @@ def mask_predict_steps(seed: int, settings: dict, sharpness: float = 3.0, steady
 def calibration(rnd: random.Random, c: float | None = None) -> dict:
     """A calibration as engines.cost.measure records it (Trace.cost): c over its plausible range (a draft
     costlier than the target included) unless given, T(n) from 1 up, as measured (not always monotonic)."""
-    from engines.cost import VERIFY_N   # here, not above: the builders above need no model code
+    from engines.analysis.theory import VERIFY_N
     target_s = rnd.uniform(1e-4, 0.5)
     c = rnd.choice([0.02, 0.3, 1.0, 1.4, rnd.uniform(0.01, 1.5)]) if c is None else c
     costs = [1.0]

@@ -7,9 +7,17 @@ distance between the empirical distribution of the output and p.
 import pytest
 import torch
 
-from engines.acceptance import (accepted_count, correction, greedy_accept, one_hot, pick, ratio, residual,
-                                speculative_accept)
-from engines.sampling import Sampling, probabilities
+from engines.decoding.acceptance import (
+    accepted_count,
+    correction,
+    greedy_accept,
+    one_hot,
+    pick,
+    ratio,
+    residual,
+    speculative_accept,
+)
+from engines.decoding.sampling import Sampling, probabilities
 
 DRAWS = 200_000
 TV = 0.01

@@ -1,15 +1,15 @@
 """The app driven as a program: gradio_client against a local launch."""
 import json
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
 
-from engines import lm
+from engines.models import store
 from explorer.screenshot import serve
 
-TARGET = "tiny-target" if lm.available("tiny-target") else "smollm2-135m-instruct"
+TARGET = "tiny-target" if store.available("tiny-target") else "smollm2-135m-instruct"
 POSITION, RECORD, DOWNLOAD = 5, 7, 8   # indices in the screen outputs (the client hides the state)
 
 

@@ -4,9 +4,9 @@ import dataclasses
 
 import pytest
 
-from engines import lm
-from engines.audit import Top2, audit, audit_traces, classify
+from engines.analysis.audit import Top2, audit, audit_traces, classify
 from engines.methods import Run
+from engines.models import store
 
 PROMPT = "Once upon a time"
 
@@ -33,7 +33,7 @@ def test_a_planted_divergence_is_found_where_it_was_planted_and_called_a_bug(tra
     planted[1] = (planted[1] + 1) % tiny_target.model.config.vocab_size
     broken = dataclasses.replace(spec, steps=[dataclasses.replace(s, committed_ids=tuple(planted))
                                               if s is step else s for s in spec.steps])
-    a = audit_traces(ref, broken, tiny_target, lm.load(tiny_target.source, None, "float64"))
+    a = audit_traces(ref, broken, tiny_target, store.load(tiny_target.source, None, "float64"))
     d = a.divergence
     assert not a.equal and d.position == at and d.step == step.index
     assert d.reference_token == ref.output_ids[at] and d.method_token == planted[1]

@@ -39,8 +39,10 @@ def test_recorded_probabilities_are_the_processed_distribution(tiny_target):
 
 def test_stops_at_eos_and_keeps_it(tiny_target):
     import dataclasses
+
     import torch
-    from engines.autoregressive import AutoregressiveConfig, autoregressive
+
+    from engines.decoding.autoregressive import AutoregressiveConfig, autoregressive
     ids = tiny_target.encode(PROMPTS[0])
     first = greedy_reference(tiny_target, ids, 3)
     as_eos = dataclasses.replace(tiny_target, eos_ids=frozenset({first[1]}))  # the 2nd token ends the text

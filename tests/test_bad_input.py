@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 import uuid
 
 import httpx
@@ -167,8 +165,7 @@ def exit_code(args: list[str]) -> int:
         return e.code
 
 
-def test_cli_as_a_process():
-    r = subprocess.run([sys.executable, "-m", "engines", "trace", "--method", "autoregressive", "--prompt", "Once",
-                        "--target", "tiny-target", "--temperature", "nan"], capture_output=True, text=True,
-                       timeout=300)
+def test_a_nan_temperature_is_refused_in_one_line(cli):
+    r = cli("trace", "--method", "autoregressive", "--prompt", "Once", "--target", "tiny-target", "--temperature",
+            "nan")
     assert r.returncode == 2 and r.stderr.strip() == "error: temperature must be between 0 and 2, not nan."

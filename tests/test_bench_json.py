@@ -2,8 +2,8 @@
 speculative decoding's ratios to transformers' assisted and prompt-lookup generation."""
 import json
 
-from engines.bench import PROMPTS, bench_json
-from engines.race import Row
+from engines.analysis.bench import PROMPTS, bench_json
+from engines.analysis.race import Row
 
 
 def test_bench_json_carries_the_race_and_the_transformers_ratios(tmp_path, tiny_target, tiny_draft):
@@ -20,7 +20,7 @@ def test_bench_json_carries_the_race_and_the_transformers_ratios(tmp_path, tiny_
     assert spec["speculative"]["wall_ratio_vs_assisted_generate"] > 0
     assert spec["speculative:ngram"]["wall_ratio_vs_assisted_generate"] > 0   # against prompt-lookup generate
     # and the README's tables are made from it
-    from engines.bench_table import tables
+    from engines.analysis.bench_table import tables
     text = tables(data, "bench.json")
     assert data["command"] in text and all(f"| {r['label']} |" in text for r in data["race"][0]["rows"])
 

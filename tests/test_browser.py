@@ -5,11 +5,18 @@ from pathlib import Path
 
 import pytest
 
-from engines import lm
-from explorer.screenshot import CHROMIUM, browser_page, iteration, open_app, press_step, serve
+from engines.models import store
+from explorer.screenshot import (
+    CHROMIUM,
+    browser_page,
+    iteration,
+    open_app,
+    press_step,
+    serve,
+)
 from tests.test_train_diffusion import toy_base, toy_diffusion  # noqa: F401 (fixtures: the cached prefix's model)
 
-TARGET = "tiny-target" if lm.available("tiny-target") else "smollm2-135m-instruct"
+TARGET = "tiny-target" if store.available("tiny-target") else "smollm2-135m-instruct"
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("REQUIRE_BROWSER"):
@@ -120,7 +127,7 @@ def test_each_head_drafter_steps_in_the_browser(page, name, drafter, folder):
     if not (HEADS / folder / "head.json").exists():
         pytest.skip(f"assets/models/heads/{folder} is not in this checkout yet (trained heads are committed by the "
                     f"engine owner)")
-    if not lm.available("tiny-target"):
+    if not store.available("tiny-target"):
         pytest.skip("the heads were trained for tiny-target, which is not in this checkout")
     from engines.methods import METHODS
     m = METHODS[name]

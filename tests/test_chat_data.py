@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engines import lm
+from engines.models import store
 from engines.training import chat_data
 from engines.training.instructions import instructions
 
@@ -23,7 +23,7 @@ def test_instructions_are_deterministic_unique_and_cover_every_family():
 
 @pytest.fixture(scope="module")
 def tiny():
-    target = lm.load("tiny-target")
+    target = store.load("tiny-target")
     if not target.tokenizer.chat_template:
         pytest.skip("tiny-target's tokenizer has no chat template")
     return target

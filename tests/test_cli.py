@@ -1,4 +1,6 @@
-"""The command line: JSON on stdout; bad input -> one line on stderr and exit code 2."""
+"""The command line: JSON on stdout; bad input -> one line on stderr and exit code 2. One test runs the real
+`python -m engines` process; the rest call its main() in this process, which is the same code without the
+7-11 s a fresh interpreter spends importing torch and transformers."""
 import json
 import subprocess
 import sys
@@ -6,24 +8,36 @@ import sys
 import pytest
 import torch
 
+from engines.__main__ import main
 from tests.conftest import greedy_reference
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engines", *args], capture_output=True, text=True, timeout=300)
-
-
-def test_trace_prints_the_json_trace(tiny_target):
-    r = cli("trace", "--method", "autoregressive", "--prompt", "Once upon a time", "--max-new-tokens", "5",
-            "--target", tiny_target.source)
+def test_the_installed_command_prints_the_json_trace_and_refuses_in_one_line(tiny_target):
+    """The one real process: the module entry point, its stdout, its exit codes."""
+    def command(*args):
+        return subprocess.run([sys.executable, "-m", "engines", *args], capture_output=True, text=True, timeout=300)
+    r = command("trace", "--method", "autoregressive", "--prompt", "Once upon a time", "--max-new-tokens", "5",
+                "--target", tiny_target.source)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["method"] == "autoregressive" and len(d["output_ids"]) == 5
     assert d["models"]["target"] == tiny_target.name == "tiny-target"   # its name, not the server folder
+    bad = command("trace", "--method", "autoregressive", "--prompt", "")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def test_tree_takes_every_tree_drafter_and_speculative_refuses_one_it_cannot_use(cli, tiny_target):
+    r = cli("trace", "--method", "tree", "--drafter", "suffix", "--prompt", "a b a b a b a b", "--max-new-tokens",
+            "6", "--target", "tiny-target")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["config"]["drafter"] == "suffix"
+    r = cli("trace", "--method", "speculative", "--drafter", "suffix", "--prompt", "x", "--target", "tiny-target")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: drafter must be one of model, ngram, heads, eagle, not 'suffix'."]
 
 
 @pytest.mark.parametrize("which", ["tiny_target", "smollm2"])
-def test_greedy_trace_from_the_command_line_equals_generate(which, request):
+def test_greedy_trace_from_the_command_line_equals_generate(which, request, cli):
     model = request.getfixturevalue(which)
     r = cli("trace", "--method", "autoregressive", "--prompt", "It is a truth universally acknowledged, that",
             "--max-new-tokens", "12", "--target", model.source)
@@ -49,14 +63,14 @@ def test_greedy_trace_from_the_command_line_equals_generate(which, request):
     (["--prompt", "x", "--method", "autoregressive", "--seed", "-1"], "seed must be between 0 and"),
     (["--prompt", "x", "--method", "autoregressive", "--target", "../../"], "Unknown model '..'"),
 ])
-def test_bad_input_gives_one_line_and_exit_code_2(args, says):
+def test_bad_input_gives_one_line_and_exit_code_2(args, says, cli):
     r = cli("trace", *args)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0] and "Traceback" not in r.stderr
 
 
-def test_models_lists_every_preset():
+def test_models_lists_every_preset(cli):
     r = cli("models")
     assert r.returncode == 0
     for name in ("smollm2-135m-instruct", "tiny-target", "tiny-draft", "tiny-masked"):
@@ -64,14 +78,13 @@ def test_models_lists_every_preset():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_asking_for_a_gpu_that_is_not_there_is_one_sentence():
+def test_asking_for_a_gpu_that_is_not_there_is_one_sentence(cli):
     r = cli("trace", "--prompt", "x", "--method", "autoregressive", "--target", "tiny-target", "--device", "cuda")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: This machine has no 'cuda' device; use cpu, or leave the device unset to take a GPU when there is one."]
 
 
 def test_the_seed_is_a_setting_like_the_others(tiny_target, capsys):
-    from engines.__main__ import main
     assert main(["trace", "--method", "autoregressive", "--prompt", "Once", "--temperature", "1",
                  "--max-new-tokens", "3", "--seed", "5", "--target", "tiny-target"]) == 0
     assert json.loads(capsys.readouterr().out)["config"]["seed"] == 5
@@ -80,7 +93,6 @@ def test_the_seed_is_a_setting_like_the_others(tiny_target, capsys):
 def test_settings_of_the_chosen_method_are_accepted(capsys):
     """The refusal is about other methods' flags only: shared and own flags pass (block is jacobi's and
     mask-predict's)."""
-    from engines.__main__ import main
     assert main(["trace", "--method", "jacobi", "--prompt", "Once", "--block", "3", "--max-new-tokens", "3",
                  "--temperature", "0", "--target", "tiny-target"]) == 0
     assert json.loads(capsys.readouterr().out)["config"]["block"] == 3

@@ -7,8 +7,9 @@ import weakref
 
 import pytest
 
-from engines import cost, methods
-from engines.cost import Calibration, best_k, expected_speedup, expected_tokens, verdict, verify_cost_at
+from engines import methods
+from engines.analysis import cost
+from engines.analysis.theory import Calibration, best_k, expected_speedup, expected_tokens, verdict, verify_cost_at
 from engines.methods import Run
 from engines.trace import Trace
 

@@ -6,8 +6,8 @@ end to end, with the seeded draws still taken on the CPU generator so traces sta
 import pytest
 import torch
 
-from engines import lm
 from engines.methods import METHODS, Run
+from engines.models import devices, presets, store
 from tests.conftest import PROMPTS, greedy_reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -17,9 +17,9 @@ CAUSAL = ["autoregressive", "speculative", "tree", "jacobi", "lookahead"]
 
 @pytest.fixture(scope="module")
 def pair():
-    if not (lm.available("tiny-target") and lm.available("tiny-draft")):
+    if not (store.available("tiny-target") and store.available("tiny-draft")):
         pytest.skip("the embedded pair is not in assets/models")
-    return lm.load("tiny-target", "cuda", "float32"), lm.load("tiny-draft", "cuda", "float32")
+    return store.load("tiny-target", "cuda", "float32"), store.load("tiny-draft", "cuda", "float32")
 
 
 @pytest.mark.parametrize("method", CAUSAL)
@@ -35,12 +35,12 @@ def test_greedy_on_cuda_equals_generate(pair, method):
 def test_every_method_runs_in_bfloat16_and_the_seed_fixes_the_trace(method):
     m = METHODS[method]
     target = "tiny-masked" if m.model_kind == "masked" else "tiny-target"
-    if not lm.available(target):
+    if not store.available(target):
         pytest.skip(f"{target} is not in assets/models")
     settings = {"max_new_tokens": 12, "temperature": 0.0 if method == "jacobi" else 0.8}
     runs = [Run(method, PROMPTS[0], settings, target=target, draft="tiny-draft", device="cuda", dtype="bfloat16",
                 seed=3).run() for _ in range(2)]
-    assert lm.load(target, "cuda", "bfloat16").dtype == torch.bfloat16
+    assert store.load(target, "cuda", "bfloat16").dtype == torch.bfloat16
     assert runs[0].output_ids == runs[1].output_ids and len(runs[0].steps) > 0
 
 
@@ -63,12 +63,12 @@ def test_the_zerogpu_path_computes_a_whole_trace_on_the_gpu_in_one_call(pair):
     while session.step():
         steps += 1
     assert len(calls) == 1 and steps == len(session.trace.steps) > 0 and session.trace.finished
-    target = lm.load("tiny-target")   # default device and dtype: CUDA in bfloat16 here, where the call ran
-    assert target.device.type == "cuda" and target.dtype == lm.default_dtype(target.device)
+    target = store.load("tiny-target")   # default device and dtype: CUDA in bfloat16 here, where the call ran
+    assert target.device.type == "cuda" and target.dtype == devices.default_dtype(target.device)
     assert session.trace.output_ids == zerogpu.live_trace(wanted).output_ids
 
 
-HUB_PAIRS = [(p.name, p.draft) for p in lm.PRESETS.values() if p.hub_id and p.draft]
+HUB_PAIRS = [(p.name, p.draft) for p in presets.PRESETS.values() if p.hub_id and p.draft]
 
 
 @pytest.mark.parametrize("target_name, draft_name", HUB_PAIRS)
@@ -76,9 +76,9 @@ HUB_PAIRS = [(p.name, p.draft) for p in lm.PRESETS.values() if p.hub_id and p.dr
 def test_hub_pairs_on_cuda_equal_greedy_generate(target_name, draft_name, method):
     """The GPU hosts' presets: drafting with the smaller model of the family keeps
     the target's greedy output. Skipped where the hub is unreachable."""
-    if not (lm.available(target_name) and lm.available(draft_name)):
+    if not (store.available(target_name) and store.available(draft_name)):
         pytest.skip("the hub presets need the Hugging Face hub")
-    target = lm.load(target_name, "cuda", "float32")   # exact; bfloat16 may break near ties either way
+    target = store.load(target_name, "cuda", "float32")   # exact; bfloat16 may break near ties either way
     trace = Run(method, PROMPTS[2], {"max_new_tokens": 24}, target=target_name, draft=draft_name,
                 device="cuda", dtype="float32").run()
     assert trace.output_ids == greedy_reference(target, trace.prompt_ids, 24)

@@ -2,12 +2,10 @@
 trace diff, in Python and from the command line."""
 import copy
 import json
-import subprocess
-import sys
 
 import pytest
 
-from engines.diff import checked, diff
+from engines.analysis.diff import checked, diff
 from engines.methods import METHODS, Run
 from engines.schema import SCHEMA_VERSION, trace_schema, validate
 from engines.trace import Trace
@@ -100,16 +98,14 @@ def test_diff_refuses_traces_of_different_methods(recorded):
         diff(checked(recorded[0]), checked(recorded[2]))
 
 
-def test_diff_from_the_command_line(recorded, tmp_path):
+def test_diff_from_the_command_line(recorded, tmp_path, cli):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(recorded[2]))
     b.write_text(json.dumps(recorded[4]))   # the same method and prompt, another drafter
-    r = subprocess.run([sys.executable, "-m", "engines", "diff", str(a), str(b), "--json"], capture_output=True,
-                       text=True, timeout=120)
+    r = cli("diff", a, b, "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["difference"]["step"] == 0 and any("drafter" in c for c in out["config_changes"])
     b.write_text("{not json")
-    r = subprocess.run([sys.executable, "-m", "engines", "diff", str(a), str(b)], capture_output=True, text=True,
-                       timeout=120)
+    r = cli("diff", a, b)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not JSON" in r.stderr

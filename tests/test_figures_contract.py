@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import torch
 
-from engines import drafters, heads
+from engines.drafting import heads as drafters
 from engines.methods import Run
-from engines.train_heads import new_head
+from engines.models import heads
+from engines.training.heads import new_head
 from explorer.figures import VIEWS
 from tests import synthetic as syn
 

@@ -21,12 +21,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from engines.decoding.mask_predict import STRATEGIES
+from engines.decoding.trees import SHAPES
 from engines.trace import Trace
-from engines.trees import SHAPES
-from engines.mask_predict import STRATEGIES
 from explorer import render
-from explorer.screenshot import CHROMIUM
 from explorer.figures import mask_predict as mp_figures
+from explorer.screenshot import CHROMIUM
 from explorer.session import Session
 from tests import synthetic as syn
 

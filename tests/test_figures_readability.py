@@ -6,8 +6,15 @@ from __future__ import annotations
 import random
 import re
 
-from engines.trees import ROOT
-from explorer.figures import autoregressive, jacobi, lookahead, mask_predict, speculative, tree
+from engines.decoding.trees import ROOT
+from explorer.figures import (
+    autoregressive,
+    jacobi,
+    lookahead,
+    mask_predict,
+    speculative,
+    tree,
+)
 from explorer.figures.common import AXIS_ROOM, LEGEND_ROW, legend_rows
 from tests import synthetic as syn
 

@@ -5,10 +5,13 @@ import dataclasses
 import pytest
 import torch
 
-from engines import drafters, heads as H, train_heads
+from engines.decoding.speculative import SpeculativeConfig, speculative
+from engines.decoding.tree import TreeConfig, tree
+from engines.drafting import heads as drafters
+from engines.drafting.suffix import SuffixDrafter
 from engines.methods import Run
-from engines.speculative import SpeculativeConfig, speculative
-from engines.tree import TreeConfig, tree
+from engines.models import heads as H
+from engines.training import heads as train_heads
 from tests.conftest import PROMPTS, greedy_reference
 
 KINDS = ("heads", "eagle")
@@ -155,7 +158,7 @@ def test_sampled_head_drafts_are_distributed_as_the_target(tiny_target):
         seconds.append(steps[1].committed_ids[0])
     common = max(set(firsts), key=firsts.count)
     drawn = torch.tensor([s for f, s in zip(firsts, seconds) if f == common])
-    from engines.sampling import probabilities
+    from engines.decoding.sampling import probabilities
     p = probabilities(tiny_target.forward(tiny_target.new_kv(), ids + [common])[-1], cfg.sampling)
     from tests.test_speculative import chi_square_p_value
     assert len(drawn) > 60 and chi_square_p_value(drawn, p) > 1e-3
@@ -164,7 +167,7 @@ def test_sampled_head_drafts_are_distributed_as_the_target(tiny_target):
 # ----------------------------------------------------------------------------- suffix tree and training
 
 def test_suffix_tree_matches_the_longest_suffix_and_scores_continuations_by_frequency():
-    s = drafters.SuffixDrafter(depth=8)
+    s = SuffixDrafter(depth=8)
     nodes = s.grow([1, 2, 3, 4, 1, 2, 3, 9, 1, 2], budget=4, depth=5)
     assert s.match == {"length": 2, "tokens": [1, 2], "occurrences": 3}    # [9, 1, 2] never continued
     assert [(n.path, n.token, n.q) for n in nodes] == [((0,), 3, 1.0), ((0, 0), 4, 0.5), ((0, 1), 9, 0.5),
@@ -175,10 +178,10 @@ def test_suffix_tree_grows_incrementally_as_a_rebuild_would():
     def counts(node):
         return {t: (c["count"], counts(c)) for t, c in node["next"].items()}
     text = [1, 2, 3, 1, 2, 4, 1, 2, 3, 3, 1]
-    grown = drafters.SuffixDrafter(depth=5)
+    grown = SuffixDrafter(depth=5)
     grown.extend(text[:4])
     grown.extend(text)
-    fresh = drafters.SuffixDrafter(depth=5)
+    fresh = SuffixDrafter(depth=5)
     fresh.extend(text)
     assert counts(grown.root) == counts(fresh.root)
 

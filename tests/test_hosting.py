@@ -11,8 +11,8 @@ import torch
 from huggingface_hub import ModelInfo
 from huggingface_hub.errors import NotASafetensorsRepoError, RepositoryNotFoundError
 
-from engines import lm
-from engines.hub import HubPolicy
+from engines.models import convert, devices, locate, presets, store
+from engines.models.hub import HubPolicy
 from explorer import zerogpu
 from explorer.session import Sessions
 from tests.conftest import PROMPTS
@@ -51,50 +51,50 @@ class MissingRepo(FakeHub):
 @pytest.fixture
 def allowed():
     """Hub ids allowed up to 1B parameters, as app.py sets it from its environment; put back afterwards."""
-    before = lm.hub_policy()
-    lm.set_hub_policy(HubPolicy(max_parameters=1_000_000_000))
+    before = locate.hub_policy()
+    locate.set_hub_policy(HubPolicy(max_parameters=1_000_000_000))
     yield
-    lm.set_hub_policy(before)
+    locate.set_hub_policy(before)
 
 
 def refusal_of(api: FakeHub) -> str:
-    with pytest.raises(lm.ModelLoadError) as refused:
-        lm.check_hub_id("someone/model", api)
+    with pytest.raises(presets.ModelLoadError) as refused:
+        locate.check_hub_id("someone/model", api)
     return str(refused.value)
 
 
 # ----------------------------------------------------------------------------- hub presets
 
 def test_every_hub_preset_names_a_hub_id_and_a_draft_preset_of_its_kind():
-    hub = [p for p in lm.PRESETS.values() if p.hub_id]
+    hub = [p for p in presets.PRESETS.values() if p.hub_id]
     assert {p.name for p in hub} >= {"smollm2-360m-instruct", "smollm2-1.7b-instruct", "qwen2.5-0.5b-instruct",
                                      "qwen2.5-1.5b-instruct"}
-    for p in lm.PRESETS.values():
+    for p in presets.PRESETS.values():
         if p.draft:
-            assert lm.PRESETS[p.draft].kind == p.kind == "causal"
+            assert presets.PRESETS[p.draft].kind == p.kind == "causal"
             assert p.draft.split("-")[0] == p.name.split("-")[0]   # one family, one tokenizer
 
 
 @pytest.mark.parametrize("reachable", [True, False])
 def test_hub_presets_are_available_only_where_the_hub_is_reachable(monkeypatch, reachable):
-    monkeypatch.setattr(lm, "hub_reachable", lambda timeout=2.0: reachable)
-    assert lm.available("qwen2.5-1.5b-instruct") is reachable
-    assert lm.identify("smollm2-1.7b-instruct").key == "HuggingFaceTB/SmolLM2-1.7B-Instruct"
+    monkeypatch.setattr(locate, "hub_reachable", lambda timeout=2.0: reachable)
+    assert store.available("qwen2.5-1.5b-instruct") is reachable
+    assert locate.identify("smollm2-1.7b-instruct").key == "HuggingFaceTB/SmolLM2-1.7B-Instruct"
     if not reachable:
-        with pytest.raises(lm.ModelLoadError, match="hub is unreachable"):
-            lm.resolve("qwen2.5-0.5b-instruct")
+        with pytest.raises(presets.ModelLoadError, match="hub is unreachable"):
+            locate.resolve("qwen2.5-0.5b-instruct")
 
 
 def test_hub_presets_are_not_subject_to_the_policy_for_arbitrary_ids(monkeypatch):
-    monkeypatch.setattr(lm, "hub_reachable", lambda timeout=2.0: True)
-    assert not lm.hub_policy().allows_any_id
-    assert lm.resolve("qwen2.5-0.5b-instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+    monkeypatch.setattr(locate, "hub_reachable", lambda timeout=2.0: True)
+    assert not locate.hub_policy().allows_any_id
+    assert locate.resolve("qwen2.5-0.5b-instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
 
 
 def test_the_ui_lists_hub_presets_only_where_the_hub_is_reachable(monkeypatch):
     from explorer import ui
     for reachable in (False, True):
-        monkeypatch.setattr(lm, "hub_reachable", lambda timeout=2.0: reachable)
+        monkeypatch.setattr(locate, "hub_reachable", lambda timeout=2.0: reachable)
         assert ("smollm2-1.7b-instruct" in ui.model_choices("causal")) is reachable
         assert ("qwen2.5-0.5b-instruct" in ui.draft_choices()) is reachable
         assert "tiny-target" in ui.model_choices("causal") and "tiny-masked" in ui.model_choices("masked")
@@ -103,17 +103,17 @@ def test_the_ui_lists_hub_presets_only_where_the_hub_is_reachable(monkeypatch):
 # ----------------------------------------------------------------------------- arbitrary hub ids
 
 def test_arbitrary_hub_ids_are_off_unless_the_launch_allows_them(monkeypatch):
-    monkeypatch.setattr(lm, "hub_reachable", lambda timeout=2.0: True)
+    monkeypatch.setattr(locate, "hub_reachable", lambda timeout=2.0: True)
     api = FakeHub()
     assert "off on this server" in refusal_of(api)
     assert api.asked == []   # refused without asking the hub
-    with pytest.raises(lm.ModelLoadError, match="off on this server"):
-        lm.resolve("someone/model")
+    with pytest.raises(presets.ModelLoadError, match="off on this server"):
+        locate.resolve("someone/model")
 
 
 def test_a_small_safetensors_model_of_a_known_architecture_passes(allowed):
     api = FakeHub()
-    lm.check_hub_id("someone/model", api)
+    locate.check_hub_id("someone/model", api)
     assert api.asked == ["someone/model"]
 
 
@@ -132,13 +132,13 @@ def test_hub_ids_are_refused_in_one_sentence(allowed, api, words):
 
 
 def test_the_parameter_count_falls_back_to_the_safetensors_headers(allowed):
-    lm.check_hub_id("someone/model", FakeHub(parameters=None, header_parameters=500_000_000))
+    locate.check_hub_id("someone/model", FakeHub(parameters=None, header_parameters=500_000_000))
     assert "more than" in refusal_of(FakeHub(parameters=None, header_parameters=2_000_000_000))
 
 
 def test_no_load_asks_for_remote_code():
     import inspect
-    source = inspect.getsource(lm)
+    source = "".join(inspect.getsource(m) for m in (store, convert, locate))
     assert "trust_remote_code=True" not in source and source.count("trust_remote_code=False") >= 3
 
 
@@ -151,23 +151,23 @@ def test_no_load_asks_for_remote_code():
     (1, 0, True),                          # a full GPU
 ])
 def test_a_model_spreads_over_gpus_only_when_one_gpu_cannot_hold_it(weights, free, spread):
-    assert lm.spreads_over_gpus(weights, free) is spread
+    assert store.spreads_over_gpus(weights, free) is spread
 
 
 def test_placement_on_the_cpu_reads_no_config_and_spreads_nothing():
-    assert lm.gpu_placement("/nowhere", torch.float32, torch.device("cpu")) == {}
+    assert store.gpu_placement("/nowhere", torch.float32, torch.device("cpu")) == {}
 
 
 def test_parameter_bytes_counts_an_empty_copy(tiny_target):
     params = sum(p.numel() for p in tiny_target.model.parameters())
-    assert lm.parameter_bytes(tiny_target.source, torch.bfloat16) == 2 * params
+    assert store.parameter_bytes(tiny_target.source, torch.bfloat16) == 2 * params
 
 
 def test_the_clock_waits_for_nothing_on_the_cpu():
-    lm.synchronize(torch.device("cpu"))
-    first = lm.clock(torch.device("cpu"))
-    assert lm.clock(torch.device("cpu")) >= first
-    assert lm.default_dtype(torch.device("cpu")) == torch.float32
+    devices.synchronize(torch.device("cpu"))
+    first = devices.clock(torch.device("cpu"))
+    assert devices.clock(torch.device("cpu")) >= first
+    assert devices.default_dtype(torch.device("cpu")) == torch.float32
 
 
 # ----------------------------------------------------------------------------- ZeroGPU
@@ -191,7 +191,7 @@ class CountingGPU:
 
 @pytest.fixture
 def embedded_pair(tiny_target, tiny_draft):
-    if not (lm.available("tiny-target") and lm.available("tiny-draft")):
+    if not (store.available("tiny-target") and store.available("tiny-draft")):
         pytest.skip("the embedded pair is not in assets/models")
 
 

@@ -1,13 +1,11 @@
 """Jacobi decoding: the fixed point is the greedy output, at least one token per forward, figures from steps."""
 import dataclasses
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from engines.jacobi import JacobiConfig, jacobi, leading_matches
+from engines.decoding.jacobi import JacobiConfig, jacobi, leading_matches
 from engines.methods import Run
 from engines.trace import Step, Trace
 from explorer.figures import VIEWS
@@ -122,10 +120,9 @@ def test_bad_settings_are_refused_in_one_sentence(tiny_target, settings, says):
     assert str(e.value).count(". ") == 0 and str(e.value).endswith(".")
 
 
-def test_the_cli_takes_block_and_init(tiny_target):
-    r = subprocess.run([sys.executable, "-m", "engines", "trace", "--method", "jacobi", "--block", "8", "--init",
-                        "repeat", "--prompt", PROMPTS[0], "--max-new-tokens", "6", "--target", tiny_target.source],
-                       capture_output=True, text=True, timeout=300)
+def test_the_cli_takes_block_and_init(tiny_target, cli):
+    r = cli("trace", "--method", "jacobi", "--block", "8", "--init", "repeat", "--prompt", PROMPTS[0],
+            "--max-new-tokens", "6", "--target", tiny_target.source)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["config"]["block"] == 8 and len(d["output_ids"]) == 6

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from engines import lm
 from engines.config import MAX_PROMPT_TOKENS
 from engines.methods import METHODS, Run
+from engines.models import adapter, store
 
 
 def one_sentence(e: pytest.ExceptionInfo) -> str:
@@ -22,12 +22,12 @@ def no_forward(monkeypatch, tiny_target, tiny_draft, tiny_masked):
     """Any forward of any model fails the test: a refusal must come before model work. (The models are in
     the cache first: loading one runs a warm-up forward.)"""
     for model in (tiny_target, tiny_draft, tiny_masked):
-        lm.load(model.source)
+        store.load(model.source)
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a model ran before the prompt was checked")
     for name in ("forward", "catch_up", "masked_logits", "masked_logits_rows", "forward_tree_level"):
-        monkeypatch.setattr(lm.LM, name, forbidden)
+        monkeypatch.setattr(adapter.LM, name, forbidden)
 
 
 def words(n: int) -> str:

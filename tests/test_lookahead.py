@@ -1,17 +1,22 @@
 """Lookahead decoding: the hand-built mask, greedy equal to generate, the pool, the sampling rule, figures."""
 import dataclasses
 import json
-import subprocess
-import sys
 from collections import OrderedDict
 
 import pytest
 import torch
 
-from engines.lookahead import LookaheadConfig, ancestry, branches, lookahead, remember, slide
+from engines.decoding.lookahead import (
+    LookaheadConfig,
+    ancestry,
+    branches,
+    lookahead,
+    remember,
+    slide,
+)
+from engines.decoding.verify_tree import verify_sampled
 from engines.methods import Run
 from engines.trace import Step, Trace
-from engines.tree import verify_sampled
 from explorer.figures import VIEWS
 from tests.conftest import PROMPTS, greedy_reference
 from tests.test_jacobi import ALPHABET, REPEAT, eos_inside_a_commit
@@ -175,10 +180,9 @@ def test_sampling_records_every_draw_and_the_same_seed_gives_the_same_trace(tiny
         assert sum(draw["accepted"] for draw in d["draws"]) >= d["accepted_len"]
 
 
-def test_the_cli_takes_window_ngram_and_guesses(tiny_target):
-    r = subprocess.run([sys.executable, "-m", "engines", "trace", "--method", "lookahead", "--window", "5",
-                        "--ngram", "4", "--guesses", "5", "--prompt", REPEAT, "--max-new-tokens", "8",
-                        "--target", tiny_target.source], capture_output=True, text=True, timeout=300)
+def test_the_cli_takes_window_ngram_and_guesses(tiny_target, cli):
+    r = cli("trace", "--method", "lookahead", "--window", "5", "--ngram", "4", "--guesses", "5", "--prompt", REPEAT,
+            "--max-new-tokens", "8", "--target", tiny_target.source)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert (d["config"]["window"], d["config"]["ngram"], d["config"]["guesses"]) == (5, 4, 5)

@@ -3,16 +3,14 @@ the length beam, the real masked LM through Run and the CLI, and the figures."""
 import dataclasses
 import json
 import math
-import subprocess
-import sys
 from fractions import Fraction
 
 import plotly.graph_objects as go
 import pytest
 import torch
 
-from engines.mask_predict import (MaskPredictConfig, block_bounds, candidate_lengths, mask_predict, plan, schedule,
-                                  spread)
+from engines.decoding.mask_predict import MaskPredictConfig, candidate_lengths, mask_predict
+from engines.decoding.mask_schedule import block_bounds, plan, schedule, spread
 from engines.methods import Run
 from engines.trace import Trace
 from explorer.figures import VIEWS
@@ -314,11 +312,7 @@ def test_a_causal_model_is_refused(tiny_target):
         Run("mask-predict", PROMPTS[0], {}, target=tiny_target.source)
 
 
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "engines", *args], capture_output=True, text=True, timeout=300)
-
-
-def test_cli(tiny_masked):
+def test_cli(tiny_masked, cli):
     r = cli("trace", "--method", "mask-predict", "--prompt", PROMPTS[0], "--length", "24", "--iterations", "10",
             "--strategy", "diffusion", "--block", "8", "--target", tiny_masked.source)
     assert r.returncode == 0, r.stderr
@@ -514,7 +508,7 @@ def test_the_quality_curve_decodes_the_span_at_fewer_iterations():
 
 def test_the_mask_token_is_never_predicted_even_where_the_model_ranks_it_first():
     """An undertrained model may rank the mask token first; a position 'unmasked' to it would still read as masked."""
-    from engines.mask_predict import Span, predict
+    from engines.decoding.mask_predict import Span, predict
     span, mask_id = Span(3, mask_id=5), 5
     logits = torch.zeros(3, 10)
     logits[:, mask_id] = 9.0

@@ -6,12 +6,19 @@ of an exact sampler at the same number of draws; the broken rules must land well
 import pytest
 import torch
 
-from engines.acceptance import one_hot
+from engines.analysis.sampling_check import (
+    RULES,
+    Position,
+    check,
+    frequencies,
+    sampling_check,
+    siblings,
+    total_variation,
+)
+from engines.decoding.acceptance import one_hot
+from engines.decoding.trees import ROOT
+from engines.decoding.verify_tree import verify_sampled
 from engines.methods import Run
-from engines.sampling_check import (RULES, Position, check, frequencies, sampling_check, siblings,
-                                    total_variation)
-from engines.tree import verify_sampled
-from engines.trees import ROOT
 
 BROKEN = [r for r in RULES if r != "exact"]
 P = torch.tensor([.3, .2, .15, .1, .1, .05, .05, .05])

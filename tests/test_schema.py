@@ -9,12 +9,21 @@ from typing import Union, get_args, get_origin, get_type_hints, is_typeddict
 import pytest
 import torch
 
-from engines import mask_predict as mp, schema, speculative, tree
+from engines import schema
+from engines.analysis.verify_draft import verify_draft
+from engines.decoding import mask_predict as mp
+from engines.decoding import speculative, tree
+from engines.decoding.sampling import Sampling, sample, uniform
 from engines.methods import METHODS, Run
-from engines.sampling import Sampling, sample, uniform
-from engines.schema import SCHEMA_VERSION, declared_fields, required_keys, step_records, trace_schema, validate
+from engines.schema import (
+    SCHEMA_VERSION,
+    declared_fields,
+    required_keys,
+    step_records,
+    trace_schema,
+    validate,
+)
 from engines.trace import Step
-from engines.verify_draft import verify_draft
 from tests.test_heads import head_dir  # noqa: F401  (the fixture: shipped heads for tiny-target, else random ones)
 from tests.test_mask_predict import CausalCache
 
@@ -115,7 +124,7 @@ def recorded(tiny_target, tiny_draft, tiny_masked, head_dir):  # noqa: F811
     """(method, its steps as JSON) for every run above, the typed draft of 'be the drafter', and the cached prefix."""
     out = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("engines.drafters.HEADS_DIR", head_dir)
+        patch.setattr("engines.drafting.heads.HEADS_DIR", head_dir)
         for method, settings in RUNS:
             target = tiny_masked if METHODS[method].model_kind == "masked" else tiny_target
             run = Run(method, PROMPT, {"max_new_tokens": 6, **settings}, target=target.source,

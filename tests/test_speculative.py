@@ -8,12 +8,17 @@ import json
 import pytest
 import torch
 
-from engines import speculative as engine
 from engines.__main__ import main as cli
-from engines.lm import LM
+from engines.decoding import speculative as engine
+from engines.decoding.sampling import probabilities, top
+from engines.decoding.speculative import (
+    SpeculativeConfig,
+    next_k,
+    speculative,
+)
+from engines.drafting.lookup import draft_by_lookup
 from engines.methods import Run
-from engines.sampling import probabilities, top
-from engines.speculative import SpeculativeConfig, draft_by_lookup, next_k, speculative
+from engines.models.adapter import LM
 from engines.trace import Step, Trace
 from explorer.figures import VIEWS
 from explorer.render import figure_bytes

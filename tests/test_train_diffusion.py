@@ -8,9 +8,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from engines import lm, train_diffusion as td
-from engines.mask_predict import MaskPredictConfig, mask_predict
+from engines.decoding.mask_predict import MaskPredictConfig, mask_predict
 from engines.methods import Run
+from engines.models import locate, presets, store
+from engines.training import common
+from engines.training import diffusion as td
+from engines.training.__main__ import main as training_cli
 from tests.conftest import PROMPTS
 
 
@@ -56,7 +59,7 @@ def toy_base(tmp_path_factory) -> str:
     """A toy causal base folder with SmolLM2's tokenizer (whose <empty_output>, the mask token, is id 16)."""
     base = tmp_path_factory.mktemp("toy-base")
     toy_llama(2).save_pretrained(base)
-    AutoTokenizer.from_pretrained(lm.resolve("smollm2-135m-instruct")).save_pretrained(base)
+    AutoTokenizer.from_pretrained(locate.resolve("smollm2-135m-instruct")).save_pretrained(base)
     return str(base)
 
 
@@ -71,17 +74,17 @@ def toy_diffusion(tmp_path_factory, toy_base) -> str:
 
 
 def test_the_adapter_loads_over_its_base_as_a_masked_lm(toy_diffusion):
-    model = lm.load(toy_diffusion)
+    model = store.load(toy_diffusion)
     assert model.is_masked and model.can_cache and model.mask_id == 16
-    assert json.loads((lm.Path(toy_diffusion) / lm.DIFFUSION_FILE).read_text())["mask_token"] == td.MASK_TOKEN
-    with pytest.raises(lm.ModelLoadError, match="needs a causal LM"):
+    assert json.loads((Path(toy_diffusion) / locate.DIFFUSION_FILE).read_text())["mask_token"] == td.MASK_TOKEN
+    with pytest.raises(presets.ModelLoadError, match="needs a causal LM"):
         Run("autoregressive", PROMPTS[0], {"max_new_tokens": 4}, target=toy_diffusion)
     trace = Run("mask-predict", PROMPTS[0], {"length": 6, "iterations": 3, "curve": "off"}, target=toy_diffusion).run()
     assert trace.finished and len(trace.steps) == 3
 
 
 def test_rows_are_bidirectional_and_shifted(toy_diffusion):
-    model = lm.load(toy_diffusion)
+    model = store.load(toy_diffusion)
     row = model.encode(PROMPTS[1]) + [16] * 4
     logits = model.masked_logits_rows([row])[0]
     changed = row[:-1] + [17]
@@ -92,7 +95,7 @@ def test_rows_are_bidirectional_and_shifted(toy_diffusion):
 
 
 def test_a_fresh_prefix_cache_equals_the_exact_forward(toy_diffusion):
-    model = lm.load(toy_diffusion)
+    model = store.load(toy_diffusion)
     row = model.encode(PROMPTS[2]) + [16] * 6
     start = len(row) - 6
     exact = model.masked_logits_rows([row])[0][start:]
@@ -103,7 +106,7 @@ def test_a_fresh_prefix_cache_equals_the_exact_forward(toy_diffusion):
 
 
 def test_recorded_drift_is_the_true_difference(toy_diffusion):
-    model = lm.load(toy_diffusion)
+    model = store.load(toy_diffusion)
     prompt = model.encode(PROMPTS[0])
     n, cfg = 8, MaskPredictConfig(length=8, iterations=4, strategy="diffusion", cache="prefix", curve="off")
     steps = list(mask_predict(model, prompt, cfg, torch.Generator().manual_seed(0)))
@@ -135,7 +138,7 @@ def test_tiny_masked_refuses_the_cache_in_one_sentence(tiny_masked):
 
 def test_a_checkpoint_exports_without_training_and_loads_as_the_trained_weights(tmp_path, toy_base):
     """diffusion-export's path: the adapter of a checkpoint (written as `train` writes it) equals, once loaded
-    through lm.load, the adapter that `export` writes from the live model."""
+    through store.load, the adapter that `export` writes from the live model."""
     from peft import get_peft_model_state_dict
     peft_model = td.fresh_adapter(toy_base, rank=4)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
@@ -145,29 +148,29 @@ def test_a_checkpoint_exports_without_training_and_loads_as_the_trained_weights(
                 "tokens": 192, "curve": [{"step": 2, "tokens": 192, "held_out_loss": 9.0}]}, ckpt)
     live = td.export(peft_model, tmp_path / "live", toy_base, {"step": 2})
     made = td.export_checkpoint(ckpt, tmp_path / "from-ckpt", toy_base)
-    info = json.loads((made / lm.DIFFUSION_FILE).read_text())
+    info = json.loads((made / locate.DIFFUSION_FILE).read_text())
     assert info["step"] == 2 and info["tokens_seen"] == 192 and info["curve"][0]["held_out_loss"] == 9.0
-    a, b = lm.load(str(live)).model.state_dict(), lm.load(str(made)).model.state_dict()
+    a, b = store.load(str(live)).model.state_dict(), store.load(str(made)).model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["model.embed_tokens.weight"][16],   # the trained mask row came through
-                           lm.load(toy_base).model.state_dict()["model.embed_tokens.weight"][16])
+                           store.load(toy_base).model.state_dict()["model.embed_tokens.weight"][16])
     from safetensors.torch import load_file
     stored = load_file(live / "adapter_model.safetensors")
     assert {t.dtype for t in stored.values()} == {torch.bfloat16}   # the delta is kept in git at half size
 
 
 def test_diffusion_export_says_in_one_line_when_there_is_no_checkpoint(tmp_path, monkeypatch, capsys):
-    from engines import train
-    monkeypatch.setattr(train, "WORK_DIR", tmp_path)
+    monkeypatch.setattr(common, "WORK_DIR", tmp_path)
     with pytest.raises(SystemExit) as e:
-        train.main(["diffusion-export", "--out", str(tmp_path / "out")])
+        training_cli(["diffusion-export", "--out", str(tmp_path / "out")])
     assert e.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_the_diffusion_bench_gives_every_figure(tiny_masked, toy_diffusion, tiny_target):
     """tiny-masked (no cache) and the toy adapter (cache) over one prompt, quick settings, scored by tiny-target."""
-    from engines.bench import Models, bench_diffusion
+    from engines.analysis.bench_diffusion import bench_diffusion
+    from engines.analysis.bench_runs import Models
     models = Models(target=tiny_target.source, tiny_target=tiny_target.source, draft="", device=None,
                     masked=(tiny_masked.source, toy_diffusion))
     rows = bench_diffusion(models, [PROMPTS[0]], quick=True)
@@ -190,16 +193,16 @@ def test_the_diffusion_bench_gives_every_figure(tiny_masked, toy_diffusion, tiny
 
 def test_mask_predict_defaults_to_the_diffusion_lm_where_it_is_installed(monkeypatch):
     from engines import methods
-    monkeypatch.setattr(lm, "available", lambda name: name != "smollm2-135m-diffusion")
+    monkeypatch.setattr(store, "available", lambda name: name != "smollm2-135m-diffusion")
     assert methods.method_default_target("mask-predict") == "tiny-masked"
-    monkeypatch.setattr(lm, "available", lambda name: True)
+    monkeypatch.setattr(store, "available", lambda name: True)
     assert methods.method_default_target("mask-predict") == "smollm2-135m-diffusion"
     assert methods.method_default_target("speculative") == methods.DEFAULT_TARGET
 
 
 def test_a_checkpoint_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     """A run killed while writing (the session ends, Ctrl-C) must leave the last checkpoint loadable."""
-    from engines import checkpoint
+    from engines.training import checkpoint
     ckpt = tmp_path / "ckpt.pt"
     checkpoint.save({"step": 1}, ckpt)
 

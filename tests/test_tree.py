@@ -7,11 +7,14 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from engines import trees
 from engines.__main__ import main as cli
+from engines.decoding import trees
+from engines.decoding.tree import TreeConfig, tree, verify_forward
+from engines.decoding.verify_tree import verify_sampled
+from engines.drafting.growth import grow_static
+from engines.drafting.model import Drafting
 from engines.methods import Run
 from engines.trace import Step, Trace
-from engines.tree import Drafting, TreeConfig, grow_static, tree, verify_forward, verify_sampled
 from explorer.figures import tree as figures
 from tests.conftest import PROMPTS, greedy_reference
 

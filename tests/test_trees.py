@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from engines import trees
-from engines.trees import ROOT
+from engines.decoding import trees
+from engines.decoding.trees import ROOT
 
 # Medusa's example order, deliberately not breadth-first
 PATHS = [(0,), (0, 0), (1,), (0, 1)]

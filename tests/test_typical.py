@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from engines.acceptance import entropy, typical_accept, typical_threshold
+from engines.decoding.acceptance import entropy, typical_accept, typical_threshold
 from engines.methods import Run
 from tests.conftest import greedy_reference
 

@@ -1,7 +1,7 @@
 """Be the drafter: a typed continuation verified by the target in one forward, recorded as a speculative step."""
 import pytest
 
-from engines.verify_draft import verify_draft_trace
+from engines.analysis.verify_draft import verify_draft_trace
 from explorer.figures import speculative as figures
 from explorer.render import check_trace
 from tests.conftest import greedy_reference

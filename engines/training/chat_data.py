@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from engines import lm
+from engines.models import adapter, presets, store
 from engines.training.instructions import instructions
 
 PER_SHARD = 64
@@ -33,7 +33,7 @@ HELD_OUT_EVERY = 20
 
 
 def data_dir(target: str) -> Path:
-    return lm.CACHE_DIR / "train" / "chat" / target.replace("/", "_")
+    return presets.CACHE_DIR / "train" / "chat" / target.replace("/", "_")
 
 
 def shard_path(folder: Path, index: int) -> Path:
@@ -45,9 +45,9 @@ def templated(tok, messages: list[dict]) -> list[int]:
 
 
 @torch.inference_mode()
-def answer(target: lm.LM, prompts: list[list[int]], max_new: int, generator: torch.Generator | None) -> list[list[int]]:
+def answer(target: adapter.LM, prompts: list[list[int]], max_new: int, generator: torch.Generator | None) -> list[list[int]]:
     """The target's answers to a batch of tokenized prompts (left-padded), each cut after its first end token."""
-    tok, pad = target.tokenizer, target.tokenizer.pad_token_id
+    pad = target.tokenizer.pad_token_id
     pad = pad if pad is not None else 0
     width = max(map(len, prompts))
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=target.device)
@@ -65,7 +65,7 @@ def answer(target: lm.LM, prompts: list[list[int]], max_new: int, generator: tor
     return answers
 
 
-def conversations(target: lm.LM, items: list[dict], sampled: bool, seed: int,
+def conversations(target: adapter.LM, items: list[dict], sampled: bool, seed: int,
                   limits: tuple[int, int] = (FIRST_TURN_TOKENS, SECOND_TURN_TOKENS)) -> list[dict]:
     """Answer the items' first turns in length-sorted batches, then the follow-ups of those that have one."""
     tok = target.tokenizer
@@ -127,7 +127,7 @@ def read_shards(folder: Path, split: str | None = None) -> list[dict]:
     return [r for r in rows if split is None or r["split"] == split]
 
 
-def generate(target: lm.LM, folder: Path, items: list[dict], count: int, *, per_shard: int = PER_SHARD,
+def generate(target: adapter.LM, folder: Path, items: list[dict], count: int, *, per_shard: int = PER_SHARD,
              limits: tuple[int, int] = (FIRST_TURN_TOKENS, SECOND_TURN_TOKENS), minutes: float = 0.0) -> int:
     """Answer the first `count` items into shards of `per_shard` under `folder`, skipping shards already
     written; stop after `minutes` if set. Returns how many shards this call wrote."""
@@ -168,7 +168,7 @@ def status(folder: Path) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m engines.training.chat_data", description=__doc__.split("\n")[0])
-    parser.add_argument("target", nargs="?", default=lm.SMOLLM2)
+    parser.add_argument("target", nargs="?", default=presets.SMOLLM2)
     parser.add_argument("--conversations", type=int, default=13000)
     parser.add_argument("--minutes", type=float, default=0.0, help="stop after this long (0: run to the end)")
     parser.add_argument("--device")
@@ -179,7 +179,7 @@ def main(argv=None) -> None:
     if args.status:
         print(json.dumps(status(folder), indent=1))
         return
-    target = lm.load(args.target, device=args.device, dtype=args.dtype)
+    target = store.load(args.target, device=args.device, dtype=args.dtype)
     generate(target, folder, instructions(), args.conversations, minutes=args.minutes)
 
 

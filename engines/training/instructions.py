@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import random
 import re
-from pathlib import Path
 
-CORPUS_DIR = Path(__file__).resolve().parents[2] / "assets" / "corpus"
+from engines.models import presets
+
+CORPUS_DIR = presets.ASSETS / "corpus"
 
 TOPICS = """
 volcanoes, honeybees, the water cycle, black holes, the printing press, bread baking, composting, the immune system,

@@ -17,8 +17,19 @@ from typing import Callable
 import plotly.graph_objects as go
 
 from engines.trace import Step, Trace
-from explorer.figures.common import (DRAFT_COLOUR, GRID_COLOUR, TARGET_COLOUR, Grid, colour, figure, grid, quoted,
-                                     show, symbol, token)
+from explorer.figures.common import (
+    DRAFT_COLOUR,
+    GRID_COLOUR,
+    TARGET_COLOUR,
+    Grid,
+    colour,
+    figure,
+    grid,
+    quoted,
+    show,
+    symbol,
+    token,
+)
 
 SHOWN = 8              # candidates shown per level (Medusa's top-k, EAGLE's most confident nodes at a depth)
 TARGET_MARK = "triangle-down"

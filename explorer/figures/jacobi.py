@@ -4,7 +4,17 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from engines.trace import Trace
-from explorer.figures.common import Chip, View, colour, count_axis, empty, figure, quoted, show, token
+from explorer.figures.common import (
+    Chip,
+    View,
+    colour,
+    count_axis,
+    empty,
+    figure,
+    quoted,
+    show,
+    token,
+)
 
 ROWS_SHOWN = 24    # the trajectory shows at most this many iterations up to the cursor
 CELLS_SHOWN = 560  # and at most about this many cells, so a step's figure stays well under 100 KB

@@ -7,10 +7,21 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from engines.lookahead import ancestry
+from engines.decoding.lookahead import ancestry
 from engines.trace import Step, Trace
-from explorer.figures.common import (Chip, Grid, View, colour, empty, figure, grid, quoted, show, symbol,
-                                     token)
+from explorer.figures.common import (
+    Chip,
+    Grid,
+    View,
+    colour,
+    empty,
+    figure,
+    grid,
+    quoted,
+    show,
+    symbol,
+    token,
+)
 from explorer.figures.jacobi import discrete_scale
 
 HIDDEN = "rgba(128,128,128,0.12)"    # a masked cell of the attention mask

@@ -10,8 +10,20 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from engines.trace import Trace
-from explorer.figures.common import (TARGET_COLOUR, Chip, View, colour, count_axis, empty, figure, grid, quoted,
-                                     show, symbol, token)
+from explorer.figures.common import (
+    TARGET_COLOUR,
+    Chip,
+    View,
+    colour,
+    count_axis,
+    empty,
+    figure,
+    grid,
+    quoted,
+    show,
+    symbol,
+    token,
+)
 
 CELL_BUDGET = 384           # heatmap cells drawn at most, so one step's figure stays small
 ROWS_SHOWN = 32             # iterations drawn at most, so rows stay readable

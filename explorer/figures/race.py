@@ -7,9 +7,10 @@ import html
 
 import plotly.graph_objects as go
 
-from engines.race import Race
+from engines.analysis.race import Race
 from explorer.figures import theory
 from explorer.figures.common import colour, figure, grid, show
+
 SINGLE, MULTI = colour("chosen"), colour("accepted")   # one token per forward (plain decoding) vs several
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from engines.sampling_check import Check
+from engines.analysis.sampling_check import Check
 from explorer.figures.common import TARGET_COLOUR, colour, figure, grid, show
 
 

@@ -8,12 +8,32 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from engines.cost import TRADE_OFF, drafts, expected_speedup, expected_tokens, verdict
-from engines.speculative import acceptance_rate
+from engines.analysis.theory import (
+    TRADE_OFF,
+    acceptance_rate,
+    drafts,
+    expected_speedup,
+    expected_tokens,
+    speculative_drafts,
+    verdict,
+)
 from engines.trace import Step, Trace
 from explorer.figures import heads, theory
-from explorer.figures.common import (DRAFT_COLOUR, TARGET_COLOUR, Chip, Grid, View, colour, empty, figure, grid,
-                                     quoted, show, symbol, token)
+from explorer.figures.common import (
+    DRAFT_COLOUR,
+    TARGET_COLOUR,
+    Chip,
+    Grid,
+    View,
+    colour,
+    empty,
+    figure,
+    grid,
+    quoted,
+    show,
+    symbol,
+    token,
+)
 
 BARS = 5          # tokens shown per position
 COIN = "#666666"
@@ -448,7 +468,7 @@ def acceptance_words(trace: Trace, index: int) -> str:
     r = running(trace, index)
     if r.alpha[-1] is None:
         return ""
-    accepted, examined = drafts("speculative", steps)
+    accepted, examined = drafts(speculative_drafts, steps)
     made = sum(len(s.committed_ids) for s in steps)
     return (f" So far, two acceptance figures: the acceptance rate α = accepted / examined drafts = {accepted} / "
             f"{examined} = {r.alpha[-1]:.2f} (a draft counts as examined up to and including the first refused "

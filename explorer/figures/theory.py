@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from engines.cost import K_MAX, Calibration, expected_speedup, expected_tokens
+from engines.analysis.theory import K_MAX, Calibration, expected_speedup, expected_tokens
 from engines.trace import Step, Trace
 from explorer.figures.common import GRID_COLOUR, colour, symbol
 

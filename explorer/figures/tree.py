@@ -10,12 +10,26 @@ import html
 import networkx as nx
 import plotly.graph_objects as go
 
-from engines import trees
-from engines.cost import drafts
+from engines.analysis.theory import drafts, tree_drafts
+from engines.decoding import trees
 from engines.trace import Step, Trace
 from explorer.figures import heads, theory
-from explorer.figures.common import (GRID_COLOUR, TARGET_COLOUR, TEXT_COLOUR, Chip, Grid, View, colour, empty, figure,
-                                     grid, quoted, show, symbol, token)
+from explorer.figures.common import (
+    GRID_COLOUR,
+    TARGET_COLOUR,
+    TEXT_COLOUR,
+    Chip,
+    Grid,
+    View,
+    colour,
+    empty,
+    figure,
+    grid,
+    quoted,
+    show,
+    symbol,
+    token,
+)
 
 FINAL = "final"
 DIM = 0.4          # opacity of rejected and unreached branches
@@ -287,7 +301,7 @@ def cost_words(trace: Trace, index: int) -> str:
     """The cost model with the run's numbers: both acceptance figures, what a step costs in target forwards
     (verifying n tokens, and drafting), and the speedup it predicts against the one measured."""
     steps = trace.steps[: index + 1]
-    accepted, examined = drafts("tree", steps)
+    accepted, examined = drafts(tree_drafts, steps)
     made = sum(len(s.committed_ids) for s in steps)
     text = (f"**Two acceptance figures:** the acceptance rate α = accepted / examined drafts along the accepted "
             f"paths = {accepted} / {examined}" + (f" = {accepted / examined:.2f}" if examined else "") +

