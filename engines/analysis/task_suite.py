@@ -6,7 +6,7 @@ here (engines/analysis/tasks/*.jsonl, one file per family) were written for this
 every text the shipped models and heads were trained on (tests/test_tasks.py with `overlaps`), so a drafter's
 acceptance on them says how it does on text it has not seen, not how well it remembers.
 
-    python -m engines bench --section tasks --per-family 2 --task-tokens 32
+    python -m engines bench --section tasks --per-family 2 --max-new-tokens 32
 
 `bench_tasks` runs every drafter on each prompt through the target's chat template, greedy, and measures tokens
 per target forward (mean accepted + 1, as Spec-Bench counts it), acceptance, wall-time speedups over this
@@ -266,7 +266,12 @@ def bench_tasks(target: lm.LM | str, draft: lm.LM | str | None = None, per_famil
     """One row per (method, task): greedy on the task's chat-template ids, `new_tokens` at most. Per task, back
     to back in this process: generate(), our autoregressive engine, then each drafter. Every method runs once on
     the first task before anything is timed, so no row pays one-off set-up costs."""
+    from engines.config import MAX_NEW_TOKENS
     from engines.cost import drafts
+    if per_family_count < 1:
+        raise ValueError(f"Prompts per family must be at least 1, not {per_family_count}.")
+    if not 1 <= new_tokens <= MAX_NEW_TOKENS:
+        raise ValueError(f"New tokens per prompt must be between 1 and {MAX_NEW_TOKENS}, not {new_tokens}.")
     target = target if isinstance(target, lm.LM) else lm.load(target, device)
     if isinstance(draft, str):
         draft = lm.load(draft, device)
@@ -274,8 +279,6 @@ def bench_tasks(target: lm.LM | str, draft: lm.LM | str | None = None, per_famil
         lm.check_same_tokenizer(target, draft)
     chosen = runnable(TASK_METHODS if methods is None else methods, target, draft)
     tasks = per_family(load_suite() if tasks is None else tasks, per_family_count)
-    if not tasks:
-        raise ValueError("No task to run: give at least one prompt per family.")
     encoded = [(t, prompt_ids(target, t)) for t in tasks]
     warm = encoded[0][1]
     greedy_generate(target, warm, new_tokens)
@@ -377,8 +380,10 @@ def bench_section(models, quick: bool, per_family_count: int | None = None,
                   new_tokens: int | None = None) -> list[dict]:
     """`python -m engines bench --section tasks`: the default target (SmolLM2 where installed) with the tiny
     draft, printing the tables; returns the rows."""
-    per = per_family_count or (1 if quick else 2)
-    n = new_tokens or (16 if quick else 32)
+    per = (1 if quick else 2) if per_family_count is None else per_family_count
+    n = (16 if quick else 32) if new_tokens is None else new_tokens
+    if per < 1 or n < 1:   # refused before any model loads
+        raise ValueError(f"The tasks section needs at least 1 prompt per family and 1 new token, not {per} and {n}.")
     draft = None if models.missing(models.draft) else lm.load(models.draft, models.device)
     rows = bench_tasks(models.target, draft, per, n, models.device)
     print(tables(rows), flush=True)
