@@ -140,3 +140,14 @@ def test_tasks_section_on_the_tiny_models_fills_spec_bench_tables_and_equals_gen
     assert reference and "4.36" in reference[0] and "2.25x" in reference[0]
     assert f"{len(rows) // len(methods)}/{len(rows) // len(methods)}" in blocks[3]
     assert took < 60
+
+
+def test_the_cli_refuses_task_options_it_cannot_use(capsys):
+    from engines.__main__ import main
+    assert main(["bench", "--section", "tree", "--per-family", "2"]) == 2
+    assert "--per-family is a setting of the tasks section" in capsys.readouterr().err
+    assert main(["bench", "--section", "tasks", "--per-family", "0"]) == 2
+    assert "at least 1 prompt per family" in capsys.readouterr().err
+    assert main(["bench", "--section", "tasks", "--max-new-tokens", "0"]) == 2
+    with pytest.raises(ValueError, match="between 1 and"):
+        ts.bench_tasks("tiny-target", None, per_family_count=1, new_tokens=100_000)
