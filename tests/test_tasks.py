@@ -98,7 +98,8 @@ def test_the_check_finds_a_corpus_passage_or_an_instruction_planted_in_the_suite
     found = {o.task_id for o in ts.shared_windows(text_ids, ts.suite_windows(planted, tokenizer), tokenizer)}
     assert found == {"planted-book"} | ({"planted-chat"} if len(tokenizer(instruction)["input_ids"]) >= 8 else set())
     # the public form, on text given directly: an eight-word phrase shared is found, a fresh one is not
-    quote = ts.Task("quote", "rag", ({"role": "user", "content": "It said: down the rabbit hole went the small girl."},))
+    said = "It said: down the rabbit hole went the small girl."
+    quote = ts.Task("quote", "rag", ({"role": "user", "content": said},))
     assert [o.task_id for o in ts.overlaps(["She looked down the rabbit hole went the small girl at once."],
                                            tasks=[quote], tokenizer=tokenizer)] == ["quote"]
     assert ts.overlaps(["Nothing in common here at all, not a single phrase."], tasks=[quote],

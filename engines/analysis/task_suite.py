@@ -55,9 +55,9 @@ def parse_line(line: str, where: str, family: str) -> Task:
     if d["family"] != family:
         raise ValueError(f"{where} says family '{d['family']}' but sits in {family}.jsonl.")
     messages = d["messages"]
-    if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) and m["content"].strip()
-            for m in messages):
+    well_formed = lambda m: (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
+                             and bool(m["content"].strip()))
+    if not isinstance(messages, list) or not messages or not all(map(well_formed, messages)):
         raise ValueError(f"{where}: messages must be a non-empty list of {{role, content}} with roles {ROLES}.")
     if messages[-1]["role"] != "user":
         raise ValueError(f"{where}: the last message must be the user's, for the model to answer.")
@@ -297,7 +297,8 @@ def bench_tasks(target: lm.LM | str, draft: lm.LM | str | None = None, per_famil
                          "prompt_tokens": len(ids), "new_tokens": len(output), "steps": len(steps),
                          "target_forwards": sum(s.target_forwards for s in steps),
                          "accepted": accepted, "examined": examined, "wall_s": wall, "autoregressive_s": ar_s,
-                         "generate_s": generate_s, "same_as_generate": output == reference})
+                         "generate_s": generate_s, "reference_tokens": len(reference),
+                         "same_as_generate": output == reference})
     return rows
 
 
@@ -313,7 +314,7 @@ def aggregate(rows: Sequence[dict]) -> dict:
 
     def speedup(base: str) -> float:
         ours = statistics.mean(r["new_tokens"] / r["wall_s"] for r in rows)
-        theirs = statistics.mean(r["new_tokens"] / r[base] for r in rows)
+        theirs = statistics.mean(r["reference_tokens"] / r[base] for r in rows)   # generate()'s greedy text
         return ours / theirs
 
     return {"tokens_per_forward": tokens / forwards if forwards else float("nan"),
