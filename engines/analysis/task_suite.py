@@ -294,7 +294,8 @@ def bench_tasks(target: lm.LM | str, draft: lm.LM | str | None = None, per_famil
             output = [t for s in steps for t in s.committed_ids]
             accepted, examined = drafts(method, steps) if method != "autoregressive" else (0, 0)
             rows.append({"method": name, "family": task.family, "task": task.id, "target": target.name,
-                         "prompt_tokens": len(ids), "new_tokens": len(output), "steps": len(steps),
+                         "prompt_tokens": len(ids), "max_new_tokens": new_tokens,
+                         "new_tokens": len(output), "steps": len(steps),
                          "target_forwards": sum(s.target_forwards for s in steps),
                          "accepted": accepted, "examined": examined, "wall_s": wall, "autoregressive_s": ar_s,
                          "generate_s": generate_s, "reference_tokens": len(reference),
@@ -346,17 +347,18 @@ def tables(rows: Sequence[dict], suite_digest: str | None = None) -> str:
     if not rows:
         return "No rows: no method could run here."
     cells = table_cells(rows)
-    columns = [c for c in next(iter(cells.values()))]
-    titles = [FAMILIES.get(c, c) for c in columns]
+    families = [c for c in next(iter(cells.values())) if c != "Overall"]
     first = rows[0]
     per = max(sum(1 for r in rows if r["method"] == first["method"] and r["family"] == f) for f in FAMILIES)
-    tokens = max(r["new_tokens"] for r in rows)
+    tokens = first["max_new_tokens"]
     out = [f"Task suite {suite_digest or digest(load_suite())}: {first['target']}, greedy, {per} prompt(s) per "
            f"family in its chat template, up to {tokens} new tokens; measured back to back in one process.", ""]
 
     def block(title: str, fmt, extra: list[tuple[str, callable]] = ()) -> None:
-        header = ["Method", *titles, *(name for name, _ in extra)]
-        body = [[m, *(fmt(c[col]) for col in columns), *(f(c) for _, f in extra)] for m, c in cells.items()]
+        # Spec-Bench's order: the families, its extra column(s), then Overall
+        header = ["Method", *(FAMILIES[f] for f in families), *(name for name, _ in extra), "Overall"]
+        body = [[m, *(fmt(c[f]) for f in families), *(cell(c) for _, cell in extra), fmt(c["Overall"])]
+                for m, c in cells.items()]
         out.extend([f"### {title}", "", markdown(header, body), ""])
 
     block("Speedup over our autoregressive engine (wall time, this machine)",
