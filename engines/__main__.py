@@ -4,6 +4,7 @@
     python -m engines models
     python -m engines bench
     python -m engines bench --section diffusion --masked tiny-masked,/tmp/diff-export
+    python -m engines bench --section tasks --per-family 2 --max-new-tokens 32   # the held-out task suite
     python -m engines bench-table bench.json    # the README's markdown tables from `bench --json bench.json`
 
 Bad input ends with one line on stderr and exit code 2; so does a setting of another method than the one
@@ -107,12 +108,15 @@ def parser() -> argparse.ArgumentParser:
                    help="write every figure of the race for the bench prompts, and speculative's ratios to "
                         "transformers' assisted and prompt-lookup generation, to PATH as JSON")
     b.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=None,
-                   help="with --json: new tokens per race (default 48, 16 with --quick)")
+                   help="with --json: new tokens per race (default 48, 16 with --quick); with --section tasks: "
+                        "new tokens per prompt at most (default 32, 16 with --quick)")
     b.add_argument("--section", default=None, choices=bench_sections(),
                    help="run only this section (default: all)")
     b.add_argument("--masked", action="append", default=None, metavar="DIR_OR_PRESET",
                    help="a masked LM for the diffusion section (repeat, or a comma list; default: tiny-masked "
                         "and smollm2-135m-diffusion where available)")
+    b.add_argument("--per-family", dest="per_family", type=int, default=None,
+                   help="tasks section: prompts per family of the held-out task suite (default 2, 1 with --quick)")
     bt = sub.add_parser("bench-table", help="the README's markdown tables from the JSON of `bench --json PATH`")
     bt.add_argument("path", help="a JSON file written by `python -m engines bench --json PATH`")
     bt.add_argument("--per-prompt", dest="per_prompt", action="store_true",
@@ -154,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"wrote {args.json}")
             else:
                 masked = tuple(n.strip() for v in args.masked or [] for n in v.split(",") if n.strip())
-                bench(quick=args.quick, device=args.device, section=args.section, masked=masked)
+                if args.per_family is not None and args.section not in (None, "tasks"):
+                    raise ValueError("--per-family is a setting of the tasks section; drop it or choose "
+                                     "--section tasks.")
+                bench(quick=args.quick, device=args.device, section=args.section, masked=masked,
+                      per_family=args.per_family, task_tokens=args.max_new_tokens)
         elif args.command == "bench-table":
             from engines.analysis.bench_table import load, tables
             print(tables(load(args.path), args.path, per_prompt=args.per_prompt))

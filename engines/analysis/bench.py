@@ -252,9 +252,19 @@ def bench_heads(models: Models, prompts: list[str], quick: bool) -> list[dict]:
     return rows
 
 
+# ----------------------------------------------------------------------------- the held-out task suite
+
+def bench_tasks(models: Models, prompts: list[str], quick: bool, per_family: int | None = None,
+                new_tokens: int | None = None) -> list[dict]:
+    """Every drafter on the held-out task suite's families (engines/analysis/task_suite.py), in its own
+    prompts' chat template rather than `prompts`; prints Spec-Bench's tables itself."""
+    from engines.analysis.task_suite import bench_section
+    return bench_section(models, quick, per_family, new_tokens)
+
+
 SECTIONS: list[Callable[[Models, list[str], bool], list[dict]]] = [
     bench_autoregressive, bench_speculative, bench_tree, bench_heads, bench_jacobi_lookahead,
-    bench_mask_predict, bench_diffusion]
+    bench_mask_predict, bench_diffusion, bench_tasks]
 SECTION_PROMPTS = {bench_diffusion: DIFFUSION_PROMPTS}   # a section's own prompts, where not PROMPTS
 
 
@@ -275,8 +285,9 @@ def summarise(rows: list[dict]) -> None:
 
 
 def bench(quick: bool = False, device: str | None = None, section: str | None = None,
-          masked: tuple[str, ...] = ()) -> None:
-    """Every section, or the one named; `masked`: the masked LMs of the diffusion section."""
+          masked: tuple[str, ...] = (), per_family: int | None = None, task_tokens: int | None = None) -> None:
+    """Every section, or the one named; `masked`: the masked LMs of the diffusion section; `per_family` and
+    `task_tokens`: prompts per family and new tokens of the tasks section."""
     torch.manual_seed(0)
     models = Models(target=default_target(), tiny_target="tiny-target", draft="tiny-draft", device=device,
                     masked=masked)
@@ -287,6 +298,9 @@ def bench(quick: bool = False, device: str | None = None, section: str | None = 
     for run in SECTIONS:
         if section in (None, section_name(run)):
             prompts = SECTION_PROMPTS.get(run, PROMPTS)
+            if run is bench_tasks:   # its tables are its summary
+                bench_tasks(models, prompts, quick, per_family, task_tokens)
+                continue
             summarise(run(models, prompts[:2] if quick else prompts, quick))
 
 

@@ -329,11 +329,6 @@ def best(spans: Sequence[Span]) -> int:
     return max(range(len(spans)), key=lambda k: (scores[k] is not None, scores[k] or 0.0, -k))
 
 
-def output(span: Span, eos_ids: frozenset[int]) -> tuple[int, ...]:
-    """The span's tokens up to and including the first end-of-text token."""
-    return tuple(until_eos(span.tokens, eos_ids))
-
-
 def audit_cache(model, span: Span, logits: torch.Tensor, row: list[int], need: int, masked: list[int],
                 phase: Phase, iteration: int, cfg: MaskPredictConfig, rng: torch.Generator, audit: Audit) -> None:
     """The auditor's exact forward (not the method's): how far the cached logits of the decided positions are
@@ -443,7 +438,7 @@ def decode(model, prompt: list[int], cfg: MaskPredictConfig, rng: torch.Generato
         chosen = best(spans)
         wall = perf_counter() - start - sum(a.seconds for a in audits)
         curve = quality_curve(model, prompt, cfg, spans[chosen].length, rng) if last and cfg.curve == "on" else None
-        yield Step(iteration, output(spans[chosen], model.eos_ids) if last else (), final=last,
+        yield Step(iteration, tuple(until_eos(spans[chosen].tokens, model.eos_ids)) if last else (), final=last,
                    target_forwards=len(rows), tokens_fed=fed, wall_s=wall, detail=MaskPredictDetail(
                        iteration=iteration, iterations=len(plans[chosen]), strategy=cfg.strategy,
                        lengths=[s.length for s in spans], best=chosen, spans=records,
