@@ -8,8 +8,11 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
+
 from engines.__main__ import main as cli_main
 from engines.schema import trace_schema
+from explorer.figures import speculative as speculative_figures
 from explorer.figures import tree as tree_figures
 from tests import synthetic
 
@@ -70,3 +73,57 @@ def test_the_last_token_of_the_budget_is_still_called_the_last():
                                                                     greedy=True, max_new_tokens=2))
     assert "Only one token was left to generate" in tree_figures.words(trace, 1)
     assert "one token left" in tree_figures.draft_tree(trace, 1).layout.title.text
+
+
+# ----------------------------------------------------------------------------- 2. speculative with nothing drafted
+
+def lookup_miss_trace(greedy: bool):
+    """Speculative with the n-gram drafter whose first step found no match: nothing drafted."""
+    rnd = random.Random(3)
+    step = synthetic.speculative_step(rnd, 0, k=4, drafted=0, accepted=0, greedy=greedy, drafter="ngram",
+                                      max_new_tokens=16)
+    config = synthetic.speculative_config(k=4, greedy=greedy, drafter="ngram", schedule="constant",
+                                          max_new_tokens=16)
+    return synthetic.trace_of("speculative", [step], config)
+
+
+def annotation_texts(fig) -> list[str]:
+    return [a.text for a in fig.layout.annotations]
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_a_step_that_drafted_nothing_is_a_plain_target_forward_in_figure_side_panel_chips_and_words(greedy):
+    trace = lookup_miss_trace(greedy)
+    said = speculative_figures.words(trace, 0)
+    assert "plain target forward" in said and "prompt lookup found no" in said.lower() and "bonus" not in said
+    main = speculative_figures.draft_check(trace, 0)
+    texts = [main.layout.title.text, *annotation_texts(main)]
+    assert "plain target forward" in main.layout.title.text and "prompt lookup found no match" in main.layout.title.text
+    assert not any("bonus" in t.lower() for t in texts)
+    # one panel, and it has the target's distribution with the token it chose
+    assert [k for k in main.layout.to_plotly_json() if k.startswith("xaxis")] == ["xaxis"]
+    assert len(main.data) == 1 and len(main.data[0].x) >= 1
+    side = speculative_figures.next_token_and_stats(trace, 0)
+    side_texts = annotation_texts(side)
+    assert not any("bonus" in t.lower() for t in side_texts)
+    assert any("target's own token" in t for t in side_texts)
+    # no panels for a cost model that has no α to draw with, and no note standing in for them
+    assert not any("no α" in t for t in side_texts)
+    assert not any(k.startswith(("xaxis3", "xaxis4")) for k in side.layout.to_plotly_json())
+    used = {(t.xaxis or "x") for t in side.data}
+    axes = {k.replace("axis", "") for k in side.layout.to_plotly_json() if k.startswith("xaxis")}
+    assert axes <= used | {"x"}, "every subplot draws something"
+    (chip,) = speculative_figures.chips(trace, 0)
+    assert chip.status == "chosen" and chip.token_id == trace.steps[0].detail["next_token"]
+
+
+def test_a_drafted_step_still_has_its_bonus_and_cost_panels():
+    rnd = random.Random(4)
+    step = synthetic.speculative_step(rnd, 0, k=3, drafted=3, accepted=3, greedy=True, drafter="ngram")
+    trace = synthetic.trace_of("speculative", [step], synthetic.speculative_config(
+        k=3, greedy=True, drafter="ngram", schedule="constant", max_new_tokens=64))
+    assert any("bonus" in t for t in annotation_texts(speculative_figures.draft_check(trace, 0)))
+    side = speculative_figures.next_token_and_stats(trace, 0)
+    assert any(t.startswith("Bonus token") for t in annotation_texts(side))
+    assert "xaxis4" in side.layout.to_plotly_json()
+    assert speculative_figures.chips(trace, 0)[-1].status == "bonus"
