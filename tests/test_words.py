@@ -11,6 +11,7 @@ import random
 import pytest
 
 from engines.__main__ import main as cli_main
+from engines.cost import expected_tokens
 from engines.schema import trace_schema
 from explorer.figures import speculative as speculative_figures
 from explorer.figures import tree as tree_figures
@@ -127,3 +128,35 @@ def test_a_drafted_step_still_has_its_bonus_and_cost_panels():
     assert any(t.startswith("Bonus token") for t in annotation_texts(side))
     assert "xaxis4" in side.layout.to_plotly_json()
     assert speculative_figures.chips(trace, 0)[-1].status == "bonus"
+
+
+# ----------------------------------------------------------------------------- 7. the expected tokens per iteration
+
+def heads_trace(first_drafts: int):
+    """Speculative with Medusa heads, k = 4: a first step drafting `first_drafts`, then two drafting 4 with one
+    kept each, so α = accepted / examined = 1/2 over the last two."""
+    rnd = random.Random(5)
+    steps = [synthetic.speculative_step(rnd, 0, k=4, drafted=first_drafts, accepted=first_drafts // 2,
+                                        greedy=True, drafter="heads")]
+    steps += [synthetic.speculative_step(rnd, i, k=4, drafted=4, accepted=1, greedy=True, drafter="heads",
+                                         produced=i * 2) for i in (1, 2)]
+    config = synthetic.speculative_config(k=4, greedy=True, drafter="heads", schedule="constant", max_new_tokens=64)
+    return synthetic.trace_of("speculative", steps, config)
+
+
+def test_expected_tokens_name_how_they_were_computed_when_steps_drafted_fewer_than_k():
+    trace = heads_trace(first_drafts=0)      # the heads had no verification to read: nothing drafted
+    said = speculative_figures.words(trace, 2)
+    alpha = speculative_figures.running(trace, 2).alpha[-1]
+    assert alpha == 0.5
+    assert f"{expected_tokens(0.5, 4):.2f}" == "1.94" and "1.94" in said
+    assert "each iteration's own draft length" in said and "1 of 3 iterations" in said
+    mean = (expected_tokens(0.5, 0) + 2 * expected_tokens(0.5, 4)) / 3
+    assert f"{mean:.2f} expected: (1 - α^(k+1)) / (1 - α) at each" in said
+
+
+def test_expected_tokens_at_one_k_are_the_formula_at_that_k():
+    trace = heads_trace(first_drafts=4)
+    said = speculative_figures.words(trace, 2)
+    alpha = speculative_figures.running(trace, 2).alpha[-1]
+    assert f"{expected_tokens(alpha, 4):.2f} expected from (1 - α^(k+1)) / (1 - α) at k = 4" in said

@@ -497,8 +497,21 @@ def acceptance_words(trace: Trace, index: int) -> str:
     return (f" So far, two acceptance figures: the acceptance rate α = accepted / examined drafts = {accepted} / "
             f"{examined} = {r.alpha[-1]:.2f} (a draft counts as examined up to and including the first refused "
             f"one); and the mean tokens per iteration, the target's own token included, = {made} / "
-            f"{plural(len(steps), 'iteration')} = {made / len(steps):.2f}, against {r.expected[-1]:.2f} expected "
-            f"from (1 - α^(k+1)) / (1 - α).")
+            f"{plural(len(steps), 'iteration')} = {made / len(steps):.2f}, against {expected_words(steps, r)}.")
+
+
+def expected_words(steps: list[Step], r: Running) -> str:
+    """The expected tokens per iteration the measured mean is set against, saying how it was computed: the
+    formula at each step's own draft length, averaged, which is the formula at k itself only when every step
+    drafted k tokens (the budget's end, a lookup miss or heads not yet fed draft fewer)."""
+    alpha, k = r.alpha[-1], run_k(steps)
+    lengths = [len(s.detail["draft_tokens"]) for s in steps]
+    if all(n == k for n in lengths):
+        return f"{r.expected[-1]:.2f} expected from (1 - α^(k+1)) / (1 - α) at k = {k}"
+    fewer = sum(n != k for n in lengths)
+    return (f"{r.expected[-1]:.2f} expected: (1 - α^(k+1)) / (1 - α) at each iteration's own draft length, "
+            f"averaged, since {fewer} of {plural(len(steps), 'iteration')} drafted other than k = {k} "
+            f"(at k = {k} throughout it would be {expected_tokens(alpha, k):.2f}, the figure the cost model uses)")
 
 
 def cost_words(trace: Trace, index: int) -> str:
