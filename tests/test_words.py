@@ -13,6 +13,7 @@ import pytest
 from engines.__main__ import main as cli_main
 from engines.cost import expected_tokens
 from engines.schema import trace_schema
+from engines.verify_draft import verify_draft_trace
 from explorer.figures import speculative as speculative_figures
 from explorer.figures import tree as tree_figures
 from tests import synthetic
@@ -160,3 +161,27 @@ def test_expected_tokens_at_one_k_are_the_formula_at_that_k():
     said = speculative_figures.words(trace, 2)
     alpha = speculative_figures.running(trace, 2).alpha[-1]
     assert f"{expected_tokens(alpha, 4):.2f} expected from (1 - α^(k+1)) / (1 - α) at k = 4" in said
+
+
+# ----------------------------------------------------------------------------- 9. Be the drafter
+
+def test_a_typed_draft_says_why_it_has_no_cost_model_and_that_it_has_no_q_distribution(tiny_target):
+    trace = verify_draft_trace("Once upon a time", " there was a", tiny_target.source)
+    said = speculative_figures.words(trace, 0)
+    assert "recorded before runs measured" not in said
+    assert "Cost model:** not measured for this trace (Be the drafter verifies one typed draft" in said
+    main = speculative_figures.draft_check(trace, 0)
+    q_names = {t.name for t in main.data if t.legendgroup == "q"}
+    assert q_names == {"q = 1 on the typed token (a typed draft has no distribution)"}
+    side = speculative_figures.next_token_and_stats(trace, 0)
+    hovers = [a.hovertext or "" for a in side.layout.annotations]
+    assert not any("recorded before" in h for h in hovers)
+
+
+def test_a_draft_model_keeps_its_temperature_1_q():
+    rnd = random.Random(6)
+    step = synthetic.speculative_step(rnd, 0, k=2, drafted=2, accepted=1, greedy=True, drafter="model")
+    trace = synthetic.trace_of("speculative", [step], synthetic.speculative_config(
+        k=2, greedy=True, drafter="model", schedule="constant", max_new_tokens=64))
+    q_names = {t.name for t in speculative_figures.draft_check(trace, 0).data if t.legendgroup == "q"}
+    assert q_names == {"q, draft (temperature 1)"}

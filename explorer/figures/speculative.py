@@ -114,7 +114,7 @@ def draft_check(trace: Trace, index: int) -> go.Figure:
                          "color": [colour(pos["status"])] + ["rgba(0,0,0,0)"] * (len(b.ids) - 1), "width": 3}},
                      "hovertext": bar_hover(trace, b.ids, b.p, "p"), "hoverinfo": "text"})
         data.append({"type": "bar", **g.cell(1, i + 1), "x": names, "y": b.q, "legendgroup": "q",
-                     "name": "q, draft" + (" (temperature 1)" if raw else ""), "showlegend": first,
+                     "name": q_name(trace, d, pos), "showlegend": first,
                      "marker": {"color": DRAFT_COLOUR},
                      "hovertext": bar_hover(trace, b.ids, b.q, "q"), "hoverinfo": "text"})
         coin(data, notes, g.cell(2, i + 1), trace, pos, first)
@@ -168,6 +168,23 @@ def plain_forward(trace: Trace, index: int) -> go.Figure:
                               f"forward {chose} ({what})", height=430, annotations=notes,
                   xaxis={"tickangle": -40, "tickfont": {"size": 10}},
                   yaxis={"title": {"text": "probability"}, "rangemode": "tozero"})
+
+
+def q_name(trace: Trace, d: dict, pos: dict) -> str:
+    """The q bars' legend: a draft model's or a head's own distribution (at temperature 1 under greedy), or,
+    for a drafter with no distribution (typed, prompt lookup), the one-hot q verification used."""
+    if d["drafter"] == "typed":
+        return "q = 1 on the typed token (a typed draft has no distribution)"
+    if pos.get("q_raw_top") is None:
+        return "q = 1 on the looked-up token (prompt lookup has no distribution)"
+    return "q, draft" + (" (temperature 1)" if is_greedy(trace) else "")
+
+
+def unmeasured(trace: Trace) -> str:
+    """Why a trace carries no cost calibration."""
+    if trace.config.get("drafter") == "typed":
+        return "Be the drafter verifies one typed draft in one forward and does not time the target's forwards"
+    return "it was recorded before runs measured c and T(n)"
 
 
 def coin(data: list[dict], notes: list[dict], axes: dict, trace: Trace, pos: dict, first: bool) -> None:
@@ -311,7 +328,7 @@ def theory_panels(data: list[dict], notes: list[dict], g: Grid, trace: Trace, in
     g.yaxis(4, 1)["title"] = {"text": "speedup"}
     if cal is None or c is None:
         notes.append(cell_note(g.cell(4, 1), "cost not measured in this trace", "not_reached",
-                               "traces recorded before runs measured c and T(n) carry no calibration"))
+                               f"no calibration: {unmeasured(trace)}"))
     if alpha is None:
         notes.append(cell_note(g.cell(3, 1), "no draft examined yet: no α", "not_reached",
                                "the curves need the acceptance rate α, accepted / examined drafts"))
@@ -518,8 +535,7 @@ def cost_words(trace: Trace, index: int) -> str:
     """The cost model with the run's numbers: c, T(k+1), the expected and the measured speedup, the best k."""
     cal = theory.calibration(trace)
     if cal is None:
-        return ("**Cost model:** not measured for this trace (it was recorded before runs measured c and T(n)), "
-                "so no speedup is drawn.")
+        return f"**Cost model:** not measured for this trace ({unmeasured(trace)}), so no speedup is drawn."
     steps = trace.steps[: index + 1]
     k, alpha, c = run_k(steps), acceptance_rate(steps), theory.draft_c(trace, cal)
     drafter = trace.config.get("drafter", "model")
