@@ -11,9 +11,13 @@ import random
 import pytest
 
 from engines.__main__ import main as cli_main
+from engines.bench_table import tables
 from engines.cost import expected_tokens
+from engines.race import CostModel, Point, Race, Row, explain
+from engines.race import table as race_table
 from engines.schema import trace_schema
 from engines.verify_draft import verify_draft_trace
+from explorer.figures import race as race_figures
 from explorer.figures import speculative as speculative_figures
 from explorer.figures import tree as tree_figures
 from tests import synthetic
@@ -185,3 +189,50 @@ def test_a_draft_model_keeps_its_temperature_1_q():
         k=2, greedy=True, drafter="model", schedule="constant", max_new_tokens=64))
     q_names = {t.name for t in speculative_figures.draft_check(trace, 0).data if t.legendgroup == "q"}
     assert q_names == {"q, draft (temperature 1)"}
+
+
+# ----------------------------------------------------------------------------- 3. one direction: speedup
+
+def race_row(label: str, method: str, wall_s: float, reference_s: float, settings: dict | None = None) -> Row:
+    return Row(label=label, method=method, settings=settings or {}, new_tokens=8, iterations=4, target_forwards=4,
+               draft_forwards=0, tokens_per_target_forward=2.0, tokens_fed_per_forward=3.0, wall_s=wall_s,
+               wall_ratio=wall_s / reference_s, equals_greedy=True, first_difference=None, acceptance_rate=0.5,
+               tokens_per_iteration=2.0, drafts_accepted=4, drafts_examined=8, committed_per_forward=[2, 2, 2, 2],
+               step_wall_s=[wall_s / 4] * 4, output_ids=[10, 11, 12, 13, 14, 15, 16, 17], output_text="x")
+
+
+def speed_race() -> Race:
+    """Autoregressive 1.0 s; prompt lookup 0.56 s (1.79x faster); the model drafter 1.15 s (slower, 0.87x)."""
+    rows = [race_row("autoregressive", "autoregressive", 1.0, 1.0),
+            race_row("speculative, ngram k=4", "speculative", 0.56, 1.0, {"drafter": "ngram", "k": 4}),
+            race_row("speculative, model k=4", "speculative", 1.15, 1.0, {"drafter": "model", "k": 4})]
+    points = [Point(r.label, 4, 0.5, 0.0, 2.0, expected_tokens(0.5, 4), r.speedup, 1.5, 4, 1.5) for r in rows[1:]]
+    cost = CostModel(0.01, None, None, [1, 5], [1.0, 1.2], points, explain(None, [1, 5], [1.0, 1.2], points))
+    return Race("Once upon a time", "tiny-target", "tiny-draft", 8, rows, cost, {})
+
+
+def test_the_race_says_speedup_in_one_direction_in_table_lanes_words_and_cost_figure():
+    r = speed_race()
+    table = race_figures.table_markdown(r)
+    assert "| 1.79x |" in table and "| 0.87x |" in table and "0.56x" not in table and "1.15x" not in table
+    assert "speedup vs AR" in table and "ratio to AR" not in table
+    lanes = [race_figures.lane(x) for x in r.rows]
+    assert "speedup 1.79x" in lanes[1] and "speedup 0.87x" in lanes[2]
+    assert "measured 1.79x" in r.cost.words and "measured 0.87x" in r.cost.words
+    drawn = json.dumps(race_figures.cost_figure(r).to_plotly_json()["data"], ensure_ascii=False)
+    assert "speedup 1.79x" in drawn and "speedup 0.87x" in drawn
+    text = race_table(r)
+    assert " 1.79x" in text and " 0.87x" in text and "above 1 is faster" in text and "lower is faster" not in text
+
+
+def test_the_bench_tables_give_speedups_above_1_for_faster():
+    races = [speed_race().to_dict()]
+    data = {"command": "python -m engines bench --json b.json", "target": "tiny-target", "max_new_tokens": 8,
+            "race": races, "speculative_vs_transformers": [
+                {"method": "speculative", "target": "tiny-target", "new_tokens": 8, "target_forwards_per_token": 0.4,
+                 "acceptance": 0.5, "same_output_as_generate": 1.0, "wall_ratio_vs_assisted_generate": 0.8,
+                 "run_wall_ratio_vs_assisted_generate": 1.25}]}
+    text = tables(data, "b.json")
+    assert "| speculative, ngram k=4 |" in text and "| 1.79x | 1/1 |" in text and "| 0.87x | 1/1 |" in text
+    assert "| 1.25x | 0.80x |" in text
+    assert "below 1 is faster" not in text and "wall time / autoregressive" not in text
