@@ -5,6 +5,7 @@ and reads the words, figures and chips the explorer makes of it.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -16,10 +17,13 @@ from engines.cost import expected_tokens
 from engines.race import CostModel, Point, Race, Row, explain
 from engines.race import table as race_table
 from engines.schema import trace_schema
+from engines.token_text import has_bytes, joined, readable
 from engines.verify_draft import verify_draft_trace
+from explorer import render
 from explorer.figures import race as race_figures
 from explorer.figures import speculative as speculative_figures
 from explorer.figures import tree as tree_figures
+from explorer.figures.common import chips_html
 from tests import synthetic
 
 
@@ -236,3 +240,58 @@ def test_the_bench_tables_give_speedups_above_1_for_faster():
     assert "| speculative, ngram k=4 |" in text and "| 1.79x | 1/1 |" in text and "| 0.87x | 1/1 |" in text
     assert "| 1.25x | 0.80x |" in text
     assert "below 1 is faster" not in text and "wall time / autoregressive" not in text
+
+
+# ----------------------------------------------------------------------------- 6. tokens that hold bytes of a character
+
+MIXED = "😀 שלום مرحبا 日本"
+
+
+def test_a_token_that_holds_part_of_a_character_reads_as_its_bytes_never_as_the_replacement_mark(tiny_target):
+    ids = tiny_target.encode(MIXED)
+    texts = [tiny_target.token_text(i) for i in ids]
+    assert not any("\ufffd" in t for t in texts), texts
+    assert texts[0] == "<0xF0><0x9F>"        # SmolLM2's byte-level BPE splits the emoji's 4 bytes over tokens
+    assert any(has_bytes(t) for t in texts[1:])
+    assert joined(texts) == MIXED == tiny_target.decode(ids)
+    eos = min(tiny_target.eos_ids)       # a special token keeps its name
+    assert tiny_target.token_text(eos) == tiny_target.tokenizer.decode([eos], skip_special_tokens=False)
+
+
+def test_bytes_that_are_not_a_whole_character_are_written_as_bytes():
+    assert readable("😀".encode()[:2]) == "<0xF0><0x9F>"
+    assert readable(b"a" + "ש".encode() + "日".encode()[:1]) == "aש<0xE6>"
+    assert joined(["<0xF0><0x9F>", "<0x98>", "<0x80>", " hi"]) == "😀 hi"
+    assert joined(["<b>", "<0xD7>"]) == "<b><0xD7>"       # only <0xNN> escapes are bytes
+
+
+def emoji_trace(model):
+    """A speculative step whose three drafted tokens are the bytes of one emoji, all accepted."""
+    ids = model.encode("😀")
+    rnd = random.Random(7)
+    step = synthetic.speculative_step(rnd, 0, k=len(ids), drafted=len(ids), accepted=len(ids), greedy=True,
+                                      drafter="model")
+    d = step.detail
+    d["draft_tokens"] = list(ids)
+    for pos, t in zip(d["positions"], ids):
+        pos.update(token=t, target_token=t, p_top=[(t, 1.0)], q_top=[(t, 1.0)])
+    step = dataclasses.replace(step, committed_ids=(*ids, step.committed_ids[-1]))
+    trace = synthetic.trace_of("speculative", [step], synthetic.speculative_config(
+        k=len(ids), greedy=True, drafter="model", schedule="constant", max_new_tokens=64))
+    trace.token_texts.update({i: model.token_text(i) for i in ids})
+    return trace, ids
+
+
+def test_byte_tokens_show_their_bytes_on_chips_and_axes_and_join_into_the_character_in_text_and_words(tiny_target):
+    trace, ids = emoji_trace(tiny_target)
+    chips = render.text_chips(trace, 0)
+    page = chips_html(trace, chips)
+    assert "\ufffd" not in page
+    assert "&lt;0xF0&gt;&lt;0x9F&gt;" in page
+    assert '<span class="char-joined">😀</span>' in page and 'class="chip-char"' in page
+    assert page.count('class="chip chip-') == len(chips)       # every token keeps its own chip
+    said = speculative_figures.words(trace, 0)
+    assert '"<0xF0><0x9F>"' in said and 'together "😀"' in said and "\ufffd" not in said
+    main = speculative_figures.draft_check(trace, 0)
+    ticks = [x for t in main.data if t.type == "bar" for x in (t.x or ())]
+    assert "<0xF0><0x9F>" in ticks and not any("\ufffd" in x for x in ticks)

@@ -13,7 +13,7 @@ from engines.speculative import acceptance_rate
 from engines.trace import Step, Trace
 from explorer.figures import heads, theory
 from explorer.figures.common import (DRAFT_COLOUR, TARGET_COLOUR, Chip, Grid, View, colour, empty, figure, grid,
-                                     quoted, show, symbol, token)
+                                     listing, quoted, show, symbol, token)
 
 BARS = 5          # tokens shown per position
 COIN = "#666666"
@@ -420,10 +420,6 @@ def next_bars(data: list[dict], notes: list[dict], axes: dict, trace: Trace, d: 
 
 
 # ----------------------------------------------------------------------------- words and chips
-
-def listing(trace: Trace, ids: list[int]) -> str:
-    return ", ".join(quoted(trace, t) for t in ids)
-
 
 def drafted_sentence(trace: Trace, index: int) -> str:
     d = trace.steps[index].detail

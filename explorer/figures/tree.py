@@ -15,7 +15,7 @@ from engines.cost import drafts
 from engines.trace import Step, Trace
 from explorer.figures import heads, theory
 from explorer.figures.common import (GRID_COLOUR, TARGET_COLOUR, TEXT_COLOUR, Chip, Grid, View, colour, empty, figure,
-                                     grid, quoted, show, symbol, token)
+                                     grid, listing, quoted, show, symbol, token)
 
 FINAL = "final"
 DIM = 0.4          # opacity of rejected and unreached branches
@@ -343,7 +343,7 @@ def won(trace: Trace, step: Step) -> str:
     d = step.detail
     nodes, path = d["nodes"], d["accepted_path"]
     if path:
-        chain = " -> ".join(quoted(trace, nodes[i]["token"]) for i in path)
+        chain = listing(trace, [nodes[i]["token"] for i in path], " -> ")
         text = f"The winning path {chain} was accepted ({len(path)} drafted token{'s' if len(path) != 1 else ''}"
         tests = [nodes[i] for i in path if "u" in nodes[i]]
         if tests:
