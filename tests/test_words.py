@@ -20,10 +20,11 @@ from engines.schema import trace_schema
 from engines.token_text import has_bytes, joined, readable
 from engines.verify_draft import verify_draft_trace
 from explorer import render
+from explorer.figures import mask_predict as mask_figures
 from explorer.figures import race as race_figures
 from explorer.figures import speculative as speculative_figures
 from explorer.figures import tree as tree_figures
-from explorer.figures.common import chips_html
+from explorer.figures.common import MASK_GLYPH, chips_html
 from tests import synthetic
 
 
@@ -295,3 +296,70 @@ def test_byte_tokens_show_their_bytes_on_chips_and_axes_and_join_into_the_charac
     main = speculative_figures.draft_check(trace, 0)
     ticks = [x for t in main.data if t.type == "bar" for x in (t.x or ())]
     assert "<0xF0><0x9F>" in ticks and not any("\ufffd" in x for x in ticks)
+
+
+# ----------------------------------------------------------------------------- 4, 5, 8. mask-predict
+
+def masked_trace(strategy: str, length: int = 24, iterations: int = 6, steady: bool = False):
+    """A real mask-predict run on a stub masked LM whose mask token is named <empty_output>, as
+    smollm2-135m-diffusion's adapter names it."""
+    steps, config = synthetic.mask_predict_steps(2, {"length": length, "iterations": iterations,
+                                                     "max_new_tokens": length, "strategy": strategy},
+                                                 steady=steady)
+    trace = synthetic.trace_of("mask-predict", steps, config)
+    trace.token_texts[synthetic.MASK] = "<empty_output>"
+    return trace
+
+
+@pytest.mark.parametrize("strategy", ["mask-predict", "diffusion"])
+def test_a_mask_shows_as_the_mask_glyph_in_chips_axes_and_words_never_its_vocabulary_name(strategy):
+    trace = masked_trace(strategy)
+    for index in range(len(trace.steps) - 1):     # every iteration before the span is full holds masks
+        page = chips_html(trace, render.text_chips(trace, index))
+        assert "empty_output" not in page
+        # diffusion leaves masks standing (mask-predict shows its re-masked guesses, struck through)
+        assert MASK_GLYPH in page or strategy == "mask-predict"
+        assert "empty_output" not in mask_figures.words(trace, index)
+        for fig in (mask_figures.unmasking(trace, index), mask_figures.confidence_and_schedule(trace, index)):
+            assert "empty_output" not in json.dumps(fig.to_plotly_json(), ensure_ascii=False, default=str)
+
+
+def test_diffusion_never_calls_a_first_unmasking_a_correction():
+    trace = masked_trace("diffusion")
+    for index in range(len(trace.steps)):
+        chips = mask_figures.chips(trace, index)
+        assert not [c for c in chips if c.status == "resampled"], index
+        assert not [c for c in chips if c.status == "rejected"], index     # and nothing is re-masked
+        unmasked = trace.steps[index].detail["spans"][trace.steps[index].detail["best"]]["unmasked"]
+        assert sum(c.status == "chosen" for c in chips) == len(unmasked)
+
+
+def test_mask_predict_calls_a_correction_only_where_a_committed_token_was_re_masked_and_changed():
+    trace = masked_trace("mask-predict", length=12, iterations=6)
+    seen_correction = False
+    for index in range(len(trace.steps)):
+        held = {}
+        for s in trace.steps[:index]:
+            r = s.detail["spans"][s.detail["best"]]
+            held.update({i: r["tokens"][i] for i in r["unmasked"]})
+        r = trace.steps[index].detail["spans"][trace.steps[index].detail["best"]]
+        for i, chip in enumerate(mask_figures.chips(trace, index)):
+            if chip.status == "resampled":
+                seen_correction = True
+                assert i in r["unmasked"] and i in held and held[i] != chip.token_id
+            elif i in r["unmasked"]:
+                assert chip.status == "chosen" and held.get(i, chip.token_id) == chip.token_id
+    assert seen_correction, "this run re-masks and changes a committed token at least once"
+
+
+def test_mask_predict_stats_count_the_unmasked_positions_not_zero_tokens():
+    trace = masked_trace("diffusion", length=24, iterations=6)
+    r = trace.steps[1].detail["spans"][trace.steps[1].detail["best"]]
+    unmasked = r["length"] - r["masks_after"]
+    assert 0 < unmasked < 24 and not trace.steps[1].committed_ids
+    line = render.stats_line(trace, 1)
+    assert f"**span positions unmasked** {unmasked} of 24" in line
+    assert "**tokens committed** 0 (the span is committed at its last iteration)" in line
+    assert "**tokens** 0" not in line
+    last = len(trace.steps) - 1
+    assert f"**tokens committed** {len(trace.steps[last].committed_ids)}" in render.stats_line(trace, last)

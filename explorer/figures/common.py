@@ -209,7 +209,21 @@ def show(text: str) -> str:
         text.replace("\n", "\u21b5")
 
 
+MASK_GLYPH = "\u2592"   # a masked position, whatever special token the masked LM's vocabulary uses for it
+
+
+def mask_token(trace: Trace) -> int | None:
+    """The masked LM's mask token in a mask-predict trace: what every position of the span holds before the
+    first iteration. None for other methods."""
+    if trace.method != "mask-predict" or not trace.steps:
+        return None
+    return trace.steps[0].detail["spans"][0]["input_tokens"][0]
+
+
 def token(trace: Trace, token_id: int) -> str:
+    """A token's text; a mask is the mask glyph, never its vocabulary name (such as <empty_output>)."""
+    if token_id == mask_token(trace):
+        return MASK_GLYPH
     return trace.token_texts.get(token_id, f"<{token_id}>")
 
 
