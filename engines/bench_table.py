@@ -128,6 +128,7 @@ def tables(data: dict[str, Any], path: str, per_prompt: bool = False) -> str:
     if spec:
         parts += [f"Speculative decoding against transformers' own implementation, greedy, k = 4, "
                   f"{max(r['new_tokens'] for r in spec)} new tokens per prompt, back to back (mean over the prompts, "
-                  "range in parentheses; speedup = transformers' wall time / ours, above 1 is faster than transformers):",
+                  "range in parentheses; speedup = transformers' wall time / ours, above 1 is faster than "
+                  "transformers):",
                   speculative_table(spec)]
     return "\n\n".join(parts)
