@@ -6,6 +6,7 @@
     python -m engines bench --section diffusion --masked tiny-masked,/tmp/diff-export
     python -m engines bench --section tasks --per-family 2 --max-new-tokens 32   # the held-out task suite
     python -m engines bench-table bench.json    # the README's markdown tables from `bench --json bench.json`
+    python -m engines schema                    # the published trace schema (JSON Schema 2020-12)
 
 Bad input ends with one line on stderr and exit code 2; so does a setting of another method than the one
 chosen (it would be ignored).
@@ -40,25 +41,28 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def setting_choices() -> dict[str, tuple[str, ...]]:
+    """Each choice setting's choices over every method that has it: speculative and tree both have --drafter,
+    with different choices (only tree has the suffix drafter), and the flag takes any of them; the chosen
+    method's own config then refuses one it does not have, in one sentence."""
+    found: dict[str, tuple[str, ...]] = {}
+    for cls in (RunSettings, *(m.config for m in METHODS.values())):
+        for f in fields(cls):
+            for choice in f.metadata.get("choices") or ():
+                if choice not in found.get(f.name, ()):
+                    found[f.name] = found.get(f.name, ()) + (choice,)
+    return found
+
+
 def add_setting_options(p: argparse.ArgumentParser) -> None:
     """One flag per setting, named after the config field (--max-new-tokens, --k, --seed, ...); None when not
     given, so the config's own default and range apply, and a flag of another method can be told apart."""
+    choices = setting_choices()
     for f in setting_fields().values():
         kind = {"int": int, "float": float}.get(str(f.type), str)
-        meta = f.metadata
-        p.add_argument(flag(f.name), dest=f.name, type=kind, default=None, choices=every_choice(f.name),
-                       help=f"{meta['help']} (default {f.default})")
+        p.add_argument(flag(f.name), dest=f.name, type=kind, default=None, choices=choices.get(f.name),
+                       help=f"{f.metadata['help']} (default {f.default})")
 
-
-def every_choice(name: str) -> list[str] | None:
-    """The values a flag takes across every method that has the setting (speculative's --drafter and tree's
-    differ: suffix drafts trees only); the chosen method's own config refuses the rest in one sentence."""
-    seen: dict[str, None] = {}
-    for cls in (RunSettings, *(m.config for m in METHODS.values())):
-        for f in fields(cls):
-            if f.name == name and f.metadata.get("choices"):
-                seen.update(dict.fromkeys(f.metadata["choices"]))
-    return list(seen) or None
 
 
 def refuse_foreign_settings(args: argparse.Namespace) -> None:
@@ -101,6 +105,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--indent", type=int, default=None)
     add_setting_options(t)
     sub.add_parser("models", help="list the model presets and whether each is available here")
+    sub.add_parser("schema", help="print the published trace schema (JSON Schema 2020-12) that traces follow")
     b = sub.add_parser("bench", help="measure speed and forwards per token of every method")
     b.add_argument("--quick", action="store_true", help="fewer prompts and tokens")
     b.add_argument("--device", default=None)
@@ -145,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
             for p in presets.PRESETS.values():
                 state = "available" if store.available(p.name) else "missing"
                 print(f"{p.name:24s} {p.kind:7s} {state:10s} {p.description}")
+        elif args.command == "schema":
+            import json
+
+            from engines.schema import trace_schema
+            print(json.dumps(trace_schema(), indent=1, ensure_ascii=False))
         elif args.command == "trace":
             refuse_foreign_settings(args)
             settings = {k: v for k, v in vars(args).items() if v is not None}

@@ -49,7 +49,15 @@ def text_chips(trace: Trace, cursor: int) -> list[Chip]:
 
 def stats_line(trace: Trace, cursor: int) -> str:
     t = totals(trace.steps[: cursor + 1])
-    parts = [f"**tokens** {t['new_tokens']}", f"**target forwards** {t['target_forwards']}"]
+    view = VIEWS[trace.method]
+    parts = [f"**tokens committed** {t['new_tokens']}"]
+    if view.progress is not None and cursor >= 0:
+        # a method whose text is committed only at its end (mask-predict's span) counts its own progress
+        done, total, what = view.progress(trace, cursor)
+        parts = [f"**{what}** {done} of {total}",
+                 f"**tokens committed** {t['new_tokens']}" + ("" if t["new_tokens"] or trace.steps[cursor].final
+                                                             else " (the span is committed at its last iteration)")]
+    parts.append(f"**target forwards** {t['target_forwards']}")
     if t["draft_forwards"]:
         parts.append(f"**draft forwards** {t['draft_forwards']}")
     if t["tokens_per_target_forward"]:

@@ -279,7 +279,11 @@ def summarise(rows: list[dict]) -> None:
         by_method.setdefault((r["method"], r.get("target", "")), []).append(r)
     for (method, _), rs in by_method.items():
         keys = [k for k in rs[0] if isinstance(rs[0][k], (int, float)) and not isinstance(rs[0][k], bool)]
-        means = {k: statistics.mean(r[k] for r in rs if r.get(k) is not None) for k in keys}
+        means = {k: statistics.mean(r[k] for r in rs if r.get(k) is not None) for k in keys if "wall_ratio" not in k}
+        # a wall ratio (this / reference, recorded as such) is printed as the speedup every view shows: above 1
+        # is faster; the mean of each prompt's own speedup
+        means.update({k.replace("wall_ratio", "speedup"): statistics.mean(1 / r[k] for r in rs if r.get(k))
+                      for k in keys if "wall_ratio" in k})
         text = "  ".join(f"{k}={v:.3f}" for k, v in means.items())
         print(f"{method:16s} ({rs[0].get('target', '')}; mean over {len(rs)} prompts)  {text}", flush=True)
 

@@ -3,9 +3,10 @@
     python -m engines bench --json assets/bench.json && python -m engines bench-table assets/bench.json
 
 Reads only the JSON, so a table in the README can be regenerated from the file committed beside it, with
-the command that measured it. The race is summed over the prompts (forwards, tokens, drafts), its wall
-ratios are the mean of each prompt's own ratio (each measured back to back in one process) with their
-range; speculative decoding's ratios to transformers' generate are likewise averaged per method.
+the command that measured it. The race is summed over the prompts (forwards, tokens, drafts), its speedups
+(the reference's wall time over the method's: above 1 is faster, the direction every view uses) are the mean
+of each prompt's own speedup (each measured back to back in one process) with their range; speculative
+decoding's speedups over transformers' generate are likewise averaged per method.
 """
 from __future__ import annotations
 
@@ -34,10 +35,12 @@ def load(path: str) -> dict[str, Any]:
     return data
 
 
-def ratio_cell(ratios: list[float]) -> str:
-    """The mean ratio, and its range over prompts when there are several (the spread is the noise)."""
-    mean = f"{statistics.mean(ratios):.2f}x"
-    return mean if len(ratios) == 1 else f"{mean} ({min(ratios):.2f}-{max(ratios):.2f})"
+def speedup_cell(wall_ratios: list[float]) -> str:
+    """The mean speedup (reference wall / this wall, from each prompt's recorded wall ratio this wall / reference
+    wall), and its range over prompts when there are several (the spread is the noise)."""
+    speedups = [1 / r for r in wall_ratios]
+    mean = f"{statistics.mean(speedups):.2f}x"
+    return mean if len(speedups) == 1 else f"{mean} ({min(speedups):.2f}-{max(speedups):.2f})"
 
 
 def lanes(races: list[dict]) -> dict[str, list[dict]]:
@@ -60,12 +63,12 @@ def race_row(label: str, rows: list[dict]) -> str:
     same = sum(bool(r["equals_greedy"]) for r in rows)
     return (f"| {label} | {target} | {sum(r['draft_forwards'] for r in rows)} | {new / max(target, 1):.2f} | "
             f"{fed / max(target, 1):.2f} | {acceptance} | {new / max(sum(r['iterations'] for r in rows), 1):.2f} | "
-            f"{ratio_cell([r['wall_ratio'] for r in rows])} | {same}/{len(rows)} |")
+            f"{speedup_cell([r['wall_ratio'] for r in rows])} | {same}/{len(rows)} |")
 
 
 def race_table(races: list[dict]) -> str:
     head = ("| method | target forwards | draft forwards | tokens per target forward | tokens fed per forward | "
-            "acceptance (accepted/examined) | tokens per iteration | wall time / autoregressive | "
+            "acceptance (accepted/examined) | tokens per iteration | speedup vs autoregressive | "
             "equals greedy (prompts) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     return "\n".join([head] + [race_row(label, rows) for label, rows in lanes(races).items()])
 
@@ -84,7 +87,7 @@ def cost_line(races: list[dict]) -> str:
 
 def speculative_table(rows: list[dict]) -> str:
     head = ("| method | target | against | target forwards per token | acceptance | same output as generate "
-            "(prompts) | engine wall / transformers | whole Run wall / transformers |\n"
+            "(prompts) | engine speedup vs transformers | whole Run speedup vs transformers |\n"
             "|---|---|---|---:|---:|---:|---:|---:|")
     by_method: dict[str, list[dict]] = {}
     for r in rows:
@@ -95,8 +98,8 @@ def speculative_table(rows: list[dict]) -> str:
         lines.append(f"| {method} | {rs[0]['target']} | {SPEC_REFERENCE.get(method, '?')} | "
                      f"{statistics.mean(r['target_forwards_per_token'] for r in rs):.3f} | "
                      f"{statistics.mean(r['acceptance'] for r in rs):.2f} | {same}/{len(rs)} | "
-                     f"{ratio_cell([r['wall_ratio_vs_assisted_generate'] for r in rs])} | "
-                     f"{ratio_cell([r['run_wall_ratio_vs_assisted_generate'] for r in rs])} |")
+                     f"{speedup_cell([r['wall_ratio_vs_assisted_generate'] for r in rs])} | "
+                     f"{speedup_cell([r['run_wall_ratio_vs_assisted_generate'] for r in rs])} |")
     return "\n".join(lines)
 
 
@@ -113,8 +116,8 @@ def tables(data: dict[str, Any], path: str, per_prompt: bool = False) -> str:
              f"{' --per-prompt' if per_prompt else ''}.",
              f"Race: target {data['target']}, draft {races[0]['draft'] if races else '?'}, greedy, "
              f"{prompts} prompt{'s' if prompts != 1 else ''} x {data['max_new_tokens']} new tokens; forwards and "
-             "tokens summed over the prompts; wall time is the mean of each prompt's ratio (its range over the prompts "
-             "in parentheses).",
+             "tokens summed over the prompts; speedup = autoregressive's wall time / the method's (above 1 is faster), "
+             "the mean of each prompt's own (its range over the prompts in parentheses).",
              race_table(races)]
     if races:
         parts.append(cost_line(races))
@@ -125,5 +128,7 @@ def tables(data: dict[str, Any], path: str, per_prompt: bool = False) -> str:
     if spec:
         parts += [f"Speculative decoding against transformers' own implementation, greedy, k = 4, "
                   f"{max(r['new_tokens'] for r in spec)} new tokens per prompt, back to back (mean over the prompts, "
-                  "range in parentheses; below 1 is faster than transformers):", speculative_table(spec)]
+                  "range in parentheses; speedup = transformers' wall time / ours, above 1 is faster than "
+                  "transformers):",
+                  speculative_table(spec)]
     return "\n\n".join(parts)

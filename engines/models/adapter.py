@@ -15,6 +15,8 @@ from typing import Sequence
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from engines.models.token_text import token_text
+
 # ----------------------------------------------------------------------------- loading
 
 @dataclass(frozen=True, eq=False)
@@ -78,7 +80,8 @@ class LM:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
     def token_text(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+        """Its text, or the bytes it holds (`<0xF0><0x9F>`) where it is part of a character (models/token_text.py)."""
+        return token_text(self.tokenizer, token_id)
 
     # --------------------------------------------------------------- causal forward with cache
     def new_kv(self) -> "KV":

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import plotly.graph_objects as go
 
+from engines.models.token_text import has_bytes, joined
 from engines.trace import Step, Trace
 
 # status -> (colour, marker symbol, label)
@@ -208,7 +209,21 @@ def show(text: str) -> str:
         text.replace("\n", "\u21b5")
 
 
+MASK_GLYPH = "\u2592"   # a masked position, whatever special token the masked LM's vocabulary uses for it
+
+
+def mask_token(trace: Trace) -> int | None:
+    """The masked LM's mask token in a mask-predict trace: what every position of the span holds before the
+    first iteration. None for other methods."""
+    if trace.method != "mask-predict" or not trace.steps:
+        return None
+    return trace.steps[0].detail["spans"][0]["input_tokens"][0]
+
+
 def token(trace: Trace, token_id: int) -> str:
+    """A token's text; a mask is the mask glyph, never its vocabulary name (such as <empty_output>)."""
+    if token_id == mask_token(trace):
+        return MASK_GLYPH
     return trace.token_texts.get(token_id, f"<{token_id}>")
 
 
@@ -225,6 +240,33 @@ class Chip:
     hover: str = ""
 
 
+def listing(trace: Trace, ids: Sequence[int], sep: str = ", ") -> str:
+    """Consecutive tokens for a sentence, each quoted; where some hold only bytes of a character, the text they
+    make together follows, so an emoji split over three tokens reads as the emoji."""
+    text = sep.join(quoted(trace, t) for t in ids)
+    texts = [token(trace, t) for t in ids]
+    if any(has_bytes(t) for t in texts) and (together := joined(texts)) != "".join(texts):
+        text += f' (together "{together}")'
+    return text
+
+
+def characters(texts: Sequence[str]) -> list[tuple[int, int, str]]:
+    """Runs of consecutive token texts that hold bytes of characters and together make whole characters:
+    (first, end, the text they make)."""
+    runs, i = [], 0
+    while i < len(texts):
+        if has_bytes(texts[i]):
+            for j in range(i + 1, len(texts) + 1):
+                if not has_bytes(texts[j - 1]) and j - 1 > i:
+                    break
+                if not has_bytes(joined(texts[i:j])):
+                    runs.append((i, j, joined(texts[i:j])))
+                    i = j - 1
+                    break
+        i += 1
+    return runs
+
+
 def chips_html(trace: Trace, chips: Sequence[Chip]) -> str:
     spans = []
     for c in chips:
@@ -232,6 +274,12 @@ def chips_html(trace: Trace, chips: Sequence[Chip]) -> str:
         title = html.escape(f"{label} | id {c.token_id}" + (f" | {c.hover}" if c.hover else ""), quote=True)
         text = html.escape(show(token(trace, c.token_id)))
         spans.append(f'<span class="chip chip-{c.status}" title="{title}" data-status="{c.status}">{text}</span>')
+    # tokens that each hold bytes of a character keep their own chips, grouped, with the character they make
+    for first, end, text in reversed(characters([token(trace, c.token_id) for c in chips])):
+        title = html.escape(f"{text}: one text written by {end - first} tokens that each hold some of its bytes",
+                            quote=True)
+        spans[first:end] = [f'<span class="chip-char" title="{title}">' + "".join(spans[first:end]) +
+                            f'<span class="char-joined">{html.escape(show(text))}</span></span>']
     return '<div class="chips">' + "".join(spans) + "</div>"
 
 

@@ -4,17 +4,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from engines.trace import Trace
-from explorer.figures.common import (
-    Chip,
-    View,
-    colour,
-    count_axis,
-    empty,
-    figure,
-    quoted,
-    show,
-    token,
-)
+from explorer.figures.common import Chip, View, colour, count_axis, empty, figure, listing, quoted, show, token
 
 ROWS_SHOWN = 24    # the trajectory shows at most this many iterations up to the cursor
 CELLS_SHOWN = 560  # and at most about this many cells, so a step's figure stays well under 100 KB
@@ -147,7 +137,7 @@ def words(trace: Trace, index: int) -> str:
         text += (f"The first guess {quoted(trace, d['block_before_ids'][0])} was wrong; the target's token "
                  f"{quoted(trace, ids[0])} replaces it and is committed (the guarantee: at least one per forward).")
     elif k:
-        confirmed = ", ".join(quoted(trace, t) for t in ids[:min(k, m)])
+        confirmed = listing(trace, ids[:min(k, m)])
         text += f"The first {k} guess{'es' if k != 1 else ''} matched the target's argmax ({confirmed})"
         if m > k:
             what = "its token past the block" if k == n else "the first corrected token"

@@ -9,19 +9,7 @@ import plotly.graph_objects as go
 
 from engines.decoding.lookahead import ancestry
 from engines.trace import Step, Trace
-from explorer.figures.common import (
-    Chip,
-    Grid,
-    View,
-    colour,
-    empty,
-    figure,
-    grid,
-    quoted,
-    show,
-    symbol,
-    token,
-)
+from explorer.figures.common import Chip, Grid, View, colour, empty, figure, grid, listing, quoted, show, symbol, token
 from explorer.figures.jacobi import discrete_scale
 
 HIDDEN = "rgba(128,128,128,0.12)"    # a masked cell of the attention mask
@@ -280,7 +268,7 @@ def words(trace: Trace, index: int) -> str:
     if d["accepted"] >= 0:
         m = d["accepted_len"]
         text += (f"Candidate {d['accepted'] + 1} {quoted_ids(trace, cands[d['accepted']])} matched {m} "
-                 f"token{'s' if m != 1 else ''} ({', '.join(quoted(trace, t) for t in ids[:m])}), so it gave "
+                 f"token{'s' if m != 1 else ''} ({listing(trace, ids[:m])}), so it gave "
                  f"{len(ids)} tokens for 1 forward")
         text += f", the last being the target's own {quoted(trace, ids[m])}." if len(ids) > m else "."
     elif cands:

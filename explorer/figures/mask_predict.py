@@ -19,6 +19,7 @@ from explorer.figures.common import (
     empty,
     figure,
     grid,
+    mask_token,
     quoted,
     show,
     symbol,
@@ -42,7 +43,7 @@ def span_at(trace: Trace, index: int) -> dict:
 
 def mask_id(trace: Trace) -> int:
     """The mask token: what every position of the span holds before the first iteration."""
-    return trace.steps[0].detail["spans"][0]["input_tokens"][0]
+    return mask_token(trace)
 
 
 def state(r: dict, i: int, mask: int) -> str:
@@ -363,8 +364,7 @@ def chips(trace: Trace, index: int) -> list[Chip]:
     if index < 0 or not trace.steps:
         return []
     mask, r = mask_id(trace), span_at(trace, index)
-    before = span_at(trace, index - 1)["predicted_tokens"] if index > 0 and \
-        trace.steps[index - 1].detail["best"] == trace.steps[index].detail["best"] else [mask] * r["length"]
+    held = held_before(trace, index)
     out = []
     for i in range(r["length"]):
         kind, guess = state(r, i, mask), r["predicted_tokens"][i]
@@ -374,15 +374,31 @@ def chips(trace: Trace, index: int) -> list[Chip]:
         if kind == "re-masked":
             out.append(Chip(guess, "rejected", note + ", re-masked"))
         elif kind == "unmasked":
-            changed = before[i] not in (mask, guess)
+            # corrected only where the position held another token before a re-mask took it back; a new guess
+            # at a position that was never committed (diffusion never re-masks) is simply chosen
+            changed = held[i] is not None and held[i] != guess
             out.append(Chip(guess, "resampled" if changed else "chosen",
-                            note + (f", was {show(token(trace, before[i]))}" if changed else "")))
+                            note + (f", was {show(token(trace, held[i]))} before it was re-masked" if changed else "")))
         elif kind == "kept":
             out.append(Chip(r["tokens"][i], "earlier", note))
         else:
             out.append(Chip(mask, "masked", f"position {i}, still masked" +
                             (f", best guess {show(token(trace, guess))}" if guess != mask else "")))
     return out
+
+
+def held_before(trace: Trace, index: int) -> list[int | None]:
+    """For each position of the best span, the token it last held committed before this iteration (one a re-mask
+    later took back, or that it still holds); None where it was never unmasked."""
+    best = trace.steps[index].detail["best"]
+    held: list[int | None] = [None] * span_at(trace, index)["length"]
+    for s in trace.steps[:index]:
+        if s.detail["best"] != best:
+            continue
+        r = s.detail["spans"][best]
+        for i in r["unmasked"]:
+            held[i] = r["tokens"][i]
+    return held
 
 
 def progress(trace: Trace, index: int) -> tuple[int, int, str]:

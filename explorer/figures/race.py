@@ -15,7 +15,8 @@ SINGLE, MULTI = colour("chosen"), colour("accepted")   # one token per forward (
 
 
 def lane(r) -> str:
-    return f"{r.label}<br>{r.target_forwards} fwd · {r.wall_ratio:.2f}x" + ("" if r.equals_greedy else " · ≠ greedy")
+    return (f"{r.label}<br>{r.target_forwards} fwd · speedup {r.speedup:.2f}x"
+            + ("" if r.equals_greedy else " · ≠ greedy"))
 
 
 def timeline_figure(race: Race) -> go.Figure:
@@ -72,7 +73,7 @@ def cost_figure(race: Race) -> go.Figure:
 
 def table_markdown(race: Race) -> str:
     head = ("| method | target fwd | draft fwd | tokens / target fwd | tokens fed / fwd | acceptance (accepted / "
-            "examined) | tokens / iteration (incl. target's) | wall s | ratio to AR | output |\n"
+            "examined) | tokens / iteration (incl. target's) | wall s | speedup vs AR | output |\n"
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     lines = [head]
     for r in race.rows:
@@ -81,11 +82,12 @@ def table_markdown(race: Race) -> str:
         same = "= greedy" if r.equals_greedy else f"**differs at token {r.first_difference}**"
         lines.append(f"| {r.label} | {r.target_forwards} | {r.draft_forwards} | {r.tokens_per_target_forward:.2f} | "
                      f"{r.tokens_fed_per_forward:.2f} | {acc} | {r.tokens_per_iteration:.2f} | {r.wall_s:.3f} | "
-                     f"{r.wall_ratio:.2f}x | {same} |")
+                     f"{r.speedup:.2f}x | {same} |")
     notes = [f"*{name} is left out: {why}.*" for name, why in race.left_out.items()]
     notes.append("Acceptance counts drafts up to and including the first refused one; tokens per iteration also "
-                 "counts the token the target adds itself, so it is 1 + accepted drafts per iteration. A ratio "
-                 "below 1 is faster than autoregressive; both runs were timed back to back in one process.")
+                 "counts the token the target adds itself, so it is 1 + accepted drafts per iteration. Speedup is "
+                 "autoregressive's wall time over the method's: above 1 is faster than autoregressive, as in the "
+                 "cost figure and the words; both runs were timed back to back in one process.")
     return "\n".join(lines) + "\n\n" + "\n\n".join(notes)
 
 

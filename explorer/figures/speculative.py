@@ -29,6 +29,7 @@ from explorer.figures.common import (
     empty,
     figure,
     grid,
+    listing,
     quoted,
     show,
     symbol,
@@ -116,6 +117,8 @@ def draft_check(trace: Trace, index: int) -> go.Figure:
     step = trace.steps[index]
     d = step.detail
     positions = d["positions"]
+    if not positions:
+        return plain_forward(trace, index)
     raw = is_greedy(trace)
     cols = len(positions) + 1
     titles = [f"{i + 1}: {label(trace, pos['token'])}" for i, pos in enumerate(positions)]
@@ -132,7 +135,7 @@ def draft_check(trace: Trace, index: int) -> go.Figure:
                          "color": [colour(pos["status"])] + ["rgba(0,0,0,0)"] * (len(b.ids) - 1), "width": 3}},
                      "hovertext": bar_hover(trace, b.ids, b.p, "p"), "hoverinfo": "text"})
         data.append({"type": "bar", **g.cell(1, i + 1), "x": names, "y": b.q, "legendgroup": "q",
-                     "name": "q, draft" + (" (temperature 1)" if raw else ""), "showlegend": first,
+                     "name": q_name(trace, d, pos), "showlegend": first,
                      "marker": {"color": DRAFT_COLOUR},
                      "hovertext": bar_hover(trace, b.ids, b.q, "q"), "hoverinfo": "text"})
         coin(data, notes, g.cell(2, i + 1), trace, pos, first)
@@ -151,6 +154,58 @@ def draft_check(trace: Trace, index: int) -> go.Figure:
     return figure(data, g, f"Step {index + 1}: {len(positions)} drafted by the {d['drafter']} drafter, "
                            f"{d['accepted']} kept ({what})", height=430, barmode="group", bargap=0.25,
                   annotations=notes)
+
+
+def nothing_drafted(d: dict) -> bool:
+    """Nothing was drafted: the step is a plain target forward, and its token is the target's own, no bonus."""
+    return not d["positions"]
+
+
+def why_nothing(trace: Trace, index: int, sentence: bool = False) -> str:
+    """Why a step drafted nothing, read from the record: a short phrase, or the opening of a sentence."""
+    d = trace.steps[index].detail
+    if d["k"] == 0:
+        return "Only one token was left in the budget" if sentence else "one token left in the budget"
+    if d["drafter"] == "ngram" and d["lookup"] is None:
+        return ("Prompt lookup found no earlier occurrence of the text's last tokens" if sentence
+                else "prompt lookup found no match")
+    if d.get("heads") and trace.steps[index].index == 0:
+        return ("The heads draft from a verification forward's hidden states and none had run yet" if sentence
+                else "the heads had no verification to read yet")
+    return "The drafter proposed nothing" if sentence else "the drafter proposed nothing"
+
+
+def plain_forward(trace: Trace, index: int) -> go.Figure:
+    """A step that drafted nothing: one panel, the target's distribution after the text with its own token
+    outlined. No drafted positions, so no coin and no bonus."""
+    d = trace.steps[index].detail
+    raw = is_greedy(trace)
+    data: list[dict] = []
+    notes: list[dict] = []
+    next_bars(data, notes, {"xaxis": "x", "yaxis": "y"}, trace, d)
+    chose = (f"chose {label(trace, d['next_token'])}" if d["next_token"] is not None else "ended the text")
+    what = "its argmax" if raw else "drawn from p"
+    return figure(data, None, f"Step {index + 1}: nothing drafted ({why_nothing(trace, index)}); a plain target "
+                              f"forward {chose} ({what})", height=430, annotations=notes,
+                  xaxis={"tickangle": -40, "tickfont": {"size": 10}},
+                  yaxis={"title": {"text": "probability"}, "rangemode": "tozero"})
+
+
+def q_name(trace: Trace, d: dict, pos: dict) -> str:
+    """The q bars' legend: a draft model's or a head's own distribution (at temperature 1 under greedy), or,
+    for a drafter with no distribution (typed, prompt lookup), the one-hot q verification used."""
+    if d["drafter"] == "typed":
+        return "q = 1 on the typed token (a typed draft has no distribution)"
+    if pos.get("q_raw_top") is None:
+        return "q = 1 on the looked-up token (prompt lookup has no distribution)"
+    return "q, draft" + (" (temperature 1)" if is_greedy(trace) else "")
+
+
+def unmeasured(trace: Trace) -> str:
+    """Why a trace carries no cost calibration."""
+    if trace.config.get("drafter") == "typed":
+        return "Be the drafter verifies one typed draft in one forward and does not time the target's forwards"
+    return "it was recorded before runs measured c and T(n)"
 
 
 def coin(data: list[dict], notes: list[dict], axes: dict, trace: Trace, pos: dict, first: bool) -> None:
@@ -250,11 +305,16 @@ def next_token_and_stats(trace: Trace, index: int) -> go.Figure:
     if index < 0:
         return empty("The residual distribution and the running acceptance rate appear after the first step.")
     d = trace.steps[index].detail
-    g = grid(4, 1, row_heights=[0.28, 0.28, 0.22, 0.22], vspace=0.085, secondary_y=((2, 1),),
-             titles=[next_title(trace, d), "Running statistics", theory.TOKENS_TITLE, theory.SPEEDUP_TITLE])
+    r = running(trace, index)
+    # the cost model's curves need α: until a draft is examined there is nothing to draw, so no panels for it
+    theory_rows = r.alpha[-1] is not None
+    g = (grid(4, 1, row_heights=[0.28, 0.28, 0.22, 0.22], vspace=0.085, secondary_y=((2, 1),),
+              titles=[next_title(trace, d), "Running statistics", theory.TOKENS_TITLE, theory.SPEEDUP_TITLE])
+         if theory_rows else
+         grid(2, 1, row_heights=[0.5, 0.5], vspace=0.15, secondary_y=((2, 1),),
+              titles=[next_title(trace, d), "Running statistics (α and the cost model once a draft is examined)"]))
     data, notes = [], []
     next_bars(data, notes, g.cell(1, 1), trace, d)
-    r = running(trace, index)
     data += [
         {"type": "scatter", **g.cell(2, 1), "x": r.steps, "y": r.measured, "mode": "lines+markers",
          "name": "measured tokens / target forward", "marker": {"color": TARGET_COLOUR},
@@ -271,8 +331,10 @@ def next_token_and_stats(trace: Trace, index: int) -> go.Figure:
                                            tickvals=[0, 0.25, 0.5, 0.75, 1], showgrid=False)
     g.yaxis(1, 1).update(title={"text": "probability"}, rangemode="tozero")
     g.xaxis(2, 1).update(title={"text": "step"}, tickmode="linear", tick0=1, dtick=max(1, round(len(r.steps) / 8)))
-    theory_panels(data, notes, g, trace, index)
-    return figure(data, g, "", height=960, barmode="group", annotations=notes, legend_below=True)
+    if theory_rows:
+        theory_panels(data, notes, g, trace, index)
+    return figure(data, g, "", height=960 if theory_rows else 540, barmode="group", annotations=notes,
+                  legend_below=True)
 
 
 def theory_panels(data: list[dict], notes: list[dict], g: Grid, trace: Trace, index: int) -> None:
@@ -287,7 +349,7 @@ def theory_panels(data: list[dict], notes: list[dict], g: Grid, trace: Trace, in
     g.yaxis(4, 1)["title"] = {"text": "speedup"}
     if cal is None or c is None:
         notes.append(cell_note(g.cell(4, 1), "cost not measured in this trace", "not_reached",
-                               "traces recorded before runs measured c and T(n) carry no calibration"))
+                               f"no calibration: {unmeasured(trace)}"))
     if alpha is None:
         notes.append(cell_note(g.cell(3, 1), "no draft examined yet: no α", "not_reached",
                                "the curves need the acceptance rate α, accepted / examined drafts"))
@@ -325,6 +387,9 @@ def run_k(steps: list[Step]) -> int:
 def next_title(trace: Trace, d: dict) -> str:
     if d["next_token"] is None:
         return "No token after the draft: it ended the text"
+    if nothing_drafted(d):
+        return ("The target's own token (nothing drafted): " +
+                ("its argmax" if is_greedy(trace) else "drawn from p"))
     if d["next_kind"] == "bonus":
         return "Bonus token: drawn from p after the last draft" if not is_greedy(trace) else \
             "Bonus token: the target's argmax after the draft"
@@ -357,11 +422,11 @@ def next_bars(data: list[dict], notes: list[dict], axes: dict, trace: Trace, d: 
     else:
         source = d["next_top"]
         name = ("p at the rejection (typical)" if is_typical(d) else "residual norm(max(0, p - q))") \
-            if rejected else "p after the draft"
+            if rejected else "p, target" if nothing_drafted(d) else "p after the draft"
     source = with_next(source, d, raw)
     ids = [t for t, _ in source]
     values = dict(source)
-    kind = d["next_kind"]
+    kind = "chosen" if nothing_drafted(d) else d["next_kind"]
     names = [label(trace, t) for t in ids]
     data.append({"type": "bar", **axes, "x": names, "y": [values.get(t) for t in ids], "name": name,
                  "marker": {"color": colour(kind), "line": {
@@ -377,26 +442,19 @@ def next_bars(data: list[dict], notes: list[dict], axes: dict, trace: Trace, d: 
 
 # ----------------------------------------------------------------------------- words and chips
 
-def listing(trace: Trace, ids: list[int]) -> str:
-    return ", ".join(quoted(trace, t) for t in ids)
-
-
-def drafted_sentence(trace: Trace, d: dict) -> str:
+def drafted_sentence(trace: Trace, index: int) -> str:
+    d = trace.steps[index].detail
     tokens = d["draft_tokens"]
     if d["drafter"] == "typed":
         return f"You proposed {plural(len(tokens), 'token')}: {listing(trace, tokens)} (a one-hot q)."
+    if not tokens:
+        return (f"{why_nothing(trace, index, sentence=True)}, so nothing was drafted and this step is a plain target "
+                "forward.")
     if d["drafter"] == "ngram":
         look = d["lookup"]
-        if d["k"] == 0:
-            return "Only one token was left in the budget, so nothing was drafted."
-        if look is None:
-            return ("Prompt lookup found no earlier occurrence of the text's last tokens, so nothing was "
-                    "drafted and this step is a plain target forward.")
         return (f"Prompt lookup matched the {look['n']}-gram {listing(trace, look['ngram_tokens'])} "
                 f"(seen earlier at position {look['match_at']}) and proposed what followed it: "
                 f"{listing(trace, tokens)}.")
-    if not tokens:
-        return "Only one token was left in the budget, so nothing was drafted." if d["k"] == 0 else ""
     who = heads.who(d) if d.get("heads") else "The draft"
     return f"{who} proposed {plural(len(tokens), 'token')}: {listing(trace, tokens)}."
 
@@ -443,7 +501,7 @@ def words(trace: Trace, index: int) -> str:
     d = s.detail
     committed = len(s.committed_ids)
     tc, dc = d["target_cache"], d["draft_cache"]
-    text = " ".join(x for x in (drafted_sentence(trace, d), verdict_sentence(trace, d)) if x)
+    text = " ".join(x for x in (drafted_sentence(trace, index), verdict_sentence(trace, d)) if x)
     drafted_by = "head forward" if d.get("heads") else "draft forward"
     text += (f" {plural(committed, 'token')} for 1 target forward"
              f"{' and ' + plural(s.draft_forwards, drafted_by) if s.draft_forwards else ''}, "
@@ -473,16 +531,28 @@ def acceptance_words(trace: Trace, index: int) -> str:
     return (f" So far, two acceptance figures: the acceptance rate α = accepted / examined drafts = {accepted} / "
             f"{examined} = {r.alpha[-1]:.2f} (a draft counts as examined up to and including the first refused "
             f"one); and the mean tokens per iteration, the target's own token included, = {made} / "
-            f"{plural(len(steps), 'iteration')} = {made / len(steps):.2f}, against {r.expected[-1]:.2f} expected "
-            f"from (1 - α^(k+1)) / (1 - α).")
+            f"{plural(len(steps), 'iteration')} = {made / len(steps):.2f}, against {expected_words(steps, r)}.")
+
+
+def expected_words(steps: list[Step], r: Running) -> str:
+    """The expected tokens per iteration the measured mean is set against, saying how it was computed: the
+    formula at each step's own draft length, averaged, which is the formula at k itself only when every step
+    drafted k tokens (the budget's end, a lookup miss or heads not yet fed draft fewer)."""
+    alpha, k = r.alpha[-1], run_k(steps)
+    lengths = [len(s.detail["draft_tokens"]) for s in steps]
+    if all(n == k for n in lengths):
+        return f"{r.expected[-1]:.2f} expected from (1 - α^(k+1)) / (1 - α) at k = {k}"
+    fewer = sum(n != k for n in lengths)
+    return (f"{r.expected[-1]:.2f} expected: (1 - α^(k+1)) / (1 - α) at each iteration's own draft length, "
+            f"averaged, since {fewer} of {plural(len(steps), 'iteration')} drafted other than k = {k} "
+            f"(at k = {k} throughout it would be {expected_tokens(alpha, k):.2f}, the figure the cost model uses)")
 
 
 def cost_words(trace: Trace, index: int) -> str:
     """The cost model with the run's numbers: c, T(k+1), the expected and the measured speedup, the best k."""
     cal = theory.calibration(trace)
     if cal is None:
-        return ("**Cost model:** not measured for this trace (it was recorded before runs measured c and T(n)), "
-                "so no speedup is drawn.")
+        return f"**Cost model:** not measured for this trace ({unmeasured(trace)}), so no speedup is drawn."
     steps = trace.steps[: index + 1]
     k, alpha, c = run_k(steps), acceptance_rate(steps), theory.draft_c(trace, cal)
     drafter = trace.config.get("drafter", "model")
@@ -511,7 +581,9 @@ def chips(trace: Trace, index: int) -> list[Chip]:
     d = trace.steps[index].detail
     out = [Chip(p["token"], p["status"], decision(trace, p)) for p in d["positions"]]
     if d["next_token"] is not None:
-        out.append(Chip(d["next_token"], d["next_kind"], next_probability(trace, d)))
+        out.append(Chip(d["next_token"], "chosen" if nothing_drafted(d) else d["next_kind"],
+                        ("nothing drafted: the target's own token, " if nothing_drafted(d) else "")
+                        + next_probability(trace, d)))
     return out
 
 
@@ -520,7 +592,7 @@ VIEW = View(
     fields=("draft_tokens", "accepted", "positions", "bonus_p_top", "bonus_p_raw_top", "lookup", "next_token",
             "next_kind", "next_p", "next_top", "drafter", "k", "k_next", "schedule", "ended", "target_cache",
             "draft_cache"),
-    legend=("prompt", "earlier", "accepted", "rejected", "resampled", "bonus", "not_reached"),
+    legend=("prompt", "earlier", "accepted", "rejected", "resampled", "bonus", "chosen", "not_reached"),
     help="**Speculative decoding** (Leviathan et al. 2023; Chen et al. 2023). A cheap drafter proposes k "
          "tokens: the draft model samples them from its distribution q, or prompt lookup copies what followed "
          "the text's last n-gram earlier on (a one-hot q). One target forward scores every drafted position at "

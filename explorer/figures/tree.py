@@ -25,6 +25,7 @@ from explorer.figures.common import (
     empty,
     figure,
     grid,
+    listing,
     quoted,
     show,
     symbol,
@@ -132,7 +133,8 @@ def draft_tree(trace: Trace, index: int) -> go.Figure:
                        "line": {"width": 1, "color": colour(status)}}})
     depth = max((n["depth"] for n in nodes), default=0)
     title = (f"Step {index + 1}: draft tree of {len(nodes)} node{'s' if len(nodes) != 1 else ''}, "
-             f"{len(d['accepted_path'])} accepted + 1 from the target")
+             f"{len(d['accepted_path'])} accepted + 1 from the target" if nodes else
+             f"Step {index + 1}: no draft tree ({no_tree(trace, index)[1]}); a plain target forward, 1 token")
     return figure(data, None, title, height=max(320, min(1100, (20 if crowded else 34) * leaves + 120)),
                   xaxis={"title": {"text": "depth (position = root position + depth)"},
                          "tickmode": "linear", "dtick": 1, "range": [-0.4, depth + 1.6]},
@@ -273,11 +275,9 @@ def words(trace: Trace, index: int) -> str:
     shape = "dynamic (EAGLE-2)" if d["tree"] == "dynamic" else f"'{d['tree']}'"
     if not nodes:
         p = d["final_p_raw"] if not trace.config.get("temperature", 0) else d["final_p"]
-        why = ("The heads draft from a verification forward's hidden states and none had run yet" if d.get("heads")
-               and step.index == 0 else "Only one token was left to generate")
-        parts = [f"{why}, so no tree was drafted: one target forward read the "
-                 f"{len(d['pending_ids'])} pending token{'s' if len(d['pending_ids']) != 1 else ''} and chose "
-                 f"{quoted(trace, d['final_token'])} (p = {p:.3g})."]
+        parts = [f"{no_tree(trace, index)[0]}, so no tree was drafted and this step is a plain target forward: it "
+                 f"read the {len(d['pending_ids'])} pending token{'s' if len(d['pending_ids']) != 1 else ''} and "
+                 f"chose {quoted(trace, d['final_token'])} (p = {p:.3g})."]
     else:
         dropped = f"; the budget dropped {d['dropped']} less confident candidates" if d["dropped"] else ""
         who, unit = (heads.who(d), "head") if d.get("heads") else ("The draft", "draft")
@@ -295,6 +295,24 @@ def words(trace: Trace, index: int) -> str:
     parts.append(so_far(trace, index))
     said = heads.words(trace, index, heads.TREE)
     return "\n\n".join(x for x in (" ".join(p for p in parts if p), cost_words(trace, index), said) if x)
+
+
+def no_tree(trace: Trace, index: int) -> tuple[str, str]:
+    """Why a step drafted no tree, as a sentence's opening and as a short phrase for the figure's title, read
+    from the record: the token budget, heads that had not read a verification yet, or a suffix tree that held
+    no continuation of the text."""
+    step = trace.steps[index]
+    d = step.detail
+    left = trace.config.get("max_new_tokens", 0) - sum(len(s.committed_ids) for s in trace.steps[:index])
+    if left <= 1:
+        return "Only one token was left to generate", "one token left"
+    if d.get("heads") and step.index == 0:
+        return ("The heads draft from a verification forward's hidden states and none had run yet",
+                "the heads had nothing to read yet")
+    if "suffix_match" in d:
+        return (f"{left} tokens were left, but the suffix tree matched nothing: no suffix of the text so far had "
+                "occurred before with a continuation", "the suffix tree matched nothing")
+    return f"{left} tokens were left, but the drafter proposed nothing", "nothing drafted"
 
 
 def cost_words(trace: Trace, index: int) -> str:
@@ -340,7 +358,7 @@ def won(trace: Trace, step: Step) -> str:
     d = step.detail
     nodes, path = d["nodes"], d["accepted_path"]
     if path:
-        chain = " -> ".join(quoted(trace, nodes[i]["token"]) for i in path)
+        chain = listing(trace, [nodes[i]["token"] for i in path], " -> ")
         text = f"The winning path {chain} was accepted ({len(path)} drafted token{'s' if len(path) != 1 else ''}"
         tests = [nodes[i] for i in path if "u" in nodes[i]]
         if tests:
