@@ -21,6 +21,7 @@ from engines.decoding.mask_predict import MaskPredictConfig, MaskPredictDetail, 
 from engines.decoding.speculative import MAX_K, SpeculativeConfig, SpeculativeDetail, speculative
 from engines.decoding.tree import TreeConfig, TreeDetail, tree
 from engines.decoding.trees import SHAPES
+from engines.drafting.registry import DRAFTERS
 from engines.models import adapter, presets, store
 from engines.trace import Step, Trace
 
@@ -147,8 +148,8 @@ class Run:
         prompt_ids = target_lm.encode(prompt)
         check_prompt_length(len(prompt_ids), max_prompt_tokens)
         check_positions(m, cfg, len(prompt_ids), target_lm)
-        # a deterministic drafter (prompt lookup) needs no draft model
-        needs_draft = m.uses_draft and getattr(cfg, "drafter", "model") == "model"
+        # only the model drafter reads a draft model (the drafter registry says which do)
+        needs_draft = m.uses_draft and DRAFTERS[getattr(cfg, "drafter", "model")].draft_model
         draft_lm = store.load(draft or DEFAULT_DRAFT, device, dtype) if needs_draft else None
         if draft_lm is not None:
             store.check_same_tokenizer(target_lm, draft_lm)
