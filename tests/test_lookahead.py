@@ -6,14 +6,8 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from engines.decoding.lookahead import (
-    LookaheadConfig,
-    ancestry,
-    branches,
-    lookahead,
-    remember,
-    slide,
-)
+from engines.decoding.lookahead import LookaheadConfig, branches, lookahead, remember, slide
+from engines.decoding.trees import ancestry
 from engines.decoding.verify_tree import verify_sampled
 from engines.methods import Run
 from engines.trace import Step, Trace
@@ -52,7 +46,7 @@ def test_the_mask_for_w3_n3_g2_equals_the_hand_built_one():
             [1, 0, 0, 0, 0, 0, 0, 0, 1, 0],   # d1
             [1, 0, 0, 0, 0, 0, 0, 0, 1, 1]]   # d2
     attend, depths = ancestry(b.parents)
-    assert attend.int().tolist() == hand
+    assert [[int(x) for x in row] for row in attend] == hand
     assert depths == [0, 1, 2, 1, 2, 3, 1, 2, 1, 2]    # level j, column i sits at i + j
     assert b.window_rows == [[0, 1, 2], [3, 4, 5]] and b.candidate_rows == [[6, 7], [8, 9]]
 
@@ -61,7 +55,7 @@ def test_pending_text_is_causal_and_shared_candidate_prefixes_are_fed_once():
     b = branches([7, 8, 100], [[100, 11]], [[31, 32], [31, 33]])
     assert b.ids == [7, 8, 100, 11, 31, 32, 33]
     attend, depths = ancestry(b.parents)
-    assert attend.int().tolist() == [[1, 0, 0, 0, 0, 0, 0],
+    assert [[int(x) for x in row] for row in attend] == [[1, 0, 0, 0, 0, 0, 0],
                                      [1, 1, 0, 0, 0, 0, 0],
                                      [1, 1, 1, 0, 0, 0, 0],
                                      [1, 1, 1, 1, 0, 0, 0],
@@ -216,7 +210,7 @@ def test_the_mask_figure_shows_the_recorded_mask(tiny_target):
     fig = json.loads(VIEWS["lookahead"].main(trace, step.index).to_json())
     heat = next(t for t in fig["data"] if t["type"] == "heatmap")
     seen = [[int(z > 0) for z in row] for row in heat["z"]]
-    assert seen == ancestry(d["parents"])[0].int().tolist()
+    assert seen == [[int(x) for x in row] for row in ancestry(d["parents"])[0]]
     n_look = len(d["window"][0]) - 1 + sum(len(level) for level in d["window"][1:])
     assert {row[0] for row in heat["z"][1 + n_look:]} == {3}   # verification rows, coded by branch
     words = VIEWS["lookahead"].words(trace, step.index)

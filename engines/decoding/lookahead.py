@@ -27,6 +27,7 @@ from typing import Callable, Iterator, Sequence, TypedDict
 import torch
 
 from engines.config import DecodeConfig, option
+from engines.decoding import trees
 from engines.decoding.sampling import Sampling, probabilities, raw_probabilities
 from engines.decoding.stop import until_eos
 from engines.decoding.verify_tree import verify_greedy, verify_one
@@ -128,18 +129,6 @@ def branches(pending: Sequence[int], levels: Sequence[Sequence[int]],
     return b
 
 
-def ancestry(parents: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
-    """attend[i, j]: j is i or an ancestor of i; and each token's depth below the cached text."""
-    n = len(parents)
-    attend = torch.zeros(n, n, dtype=torch.bool)
-    depths = []
-    for i, p in enumerate(parents):
-        if p >= 0:
-            attend[i] = attend[p]
-        attend[i, i] = True
-        depths.append(depths[p] + 1 if p >= 0 else 0)
-    return attend, depths
-
 
 # ----------------------------------------------------------------------------- the n-gram pool
 
@@ -229,7 +218,8 @@ def lookahead(target: LM, prompt_ids: Sequence[int], cfg: LookaheadConfig, rng: 
         levels[0][0] = last
         candidates = [list(t) for t in pool.get(last, [])] if G else []
         b = branches(pending, levels, candidates)
-        attend, depths = ancestry(b.parents)
+        sees, depths = trees.ancestry(b.parents)
+        attend = torch.tensor(sees, dtype=torch.bool)
         cached, root = len(kv), len(pending) - 1
         logits = target.forward(kv, b.ids, depths=depths, attend=attend)
         new_level = logits[b.window_rows[-1]].argmax(-1).tolist()

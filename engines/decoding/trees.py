@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import torch
 
 import networkx as nx
-import torch
 
 Path = tuple[int, ...]
 ROOT = -1
@@ -68,19 +70,21 @@ def children(parent_of: Sequence[int]) -> dict[int, list[int]]:
     return kids
 
 
-def attend(rows: Sequence[Path], cols: Sequence[Path] | None = None) -> torch.Tensor:
+def attend(rows: Sequence[Path], cols: Sequence[Path] | None = None) -> "torch.Tensor":
     """attend[i, j]: may node rows[i] see node cols[j]? Only if cols[j] is rows[i] or one of its ancestors.
 
     With cols omitted this is the tree attention mask among the nodes (Medusa fig. 2): row i is
     True exactly on node i's root-to-node path."""
+    import torch  # here, not above: only the masks are tensors, and a replayed trace reads the rest without torch
     cols = rows if cols is None else cols
     return torch.tensor([[len(c) <= len(r) and r[:len(c)] == c for c in cols] for r in rows],
                         dtype=torch.bool).view(len(rows), len(cols))
 
 
-def behind(pending: int, tree_attend: torch.Tensor) -> torch.Tensor:
+def behind(pending: int, tree_attend: "torch.Tensor") -> "torch.Tensor":
     """The mask for `pending` committed tokens followed by the tree: the pending tokens are causal among
     themselves, and every node sees all of them (the last one is the root) plus its own path."""
+    import torch  # as in attend
     n = tree_attend.shape[0]
     out = torch.zeros(pending + n, pending + n, dtype=torch.bool)
     out[:pending, :pending] = torch.ones(pending, pending, dtype=torch.bool).tril()
@@ -122,3 +126,16 @@ class Node:
     q: float                # the draft's probability of `token` after its parent (temperature 1)
     logq: float             # cumulative draft log-probability from the root: EAGLE-2's confidence
     row: int | None = None  # its row in the draft cache after the committed text, once fed to the draft
+
+
+def ancestry(parents: Sequence[int]) -> tuple[list[list[bool]], list[int]]:
+    """For tokens fed with these parents (-1: after the cached text): sees[i][j], j is i or an ancestor of i; and
+    each token's depth below the cached text. Lookahead's mask, and its figure's."""
+    sees, depths = [], []
+    for i, p in enumerate(parents):
+        row = list(sees[p]) + [False] * (i - p) if p >= 0 else [False] * (i + 1)
+        row[i] = True
+        sees.append(row)
+        depths.append(depths[p] + 1 if p >= 0 else 0)
+    n = len(parents)
+    return [row + [False] * (n - len(row)) for row in sees], depths

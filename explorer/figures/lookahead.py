@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from engines.decoding.lookahead import ancestry
+from engines.decoding.trees import ancestry
 from engines.trace import Step, Trace
 from explorer.figures.common import Chip, Grid, View, colour, empty, figure, grid, listing, quoted, show, symbol, token
 from explorer.figures.jacobi import discrete_scale
@@ -120,7 +120,7 @@ def mask_panel(data: list[dict], g: Grid, trace: Trace, step: Step) -> None:
     kinds = branch_of(d)
     code = {"input": 1, "lookahead": 2, "verification": 3}
     names = [f"{i}: {show(token(trace, t))} +{depth}" for i, (t, depth) in enumerate(zip(d["fed_ids"], depths))]
-    z = [[code[kinds[r]] if seen else 0 for seen in row] for r, row in enumerate(attend.tolist())]
+    z = [[code[kinds[r]] if seen else 0 for seen in row] for r, row in enumerate(attend)]
     scale = discrete_scale([HIDDEN, BRANCH["input"], BRANCH["lookahead"], BRANCH["verification"]])
     data.append({"type": "heatmap", **g.cell(1, 2), "z": z, "x": names, "y": names, "zmin": 0, "zmax": 3,
                  "showscale": False, "xgap": 1, "ygap": 1, "colorscale": scale,

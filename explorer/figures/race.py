@@ -4,12 +4,15 @@ Pure functions of a `Race`."""
 from __future__ import annotations
 
 import html
+from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 
-from engines.analysis.race import Race
 from explorer.figures import theory
 from explorer.figures.common import colour, figure, grid, show
+
+if TYPE_CHECKING:   # the figures read a race's fields only, so a replay loads no engine
+    from engines.analysis.race import Race
 
 SINGLE, MULTI = colour("chosen"), colour("accepted")   # one token per forward (plain decoding) vs several
 

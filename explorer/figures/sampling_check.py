@@ -2,10 +2,14 @@
 `Check` and the token texts."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import plotly.graph_objects as go
 
-from engines.analysis.sampling_check import Check
 from explorer.figures.common import TARGET_COLOUR, colour, figure, grid, show
+
+if TYPE_CHECKING:   # the figure reads a check's fields only, so a replay loads no engine
+    from engines.analysis.sampling_check import Check
 
 
 def histogram_figure(check: Check, texts: dict[int, str]) -> go.Figure:
