@@ -94,3 +94,11 @@ def test_packages_import_only_downwards():
     upward = [(a, b) for a, b in import_graph().edges
               if layer(a) is not None and layer(b) is not None and layer(b) > layer(a)]
     assert upward == []
+
+
+def test_every_method_of_the_table_has_a_view_and_a_record():
+    """The methods table is the one list of methods: the explorer draws each, the schema types each."""
+    from engines.methods import METHODS
+    from engines.schema import step_records
+    from explorer.figures import VIEWS
+    assert list(VIEWS) == list(METHODS) and list(step_records()) == list(METHODS)

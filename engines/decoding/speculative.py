@@ -37,6 +37,7 @@ from engines.decoding.acceptance import (
     greedy_accept,
     one_hot,
     ratio,
+    speculative_accept,
     typical_accept,
     typical_threshold,
 )
@@ -219,8 +220,8 @@ def verify(p: torch.Tensor, q: torch.Tensor, tokens: list[int], s: Sampling, rng
         return Verdict(int(greedy_accept(x, choice)), choice)
     # drawn in (0, 1] so that u <= 0 can never keep a token the target rules out
     u = 1.0 - torch.rand(len(tokens), generator=rng, dtype=torch.float32)   # float32 whatever the default dtype
-    r = ratio(p[:len(tokens)], q, x)
-    return Verdict(int(accepted_count(u.to(r.device) <= r)), choice, u, r)
+    accepted = speculative_accept(p, q, x, u.to(p.device))   # the rule the 400,000-draw test checks
+    return Verdict(int(accepted), choice, u, ratio(p[:len(tokens)], q, x))
 
 
 # ----------------------------------------------------------------------------- recording

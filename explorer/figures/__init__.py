@@ -9,11 +9,11 @@ from explorer.figures import (
 )
 from explorer.figures.common import View
 
-VIEWS: dict[str, View] = {
+VIEWS: dict[str, View] = {   # in the methods table's order (engines/methods.py); tests/test_imports.py checks
     "autoregressive": autoregressive.VIEW,
+    "speculative": speculative.VIEW,
+    "tree": tree.VIEW,
     "jacobi": jacobi.VIEW,
     "lookahead": lookahead.VIEW,
-    "speculative": speculative.VIEW,
     "mask-predict": mask_predict.VIEW,
-    "tree": tree.VIEW,
 }
