@@ -40,15 +40,21 @@ import itertools
 import math
 from dataclasses import dataclass, field, replace
 from time import perf_counter
-from typing import Iterator, Literal, NotRequired, Sequence, TypedDict
+from typing import Iterator, Sequence
 
 import torch
 
 from engines.config import DecodeConfig, option
+from engines.decoding.mask_records import (
+    Commitment,
+    MaskPredictDetail,
+    QualityPoint,
+    SpanRecord,
+    SpanUpdate,
+)
 from engines.decoding.mask_schedule import Phase, block_bounds, plan, schedule, worst_plan
-from engines.decoding.prefix_cache import Audit, KVState, Prefix, cached_forward
+from engines.decoding.prefix_cache import Audit, Prefix, cached_forward
 from engines.decoding.sampling import (
-    TokenProbability,
     choose,
     probabilities,
     raw_probabilities,
@@ -106,72 +112,8 @@ class MaskPredictConfig(DecodeConfig):
             raise ValueError(f"{blocks} blocks need at least {blocks} iterations; raise iterations or the block size.")
 
 
-# ----------------------------------------------------------------------------- the step record
-
 # where a row position's keys and values came from: fed to this forward, read from the cache as computed on the
 # text as it stands, or read from the cache though a token it attends to has changed since
-
-
-class Commitment(TypedDict):
-    """What the strategy did after one iteration's predictions, in span positions."""
-    unmasked: list[int]          # positions that now hold their prediction
-    remasked: list[int]          # mask-predict: positions masked again, the least confident
-    eos_held: list[int]          # end-of-text guesses held back: a position before them is still masked (eos hold)
-    draws: NotRequired[list[float]]   # random strategy: the uniform drawn per masked position; the lowest commit
-
-
-class SpanUpdate(Commitment):
-    """A Commitment and the end-of-text tokens it wrote."""
-    eos_committed: list[int]     # unmasked positions whose token is end-of-text
-
-
-class SpanRecord(SpanUpdate):
-    """One candidate span in one iteration: per position (prompt excluded unless said) what was read and written."""
-    length: int                           # positions in the span
-    block: list[int]                      # [start, end) of the block being filled, in span positions
-    block_iteration: int                  # this iteration's index within the block
-    block_iterations: int                 # iterations the block has (threshold: at most its size)
-    input_tokens: list[int]               # the span the forward read; the mask id where masked
-    predicted_tokens: list[int]           # the latest prediction at each position; the mask id before any
-    tokens: list[int]                     # the span after this iteration
-    p: list[float | None]                 # the model's probability (temperature 1) of each prediction; null before any
-    confidence: list[float | None]        # what the strategy ranks by: that probability, or its margin
-    settled: list[int | None]             # the iteration since which each prediction is unchanged; null before any
-    masked_before: list[int]              # positions masked in the current block when the iteration began
-    top: list[list[TokenProbability]]     # per position, top 5 of the model's distribution; empty where not predicted
-    scheduled_masks: int                  # masks the schedule leaves in the whole span at the start of this iteration
-    formula_masks: float                  # the paper's unrounded count, n * (T - t) / T for the block plus later blocks
-    masks_after: int                      # masks left in the span after this iteration
-    mean_logprob: float | None            # mean log-probability of the predictions so far (the length beam's score)
-    kv_state: list[KVState]               # per row position (prompt and span): where its keys and values came from
-    kv_computed: list[int]                # per row position, the iteration that computed its keys and values
-    drift: float | None                   # cached prefix: largest logit difference to the exact forward; null otherwise
-    drift_changed: list[int]              # cached prefix: positions the exact forward would have decided differently
-    audit_tokens_fed: int                 # tokens the audit's exact forward read (not the method's cost); 0 without one
-    plan_masks: NotRequired[list[int]]    # first iteration only: the schedule's masks at the start of every iteration
-    plan_formula: NotRequired[list[float]]   # first iteration only: the paper's unrounded counts for the same
-
-
-class QualityPoint(TypedDict):
-    """The same span decoded again at fewer iterations: what the speed costs."""
-    iterations: int                       # T for this decoding
-    tokens_per_iteration: float           # length / T
-    block: int                            # the block size used (0: the whole span, where T is below the blocks)
-    mean_logprob: float | None            # mean log-probability the model gave its tokens when it wrote them
-    distinct2: float | None               # distinct bigrams / bigrams of the text; null under two tokens
-    tokens: list[int]                     # the text it wrote
-    forwards: int                         # model forwards it took
-
-
-class MaskPredictDetail(TypedDict):
-    """One iteration over every candidate span (several with the length beam); the text exists at the last."""
-    iteration: int                        # this iteration, from 0
-    iterations: int                       # iterations the chosen span is planned for (threshold: at most its length)
-    strategy: Literal["mask-predict", "diffusion", "threshold", "random"]   # the rule choosing what to commit
-    lengths: list[int]                    # the candidate span lengths
-    best: int                             # index of the candidate with the best mean log-probability
-    spans: list[SpanRecord]               # one per candidate length
-    quality_curve: list[QualityPoint] | None   # last iteration with the curve on: T = length, /2, /4, /8; else null
 
 
 def candidate_lengths(cfg: MaskPredictConfig) -> list[int]:
@@ -257,42 +199,62 @@ def update(span: Span, phase: Phase, masked: list[int], cfg: MaskPredictConfig,
 
 def commit_or_remask(span: Span, phase: Phase, masked: list[int], cfg: MaskPredictConfig,
                      rng: torch.Generator, eos_ids: frozenset[int]) -> Commitment:
+    """The strategy's rule for which predictions stay: one short function per strategy below."""
     # mask-predict re-masks rather than holds, and random is a control: neither holds end-of-text back
     held = held_eos(span, masked, eos_ids) if cfg.eos == "hold" and cfg.strategy in ("diffusion", "threshold") else []
     if cfg.strategy == "threshold":
-        free = [i for i in masked if i not in held]
-        sure = [i for i in free if span.confidence[i] >= cfg.threshold]
-        # Fast-dLLM eq. 6, and at least the most confident, so every iteration makes progress
-        chosen = sure or sorted(free, key=lambda i: (-span.confidence[i], i))[:1]
-        for i in chosen:
-            span.tokens[i] = span.predicted[i]
-        return Commitment(unmasked=chosen, remasked=[], eos_held=[i for i in held if i not in chosen])
+        return commit_sure(span, masked, held, cfg.threshold)
     counts = schedule(phase.end - phase.start, phase.of, cfg.strategy)
-    after = counts[phase.t + 1] if phase.t + 1 < phase.of else 0
+    after = counts[phase.t + 1] if phase.t + 1 < phase.of else 0   # masks the schedule leaves for the next iteration
     if cfg.strategy == "mask-predict":
-        for i in masked:
-            span.tokens[i] = span.predicted[i]
-        block = range(phase.start, phase.end)
-        remasked = sorted(sorted(block, key=lambda i: (span.confidence[i], i))[:after])
-        for i in remasked:
-            span.tokens[i] = span.mask_id
-        return Commitment(unmasked=[i for i in masked if i not in remasked], remasked=remasked, eos_held=[])
-    commit = len(masked) - after
-    draws: list[float] | None = None
+        return remask_least_confident(span, phase, masked, after)
     if cfg.strategy == "random":
-        # float32 whatever the default dtype (bf16 while some models load): the same seed, the same order
-        draws = torch.rand(len(masked), generator=rng, dtype=torch.float32).tolist()
-        order = sorted(range(len(masked)), key=lambda k: (draws[k], masked[k]))
-        chosen = sorted(masked[k] for k in order[:commit])
-    else:
-        # held end-of-text guesses go last: committed only when the schedule leaves nothing else
-        chosen = sorted(sorted(masked, key=lambda i: (i in held, -span.confidence[i], i))[:commit])
+        return commit_random(span, masked, len(masked) - after, rng)
+    return commit_most_confident(span, masked, held, len(masked) - after)
+
+
+def commit_sure(span: Span, masked: list[int], held: list[int], threshold: float) -> Commitment:
+    """Fast-dLLM (eq. 6): commit every masked position at least `threshold` sure, and at least the most
+    confident, so every iteration makes progress."""
+    free = [i for i in masked if i not in held]
+    sure = [i for i in free if span.confidence[i] >= threshold]
+    chosen = sure or sorted(free, key=lambda i: (-span.confidence[i], i))[:1]
     for i in chosen:
         span.tokens[i] = span.predicted[i]
-    commitment = Commitment(unmasked=chosen, remasked=[], eos_held=[i for i in held if i not in chosen])
-    if draws is not None:
-        commitment["draws"] = [round(u, 6) for u in draws]
-    return commitment
+    return Commitment(unmasked=chosen, remasked=[], eos_held=[i for i in held if i not in chosen])
+
+
+def remask_least_confident(span: Span, phase: Phase, masked: list[int], after: int) -> Commitment:
+    """Mask-predict (Ghazvininejad et al. 2019, eq. 3-4): take every prediction, then mask again the `after` least
+    confident positions of the whole block, committed ones included."""
+    for i in masked:
+        span.tokens[i] = span.predicted[i]
+    block = range(phase.start, phase.end)
+    remasked = sorted(sorted(block, key=lambda i: (span.confidence[i], i))[:after])
+    for i in remasked:
+        span.tokens[i] = span.mask_id
+    return Commitment(unmasked=[i for i in masked if i not in remasked], remasked=remasked, eos_held=[])
+
+
+def commit_most_confident(span: Span, masked: list[int], held: list[int], commit: int) -> Commitment:
+    """LLaDA's low-confidence remasking (Algorithm 5): of the masked positions, keep the `commit` most confident
+    predictions and leave the rest masked; never re-mask a committed token. Held end-of-text guesses go last:
+    committed only when the schedule leaves nothing else."""
+    chosen = sorted(sorted(masked, key=lambda i: (i in held, -span.confidence[i], i))[:commit])
+    for i in chosen:
+        span.tokens[i] = span.predicted[i]
+    return Commitment(unmasked=chosen, remasked=[], eos_held=[i for i in held if i not in chosen])
+
+
+def commit_random(span: Span, masked: list[int], commit: int, rng: torch.Generator) -> Commitment:
+    """The control (LLaDA's random remasking): `commit` masked positions chosen by uniform draws, recorded."""
+    # float32 whatever the default dtype (bf16 while some models load): the same seed, the same order
+    draws = torch.rand(len(masked), generator=rng, dtype=torch.float32).tolist()
+    order = sorted(range(len(masked)), key=lambda k: (draws[k], masked[k]))
+    chosen = sorted(masked[k] for k in order[:commit])
+    for i in chosen:
+        span.tokens[i] = span.predicted[i]
+    return Commitment(unmasked=chosen, remasked=[], eos_held=[], draws=[round(u, 6) for u in draws])
 
 
 def planned_masks(phase: Phase, length: int, strategy: str) -> tuple[int, float]:
@@ -388,10 +350,22 @@ def check_model(model, cfg: MaskPredictConfig) -> None:
 
 
 def mask_predict(model, prompt_ids: Sequence[int], cfg: MaskPredictConfig, rng: torch.Generator) -> Iterator[Step]:
-    """Yield one Step per iteration; the last one commits the chosen span (the text only exists then).
-    Settings the model cannot run are refused here, before any forward."""
+    """Yield one Step per iteration; the last one commits the chosen span (the text only exists then), and with
+    the curve on carries the quality curve. Settings the model cannot run are refused here, before any forward."""
     check_model(model, cfg)
-    return decode(model, list(prompt_ids), cfg, rng)
+    steps = decode(model, list(prompt_ids), cfg, rng)
+    return steps if cfg.curve == "off" else with_quality_curve(steps, model, list(prompt_ids), cfg, rng)
+
+
+def with_quality_curve(steps: Iterator[Step], model, prompt: list[int], cfg: MaskPredictConfig,
+                       rng: torch.Generator) -> Iterator[Step]:
+    """The steps, the last one with the quality curve of its span (its forwards are the curve's, not the step's)."""
+    for step in steps:
+        if step.final:
+            length = step.detail["spans"][step.detail["best"]]["length"]
+            curve = quality_curve(model, prompt, cfg, length, rng)
+            step = replace(step, detail={**step.detail, "quality_curve": curve})
+        yield step
 
 
 def decode(model, prompt: list[int], cfg: MaskPredictConfig, rng: torch.Generator) -> Iterator[Step]:
@@ -437,12 +411,11 @@ def decode(model, prompt: list[int], cfg: MaskPredictConfig, rng: torch.Generato
         last = (not any(model.mask_id in s.tokens for s in spans)) if threshold else iteration == cfg.iterations - 1
         chosen = best(spans)
         wall = perf_counter() - start - sum(a.seconds for a in audits)
-        curve = quality_curve(model, prompt, cfg, spans[chosen].length, rng) if last and cfg.curve == "on" else None
         yield Step(iteration, tuple(until_eos(spans[chosen].tokens, model.eos_ids)) if last else (), final=last,
                    target_forwards=len(rows), tokens_fed=fed, wall_s=wall, detail=MaskPredictDetail(
                        iteration=iteration, iterations=len(plans[chosen]), strategy=cfg.strategy,
                        lengths=[s.length for s in spans], best=chosen, spans=records,
-                       quality_curve=curve,
+                       quality_curve=None,   # mask_predict adds it to the last step, outside this loop
                    ))
         if last:
             return
