@@ -248,7 +248,7 @@ def control(f: dataclasses.Field, key: str | None = None) -> gr.components.Compo
 class Panel:
     """The results panel: every component that Step, Run, Back, the slider, a loaded trace or a tab switch
     writes. Handlers return `Panel.show` or `Panel.unchanged`, dicts keyed by these components, so no output is
-    wired by its place in a list. An API client receives them in `Panel.names()` order."""
+    wired by its place in a list. An API client receives them in `Panel.client_names()` order."""
     text: Any
     main: Any
     side: Any
@@ -257,12 +257,17 @@ class Panel:
     position: Any       # its data-run attribute names the run the panel shows
     history: Any
     record: Any
-    download: Any
     drafter: Any
+    download: Any       # last: a button, whose update (enabled or not) gradio_client does not return
 
     @staticmethod
     def names() -> list[str]:
         return [f.name for f in dataclasses.fields(Panel)]
+
+    @staticmethod
+    def client_names() -> list[str]:
+        """The outputs gradio_client returns for the panel, in order: all but the Download button."""
+        return [name for name in Panel.names() if name != "download"]
 
     def components(self) -> list:
         return [getattr(self, name) for name in self.names()]
