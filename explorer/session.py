@@ -132,12 +132,18 @@ class Sessions:
     def __init__(self, by_method: dict[str, Session] | None = None, shown: str | None = None):
         self.by_method: dict[str, Session] = by_method if by_method is not None else {}
         self.shown = shown
+        self.owner = 0           # counts the panel's changes of owner (`show`, and a replaced current run)
         self.panel = threading.RLock()
         self.work = threading.RLock()
 
     def __deepcopy__(self, memo: dict) -> "Sessions":
         # Gradio copies the state's initial value for each visitor: the copy gets its own locks
         return Sessions(by_method=copy.deepcopy(self.by_method, memo), shown=self.shown)
+
+    def show(self, method: str) -> None:
+        """The tab of `method` is selected: the panel now belongs to its current run."""
+        self.shown = method
+        self.owner += 1
 
     def owns(self, method: str, session: Session | None) -> bool:
         """Whether a screen of `session` (the run of `method`, None: its empty state) may go to the panel."""
@@ -147,7 +153,9 @@ class Sessions:
         return self.by_method.get(method)
 
     def put(self, method: str, session: Session) -> Session:
-        self.by_method[method] = session
+        with self.panel:
+            self.by_method[method] = session
+            self.owner += 1
         return session
 
     def advance(self, method: str, wanted: dict, start: Callable[[], Session],

@@ -1,9 +1,11 @@
 """Layout and event wiring. Handlers are short functions: values in, values out.
 
-Every action has an api_name (reset, step, back, run, stop, seek, load_trace, show_method) and its
-parameters are named after the controls, so the app can be driven with gradio_client. Per-person state
-is a `Sessions` object in gr.State that expires; models live in the process-wide cache of engines.lm,
-never in the state. The handlers that take control values read them as sent (preprocess=False) and
+Every action has an api_name (reset, step, back, run, stop, seek, load_trace, show_method, download_trace)
+and its parameters are named after the controls, so the app can be driven with gradio_client. Per-person
+state is a `Sessions` object in gr.State that expires; models live in the process-wide cache of engines.lm,
+never in the state (engines.lm loads each model under its own lock, so two visitors asking for one model at
+once load it once). The results panel (`Panel`) belongs to the selected tab's current run: handlers answer
+with dicts keyed by its components, and a screen of any other run is dropped. The handlers that take control values read them as sent (preprocess=False) and
 check every one themselves, so whatever a raw HTTP call sends is answered in one sentence.
 """
 from __future__ import annotations
@@ -295,6 +297,16 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
                 return panel.unchanged()
             return panel.show(render(session, method))
 
+    def sent(sessions: Sessions, owner: int):
+        """Run to end's next screen may only be asked for once its last one was sent (Gradio sends each yield
+        before asking for the next). If the panel changed owner after that screen was made and before it was
+        sent, it may have reached the page after the new owner's own: the new owner's screen is sent again."""
+        with sessions.panel:
+            if sessions.owner == owner or sessions.shown is None:
+                return
+            screen = panel.show(render(sessions.get(sessions.shown), sessions.shown))
+        yield screen
+
     def reset(sessions: Sessions, progress=gr.Progress(), **values):
         wanted = controls.wanted(values)
         announce_loading(wanted, progress)
@@ -340,12 +352,13 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
         wanted = controls.wanted(values)
         method = wanted["method"]
         announce_loading(wanted, progress)
-        with sessions.work:
+        with sessions.work, sessions.panel:
             session, _ = sessions.advance(method, wanted, lambda: controls.session(values), again=True)
             session.running, session.stopped = True, False
-            first = screen_of(sessions, method, session)
+            first, owner = screen_of(sessions, method, session), sessions.owner
         try:
             yield first
+            yield from sent(sessions, owner)
             started = shown = time.monotonic()
             while True:
                 with sessions.work:   # Step, Back and Stop get their turn between two steps
@@ -356,15 +369,19 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
                                         f"call; press Run to end again to go on.")
                         break
                     due = time.monotonic() - shown >= limits.render_interval_s
-                    screen = screen_of(sessions, method, session) if due else None
+                    with sessions.panel:
+                        screen = screen_of(sessions, method, session) if due else None
+                        owner = sessions.owner
                 if screen is not None:
                     shown = time.monotonic()
                     yield screen
+                    yield from sent(sessions, owner)
         finally:
             session.running = False
-        with sessions.work:
-            last = screen_of(sessions, method, session)
+        with sessions.work, sessions.panel:
+            last, owner = screen_of(sessions, method, session), sessions.owner
         yield last
+        yield from sent(sessions, owner)
 
     def stop(sessions: Sessions, method: str):
         """Run to end sees this before its next step: it stops within one iteration, and its last screen shows
@@ -380,7 +397,7 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
         with sessions.work, sessions.panel:
             sessions.put(trace.method, session)
             if sessions.shown is not None:   # the page selects the trace's tab (its method control, below)
-                sessions.shown = trace.method
+                sessions.show(trace.method)
             screen = screen_of(sessions, trace.method, session)
         return {**dict(zip(controls.named().values(), controls.from_trace(trace))),
                 **method_view(sessions, trace.method, trace.models.get("target"), **{
@@ -401,7 +418,7 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
         (speculative_drafter, tree_drafter): the draft model shows only where it is used."""
         method = checked_method(method)
         with sessions.panel:
-            sessions.shown = method
+            sessions.show(method)
             screen = screen_of(sessions, method, sessions.get(method))
         return {**method_view(sessions, method, target, **drafters), **screen}
 
