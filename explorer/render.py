@@ -153,11 +153,22 @@ def render(session: Session | None, method: str) -> Screen:
     trace, cursor = session.trace, session.cursor
     return Screen(
         text=chips_html(trace, text_chips(trace, cursor)) + legend_html(view.legend),
-        main=view.main(trace, cursor), side=view.side(trace, cursor), words=markdown_words(view.words(trace, cursor)),
+        main=of_run(view.main(trace, cursor), session, "main"), side=of_run(view.side(trace, cursor), session, "side"),
+        words=markdown_words(view.words(trace, cursor)),
         stats=stats_line(trace, cursor), position=position_html(session),
         history_max=len(trace.steps), history_value=cursor + 1,
         record=trace.steps[cursor].to_dict() if cursor >= 0 else {"prompt_ids": trace.prompt_ids},
-        run_id=session.run_id, downloadable=bool(trace.steps), drafter=view.drafter(trace, cursor))
+        run_id=session.run_id, downloadable=bool(trace.steps),
+        drafter=of_run(view.drafter(trace, cursor), session, "drafter"))
+
+
+def of_run(fig: go.Figure | None, session: Session, place: str) -> go.Figure | None:
+    """The figure keeps the person's zoom across the steps of its run only (Plotly's uirevision). One revision
+    for every figure let Plotly carry a speculative figure's axes into a loaded autoregressive trace's figure,
+    which it could not scale: the page threw, and the whole update of the panel was lost (issue 21)."""
+    if fig is not None:
+        fig.update_layout(uirevision=f"{session.run_id}:{place}")
+    return fig
 
 
 def figure_bytes(fig: go.Figure) -> int:

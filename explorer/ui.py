@@ -504,7 +504,7 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
                 with gr.Row():
                     # the file is written when this is pressed, then handed to the browser (DOWNLOAD_JS)
                     download = gr.Button("Download trace", interactive=False, elem_id="download-btn", size="sm")
-                    trace_file = gr.File(visible="hidden", elem_id="trace-file")
+                    trace_file = gr.File(visible="hidden", interactive=False, elem_id="trace-file")
                     upload = gr.UploadButton("Load trace", file_types=[".json"], elem_id="upload-btn", size="sm")
                 with gr.Accordion("How to read this", open=False, elem_id="help"):
                     help_md = gr.Markdown(f"### Autoregressive\n{VIEWS['autoregressive'].help}")

