@@ -98,6 +98,10 @@ class Trace:
     def from_dict(cls, d: dict[str, Any]) -> "Trace":
         if "method" in d and "steps" in d:   # a trace of another format version: one sentence, before anything
             check_version(d)
+        missing = [name for name in TRACE_FIELDS if name not in d]
+        if missing:
+            raise ValueError(f"This JSON file is not a trace saved by this app or its CLI: it has no "
+                             f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}.")
         try:
             trace = cls(method=str(d["method"]), config=dict(d["config"]), models=dict(d["models"]),
                         prompt=str(d["prompt"]), prompt_ids=[int(i) for i in d["prompt_ids"]],
@@ -106,8 +110,12 @@ class Trace:
                         token_texts={int(k): v for k, v in d.get("token_texts", {}).items()},
                         finished=bool(d.get("finished", True)),
                         cost=dict(d["cost"]) if d.get("cost") is not None else None)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ValueError(f"This is not a trace file of this app ({type(e).__name__}: {e}).") from e
+        except KeyError as e:   # a step without one of its fields: named in words, not as the exception
+            raise ValueError(f"This is not a trace file of this app: a step has no {str(e.args[0])[:40]!r} "
+                             f"field.") from e
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ValueError("This is not a trace file of this app: one of its fields holds the wrong kind of "
+                             "value.") from e
         if "output_ids" in d and list(d["output_ids"]) != trace.output_ids:
             raise ValueError("This trace is inconsistent: its output_ids differ from its steps' committed tokens.")
         return trace
@@ -121,6 +129,10 @@ class Trace:
         if not isinstance(data, dict):
             raise ValueError("This file is JSON but not a trace: a trace is one object with method, config and steps.")
         return cls.from_dict(data)
+
+
+# what every trace file holds, whatever its method
+TRACE_FIELDS = ("method", "config", "models", "prompt", "prompt_ids", "steps")
 
 
 def totals(steps: Iterable[Step]) -> dict[str, Any]:

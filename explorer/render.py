@@ -1,11 +1,13 @@
 """A session's screen: everything the explorer shows for the step under the cursor.
 
-Pure functions of the recorded trace and the cursor; the UI only places the results.
+Pure functions of the recorded trace and the cursor; the UI only places the results. Nothing here writes a
+file while a screen is made: the trace file is written by `save_trace`, when a person asks to download it.
 """
 from __future__ import annotations
 
 import html
 import json
+import logging
 import re
 import tempfile
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from explorer.figures import VIEWS
 from explorer.figures.common import Chip, chips_html, empty, legend_html
 from explorer.session import Session
 
+log = logging.getLogger(__name__)
 TRACE_DIR = Path(tempfile.gettempdir()) / "parallel-decoding-explorer-traces"
 
 
@@ -33,7 +36,8 @@ class Screen:
     history_max: int     # slider range: recorded steps
     history_value: int
     record: dict         # the raw step record
-    trace_file: str | None
+    run_id: str          # the run this screen shows ("<method>:<key>"; "<method>:none" before any run)
+    downloadable: bool   # the run has steps to save
     drafter: go.Figure | None = None   # the head drafter's own figure, for runs drafted by heads
 
 
@@ -80,17 +84,18 @@ def position_html(session: Session) -> str:
         total = trace.config.get("max_new_tokens") or max(done, 1)
         amount = f"{done} of at most {total} new tokens"
     state = ("replay of a loaded trace" if session.run is None else "stopped at an error" if session.failed
-             else "finished" if trace.finished else "running")
+             else "finished" if trace.finished else "stopped" if session.stopped else "running")
     label = (f"Iteration {cursor + 1} of {len(trace.steps)} recorded" if cursor >= 0
              else f"Before the first iteration ({len(trace.steps)} recorded)")
     note = f'<span class="note">{html.escape(session.note)}</span>' if session.note else ""
-    return (f'<div class="position"><span>{html.escape(label)} &middot; {amount} &middot; {state}</span>'
+    return (f'<div class="position" data-run="{html.escape(session.run_id)}"><span>{html.escape(label)} &middot; {amount} &middot; {state}</span>'
             f'<progress max="{total}" value="{done}"></progress>{note}</div>')
 
 
 def save_trace(trace: Trace, key: str) -> str:
-    """Write the trace as the CLI prints it, once per state of the run: steps are only ever appended, so
-    the run's key, its step count and whether it finished name the contents. Older states are removed."""
+    """Write the trace as the CLI prints it, for a download, once per state of the run: steps are only ever
+    appended, so the run's key, its step count and whether it finished name the contents. Older states are
+    removed."""
     TRACE_DIR.mkdir(parents=True, exist_ok=True)
     path = TRACE_DIR / f"trace-{trace.method}-{key}-{len(trace.steps)}{'-end' if trace.finished else ''}.json"
     if not path.exists():
@@ -128,8 +133,10 @@ def check_trace(trace: Trace) -> Trace:
             view.side(trace, cursor)
             view.drafter(trace, cursor)
     except Exception as e:  # noqa: BLE001 - any failure to draw a step refuses the whole trace
+        # the person reads one sentence; what failed inside goes to the log
+        log.info("a loaded '%s' trace does not draw at step %d", trace.method, cursor + 1, exc_info=True)
         raise ValueError(f"This '{trace.method}' trace cannot be replayed: its step {cursor + 1} does not draw "
-                         f"({type(e).__name__}: {e}).") from e
+                         f"(its numbers do not fit its method's figures).") from e
     return trace
 
 
@@ -147,17 +154,29 @@ def render(session: Session | None, method: str) -> Screen:
     view = VIEWS[method]
     if session is None:
         hint = f"Press Step or Run to start {METHODS[method].title.lower()} decoding."
+        run_id = f"{method}:none"
         return Screen(text=legend_html(view.legend), main=empty(hint), side=empty(""), words=hint, stats="",
-                      position='<div class="position"><span>No run yet</span></div>', history_max=0,
-                      history_value=0, record={}, trace_file=None)
+                      position=f'<div class="position" data-run="{run_id}"><span>No run yet</span></div>',
+                      history_max=0, history_value=0, record={}, run_id=run_id, downloadable=False)
     trace, cursor = session.trace, session.cursor
     return Screen(
         text=chips_html(trace, text_chips(trace, cursor)) + legend_html(view.legend),
-        main=view.main(trace, cursor), side=view.side(trace, cursor), words=markdown_words(view.words(trace, cursor)),
+        main=of_run(view.main(trace, cursor), session, "main"), side=of_run(view.side(trace, cursor), session, "side"),
+        words=markdown_words(view.words(trace, cursor)),
         stats=stats_line(trace, cursor), position=position_html(session),
         history_max=len(trace.steps), history_value=cursor + 1,
         record=trace.steps[cursor].to_dict() if cursor >= 0 else {"prompt_ids": trace.prompt_ids},
-        trace_file=save_trace(trace, session.key) if trace.steps else None, drafter=view.drafter(trace, cursor))
+        run_id=session.run_id, downloadable=bool(trace.steps),
+        drafter=of_run(view.drafter(trace, cursor), session, "drafter"))
+
+
+def of_run(fig: go.Figure | None, session: Session, place: str) -> go.Figure | None:
+    """The figure keeps the person's zoom across the steps of its run only (Plotly's uirevision). One revision
+    for every figure let Plotly carry a speculative figure's axes into a loaded autoregressive trace's figure,
+    which it could not scale: the page threw, and the whole update of the panel was lost (issue 21)."""
+    if fig is not None:
+        fig.update_layout(uirevision=f"{session.run_id}:{place}")
+    return fig
 
 
 def figure_bytes(fig: go.Figure) -> int:

@@ -7,6 +7,8 @@ the last recorded one runs the model. Models are never held here, only the Run
 """
 from __future__ import annotations
 
+import copy
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable
@@ -24,7 +26,8 @@ class Session:
     wanted: dict | None = None  # the control values that made the run (None: a loaded trace)
     failed: bool = False       # the engine raised: its generator is closed, so this run cannot go on
     note: str = ""             # said once on screen after a Step: why that Step started a new run
-    stop_requested: bool = False   # Stop was pressed: Run to end ends before its next step
+    stopped: bool = False      # Stop was pressed: Run to end ends before its next step, the page says "stopped"
+    running: bool = False      # a Run to end is stepping this run (what Stop can stop)
 
     @classmethod
     def start(cls, run: Run, wanted: dict | None = None) -> "Session":
@@ -65,6 +68,11 @@ class Session:
             return False
         self.cursor = len(self.trace.steps) - 1
         return True
+
+    @property
+    def run_id(self) -> str:
+        """Names this run among all the runs of a visitor: what the results panel says it shows."""
+        return f"{self.trace.method}:{self.key}"
 
     def back(self) -> None:
         self.cursor = max(-1, self.cursor - 1)
@@ -108,16 +116,46 @@ def changes(before: dict, after: dict) -> list[str]:
     return names or ["the settings"]
 
 
-@dataclass
 class Sessions:
-    """Every method keeps its own session, so switching methods loses no run."""
-    by_method: dict[str, Session] = field(default_factory=dict)
+    """One visitor's runs: every method keeps its own session, so switching methods loses no run.
+
+    The results panel belongs to one run at a time: the current run of the method whose tab is selected
+    (`shown`). A screen of any other run is dropped (`owns`). `shown` is None until a page selects a tab:
+    a program driving the API has no tabs, and every run it steps is its own.
+    `panel` is held while a handler decides that its run owns the panel and renders it, and while a tab switch
+    or a loaded trace changes the owner, so no screen of the old owner is made after the owner changed.
+    `work` is held while one of this visitor's engines steps or its cursor moves: Step presses, Back and Run to
+    end's steps take turns, in the order they came.
+    """
+    # A plain class, not a dataclass: Gradio turns a dataclass state into a dict for the page's config, which
+    # would copy the locks.
+    def __init__(self, by_method: dict[str, Session] | None = None, shown: str | None = None):
+        self.by_method: dict[str, Session] = by_method if by_method is not None else {}
+        self.shown = shown
+        self.owner = 0           # counts the panel's changes of owner (`show`, and a replaced current run)
+        self.panel = threading.RLock()
+        self.work = threading.RLock()
+
+    def __deepcopy__(self, memo: dict) -> "Sessions":
+        # Gradio copies the state's initial value for each visitor: the copy gets its own locks
+        return Sessions(by_method=copy.deepcopy(self.by_method, memo), shown=self.shown)
+
+    def show(self, method: str) -> None:
+        """The tab of `method` is selected: the panel now belongs to its current run."""
+        self.shown = method
+        self.owner += 1
+
+    def owns(self, method: str, session: Session | None) -> bool:
+        """Whether a screen of `session` (the run of `method`, None: its empty state) may go to the panel."""
+        return (self.shown is None or self.shown == method) and self.get(method) is session
 
     def get(self, method: str) -> Session | None:
         return self.by_method.get(method)
 
     def put(self, method: str, session: Session) -> Session:
-        self.by_method[method] = session
+        with self.panel:
+            self.by_method[method] = session
+            self.owner += 1
         return session
 
     def advance(self, method: str, wanted: dict, start: Callable[[], Session],
@@ -130,7 +168,7 @@ class Sessions:
         reason = old.why_new(wanted) if old is not None else ""
         finished = again and old is not None and old.run is not None and old.at_end
         if old is not None and not reason and not finished:
-            old.note = ""
+            old.note, old.stopped = "", False
             return old, old.step()
         new = start()
         moved = new.step()

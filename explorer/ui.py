@@ -1,9 +1,11 @@
 """Layout and event wiring. Handlers are short functions: values in, values out.
 
-Every action has an api_name (reset, step, back, run, stop, seek, load_trace, show_method) and its
-parameters are named after the controls, so the app can be driven with gradio_client. Per-person state
-is a `Sessions` object in gr.State that expires; models live in the process-wide cache of engines.models.store,
-never in the state. The handlers that take control values read them as sent (preprocess=False) and
+Every action has an api_name (reset, step, back, run, stop, seek, load_trace, show_method, download_trace)
+and its parameters are named after the controls, so the app can be driven with gradio_client. Per-person
+state is a `Sessions` object in gr.State that expires; models live in the process-wide cache of engines.models.store,
+never in the state (the store loads each model under its own lock, so two visitors asking for one model at
+once load it once). The results panel (`Panel`) belongs to the selected tab's current run: handlers answer
+with dicts keyed by its components, and a screen of any other run is dropped. The handlers that take control values read them as sent (preprocess=False) and
 check every one themselves, so whatever a raw HTTP call sends is answered in one sentence.
 """
 from __future__ import annotations
@@ -27,15 +29,8 @@ from engines.models import locate, presets, store
 from engines.trace import Trace
 from explorer import compare
 from explorer.figures import VIEWS
-from explorer.limits import (
-    ServerLimits,
-    model_name,
-    model_work,
-    read_upload,
-    text,
-    whole_number,
-)
-from explorer.render import Screen, check_trace, forget_traces, render
+from explorer.limits import ServerLimits, model_name, model_work, read_upload, text, whole_number
+from explorer.render import Screen, check_trace, forget_traces, render, save_trace
 from explorer.session import Session, Sessions, Starter, live_session
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -51,6 +46,16 @@ EXAMPLES = [
 # Offered where the launch allows hub ids beyond the presets (and the hub is reachable).
 HUB_MASKED = ["answerdotai/ModernBERT-base"]
 COMMON = [f.name for f in fields(DecodeConfig)]
+# Hands the trace file the Download button just wrote to the browser as a download.
+DOWNLOAD_JS = """(file) => {
+  if (!file || !file.url) return;
+  const link = document.createElement('a');
+  link.href = file.url;
+  link.download = file.orig_name || 'trace.json';
+  document.body.appendChild(link);
+  link.click();
+  link.remove();
+}"""
 MAX_PROMPT_CHARS = 16_000    # checked before tokenising; Run then caps the prompt's tokens
 log = logging.getLogger(__name__)
 
@@ -101,6 +106,7 @@ class Controls:
     own: dict[tuple[str, str], gr.components.Component]   # (method, field) -> control
     groups: dict[str, gr.Group]
     start: Starter = live_session   # live here; on ZeroGPU a whole trace computed in one call (explorer.zerogpu)
+    help: gr.Markdown | None = None   # the method's help text, which changes with the method
 
     def named(self) -> dict[str, Any]:
         """Every control under the name the API gives its parameter: method, prompt, target, draft, seed, the
@@ -242,96 +248,193 @@ def control(f: dataclasses.Field, key: str | None = None) -> gr.components.Compo
 
 # ----------------------------------------------------------------------------- handlers
 
-def outputs_of(sessions: Sessions, screen: Screen) -> tuple:
-    return (sessions, screen.text, screen.main, screen.side, screen.words, screen.stats, screen.position,
-            gr.Slider(minimum=0, maximum=max(screen.history_max, 1), value=screen.history_value),
-            screen.record, gr.DownloadButton(value=screen.trace_file, interactive=screen.trace_file is not None),
-            gr.Plot(value=screen.drafter, visible=screen.drafter is not None))
+@dataclasses.dataclass
+class Panel:
+    """The results panel: every component that Step, Run, Back, the slider, a loaded trace or a tab switch
+    writes. Handlers return `Panel.show` or `Panel.unchanged`, dicts keyed by these components, so no output is
+    wired by its place in a list. An API client receives them in `Panel.client_names()` order."""
+    text: Any
+    main: Any
+    side: Any
+    words: Any
+    stats: Any
+    position: Any       # its data-run attribute names the run the panel shows
+    history: Any
+    record: Any
+    drafter: Any
+    download: Any       # last: a button, whose update (enabled or not) gradio_client does not return
+
+    @staticmethod
+    def names() -> list[str]:
+        return [f.name for f in dataclasses.fields(Panel)]
+
+    @staticmethod
+    def client_names() -> list[str]:
+        """The outputs gradio_client returns for the panel, in order: all but the Download button."""
+        return [name for name in Panel.names() if name != "download"]
+
+    def components(self) -> list:
+        return [getattr(self, name) for name in self.names()]
+
+    def show(self, screen: Screen) -> dict:
+        return {self.text: screen.text, self.main: screen.main, self.side: screen.side, self.words: screen.words,
+                self.stats: screen.stats, self.position: screen.position,
+                self.history: gr.Slider(minimum=0, maximum=max(screen.history_max, 1), value=screen.history_value),
+                self.record: screen.record, self.download: gr.Button(interactive=screen.downloadable),
+                self.drafter: gr.Plot(value=screen.drafter, visible=screen.drafter is not None)}
+
+    def unchanged(self) -> dict:
+        return {c: gr.skip() for c in self.components()}
 
 
-def make_handlers(controls: Controls, limits: ServerLimits = ServerLimits()):
-    """The handlers by api name. Those that take control values take them by name (`Controls.named`)."""
+def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = ServerLimits()):
+    """The handlers by api name. Those that take control values take them by name (`Controls.named`).
+
+    Every screen goes through `screen_of`: it is rendered only while its run owns the panel (the selected tab's
+    current run, `Sessions.owns`), else the panel is left as it is. So a Run to end on a tab left behind, or a
+    Step answered after a tab switch, never writes over the tab on screen."""
+    def screen_of(sessions: Sessions, method: str, session: Session | None) -> dict:
+        with sessions.panel:
+            if not sessions.owns(method, session):
+                return panel.unchanged()
+            return panel.show(render(session, method))
+
+    def sent(sessions: Sessions, owner: int):
+        """Run to end's next screen may only be asked for once its last one was sent (Gradio sends each yield
+        before asking for the next). If the panel changed owner after that screen was made and before it was
+        sent, it may have reached the page after the new owner's own: the new owner's screen is sent again."""
+        with sessions.panel:
+            if sessions.owner == owner or sessions.shown is None:
+                return
+            screen = panel.show(render(sessions.get(sessions.shown), sessions.shown))
+        yield screen
+
     def reset(sessions: Sessions, progress=gr.Progress(), **values):
         wanted = controls.wanted(values)
         announce_loading(wanted, progress)
         session = controls.session(values)
-        sessions = sessions or Sessions()
-        sessions.put(wanted["method"], session)
-        return outputs_of(sessions, render(session, wanted["method"]))
+        with sessions.work:
+            sessions.put(wanted["method"], session)
+            return screen_of(sessions, wanted["method"], session)
 
     def step(sessions: Sessions, progress=gr.Progress(), **values):
-        sessions = sessions or Sessions()
+        """Presses take turns (`Sessions.work`): ten presses are ten steps, each screen made before the next
+        step, so the screens reach the page in order."""
         wanted = controls.wanted(values)
         announce_loading(wanted, progress)
-        session, moved = sessions.advance(wanted["method"], wanted, lambda: controls.session(values))
-        if not moved and session.at_end:
-            gr.Info("This run has finished; press Reset to start another.")
-        return outputs_of(sessions, render(session, wanted["method"]))
+        with sessions.work:
+            session, moved = sessions.advance(wanted["method"], wanted, lambda: controls.session(values))
+            if not moved and session.at_end:
+                gr.Info("This run has finished; press Reset to start another.")
+            return screen_of(sessions, wanted["method"], session)
 
     def back(sessions: Sessions, method: str):
         method = checked_method(method)
-        session = (sessions or Sessions()).get(method)
-        if session is not None:
-            session.back()
-        return outputs_of(sessions, render(session, method))
+        with sessions.work:
+            session = sessions.get(method)
+            if session is not None:
+                session.back()
+            return screen_of(sessions, method, session)
 
     def seek(sessions: Sessions, method: str, value: float):
         method = checked_method(method)
         index = whole_number("The history position", value, 0, 10 ** 9)
-        session = (sessions or Sessions()).get(method)
-        if session is not None:
-            session.seek(index - 1)
-        return outputs_of(sessions, render(session, method))
+        with sessions.work:
+            session = sessions.get(method)
+            if session is not None:
+                session.seek(index - 1)
+            return screen_of(sessions, method, session)
 
     def run(sessions: Sessions, progress=gr.Progress(), **values):
-        """Steps until the end, Stop or the time budget, whichever comes first. The page is sent a screen at
-        most every `render_interval_s` (a browser cannot draw faster, and a backlog of screens made the page
-        show iteration 26 while the engine was at 170); the last screen sent is the engine's true position."""
-        sessions = sessions or Sessions()
+        """Steps until the end, Stop, the time budget or the run's replacement (Reset, a loaded trace), whichever
+        comes first. The page is sent a screen at most every `render_interval_s` (a browser cannot draw faster,
+        and a backlog of screens made the page show iteration 26 while the engine was at 170); the last screen
+        sent is the engine's true position. While another tab is selected, its screens are not sent; the run
+        goes on, and its tab shows where it is when selected again."""
         wanted = controls.wanted(values)
         method = wanted["method"]
         announce_loading(wanted, progress)
-        session, _ = sessions.advance(method, wanted, lambda: controls.session(values), again=True)
-        session.stop_requested = False
-        yield outputs_of(sessions, render(session, method))
-        started = shown = time.monotonic()
-        while not session.stop_requested and session.step():
-            if time.monotonic() - started > limits.call_budget_s:
-                session.note = (f"Stopped after {limits.call_budget_s:g} s, this server's limit for one call; "
-                                f"press Run to end again to go on.")
-                break
-            if time.monotonic() - shown >= limits.render_interval_s:
-                shown = time.monotonic()
-                yield outputs_of(sessions, render(session, method))
-        yield outputs_of(sessions, render(session, method))
+        with sessions.work, sessions.panel:
+            session, _ = sessions.advance(method, wanted, lambda: controls.session(values), again=True)
+            session.running, session.stopped = True, False
+            first, owner = screen_of(sessions, method, session), sessions.owner
+        try:
+            yield first
+            yield from sent(sessions, owner)
+            started = shown = time.monotonic()
+            while True:
+                with sessions.work:   # Step, Back and Stop get their turn between two steps
+                    if session.stopped or sessions.get(method) is not session or not session.step():
+                        break
+                    if time.monotonic() - started > limits.call_budget_s:
+                        session.note = (f"Stopped after {limits.call_budget_s:g} s, this server's limit for one "
+                                        f"call; press Run to end again to go on.")
+                        break
+                    due = time.monotonic() - shown >= limits.render_interval_s
+                    with sessions.panel:
+                        screen = screen_of(sessions, method, session) if due else None
+                        owner = sessions.owner
+                if screen is not None:
+                    shown = time.monotonic()
+                    yield screen
+                    yield from sent(sessions, owner)
+        finally:
+            session.running = False
+        with sessions.work, sessions.panel:
+            last, owner = screen_of(sessions, method, session), sessions.owner
+        yield last
+        yield from sent(sessions, owner)
 
     def stop(sessions: Sessions, method: str):
-        """Run to end sees this before its next step: it stops within one iteration and shows where it is."""
-        session = (sessions or Sessions()).get(checked_method(method))
-        if session is not None:
-            session.stop_requested = True
+        """Run to end sees this before its next step: it stops within one iteration, and its last screen shows
+        where the engine is, 'stopped'."""
+        session = sessions.get(checked_method(method))
+        if session is not None and session.running:
+            session.stopped = True
 
     def load_trace(sessions: Sessions, path: str | None):
+        """The trace's controls and its replay, in this one answer: the panel shows the loaded run at once."""
         trace = check_trace(Trace.from_json(read_upload(path, limits.max_upload_bytes)))
-        sessions = sessions or Sessions()
-        session = sessions.put(trace.method, Session.replay(trace))
-        return (*controls.from_trace(trace), *outputs_of(sessions, render(session, trace.method)))
+        session = Session.replay(trace)
+        with sessions.work, sessions.panel:
+            sessions.put(trace.method, session)
+            if sessions.shown is not None:   # the page selects the trace's tab (its method control, below)
+                sessions.show(trace.method)
+            screen = screen_of(sessions, trace.method, session)
+        return {**dict(zip(controls.named().values(), controls.from_trace(trace))),
+                **method_view(sessions, trace.method, trace.models.get("target"), **{
+                    own_name(trace.method, "drafter"): trace.config.get("drafter")}), **screen}
+
+    def method_view(sessions: Sessions, method: str, target: str | None, **drafters) -> dict:
+        """What changes with the method besides the panel: its options, its target, the draft model, its help."""
+        m = METHODS[method]
+        return {**{group: gr.Group(visible=name == method) for name, group in controls.groups.items()},
+                controls.target: gr.Dropdown(choices=model_choices(m.model_kind),
+                                             value=target_for(sessions.get(method), method, target)),
+                controls.draft: draft_visibility(method, **drafters),
+                controls.help: f"### {m.title}\n{VIEWS[method].help}"}
 
     def show_method(sessions: Sessions, method: str, target: str | None = None, **drafters):
-        """Switch the screen to `method`: its options, its target, its run. `drafters` are the drafter controls'
-        values by name (speculative_drafter, tree_drafter): the draft model shows only where it is used."""
-        m = METHODS[checked_method(method)]
-        targets = model_choices(m.model_kind)
-        visibility = [gr.Group(visible=name == method) for name in controls.groups]
-        help_text = f"### {m.title}\n{VIEWS[method].help}"
-        chosen = target_for((sessions or Sessions()).get(method), method, target)
-        return (*visibility, gr.Dropdown(choices=targets, value=chosen),
-                draft_visibility(method, **drafters), help_text,
-                *outputs_of(sessions, render((sessions or Sessions()).get(method), method)))
+        """Switch the screen to `method`: its options, its target, its run (or its empty state), at once; from
+        now on only that run's screens reach the panel. `drafters` are the drafter controls' values by name
+        (speculative_drafter, tree_drafter): the draft model shows only where it is used."""
+        method = checked_method(method)
+        with sessions.panel:
+            sessions.show(method)
+            screen = screen_of(sessions, method, sessions.get(method))
+        return {**method_view(sessions, method, target, **drafters), **screen}
+
+    def download_trace(sessions: Sessions, method: str) -> str:
+        """Write the run on screen to a file, now that it is asked for (a Step never writes one)."""
+        session = sessions.get(checked_method(method))
+        if session is None or not session.trace.steps:
+            raise ValueError("There is no run to download yet; press Step or Run to end first.")
+        with sessions.work:   # not while a Run to end appends a step
+            return save_trace(session.trace, session.key)
 
     return {name: friendly(fn) for name, fn in dict(reset=reset, step=step, back=back, seek=seek, run=run,
-                                                     stop=stop, load_trace=load_trace,
-                                                     show_method=show_method).items()}
+                                                     stop=stop, load_trace=load_trace, show_method=show_method,
+                                                     download_trace=download_trace).items()}
 
 
 def target_for(session: Session | None, method: str, current: str | None) -> str:
@@ -401,26 +504,31 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
                 with gr.Accordion("Raw step record (JSON)", open=False):
                     record = gr.JSON(elem_id="record")
                 with gr.Row():
-                    download = gr.DownloadButton("Download trace", interactive=False, elem_id="download-btn",
-                                                 size="sm")
+                    # the file is written when this is pressed, then handed to the browser (DOWNLOAD_JS)
+                    download = gr.Button("Download trace", interactive=False, elem_id="download-btn", size="sm")
+                    trace_file = gr.File(visible="hidden", interactive=False, elem_id="trace-file")
                     upload = gr.UploadButton("Load trace", file_types=[".json"], elem_id="upload-btn", size="sm")
                 with gr.Accordion("How to read this", open=False, elem_id="help"):
                     help_md = gr.Markdown(f"### Autoregressive\n{VIEWS['autoregressive'].help}")
         compare.build(friendly, limits)   # race, audit, diff: tabs below the explorer, their events wired there
 
-        controls = Controls(method, prompt, target, draft, seed, common, own, groups, start)
-        h = make_handlers(controls, limits)
-        screen = [sessions, text, main_plot, side_plot, words, stats, position, history, record, download,
-                  drafter_plot]
+        controls = Controls(method, prompt, target, draft, seed, common, own, groups, start, help=help_md)
+        panel = Panel(text=text, main=main_plot, side=side_plot, words=words, stats=stats, position=position,
+                      history=history, record=record, download=download, drafter=drafter_plot)
+        h = make_handlers(controls, panel, limits)
+        screen = panel.components()   # the handlers return dicts keyed by these; the state is changed in place
+        method_parts = [*groups.values(), target, draft, help_md]
         named = controls.named()
         # Progress, loading messages and the badge of a failed call go on the position line: one place, not a
         # badge on every panel. Control values arrive as sent; the handlers check each one (see the docstring).
         one_place = {"show_progress_on": [position], "preprocess": False}
         reset_btn.click(h["reset"], [sessions], screen, inputs_kwargs=named, api_name="reset",
                         **model_work(limits), **one_place)
-        step_btn.click(h["step"], [sessions], screen, inputs_kwargs=named, api_name="step", trigger_mode="once",
+        # every press is a step: they wait their turn (Sessions.work) instead of being dropped while one runs
+        step_btn.click(h["step"], [sessions], screen, inputs_kwargs=named, api_name="step", trigger_mode="multiple",
                        show_progress="minimal", **model_work(limits), **one_place)
-        back_btn.click(h["back"], [sessions, method], screen, api_name="back", show_progress="hidden", **one_place)
+        back_btn.click(h["back"], [sessions, method], screen, api_name="back", show_progress="hidden",
+                       trigger_mode="multiple", **one_place)
         run_btn.click(h["run"], [sessions], screen, inputs_kwargs=named, api_name="run", show_progress="minimal",
                       **model_work(limits), **one_place)
         # not queued behind model work, so that it reaches a Run that holds a model worker
@@ -428,16 +536,19 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
                        concurrency_limit=None, preprocess=False)
         history.release(h["seek"], [sessions, method, history], screen, api_name="seek", show_progress="hidden",
                         **one_place)
-        upload.upload(h["load_trace"], [sessions, upload], [*named.values(), *screen], api_name="load_trace",
-                      show_progress_on=[position])
+        download.click(h["download_trace"], [sessions, method], trace_file, api_name="download_trace",
+                       show_progress="hidden", preprocess=False).success(None, [trace_file], None, js=DOWNLOAD_JS)
+        # the trace's controls, its method's options and its replay in the panel, all in one answer
+        upload.upload(h["load_trace"], [sessions, upload], [*named.values(), *method_parts, *screen],
+                      api_name="load_trace", show_progress_on=[position])
         # the drafter controls by name: switching methods or drafters shows the draft model only where it is used
         drafter_choice = {own_name(m, name): c for (m, name), c in own.items() if name == "drafter"}
-        method.change(h["show_method"], [sessions, method, target], [*groups.values(), target, draft, help_md, *screen],
+        method.change(h["show_method"], [sessions, method, target], [*method_parts, *screen],
                       inputs_kwargs=drafter_choice, api_name="show_method", **one_place)
         gr.on([c.change for c in drafter_choice.values()], friendly(draft_visibility), [method], draft,
               inputs_kwargs=drafter_choice, api_visibility="private", show_progress="hidden", preprocess=False)
         theme.click(None, js="() => document.body.classList.toggle('dark')")
-        demo.load(h["show_method"], [sessions, method, target], [*groups.values(), target, draft, help_md, *screen],
+        demo.load(h["show_method"], [sessions, method, target], [*method_parts, *screen],
                   inputs_kwargs=drafter_choice, api_visibility="undocumented", **one_place)
     return demo
 

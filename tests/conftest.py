@@ -6,7 +6,9 @@ randomly initialised Llama with SmolLM2's tokenizer stands in: the exactness tes
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,6 +79,36 @@ def tiny_masked(tmp_path_factory) -> adapter.LM:
     if store.available("tiny-masked"):
         return store.load("tiny-masked")
     return store.load(_random_masked(tmp_path_factory.mktemp("tiny-masked"), seed=3))
+
+
+# ----------------------------------------------------------------------------- the app, served and in a browser
+
+@pytest.fixture(scope="module")
+def app_url(request):
+    """The app on a free local port, in this process, for one test module; under the module's SERVER_LIMITS
+    (an explorer.limits.ServerLimits) where it sets them, else the defaults."""
+    from explorer.screenshot import serve
+    with serve(getattr(request.module, "SERVER_LIMITS", None)) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium, which the browser tests drive: they skip without it, unless REQUIRE_BROWSER is set."""
+    from explorer.screenshot import CHROMIUM
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("REQUIRE_BROWSER"):
+            raise RuntimeError(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
+        pytest.skip("Debian's chromium is not installed")
+    return CHROMIUM
+
+
+def panel_of(out) -> dict:
+    """The results panel's outputs by name, from what gradio_client returns for reset/step/back/seek/run (the
+    panel alone) or for load_trace and show_method (other controls first, the panel last)."""
+    from explorer.ui import Panel
+    names = Panel.client_names()
+    return dict(zip(names, list(out)[-len(names):]))
 
 
 def greedy_reference(model: adapter.LM, prompt_ids: list[int], max_new_tokens: int) -> list[int]:

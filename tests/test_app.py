@@ -7,10 +7,9 @@ import pytest
 from gradio_client import Client, handle_file
 
 from engines.models import store
-from explorer.screenshot import serve
+from tests.conftest import panel_of
 
 TARGET = "tiny-target" if store.available("tiny-target") else "smollm2-135m-instruct"
-POSITION, RECORD, DOWNLOAD = 5, 7, 8   # indices in the screen outputs (the client hides the state)
 
 
 def settings(prompt="Once upon a time", max_new_tokens=6, method="autoregressive", target=TARGET):
@@ -19,13 +18,22 @@ def settings(prompt="Once upon a time", max_new_tokens=6, method="autoregressive
 
 
 @pytest.fixture(scope="module")
-def url():
-    with serve() as address:
-        yield address
+def url(app_url):
+    return app_url
 
 
 def call(client: Client, api: str, *args):
     return client.predict(*args, api_name=api)
+
+
+def screen(client: Client, api: str, *args) -> dict:
+    """The results panel an action answers with, by name."""
+    return panel_of(call(client, api, *args))
+
+
+def downloaded(client: Client, method: str) -> dict:
+    """The trace the Download button hands over for the tab of `method`."""
+    return json.loads(Path(call(client, "/download_trace", method)).read_text())
 
 
 def full_args(client: Client, base: list) -> list:
@@ -37,21 +45,20 @@ def full_args(client: Client, base: list) -> list:
 def test_reset_step_back_run(url):
     c = Client(url, verbose=False)
     args = full_args(c, settings())
-    out = call(c, "/reset", *args)
-    assert "Before the first iteration" in out[POSITION]
+    out = screen(c, "/reset", *args)
+    assert "Before the first iteration" in out["position"]
     for i in range(3):
-        out = call(c, "/step", *args)
-        assert f"Iteration {i + 1} of {i + 1}" in out[POSITION]
-    third = out[RECORD]
-    out = call(c, "/back", "autoregressive")
-    assert "Iteration 2 of 3" in out[POSITION]
-    assert out[RECORD]["index"] == 1 and out[RECORD] != third
-    out = call(c, "/step", *args)                 # replays the recorded third step
-    assert out[RECORD] == third
-    outs = list(c.submit(*args, api_name="/run"))
-    last = outs[-1]
-    assert "finished" in last[POSITION]
-    trace = json.loads(open(last[DOWNLOAD]["value"]).read())
+        out = screen(c, "/step", *args)
+        assert f"Iteration {i + 1} of {i + 1}" in out["position"]
+    third = out["record"]
+    out = screen(c, "/back", "autoregressive")
+    assert "Iteration 2 of 3" in out["position"]
+    assert out["record"]["index"] == 1 and out["record"] != third
+    out = screen(c, "/step", *args)                 # replays the recorded third step
+    assert out["record"] == third
+    last = panel_of(list(c.submit(*args, api_name="/run"))[-1])
+    assert "finished" in last["position"]
+    trace = downloaded(c, "autoregressive")
     assert len(trace["output_ids"]) == 6 and trace["steps"][2] == third
 
 
@@ -61,8 +68,8 @@ def test_two_clients_keep_separate_traces(url):
         args = full_args(c, settings(prompt=prompt, max_new_tokens=3))
         call(c, "/reset", *args)
         for _ in range(3):
-            out = call(c, "/step", *args)
-        return json.loads(open(out[DOWNLOAD]["value"]).read())
+            call(c, "/step", *args)
+        return downloaded(c, "autoregressive")
 
     with ThreadPoolExecutor(2) as pool:
         a, b = pool.map(run, ["Once upon a time", "The capital of France is"])
@@ -73,13 +80,13 @@ def test_two_clients_keep_separate_traces(url):
 def test_a_loaded_trace_replays_without_a_model(url, tmp_path):
     c = Client(url, verbose=False)
     args = full_args(c, settings(max_new_tokens=4))
-    outs = list(c.submit(*args, api_name="/run"))
-    path = outs[-1][DOWNLOAD]["value"]
+    list(c.submit(*args, api_name="/run"))
+    path = call(c, "/download_trace", "autoregressive")
     loaded = call(c, "/load_trace", handle_file(path))
-    controls = len(args)   # the controls the trace came from come first, then the screen
-    assert loaded[0] == "autoregressive" and "replay of a loaded trace" in loaded[controls + POSITION]
-    back = call(c, "/back", "autoregressive")
-    assert "Iteration 3 of 4" in back[POSITION]
+    assert loaded[0] == "autoregressive"           # the controls the trace came from come first, the panel last
+    assert "replay of a loaded trace" in panel_of(loaded)["position"]
+    back = screen(c, "/back", "autoregressive")
+    assert "Iteration 3 of 4" in back["position"]
 
 
 @pytest.mark.parametrize("change, says", [
@@ -98,32 +105,39 @@ def test_bad_input_is_one_sentence(url, change, says):
     assert says in str(e.value) and "Traceback" not in str(e.value)
 
 
-def test_a_file_that_is_not_a_trace_is_refused(url, tmp_path):
+def test_a_file_that_is_not_a_trace_is_refused_in_one_plain_sentence(url, tmp_path):
+    """Issue 21: a JSON file that is not a trace was answered "(KeyError: 'method')", a Python exception's name."""
     c = Client(url, verbose=False)
     bad = tmp_path / "bad.json"
     bad.write_text('{"hello": 1}')
-    with pytest.raises(Exception, match="not a trace"):
+    with pytest.raises(Exception) as e:
         call(c, "/load_trace", handle_file(str(bad)))
+    message = str(e.value)
+    assert "This JSON file is not a trace saved by this app or its CLI: it has no method" in message
+    assert "KeyError" not in message and "'method'" not in message and "\n" not in message
 
 
-def test_the_trace_file_is_written_once_per_state_of_a_run(tmp_path, monkeypatch, tiny_target):
-    """Back and the slider re-render without writing; a new step replaces the run's older file."""
+def test_showing_a_run_writes_no_file_and_the_download_writes_it_once_per_state(tmp_path, monkeypatch,
+                                                                                  tiny_target):
+    """render is pure: a Step wrote the whole trace each time (bytes growing with the square of the run's
+    length). The file is written when it is downloaded, once per state of the run."""
     from engines.methods import Run
     from engines.trace import Trace
     from explorer import render
     from explorer.session import Session
     monkeypatch.setattr(render, "TRACE_DIR", tmp_path)
     session = Session.start(Run("autoregressive", "Once upon a time", {"max_new_tokens": 3}, target=tiny_target.source))
-    session.step()
-    session.step()
-    first = render.render(session, "autoregressive").trace_file
-    written = (tmp_path / first).stat().st_mtime_ns
+    for _ in range(2):
+        session.step()
+        assert render.render(session, "autoregressive").downloadable
+    assert list(tmp_path.iterdir()) == []
+    first = render.save_trace(session.trace, session.key)
+    written = Path(first).stat().st_mtime_ns
     session.back()
-    assert render.render(session, "autoregressive").trace_file == first
-    assert (tmp_path / first).stat().st_mtime_ns == written
+    assert render.save_trace(session.trace, session.key) == first and Path(first).stat().st_mtime_ns == written
     session.step()
     session.step()
-    last = render.render(session, "autoregressive").trace_file
+    last = render.save_trace(session.trace, session.key)
     assert last != first and [p.name for p in tmp_path.iterdir()] == [Path(last).name]
     assert Trace.from_json(Path(last).read_text()).to_json() == session.trace.to_json()
 

@@ -13,10 +13,10 @@ from gradio_client import Client
 
 from engines.__main__ import main as cli_main
 from explorer.limits import ServerLimits
-from explorer.screenshot import serve
+from explorer.ui import Panel
+from tests.conftest import panel_of
 
-POSITION = 5   # in the screen outputs as gradio_client returns them; raw HTTP also returns the state, first
-RAW_POSITION = POSITION + 1
+SERVER_LIMITS = ServerLimits()   # for the app_url fixture
 GOOD = {"method": "autoregressive", "prompt": "Once upon a time", "target": "tiny-target", "draft": "tiny-draft",
         "seed": 0, "max_new_tokens": 3, "temperature": 0.0, "top_k": 0, "top_p": 1.0}
 INF = float("inf")
@@ -57,9 +57,13 @@ IDS = [f"{name}={str(value)[:12]}" for _, name, value, _ in CASES]
 
 
 @pytest.fixture(scope="module")
-def url(tiny_target, tiny_draft):
-    with serve(ServerLimits()) as address:
-        yield address
+def url(tiny_target, tiny_draft, app_url):
+    return app_url
+
+
+def raw_position(answer: list) -> str:
+    """The position line in a raw HTTP answer: every panel output, in the panel's order."""
+    return answer[Panel.names().index("position")]
 
 
 def one_sentence(message: str | None, says: str) -> None:
@@ -80,7 +84,7 @@ def test_gradio_client(url, base, name, value, says, capfd):
         c.predict(**{**GOOD, **base, name: value}, api_name="/step")
     one_sentence(str(e.value), says)
     assert "Traceback" not in capfd.readouterr().err      # the server logged no traceback for it
-    assert "Iteration 1 of 1" in c.predict(**{**GOOD, **base}, api_name="/step")[POSITION]
+    assert "Iteration 1 of 1" in panel_of(c.predict(**{**GOOD, **base}, api_name="/step"))["position"]
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +114,7 @@ def test_raw_http(url, parameters, base, name, value, says):
     assert isinstance(answer, dict), answer
     one_sentence(answer["error"], says)
     good = json.loads(post(url, "step", {**GOOD, **base}, session, parameters))
-    assert isinstance(good, list) and "Iteration 1 of 1" in good[RAW_POSITION]
+    assert isinstance(good, list) and "Iteration 1 of 1" in raw_position(good)
 
 
 def test_raw_http_a_number_no_float_holds(url, parameters):
@@ -136,7 +140,7 @@ def test_raw_http_other_actions(url, parameters, api, data, says):
     session = uuid.uuid4().hex
     one_sentence(json.loads(post(url, api, data, session, parameters))["error"], says)
     good = json.loads(post(url, "step", GOOD, session, parameters))
-    assert "Iteration 1 of 1" in good[RAW_POSITION]
+    assert "Iteration 1 of 1" in raw_position(good)
 
 
 @pytest.mark.parametrize("flags, says", [

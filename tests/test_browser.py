@@ -1,33 +1,21 @@
 """A person's path through the app, in a real browser (Debian's Chromium driven by Playwright)."""
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from engines.models import store
-from explorer.screenshot import (
-    CHROMIUM,
-    browser_page,
-    iteration,
-    open_app,
-    press_step,
-    serve,
-)
+from explorer.screenshot import browser_page, iteration, open_app, press_step
 from tests.test_train_diffusion import toy_base, toy_diffusion  # noqa: F401 (fixtures: the cached prefix's model)
 
 TARGET = "tiny-target" if store.available("tiny-target") else "smollm2-135m-instruct"
 
-if not Path(CHROMIUM).exists():
-    if os.environ.get("REQUIRE_BROWSER"):
-        raise RuntimeError(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
-    pytest.skip("Debian's chromium is not installed", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
-def page():
-    with serve() as url, browser_page() as p:
-        open_app(p, url)
+def page(chromium, app_url):
+    with browser_page() as p:
+        open_app(p, app_url)
         p.locator("#target input").fill(TARGET)
         p.locator("#target input").press("Enter")
         p.locator("#prompt textarea").fill("Alice was beginning to get very tired of")

@@ -4,26 +4,17 @@ Measured on the tiny models at 420 x 900 px: before the narrow layout the first 
 2,018 px down the page (autoregressive), under the header, the method tabs and about 1,400 px of settings; with
 it, 929 px (autoregressive) and 942 px (speculative). The bound below leaves some room for a longer text so far.
 """
-import os
-from pathlib import Path
-
 import pytest
 
-from explorer.screenshot import CHROMIUM, browser_page, open_app, press_step, serve
-
-if not Path(CHROMIUM).exists():
-    if os.environ.get("REQUIRE_BROWSER"):
-        raise RuntimeError(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
-    pytest.skip("Debian's chromium is not installed", allow_module_level=True)
+from explorer.screenshot import browser_page, open_app, press_step
 
 PHONE = 420               # px: a phone held upright
 FIRST_RESULT_BOUND = 1000  # px from the top of the page to the top of the first figure at PHONE width
 
 
 @pytest.fixture(scope="module")
-def url():
-    with serve() as address:
-        yield address
+def url(chromium, app_url):
+    return app_url
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,10 @@ from engines.methods import Run
 from explorer import render
 from explorer.limits import ServerLimits
 from explorer.screenshot import serve
+from tests.conftest import panel_of
 
-POSITION, RECORD, DOWNLOAD = 5, 7, 8   # indices in the screen outputs (the client hides the state)
 BUDGET_S = 3.0
+SERVER_LIMITS = ServerLimits(call_budget_s=BUDGET_S)   # for the app_url fixture
 TTL_S = 2.0
 SLOW = {"httpx_kwargs": {"timeout": 600}}   # a shared, loaded machine can take minutes to answer
 # Measured here (2 shared cores, CPython 3.11, Gradio 6.31, server and client in one process): 200 fresh
@@ -34,9 +35,8 @@ RSS_GROWTH_BOUND_MB = 250
 
 
 @pytest.fixture(scope="module")
-def url(tiny_target, tiny_draft):
-    with serve(ServerLimits(call_budget_s=BUDGET_S)) as address:
-        yield address
+def url(tiny_target, tiny_draft, app_url):
+    return app_url
 
 
 def rss_mb() -> float:
@@ -77,8 +77,8 @@ def test_twenty_sessions_stepping_interleaved_each_get_the_run_done_alone(url):
         try:
             for _ in range(steps):
                 barrier.wait()                # every session's k-th step is in flight at the same time
-                out = clients[i].predict(**asks[i], api_name="/step")
-                records.append(without_time(out[RECORD]))
+                out = panel_of(clients[i].predict(**asks[i], api_name="/step"))
+                records.append(without_time(out["record"]))
         except Exception:
             barrier.abort()                   # the others stop waiting; this error is the one reported
             raise
@@ -96,8 +96,8 @@ def test_twenty_sessions_stepping_interleaved_each_get_the_run_done_alone(url):
 
 def test_run_to_end_stops_at_the_time_budget_and_says_so(url):
     c = Client(url, verbose=False, download_files=False, **SLOW)
-    out = c.predict(**controls("Once upon a time", max_new_tokens=512, temperature=0.0), api_name="/run")
-    position = out[POSITION]
+    out = panel_of(c.predict(**controls("Once upon a time", max_new_tokens=512, temperature=0.0), api_name="/run"))
+    position = out["position"]
     assert f"Stopped after {BUDGET_S:g} s" in position and "running" in position
     shown = int(re.search(r"Iteration (\d+) of (\d+) recorded", position).group(1))
     assert shown == int(re.search(r"Iteration (\d+) of (\d+) recorded", position).group(2))
@@ -110,13 +110,14 @@ def test_stop_ends_the_run_within_an_iteration_and_the_page_shows_where_the_engi
     while len(job.outputs()) < 2:             # the first screens have arrived: the run is under way
         time.sleep(0.05)
     c.predict("autoregressive", api_name="/stop")
-    last = job.result()
-    assert "Stopped after" not in last[POSITION]       # Stop, not the time budget, ended it
-    done, recorded = map(int, re.search(r"Iteration (\d+) of (\d+) recorded", last[POSITION]).groups())
-    assert done == recorded and done == last[RECORD]["index"] + 1
-    after = c.predict(**ask, api_name="/step")      # the next Step is the next iteration: none skipped
-    assert f"Iteration {done + 1} of {done + 1} recorded" in after[POSITION]
-    assert after[RECORD]["index"] == done
+    last = panel_of(job.result())
+    assert "Stopped after" not in last["position"]       # Stop, not the time budget, ended it
+    assert "stopped" in last["position"] and "running" not in last["position"]   # issue 21: it said "running"
+    done, recorded = map(int, re.search(r"Iteration (\d+) of (\d+) recorded", last["position"]).groups())
+    assert done == recorded and done == last["record"]["index"] + 1
+    after = panel_of(c.predict(**ask, api_name="/step"))      # the next Step is the next iteration: none skipped
+    assert f"Iteration {done + 1} of {done + 1} recorded" in after["position"]
+    assert after["record"]["index"] == done
 
 
 def test_memory_stays_bounded_over_200_fresh_sessions_and_sessions_expire(tiny_target):
@@ -127,7 +128,8 @@ def test_memory_stays_bounded_over_200_fresh_sessions_and_sessions_expire(tiny_t
         def cycle() -> str:
             c.reset_session()
             c.predict(**ask, api_name="/reset")
-            return Path(c.predict(**ask, api_name="/step")[DOWNLOAD]["value"]["orig_name"]).name
+            c.predict(**ask, api_name="/step")
+            return Path(c.predict("autoregressive", api_name="/download_trace")["orig_name"]).name
 
         for _ in range(20):                     # warm-up: first allocations, caches of the server
             cycle()

@@ -164,6 +164,10 @@ def controls() -> ui.Controls:
     return ui.Controls(None, None, None, None, None, common, own, {})
 
 
+# a panel whose components are their own names: a handler's answer reads out["position"]
+PANEL = ui.Panel(**{name: name for name in ui.Panel.names()})
+
+
 def values(c: ui.Controls, method: str, prompt: str, target: str, **settings) -> dict:
     """The control values by the names the handlers receive them under, each setting at its default."""
     defaults = {**{f.name: f.default for f in fields(DecodeConfig)}, **settings}
@@ -174,7 +178,7 @@ def values(c: ui.Controls, method: str, prompt: str, target: str, **settings) ->
 
 
 def test_load_trace_refuses_a_mismatched_trace_and_changes_nothing(tmp_path):
-    h = ui.make_handlers(controls())
+    h = ui.make_handlers(controls(), PANEL)
     sessions = Sessions()
     before = sessions.put("tree", Session.replay(tree_trace()))
     before.seek(-1)
@@ -196,14 +200,14 @@ def test_a_first_step_that_fails_is_discarded_and_a_fixed_prompt_then_steps(tiny
     """Issue 15: mask-predict with a prompt longer than the model's positions left a 'finished' run of 0 steps,
     and the corrected prompt was answered with 'press Reset'."""
     c = controls()
-    h = ui.make_handlers(c)
+    h = ui.make_handlers(c, PANEL)
     sessions = Sessions()
     settings = {"length": 6, "iterations": 2, "max_new_tokens": 8}
     with pytest.raises(gr.Error, match="prompt"):
         h["step"](sessions, **values(c, "mask-predict", "Once upon a time. " * 200, tiny_masked.source, **settings))
     assert sessions.get("mask-predict") is None
     out = h["step"](sessions, **values(c, "mask-predict", "Once upon a time", tiny_masked.source, **settings))
-    assert "Iteration 1 of 1 recorded" in out[6] and "running" in out[6]
+    assert "Iteration 1 of 1 recorded" in out["position"] and "running" in out["position"]
     assert len(sessions.get("mask-predict").trace.steps) == 1
 
 
@@ -223,3 +227,95 @@ def test_token_texts_that_look_like_html_tags_stay_visible_in_the_words():
     from explorer.render import markdown_words
     shown = markdown_words('The target chose "<|im_end|>" and <empty_output>; <b>kept</b><br>next')
     assert "&lt;|im_end|>" in shown and "&lt;empty_output>" in shown and "<b>kept</b><br>" in shown
+
+
+# ----------------------------------------------------------------------------- who owns the results panel (issue 21)
+
+def stub_handlers(steps: int = 20) -> tuple[dict, ui.Controls]:
+    """The handlers on stub runs of `steps` steps: no model, so the order of events is all that is tested."""
+    c = controls()
+    c.start = lambda wanted: Session.start(StubRun(steps=steps), wanted)
+    return ui.make_handlers(c, PANEL, ui.ServerLimits(render_interval_s=0.0)), c
+
+
+def stub_values(c: ui.Controls) -> dict:
+    return values(c, "autoregressive", "Once upon a time", "tiny-target", max_new_tokens=20)
+
+
+def dropped(out: dict) -> bool:
+    return all(value is gr.skip() or value == gr.skip() for value in out.values())
+
+
+def test_a_screen_of_a_run_whose_tab_is_not_selected_is_dropped_and_its_tab_shows_it_again():
+    h, c = stub_handlers()
+    sessions = Sessions()
+    h["show_method"](sessions, "autoregressive")
+    assert "Iteration 1 of 1" in h["step"](sessions, **stub_values(c))["position"]
+    jacobi = h["show_method"](sessions, "jacobi")
+    assert 'data-run="jacobi:none"' in jacobi["position"] and "No run yet" in jacobi["position"]
+    assert dropped(h["step"](sessions, **stub_values(c)))      # answered after the switch: not shown
+    assert dropped(h["back"](sessions, "autoregressive"))
+    again = h["show_method"](sessions, "autoregressive")
+    run_id = sessions.get("autoregressive").run_id
+    assert f'data-run="{run_id}"' in again["position"] and "Iteration 1 of 2 recorded" in again["position"]
+
+
+def test_run_to_end_on_a_tab_left_behind_writes_nothing_to_the_panel():
+    h, c = stub_handlers()
+    sessions = Sessions()
+    h["show_method"](sessions, "autoregressive")
+    stream = h["run"](sessions, **stub_values(c))
+    assert "Iteration 1 of 1" in next(stream)["position"]
+    h["show_method"](sessions, "tree")
+    rest = list(stream)
+    # the first screen was made before the switch: the tree tab's own screen is sent again after it, in case it
+    # reached the page after the switch; every later screen is dropped
+    assert 'data-run="tree:none"' in rest[0]["position"] and rest[1:] and all(dropped(out) for out in rest[1:])
+    back = h["show_method"](sessions, "autoregressive")
+    assert "Iteration 20 of 20 recorded" in back["position"] and "finished" in back["position"]
+
+
+def test_a_loaded_trace_owns_the_panel_at_once(tmp_path):
+    h, c = stub_handlers()
+    sessions = Sessions()
+    h["show_method"](sessions, "speculative")
+    path = tmp_path / "autoregressive.json"
+    path.write_text(trace_of_steps(3).to_json())
+    out = h["load_trace"](sessions, str(path))
+    assert sessions.shown == "autoregressive"
+    assert "replay of a loaded trace" in out["position"] and "Iteration 3 of 3" in out["position"]
+    assert 'data-run="autoregressive:' in out["position"]
+
+
+def trace_of_steps(n: int) -> Trace:
+    run = StubRun(steps=n)
+    while run.step() is not None:
+        pass
+    return run.trace
+
+
+def test_stop_ends_run_to_end_and_the_position_says_stopped():
+    h, c = stub_handlers()
+    sessions = Sessions()
+    stream = h["run"](sessions, **stub_values(c))
+    next(stream)
+    h["stop"](sessions, "autoregressive")
+    last = list(stream)[-1]
+    assert "stopped" in last["position"] and "running" not in last["position"]
+    assert "Iteration 1 of 1 recorded" in last["position"]        # Stop came before the next step
+    assert not sessions.get("autoregressive").running
+    after = h["step"](sessions, **stub_values(c))               # Step goes on from there, running again
+    assert "Iteration 2 of 2" in after["position"] and "running" in after["position"]
+    h["stop"](sessions, "autoregressive")                       # no Run to end going: nothing to stop
+    assert "running" in h["back"](sessions, "autoregressive")["position"]
+
+
+def test_step_presses_at_once_are_each_a_step():
+    from concurrent.futures import ThreadPoolExecutor
+    h, c = stub_handlers()
+    sessions = Sessions()
+    with ThreadPoolExecutor(10) as pool:
+        outs = list(pool.map(lambda _: h["step"](sessions, **stub_values(c)), range(10)))
+    assert len(sessions.get("autoregressive").trace.steps) == 10 and sessions.get("autoregressive").cursor == 9
+    shown = sorted(int(out["position"].split("Iteration ")[1].split(" ")[0]) for out in outs)
+    assert shown == list(range(1, 11))                          # each answer shows its own step
