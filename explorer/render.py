@@ -135,7 +135,9 @@ def markdown_words(words: str) -> str:
     return STRAY_TAG.sub("&lt;", words)
 
 
-def render(session: Session | None, method: str) -> Screen:
+def render(session: Session | None, method: str, narrow: bool = False) -> Screen:
+    """The screen for the session's cursor. narrow: the page is phone-width, and the figures lay out for it
+    (fewer panels side by side, stacked rather than shrunk)."""
     view = VIEWS[method]
     if session is None:
         hint = f"Press Step or Run to start {METHODS[method].title.lower()} decoding."
@@ -145,11 +147,11 @@ def render(session: Session | None, method: str) -> Screen:
     trace, cursor = session.trace, session.cursor
     return Screen(
         text=chips_html(trace, text_chips(trace, cursor)) + legend_html(view.legend),
-        main=view.main(trace, cursor), side=view.side(trace, cursor), words=markdown_words(view.words(trace, cursor)),
+        main=view.main(trace, cursor, narrow), side=view.side(trace, cursor, narrow), words=markdown_words(view.words(trace, cursor)),
         stats=stats_line(trace, cursor), position=position_html(session),
         history_max=len(trace.steps), history_value=cursor + 1,
         record=trace.steps[cursor].to_dict() if cursor >= 0 else {"prompt_ids": trace.prompt_ids},
-        trace_file=save_trace(trace, session.key) if trace.steps else None, drafter=view.drafter(trace, cursor))
+        trace_file=save_trace(trace, session.key) if trace.steps else None, drafter=view.drafter(trace, cursor, narrow))
 
 
 def figure_bytes(fig: go.Figure) -> int:

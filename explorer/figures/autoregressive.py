@@ -8,7 +8,7 @@ from explorer.figures.common import (RAW_COLOUR, TARGET_COLOUR, Chip, View, colo
                                      quoted, show, token)
 
 
-def distribution(trace: Trace, index: int) -> go.Figure:
+def distribution(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """Top tokens of the raw distribution beside the processed one it was chosen from."""
     if index < 0:
         return empty("Press Step to run the first forward.")
@@ -38,7 +38,7 @@ def distribution(trace: Trace, index: int) -> go.Figure:
                   yaxis={"title": {"text": "probability"}, "range": [0, 1.12]})
 
 
-def step_times(trace: Trace, index: int) -> go.Figure:
+def step_times(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """Wall time of every step so far; the cursor's step is marked."""
     steps = trace.steps[: index + 1]
     if not steps:

@@ -51,7 +51,14 @@ def look(title: str, height: int, uirevision: str) -> dict:
             "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)",
             "font": {"color": TEXT_COLOUR, "size": 12}, "uirevision": uirevision,
             "legend": {"orientation": "h", "y": -0.18, "x": 0, "bgcolor": "rgba(0,0,0,0)"},
-            "hoverlabel": {"font": {"size": 12}}}
+            "hoverlabel": {"font": {"size": 12}}, "modebar": {"remove": list(TOOLBAR_EXTRAS)}}
+
+
+# Plotly's toolbar shows on hover over the top right of a figure; with all its buttons it spans 300 px and
+# covered the title of a phone-width figure. Zoom, pan, reset and download stay.
+TOOLBAR_EXTRAS = ("select", "lasso", "select2d", "lasso2d", "zoomIn", "zoomOut", "zoomIn2d", "zoomOut2d",
+                  "autoScale", "autoScale2d", "toggleSpikelines", "hoverClosestCartesian", "hoverCompareCartesian",
+                  "toggleHover", "hoverclosest", "hovercompare", "resetViews", "resetViewMapbox")
 
 
 AXIS_LOOK = {"gridcolor": GRID_COLOUR, "zerolinecolor": GRID_COLOUR}
@@ -246,9 +253,10 @@ def steps_so_far(trace: Trace, index: int) -> list[Step]:
 
 @dataclass(frozen=True)
 class View:
-    """How the explorer shows one method. Every function is pure: (trace, step index) -> output."""
-    main: Callable[[Trace, int], go.Figure]
-    side: Callable[[Trace, int], go.Figure]
+    """How the explorer shows one method. Every function is pure: (trace, step index) -> output; the figure
+    functions take a third argument, narrow, true when the page is phone-width."""
+    main: Callable[[Trace, int, bool], go.Figure]
+    side: Callable[[Trace, int, bool], go.Figure]
     words: Callable[[Trace, int], str]          # "this step, in words": markdown with the real numbers
     chips: Callable[[Trace, int], list[Chip]]   # the step's own tokens (committed, and rejected drafts)
     help: str                                    # how to read the figures; the paper's name and year
@@ -258,4 +266,4 @@ class View:
     # the detail fields every step of the method carries: a loaded trace whose steps lack one is refused
     fields: tuple[str, ...] = ()
     # a figure only some runs have (a head drafter's own view), drawn under the main one; None: not this run
-    drafter: Callable[[Trace, int], go.Figure | None] = lambda trace, index: None
+    drafter: Callable[[Trace, int, bool], go.Figure | None] = lambda trace, index, narrow=False: None

@@ -282,11 +282,11 @@ def drafter_figure(trace: Trace, index: int, reading: Reading) -> go.Figure | No
                   annotations=notes, margin={"t": 60}, legend_below=True)
 
 
-def for_speculative(trace: Trace, index: int) -> go.Figure | None:
+def for_speculative(trace: Trace, index: int, narrow: bool = False) -> go.Figure | None:
     return drafter_figure(trace, index, CHAIN)
 
 
-def for_tree(trace: Trace, index: int) -> go.Figure | None:
+def for_tree(trace: Trace, index: int, narrow: bool = False) -> go.Figure | None:
     return drafter_figure(trace, index, TREE)
 
 

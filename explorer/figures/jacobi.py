@@ -56,7 +56,7 @@ def shown(trace: Trace, index: int) -> list:
     return steps[::-1]
 
 
-def trajectory(trace: Trace, index: int) -> go.Figure:
+def trajectory(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """Each row is one Jacobi iteration; each cell the block's token at an output position after it."""
     if index < 0:
         return empty("Press Step: each iteration refines the whole block in one forward.")
@@ -91,7 +91,7 @@ def trajectory(trace: Trace, index: int) -> go.Figure:
                   xaxis=xaxis, yaxis=yaxis, shapes=[frame], legend_below=True)
 
 
-def convergence(trace: Trace, index: int) -> go.Figure:
+def convergence(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """Tokens proven per iteration (at least one, Santilli et al.'s guarantee) and guesses still open."""
     steps = trace.steps[: index + 1]
     if not steps:

@@ -131,7 +131,7 @@ def mask_panel(data: list[dict], g: Grid, trace: Trace, step: Step) -> None:
     g.xaxis(1, 2).update(type="category", tickfont={"size": 8}, tickangle=-60, showticklabels=len(names) <= 40)
 
 
-def window_and_mask(trace: Trace, index: int) -> go.Figure:
+def window_and_mask(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     if index < 0:
         return empty("Press Step: one forward runs the lookahead and the verification branch together.")
     step = trace.steps[index]
@@ -174,7 +174,7 @@ def translucent(hex_colour: str, alpha: float = 0.35) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def pool_table(trace: Trace, index: int) -> go.Figure:
+def pool_table(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """The pool after this step under the current first token and the most recently updated ones."""
     if index < 0:
         return empty("The n-gram pool fills once the window holds N - 1 levels.")

@@ -68,7 +68,7 @@ def hover(trace: Trace, r: dict, i: int, iteration: int, mask: int, candidates: 
     return text
 
 
-def unmasking(trace: Trace, index: int) -> go.Figure:
+def unmasking(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """The unmasking-order heatmap (recent iterations x positions) and the settled-iteration strip."""
     if index < 0 or not trace.steps:
         return empty("Press Step: one forward predicts every masked position at once.")
@@ -202,7 +202,7 @@ def cache_strip(data: list[dict], axes: dict, trace: Trace, r: dict) -> bool:
     return True
 
 
-def confidence_and_schedule(trace: Trace, index: int) -> go.Figure:
+def confidence_and_schedule(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """This iteration's confidence per position; masks left per iteration against the schedule."""
     if index < 0 or not trace.steps:
         return empty("The schedule appears after the first iteration.")

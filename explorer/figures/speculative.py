@@ -88,7 +88,7 @@ def decision(trace: Trace, pos: dict) -> str:
 
 # ----------------------------------------------------------------------------- main figure
 
-def draft_check(trace: Trace, index: int) -> go.Figure:
+def draft_check(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """One column per drafted position (and one for the bonus position): p and q as bars, and below
     them the coin: the acceptance region [0, min(1, p/q)] with the uniform u drawn against it."""
     if index < 0:
@@ -224,7 +224,7 @@ def running(trace: Trace, index: int) -> Running:
     return out
 
 
-def next_token_and_stats(trace: Trace, index: int) -> go.Figure:
+def next_token_and_stats(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """Top: the distribution the step's last token was drawn from. Bottom: alpha, measured tokens per
     target forward and the expected value (1 - alpha^(k+1)) / (1 - alpha), step by step."""
     if index < 0:

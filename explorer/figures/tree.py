@@ -65,7 +65,7 @@ def node_hover(trace: Trace, step: Step, n: dict) -> str:
     return "<br>".join(lines)
 
 
-def draft_tree(trace: Trace, index: int) -> go.Figure:
+def draft_tree(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """The step's draft tree: accepted path highlighted, other branches dimmed, p and q on hover."""
     if index < 0:
         return empty("Press Step: the draft grows a tree and the target verifies it in one forward.")
@@ -159,7 +159,7 @@ def legend_name(status: str) -> str:
             "resampled": "resampled / corrected"}[status]
 
 
-def attention_mask(trace: Trace, index: int) -> go.Figure:
+def attention_mask(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """The tree attention mask of the target forward: row = a node, column = what it may see."""
     if index < 0:
         return empty("The tree attention mask appears after the first step.")
