@@ -55,7 +55,9 @@
     const values = [t.y, t.z, t.x, t.values, t.r].find(v => v && v.length) || [];
     const points = [].concat(...values.map(v => Array.isArray(v) ? v : [v])).filter(
       v => v !== null && v !== undefined && v !== '').length;
-    legend.push({name: t.name || '', points, visible: t.visible});
+    // a key with no points of its own ([null]) names a colour of a heatmap in the same figure
+    const key = values.length > 0 && points === 0 && gd._fullData.some(o => o.type === 'heatmap' && o.visible === true);
+    legend.push({name: t.name || '', points, visible: t.visible, key});
   }
   const bar = gd.querySelector('.modebar');
   const modebar = bar && bar.getBoundingClientRect();

@@ -49,8 +49,9 @@ def step_times(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
              "customdata": [[s.tokens_fed, s.detail.get("cache_len", 0)] for s in steps],
              "hovertemplate": "step %{x}<br>%{y:.1f} ms<br>tokens fed %{customdata[0]}"
                               "<br>cache length %{customdata[1]}<extra></extra>"}]
-    return figure(data, None, "Time per step (one target forward each)", height=260,
-                  xaxis=count_axis("step", x[-1]), yaxis={"title": {"text": "ms"}, "rangemode": "tozero"})
+    # a short title: Plotly's toolbar takes the top right of a phone-width figure
+    return figure(data, None, "Time per step", height=260, xaxis=count_axis("step", x[-1]),
+                  yaxis={"title": {"text": "ms, one target forward"}, "rangemode": "tozero"})
 
 
 def words(trace: Trace, index: int) -> str:

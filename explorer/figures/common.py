@@ -65,6 +65,17 @@ AXIS_LOOK = {"gridcolor": GRID_COLOUR, "zerolinecolor": GRID_COLOUR}
 AXIS_ROOM = 64       # px below the plot for an x axis's tick labels and title
 LEGEND_ROW = 22      # px per row of a horizontal legend
 LEGEND_WIDTH = 380   # px a legend row may fill: a side figure on a phone-width screen
+# px a main figure is wide in the results column: on a 1280 px page, and on a phone (narrow)
+FIGURE_WIDTH = {False: 900, True: 388}
+CHAR_PX = 0.62       # a character's width, in font sizes, about (for fitting text into cells)
+
+
+def fit(text: str, px: float, size: float = 12) -> str:
+    """`text` cut with an ellipsis to about `px` pixels at font `size` ('' when not even two characters fit)."""
+    room = int(px / (CHAR_PX * size))
+    if len(text) <= room:
+        return text
+    return text[:room - 1] + "\u2026" if room >= 2 else ""
 
 
 def count_axis(title: str, last: int) -> dict:
@@ -120,6 +131,10 @@ class Grid:
 
     def yaxis(self, row: int, col: int, secondary_y: bool = False) -> dict:
         return self.layout[f"yaxis{suffix(self.y_number(row, col, secondary_y))}"]
+
+    def centre(self, row: int, col: int) -> tuple[float, float]:
+        """The middle of a cell in paper coordinates: where a word stands in for a plot."""
+        return (sum(self.xaxis(row, col)["domain"]) / 2, sum(self.yaxis(row, col)["domain"]) / 2)
 
     def xaxes(self, row: int | None = None) -> list[dict]:
         return [self.xaxis(r, c) for r in range(1, self.rows + 1) for c in range(1, self.cols + 1)
