@@ -4,7 +4,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from engines.trace import Trace
-from explorer.figures.common import (RAW_COLOUR, TARGET_COLOUR, Chip, View, colour, count_axis, empty, figure,
+from explorer.figures.common import (FIGURE_WIDTH, RAW_COLOUR, TARGET_COLOUR, Chip, View, colour, count_axis, empty, figure,
                                      quoted, show, token)
 
 
@@ -35,7 +35,7 @@ def distribution(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
          "hovertemplate": f"chosen: {chosen}<br>p = {d['p_chosen']:.4f}<extra></extra>"},
     ]
     return figure(data, None, f"Step {index + 1}: next-token distribution", barmode="group", legend_below=True,
-                  yaxis={"title": {"text": "probability"}, "range": [0, 1.12]})
+                  yaxis={"title": {"text": "probability"}, "range": [0, 1.12]}, width=FIGURE_WIDTH[narrow])
 
 
 def step_times(trace: Trace, index: int, narrow: bool = False) -> go.Figure:

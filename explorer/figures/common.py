@@ -67,6 +67,7 @@ LEGEND_ROW = 22      # px per row of a horizontal legend
 LEGEND_WIDTH = 380   # px a legend row may fill: a side figure on a phone-width screen
 # px a main figure is wide in the results column: on a 1280 px page, and on a phone (narrow)
 FIGURE_WIDTH = {False: 900, True: 388}
+SIDE_WIDTH = 388     # px a side figure is wide at most on a phone (440 beside the words on a wide page)
 CHAR_PX = 0.62       # a character's width, in font sizes, about (for fitting text into cells)
 
 
@@ -196,13 +197,41 @@ def grid(rows: int, cols: int, *, row_heights: list[float] | None = None, col_wi
     return g
 
 
+TOOLBAR_PX = 190     # px Plotly's toolbar (zoom, pan, reset, download) takes at the top right, with a margin
+TITLE_LINE = 18      # px a further line of a 14 px title takes
+
+
+def title_lines(title: str, width: int, size: float = 14) -> list[str]:
+    """The title broken at spaces: its first line clear of Plotly's toolbar, the others within the figure.
+    A part with markup (<sup>) is left whole."""
+    lines: list[str] = []
+    for part in title.split("<br>"):
+        if "<" in part:
+            lines.append(part)
+            continue
+        line = ""
+        for word in part.split(" "):
+            room = (width - (TOOLBAR_PX if not lines else 30)) / (CHAR_PX * size)
+            if line and len(line) + 1 + len(word) > room:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        lines.append(line)
+    return lines
+
+
 def figure(data: list[dict], grid_: Grid | None, title: str, *, height: int = 340, uirevision: str = "keep",
-           annotations: list[dict] = (), legend_below: bool = False, **kwargs) -> go.Figure:
+           annotations: list[dict] = (), legend_below: bool = False, width: int = SIDE_WIDTH,
+           **kwargs) -> go.Figure:
     """A figure from trace dicts and a grid, with the shared look; validated once. A dict given for a key of
     the look (margin={"t": 70}, legend={"y": -0.3}) changes only the fields it names; every axis gets the
     shared grid colours. legend_below: the legend sits at the bottom of the figure, below the x axis's
-    ticks and title rather than over them, and the figure grows by the room it takes."""
-    lay = {**(grid_.layout if grid_ else {}), **look(title, height, uirevision)}
+    ticks and title rather than over them, and the figure grows by the room it takes. width: the px the figure
+    is drawn at (FIGURE_WIDTH[narrow] for a main figure; the default fits a side figure on any screen): a
+    longer title is broken into lines, and the top margin grows by them."""
+    lines = title_lines(title, width)
+    lay = {**(grid_.layout if grid_ else {}), **look("<br>".join(lines), height, uirevision)}
     if legend_below:
         room = AXIS_ROOM + LEGEND_ROW * legend_rows(data)
         lay["height"] = height + room - lay["margin"]["b"]
@@ -210,6 +239,10 @@ def figure(data: list[dict], grid_: Grid | None, title: str, *, height: int = 34
         lay["legend"] = {**lay["legend"], "yref": "container", "y": 0, "yanchor": "bottom"}
     for key, value in kwargs.items():
         lay[key] = {**lay[key], **value} if isinstance(value, dict) and isinstance(lay.get(key), dict) else value
+    extra = TITLE_LINE * (len(lines) - 1) - (TITLE_LINE if "<br>" in title else 0)   # a figure's own <br> has room
+    if extra > 0:
+        lay["height"] += extra
+        lay["margin"] = {**lay["margin"], "t": lay["margin"]["t"] + extra}
     lay.setdefault("xaxis", {})
     lay.setdefault("yaxis", {})
     for key in [k for k in lay if k.startswith(("xaxis", "yaxis"))]:

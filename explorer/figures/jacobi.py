@@ -95,7 +95,7 @@ def trajectory(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
         xaxis["dtick"] = 1
     yaxis = {**count_axis("iteration", len(steps)), "autorange": "reversed"}
     return figure(data, None, f"Jacobi trajectory up to iteration {index + 1}", height=max(300, 60 + 34 * len(steps)),
-                  xaxis=xaxis, yaxis=yaxis, shapes=[frame], legend_below=True)
+                  xaxis=xaxis, yaxis=yaxis, shapes=[frame], legend_below=True, width=FIGURE_WIDTH[narrow])
 
 
 def convergence(trace: Trace, index: int, narrow: bool = False) -> go.Figure:

@@ -161,10 +161,9 @@ def draft_check(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
             g.yaxis(*cell(i, coin_row))["visible"] = False
     g.yaxis(1, 1)["title"] = {"text": "probability"}
     what = "greedy: kept while it is the target's argmax" if raw else "kept while u <= min(1, p/q)"
-    title = (f"Step {index + 1}: {len(positions)} drafted by the {d['drafter']} drafter, {d['accepted']} kept"
-             + ("<br>" if narrow else " ") + f"({what})")
+    title = f"Step {index + 1}: {len(positions)} drafted by the {d['drafter']} drafter, {d['accepted']} kept ({what})"
     return figure(data, g, title, height=170 + 260 * blocks, barmode="group",
-                  bargap=0.25, annotations=notes, margin={"t": 70 if narrow else 44})
+                  bargap=0.25, annotations=notes, width=FIGURE_WIDTH[narrow])
 
 
 def coin(data: list[dict], notes: list[dict], axes: dict, centre: tuple[float, float], room: float, trace: Trace,
@@ -396,6 +395,8 @@ def next_bars(data: list[dict], notes: list[dict], axes: dict, trace: Trace, d: 
     if rejected and not raw:
         p, q = dict(rejected["p_top"]), dict(rejected["q_top"])
         for who, vals, c in (("p", p, TARGET_COLOUR), ("q", q, DRAFT_COLOUR)):
+            if not any(t in vals for t in ids):    # none of these tokens in its recorded top-k: nothing to draw
+                continue
             data.append({"type": "bar", **axes, "x": names, "y": [vals.get(t) for t in ids],
                          "name": f"{who} at position {n + 1}", "marker": {"color": c}, "opacity": 0.45,
                          "hovertext": bar_hover(trace, ids, [vals.get(t) for t in ids], who), "hoverinfo": "text"})
