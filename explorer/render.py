@@ -147,7 +147,8 @@ def render(session: Session | None, method: str, narrow: bool = False) -> Screen
     trace, cursor = session.trace, session.cursor
     return Screen(
         text=chips_html(trace, text_chips(trace, cursor)) + legend_html(view.legend),
-        main=view.main(trace, cursor, narrow), side=view.side(trace, cursor, narrow), words=markdown_words(view.words(trace, cursor)),
+        main=view.main(trace, cursor, narrow), side=view.side(trace, cursor, narrow),
+        words=markdown_words(view.words(trace, cursor)),
         stats=stats_line(trace, cursor), position=position_html(session),
         history_max=len(trace.steps), history_value=cursor + 1,
         record=trace.steps[cursor].to_dict() if cursor >= 0 else {"prompt_ids": trace.prompt_ids},

@@ -44,8 +44,15 @@
     const where = el.closest('.legend') ? 'legend' : el.closest('.infolayer') ? 'info' :
                   el.closest('.table') ? 'table' : el.closest('.xtick, .ytick') ? 'tick' : 'data';
     const s = getComputedStyle(el);
-    texts.push({text: content, where, corners: corners(el, b), clip: clipOf(el), fill: s.fill,
-                opacity: Number(s.fillOpacity) * Number(s.opacity), size: parseFloat(s.fontSize)});
+    // a text of several lines (Plotly's tspan.line) is one box per line: their union would claim the corner
+    // beside a short first line
+    const lines = [...el.querySelectorAll('tspan.line')].filter(t => t.textContent.trim());
+    const boxes = lines.length > 1 ? lines.map(t => corners(t, t.getBBox())) : [corners(el, b)];
+    el.setAttribute('data-audit', String(texts.length));
+    const id = texts.length;
+    for (const box of boxes)
+      texts.push({id, text: content, where, corners: box, clip: clipOf(el), fill: s.fill,
+                  opacity: Number(s.fillOpacity) * Number(s.opacity), size: parseFloat(s.fontSize)});
   }
   const legend = [];
   for (const item of gd.querySelectorAll('.legend .traces')) {
@@ -55,8 +62,9 @@
     const values = [t.y, t.z, t.x, t.values, t.r].find(v => v && v.length) || [];
     const points = [].concat(...values.map(v => Array.isArray(v) ? v : [v])).filter(
       v => v !== null && v !== undefined && v !== '').length;
-    // a key with no points of its own ([null]) names a colour of a heatmap in the same figure
-    const key = values.length > 0 && points === 0 && gd._fullData.some(o => o.type === 'heatmap' && o.visible === true);
+    // a key with no points of its own ([null]) names a colour of a heatmap's cells or a table's rows
+    const key = values.length > 0 && points === 0 &&
+                gd._fullData.some(o => (o.type === 'heatmap' || o.type === 'table') && o.visible === true);
     legend.push({name: t.name || '', points, visible: t.visible, key});
   }
   const bar = gd.querySelector('.modebar');

@@ -8,12 +8,13 @@ each figure replaces the last. A figure fails when
   - two pieces of its text overlap (boxes turned with their text, a little of each line's leading allowed),
     or the Plotly toolbar lies over text;
   - text is cut by the box that clips it (a subplot, a table, the legend) or by the figure's edge;
-  - a legend entry's trace has no point to show (a key naming a heatmap's colour aside);
+  - a legend entry's trace has no point to show (a key naming a colour of a heatmap's cells or a table's rows aside);
   - text reads at under 4.5:1 against what is drawn behind it (the text hidden, the pixels read from a
     screenshot), in either theme.
 """
 from __future__ import annotations
 
+# ruff: noqa: B023 - the step builders close over loop variables, and chain() calls them within the iteration
 import io
 import json
 import random
@@ -84,7 +85,8 @@ def tree_traces():
     """Each drafter, the dynamic tree and every fixed shape from a small budget to a large one, greedy and sampled."""
     for drafter, shape, budget, depth, topk, greedy in (
             ("model", "dynamic", 16, 4, 3, True), ("model", "balanced", 64, 8, 8, False),
-            ("heads", "sparse", 64, 4, 8, True), ("model", "chain", 8, 8, 1, True), ("eagle", "dynamic", 4, 2, 2, False)):
+            ("heads", "sparse", 64, 4, 8, True), ("model", "chain", 8, 8, 1, True),
+            ("eagle", "dynamic", 4, 2, 2, False)):
         rnd = random.Random(budget)
         steps = chain(lambda i, made: syn.tree_step(
             rnd, i, shape=shape, budget=budget, depth=depth, topk=topk, room=8, greedy=greedy,
@@ -155,7 +157,8 @@ def page(tmp_path_factory):
     folder = tmp_path_factory.mktemp("plotly")
     script = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
     (folder / "plot.html").write_text(
-        f'<html><head><style>body {{ margin: 0; }} {CSS}</style></head><body>'
+        f'<html><head><style>body {{ margin: 0; }} #plot.no-text svg text {{ visibility: hidden !important; }} {CSS}'
+        f'</style></head><body>'
         f'<div class="js-plotly-plot-host"><div id="plot"></div></div>'
         f'<script src="{script.as_uri()}"></script></body></html>')
     with browser_page(1280, 1000) as p:
@@ -175,7 +178,7 @@ DRAW = """async ([fig, width]) => {
     Plotly.purge(gd);
     gd.style.width = width + 'px';
     await Plotly.newPlot(gd, fig.data, {...fig.layout, width}, {displayModeBar: true, responsive: false});
-    return (%s)(gd); }""" % AUDIT
+    return (AUDIT)(gd); }""".replace("AUDIT", AUDIT)
 
 
 def draw(page, fig, width: int) -> dict:
@@ -253,26 +256,26 @@ def contrast(a, b) -> float:
     return (hi + 0.05) / (lo + 0.05)
 
 
-FILLS = """() => [...document.querySelectorAll('#plot svg text')].filter(t => t.textContent.trim()).map(t => {
-    const s = getComputedStyle(t); return [s.fill, Number(s.fillOpacity) * Number(s.opacity)]; })"""
+FILLS = """() => Object.fromEntries([...document.querySelectorAll('#plot svg text[data-audit]')].map(t => {
+    const s = getComputedStyle(t);
+    return [t.getAttribute('data-audit'), [s.fill, Number(s.fillOpacity) * Number(s.opacity)]]; }))"""
 HIDE_TEXT = "on => document.getElementById('plot').classList.toggle('no-text', on)"
 
 
 def contrast_problems(page, seen: dict, theme: str) -> list[str]:
     """Each text's fill in this theme against the most common pixel under its box with all text hidden."""
     from PIL import Image
-    page.evaluate("dark => { document.body.classList.toggle('dark', dark); "
-                  "document.body.style.background = dark ? '%s' : '%s'; }" % (PAGES["dark"], PAGES["light"]),
-                  theme == "dark")
+    page.evaluate("([dark, background]) => { document.body.classList.toggle('dark', dark); "
+                  "document.body.style.background = background; }", [theme == "dark", PAGES[theme]])
     fills = page.evaluate(FILLS)
-    page.add_style_tag(content="#plot.no-text svg text { visibility: hidden !important; }")
     page.evaluate(HIDE_TEXT, True)
     left, top, right, bottom = seen["page"]
     shot = Image.open(io.BytesIO(page.screenshot(clip={"x": left, "y": top, "width": right - left,
                                                        "height": bottom - top}))).convert("RGB")
     page.evaluate(HIDE_TEXT, False)
     problems = []
-    for t, (fill, opacity) in zip(seen["texts"], fills):
+    for t in seen["texts"]:
+        fill, opacity = fills[str(t["id"])]
         if t["size"] >= 24:
             continue
         xs = [x - left for x, _ in t["corners"]]
@@ -295,7 +298,8 @@ def contrast_problems(page, seen: dict, theme: str) -> list[str]:
 # fails its mark, so the mark comes off with the fix
 UNFINISHED: dict[tuple[str, str], str] = {}
 PARTS = {"autoregressive": ("main", "side"), "speculative": ("main", "side", "drafter"),
-         "tree": ("main", "side", "drafter"), "jacobi": ("main", "side"), "lookahead": ("main", "side"), "mask-predict": ("main", "side")}
+         "tree": ("main", "side", "drafter"), "jacobi": ("main", "side"), "lookahead": ("main", "side"),
+         "mask-predict": ("main", "side")}
 
 
 def case(method: str, part: str):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from engines.trace import Trace
-from explorer.figures.common import (FIGURE_WIDTH, RAW_COLOUR, TARGET_COLOUR, Chip, View, colour, count_axis, empty, figure,
-                                     quoted, show, token)
+from explorer.figures.common import (FIGURE_WIDTH, RAW_COLOUR, TARGET_COLOUR, Chip, View, colour, count_axis, empty,
+                                     figure, quoted, show, token)
 
 
 def distribution(trace: Trace, index: int, narrow: bool = False) -> go.Figure:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Sequence
@@ -199,19 +200,21 @@ def grid(rows: int, cols: int, *, row_heights: list[float] | None = None, col_wi
 
 TOOLBAR_PX = 190     # px Plotly's toolbar (zoom, pan, reset, download) takes at the top right, with a margin
 TITLE_LINE = 18      # px a further line of a 14 px title takes
+TITLE_RISE = 7       # px Plotly lifts a hung title per further line
 
 
-def title_lines(title: str, width: int, size: float = 14) -> list[str]:
+def title_lines(title: str, width: int, size: float = 14, toolbar: bool = True) -> list[str]:
     """The title broken at spaces: its first line clear of Plotly's toolbar, the others within the figure.
-    A part with markup (<sup>) is left whole."""
+    A part with markup (<sup>) is left whole. toolbar=False: a heading lower in the figure, every line the
+    figure's width."""
     lines: list[str] = []
     for part in title.split("<br>"):
-        if "<" in part:
+        if re.search(r"<[a-z/]", part):
             lines.append(part)
             continue
         line = ""
         for word in part.split(" "):
-            room = (width - (TOOLBAR_PX if not lines else 30)) / (CHAR_PX * size)
+            room = (width - (TOOLBAR_PX if not lines and toolbar else 30)) / (CHAR_PX * size)
             if line and len(line) + 1 + len(word) > room:
                 lines.append(line)
                 line = word
@@ -232,6 +235,10 @@ def figure(data: list[dict], grid_: Grid | None, title: str, *, height: int = 34
     longer title is broken into lines, and the top margin grows by them."""
     lines = title_lines(title, width)
     lay = {**(grid_.layout if grid_ else {}), **look("<br>".join(lines), height, uirevision)}
+    # hung from the top, so further lines go down into the margin made for them, not over the plot (Plotly
+    # raises a title of n lines by about 6.5 px a further line above its anchor: the pad makes up for it)
+    lay["title"] = {**lay["title"], "y": 1, "yref": "container", "yanchor": "top",
+                    "pad": {"t": 6 + TITLE_RISE * (len(lines) - 1)}}
     if legend_below:
         room = AXIS_ROOM + LEGEND_ROW * legend_rows(data)
         lay["height"] = height + room - lay["margin"]["b"]
@@ -239,7 +246,8 @@ def figure(data: list[dict], grid_: Grid | None, title: str, *, height: int = 34
         lay["legend"] = {**lay["legend"], "yref": "container", "y": 0, "yanchor": "bottom"}
     for key, value in kwargs.items():
         lay[key] = {**lay[key], **value} if isinstance(value, dict) and isinstance(lay.get(key), dict) else value
-    extra = TITLE_LINE * (len(lines) - 1) - (TITLE_LINE if "<br>" in title else 0)   # a figure's own <br> has room
+    # a figure's own <br> already has its room
+    extra = (TITLE_LINE + TITLE_RISE) * (len(lines) - 1) - ((TITLE_LINE + TITLE_RISE) if "<br>" in title else 0)
     if extra > 0:
         lay["height"] += extra
         lay["margin"] = {**lay["margin"], "t": lay["margin"]["t"] + extra}

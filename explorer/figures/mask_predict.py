@@ -12,8 +12,8 @@ import math
 import plotly.graph_objects as go
 
 from engines.trace import Trace
-from explorer.figures.common import (FIGURE_WIDTH, fit, TARGET_COLOUR, Chip, View, colour, count_axis, empty, figure, grid, quoted,
-                                     show, symbol, token)
+from explorer.figures.common import (FIGURE_WIDTH, TARGET_COLOUR, Chip, View, colour, count_axis, empty, figure, fit,
+                                     grid, quoted, show, symbol, token)
 
 CELL_BUDGET = 384           # heatmap cells drawn at most, so one step's figure stays small
 ROWS_SHOWN = 32             # iterations drawn at most, so rows stay readable
