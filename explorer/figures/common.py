@@ -198,7 +198,7 @@ def grid(rows: int, cols: int, *, row_heights: list[float] | None = None, col_wi
     return g
 
 
-TOOLBAR_PX = 190     # px Plotly's toolbar (zoom, pan, reset, download) takes at the top right, with a margin
+TOOLBAR_PX = 210     # px Plotly's toolbar (zoom, pan, reset, download) takes at the top right, with a margin
 TITLE_LINE = 18      # px a further line of a 14 px title takes
 TITLE_RISE = 7       # px Plotly lifts a hung title per further line
 

@@ -171,6 +171,7 @@ def layer_strip(data: list[dict], axes: dict, heads: dict) -> None:
     fed = [x in which for x in xs]
     data.append({"type": "scatter", **axes, "x": xs, "y": [0] * len(xs), "mode": "markers+text",
                  "text": [which.get(x, "") for x in xs], "textposition": "top center", "showlegend": False,
+                 "cliponaxis": False,    # the names over the squares may rise past the strip's short plot
                  "name": "target layers", "hoverinfo": "text",
                  "marker": {"symbol": ["square" if f else "square-open" for f in fed], "size": 16,
                             "color": [TARGET_COLOUR if f else GRID_COLOUR for f in fed]},
@@ -214,7 +215,7 @@ def level_bars(data: list[dict], notes: list[dict], axes: dict, trace: Trace, le
                      "hovertext": text, "hoverinfo": "text"})
         if outside:   # in the theme's grey (the status colour read 3.9:1), cut to its panel
             words = f"{OUTSIDE} target's token outside the draft vocabulary"
-            notes.append({"text": fit(words, panel_px - 8, 10) or OUTSIDE, "x": 0.5, "y": 0.92,
+            notes.append({"text": words if fit(words, panel_px - 8, 10) == words else OUTSIDE, "x": 0.5, "y": 0.92,
                           "xref": f"{axes['xaxis']} domain", "yref": f"{axes['yaxis']} domain", "showarrow": False,
                           "font": {"color": TEXT_COLOUR, "size": 10}, "hovertext": text})
     # turned labels need about 19 px between bars; below that the hover names the tokens
@@ -258,8 +259,12 @@ def drafter_figure(trace: Trace, index: int, reading: Reading, narrow: bool = Fa
     levels = reading.levels(d)
     tallies = reading.tally(trace.steps[: index + 1])
     cols = max(1, len(levels))
-    titles = [""] * cols + [lv.name for lv in levels]
-    g = grid(3, cols, row_heights=[0.12, 0.5, 0.38], vspace=0.13, hspace=min(0.04, 0.4 / cols), titles=titles)
+    hspace = min(0.04, 0.4 / cols)
+    panel_px = (FIGURE_WIDTH[narrow] - 70) * (1 - hspace * (cols - 1)) / cols
+    # a level's name cut to its panel ("depth 1" .. "depth 8" ran together at phone width), its number at least
+    titles = [""] * cols + [fit(lv.name, panel_px - 6, 14) or lv.name.split()[-1] for lv in levels]
+    # room under the bars for their turned labels, above the tally's heading
+    g = grid(3, cols, row_heights=[0.12, 0.5, 0.38], vspace=0.16, hspace=hspace, titles=titles)
     # no automargin on the turned bar labels: Plotly squeezed the panels to widen the left margin for them
     for col in range(1, cols + 1):
         g.xaxis(2, col)["automargin"] = False
@@ -268,13 +273,12 @@ def drafter_figure(trace: Trace, index: int, reading: Reading, narrow: bool = Fa
     g.xaxis(1, 1).update(tickmode="linear", dtick=1,
                           range=[-0.5, heads["target_layers"] + 0.5])
     g.yaxis(1, 1).update(visible=False, range=[-0.6, 1.2])
-    hspace = min(0.04, 0.4 / cols)
-    panel_px = (FIGURE_WIDTH[narrow] - 70) * (1 - hspace * (cols - 1)) / cols
     for col, level in enumerate(levels, start=1):
         ticks = level_bars(data, notes, g.cell(2, col), trace, level, col == 1, panel_px)
         g.xaxis(2, col).update(**ticks, tickangle=-40, tickfont={"size": 10})
         # one probability scale across the levels, so heads compare
-        g.yaxis(2, col).update(rangemode="tozero", **({"matches": g.cell(2, 1)["yaxis"]} if col > 1 else {}))
+        g.yaxis(2, col).update(rangemode="tozero", **({"matches": g.cell(2, 1)["yaxis"], "showticklabels": False}
+                                                       if col > 1 else {}))   # the first panel's labels serve all
     if not levels:
         # in paper coordinates: Plotly misplaces a note on the domain of an axis it does not draw
         notes.append({"text": "Nothing drafted this step: the heads draft from the hidden states of a verification "
