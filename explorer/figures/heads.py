@@ -215,9 +215,13 @@ def level_bars(data: list[dict], notes: list[dict], axes: dict, trace: Trace, le
                      "hovertext": text, "hoverinfo": "text"})
         if outside:   # in the theme's grey (the status colour read 3.9:1), cut to its panel
             words = f"{OUTSIDE} target's token outside the draft vocabulary"
-            notes.append({"text": words if fit(words, panel_px - 8, 10) == words else OUTSIDE, "x": 0.5, "y": 0.92,
+            two = f"{OUTSIDE} target's token<br>outside the draft vocabulary"
+            shown_words, size = ((words, 10) if fit(words, panel_px - 8, 10) == words else
+                                 (two, 9) if fit("outside the draft vocabulary", panel_px - 8, 9).endswith("y")
+                                 else (OUTSIDE, 10))
+            notes.append({"text": shown_words, "x": 0.5, "y": 0.92, "yanchor": "top",
                           "xref": f"{axes['xaxis']} domain", "yref": f"{axes['yaxis']} domain", "showarrow": False,
-                          "font": {"color": TEXT_COLOUR, "size": 10}, "hovertext": text})
+                          "font": {"color": TEXT_COLOUR, "size": size}, "hovertext": text})
     # turned labels need about 19 px between bars; below that the hover names the tokens
     spacing = panel_px / max(1, len(ticks))
     return {"tickvals": ticks, "ticktext": [fit(t, 60, 10) or t[:1] for t in labels],
