@@ -150,7 +150,9 @@ def markdown_words(words: str) -> str:
     return STRAY_TAG.sub("&lt;", words)
 
 
-def render(session: Session | None, method: str) -> Screen:
+def render(session: Session | None, method: str, narrow: bool = False) -> Screen:
+    """The screen for the session's cursor. narrow: the page is phone-width, and the figures lay out for it
+    (fewer panels side by side, stacked rather than shrunk)."""
     view = VIEWS[method]
     if session is None:
         hint = f"Press Step or Run to start {METHODS[method].title.lower()} decoding."
@@ -161,13 +163,14 @@ def render(session: Session | None, method: str) -> Screen:
     trace, cursor = session.trace, session.cursor
     return Screen(
         text=chips_html(trace, text_chips(trace, cursor)) + legend_html(view.legend),
-        main=of_run(view.main(trace, cursor), session, "main"), side=of_run(view.side(trace, cursor), session, "side"),
+        main=of_run(view.main(trace, cursor, narrow), session, "main"),
+        side=of_run(view.side(trace, cursor, narrow), session, "side"),
         words=markdown_words(view.words(trace, cursor)),
         stats=stats_line(trace, cursor), position=position_html(session),
         history_max=len(trace.steps), history_value=cursor + 1,
         record=trace.steps[cursor].to_dict() if cursor >= 0 else {"prompt_ids": trace.prompt_ids},
         run_id=session.run_id, downloadable=bool(trace.steps),
-        drafter=of_run(view.drafter(trace, cursor), session, "drafter"))
+        drafter=of_run(view.drafter(trace, cursor, narrow), session, "drafter"))
 
 
 def of_run(fig: go.Figure | None, session: Session, place: str) -> go.Figure | None:

@@ -5,6 +5,7 @@ import plotly.graph_objects as go
 
 from engines.trace import Trace
 from explorer.figures.common import (
+    FIGURE_WIDTH,
     RAW_COLOUR,
     TARGET_COLOUR,
     Chip,
@@ -19,7 +20,7 @@ from explorer.figures.common import (
 )
 
 
-def distribution(trace: Trace, index: int) -> go.Figure:
+def distribution(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """Top tokens of the raw distribution beside the processed one it was chosen from."""
     if index < 0:
         return empty("Press Step to run the first forward.")
@@ -46,10 +47,10 @@ def distribution(trace: Trace, index: int) -> go.Figure:
          "hovertemplate": f"chosen: {chosen}<br>p = {d['p_chosen']:.4f}<extra></extra>"},
     ]
     return figure(data, None, f"Step {index + 1}: next-token distribution", barmode="group", legend_below=True,
-                  yaxis={"title": {"text": "probability"}, "range": [0, 1.12]})
+                  yaxis={"title": {"text": "probability"}, "range": [0, 1.12]}, width=FIGURE_WIDTH[narrow])
 
 
-def step_times(trace: Trace, index: int) -> go.Figure:
+def step_times(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """Wall time of every step so far; the cursor's step is marked."""
     steps = trace.steps[: index + 1]
     if not steps:
@@ -60,8 +61,9 @@ def step_times(trace: Trace, index: int) -> go.Figure:
              "customdata": [[s.tokens_fed, s.detail.get("cache_len", 0)] for s in steps],
              "hovertemplate": "step %{x}<br>%{y:.1f} ms<br>tokens fed %{customdata[0]}"
                               "<br>cache length %{customdata[1]}<extra></extra>"}]
-    return figure(data, None, "Time per step (one target forward each)", height=260,
-                  xaxis=count_axis("step", x[-1]), yaxis={"title": {"text": "ms"}, "rangemode": "tozero"})
+    # a short title: Plotly's toolbar takes the top right of a phone-width figure
+    return figure(data, None, "Time per step", height=260, xaxis=count_axis("step", x[-1]),
+                  yaxis={"title": {"text": "ms, one target forward"}, "rangemode": "tozero"})
 
 
 def words(trace: Trace, index: int) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Sequence
@@ -52,13 +53,32 @@ def look(title: str, height: int, uirevision: str) -> dict:
             "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)",
             "font": {"color": TEXT_COLOUR, "size": 12}, "uirevision": uirevision,
             "legend": {"orientation": "h", "y": -0.18, "x": 0, "bgcolor": "rgba(0,0,0,0)"},
-            "hoverlabel": {"font": {"size": 12}}}
+            "hoverlabel": {"font": {"size": 12}}, "modebar": {"remove": list(TOOLBAR_EXTRAS)}}
+
+
+# Plotly's toolbar shows on hover over the top right of a figure; with all its buttons it spans 300 px and
+# covered the title of a phone-width figure. Zoom, pan, reset and download stay.
+TOOLBAR_EXTRAS = ("select", "lasso", "select2d", "lasso2d", "zoomIn", "zoomOut", "zoomIn2d", "zoomOut2d",
+                  "autoScale", "autoScale2d", "toggleSpikelines", "hoverClosestCartesian", "hoverCompareCartesian",
+                  "toggleHover", "hoverclosest", "hovercompare", "resetViews", "resetViewMapbox")
 
 
 AXIS_LOOK = {"gridcolor": GRID_COLOUR, "zerolinecolor": GRID_COLOUR}
 AXIS_ROOM = 64       # px below the plot for an x axis's tick labels and title
 LEGEND_ROW = 22      # px per row of a horizontal legend
 LEGEND_WIDTH = 380   # px a legend row may fill: a side figure on a phone-width screen
+# px a main figure is wide in the results column: on a 1280 px page, and on a phone (narrow)
+FIGURE_WIDTH = {False: 900, True: 388}
+SIDE_WIDTH = 388     # px a side figure is wide at most on a phone (440 beside the words on a wide page)
+CHAR_PX = 0.62       # a character's width, in font sizes, about (for fitting text into cells)
+
+
+def fit(text: str, px: float, size: float = 12) -> str:
+    """`text` cut with an ellipsis to about `px` pixels at font `size` ('' when not even two characters fit)."""
+    room = int(px / (CHAR_PX * size))
+    if len(text) <= room:
+        return text
+    return text[:room - 1] + "\u2026" if room >= 2 else ""
 
 
 def count_axis(title: str, last: int) -> dict:
@@ -114,6 +134,10 @@ class Grid:
 
     def yaxis(self, row: int, col: int, secondary_y: bool = False) -> dict:
         return self.layout[f"yaxis{suffix(self.y_number(row, col, secondary_y))}"]
+
+    def centre(self, row: int, col: int) -> tuple[float, float]:
+        """The middle of a cell in paper coordinates: where a word stands in for a plot."""
+        return (sum(self.xaxis(row, col)["domain"]) / 2, sum(self.yaxis(row, col)["domain"]) / 2)
 
     def xaxes(self, row: int | None = None) -> list[dict]:
         return [self.xaxis(r, c) for r in range(1, self.rows + 1) for c in range(1, self.cols + 1)
@@ -175,13 +199,47 @@ def grid(rows: int, cols: int, *, row_heights: list[float] | None = None, col_wi
     return g
 
 
+TOOLBAR_PX = 210     # px Plotly's toolbar (zoom, pan, reset, download) takes at the top right, with a margin
+TITLE_LINE = 18      # px a further line of a 14 px title takes
+TITLE_RISE = 7       # px Plotly lifts a hung title per further line
+
+
+def title_lines(title: str, width: int, size: float = 14, toolbar: bool = True) -> list[str]:
+    """The title broken at spaces: its first line clear of Plotly's toolbar, the others within the figure.
+    A part with markup (<sup>) is left whole. toolbar=False: a heading lower in the figure, every line the
+    figure's width."""
+    lines: list[str] = []
+    for part in title.split("<br>"):
+        if re.search(r"<[a-z/]", part):
+            lines.append(part)
+            continue
+        line = ""
+        for word in part.split(" "):
+            room = (width - (TOOLBAR_PX if not lines and toolbar else 30)) / (CHAR_PX * size)
+            if line and len(line) + 1 + len(word) > room:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        lines.append(line)
+    return lines
+
+
 def figure(data: list[dict], grid_: Grid | None, title: str, *, height: int = 340, uirevision: str = "keep",
-           annotations: list[dict] = (), legend_below: bool = False, **kwargs) -> go.Figure:
+           annotations: list[dict] = (), legend_below: bool = False, width: int = SIDE_WIDTH,
+           **kwargs) -> go.Figure:
     """A figure from trace dicts and a grid, with the shared look; validated once. A dict given for a key of
     the look (margin={"t": 70}, legend={"y": -0.3}) changes only the fields it names; every axis gets the
     shared grid colours. legend_below: the legend sits at the bottom of the figure, below the x axis's
-    ticks and title rather than over them, and the figure grows by the room it takes."""
-    lay = {**(grid_.layout if grid_ else {}), **look(title, height, uirevision)}
+    ticks and title rather than over them, and the figure grows by the room it takes. width: the px the figure
+    is drawn at (FIGURE_WIDTH[narrow] for a main figure; the default fits a side figure on any screen): a
+    longer title is broken into lines, and the top margin grows by them."""
+    lines = title_lines(title, width)
+    lay = {**(grid_.layout if grid_ else {}), **look("<br>".join(lines), height, uirevision)}
+    # hung from the top, so further lines go down into the margin made for them, not over the plot (Plotly
+    # raises a title of n lines by about 6.5 px a further line above its anchor: the pad makes up for it)
+    lay["title"] = {**lay["title"], "y": 1, "yref": "container", "yanchor": "top",
+                    "pad": {"t": 6 + TITLE_RISE * (len(lines) - 1)}}
     if legend_below:
         room = AXIS_ROOM + LEGEND_ROW * legend_rows(data)
         lay["height"] = height + room - lay["margin"]["b"]
@@ -189,6 +247,11 @@ def figure(data: list[dict], grid_: Grid | None, title: str, *, height: int = 34
         lay["legend"] = {**lay["legend"], "yref": "container", "y": 0, "yanchor": "bottom"}
     for key, value in kwargs.items():
         lay[key] = {**lay[key], **value} if isinstance(value, dict) and isinstance(lay.get(key), dict) else value
+    # a figure's own <br> already has its room
+    extra = (TITLE_LINE + TITLE_RISE) * (len(lines) - 1) - ((TITLE_LINE + TITLE_RISE) if "<br>" in title else 0)
+    if extra > 0:
+        lay["height"] += extra
+        lay["margin"] = {**lay["margin"], "t": lay["margin"]["t"] + extra}
     lay.setdefault("xaxis", {})
     lay.setdefault("yaxis", {})
     for key in [k for k in lay if k.startswith(("xaxis", "yaxis"))]:
@@ -294,9 +357,10 @@ def steps_so_far(trace: Trace, index: int) -> list[Step]:
 
 @dataclass(frozen=True)
 class View:
-    """How the explorer shows one method. Every function is pure: (trace, step index) -> output."""
-    main: Callable[[Trace, int], go.Figure]
-    side: Callable[[Trace, int], go.Figure]
+    """How the explorer shows one method. Every function is pure: (trace, step index) -> output; the figure
+    functions take a third argument, narrow, true when the page is phone-width."""
+    main: Callable[[Trace, int, bool], go.Figure]
+    side: Callable[[Trace, int, bool], go.Figure]
     words: Callable[[Trace, int], str]          # "this step, in words": markdown with the real numbers
     chips: Callable[[Trace, int], list[Chip]]   # the step's own tokens (committed, and rejected drafts)
     help: str                                    # how to read the figures; the paper's name and year
@@ -306,4 +370,4 @@ class View:
     # the detail fields every step of the method carries: a loaded trace whose steps lack one is refused
     fields: tuple[str, ...] = ()
     # a figure only some runs have (a head drafter's own view), drawn under the main one; None: not this run
-    drafter: Callable[[Trace, int], go.Figure | None] = lambda trace, index: None
+    drafter: Callable[[Trace, int, bool], go.Figure | None] = lambda trace, index, narrow=False: None

@@ -19,15 +19,19 @@ import plotly.graph_objects as go
 from engines.trace import Step, Trace
 from explorer.figures.common import (
     DRAFT_COLOUR,
+    FIGURE_WIDTH,
     GRID_COLOUR,
     TARGET_COLOUR,
+    TEXT_COLOUR,
     Grid,
     colour,
     figure,
+    fit,
     grid,
     quoted,
     show,
     symbol,
+    title_lines,
     token,
 )
 
@@ -182,6 +186,7 @@ def layer_strip(data: list[dict], axes: dict, heads: dict) -> None:
     fed = [x in which for x in xs]
     data.append({"type": "scatter", **axes, "x": xs, "y": [0] * len(xs), "mode": "markers+text",
                  "text": [which.get(x, "") for x in xs], "textposition": "top center", "showlegend": False,
+                 "cliponaxis": False,    # the names over the squares may rise past the strip's short plot
                  "name": "target layers", "hoverinfo": "text",
                  "marker": {"symbol": ["square" if f else "square-open" for f in fed], "size": 16,
                             "color": [TARGET_COLOUR if f else GRID_COLOUR for f in fed]},
@@ -189,7 +194,8 @@ def layer_strip(data: list[dict], axes: dict, heads: dict) -> None:
                                + (f"read by the head ({which[x]})" if f else "not read") for x, f in zip(xs, fed)]})
 
 
-def level_bars(data: list[dict], notes: list[dict], axes: dict, trace: Trace, level: Level, first: bool) -> dict:
+def level_bars(data: list[dict], notes: list[dict], axes: dict, trace: Trace, level: Level, first: bool,
+               panel_px: float = 1e9) -> dict:
     """One level: the candidates' q as bars, the fate of each as a marker on its bar, the target's token as a
     triangle (at the end when it is not among them) and the out-of-vocabulary mark. Returns the level's x
     ticks (the bars sit at 0, 1, ...: two nodes at an EAGLE depth may hold the same token)."""
@@ -222,11 +228,19 @@ def level_bars(data: list[dict], notes: list[dict], axes: dict, trace: Trace, le
                      "name": "target's token", "legendgroup": "target", "showlegend": first,
                      "marker": {"symbol": TARGET_MARK, "size": 12, "color": TARGET_COLOUR},
                      "hovertext": text, "hoverinfo": "text"})
-        if outside:
-            notes.append({"text": f"{OUTSIDE} target's token outside the draft vocabulary", "x": 0.5, "y": 0.92,
+        if outside:   # in the theme's grey (the status colour read 3.9:1), cut to its panel
+            words = f"{OUTSIDE} target's token outside the draft vocabulary"
+            two = f"{OUTSIDE} target's token<br>outside the draft vocabulary"
+            shown_words, size = ((words, 10) if fit(words, panel_px - 8, 10) == words else
+                                 (two, 9) if fit("outside the draft vocabulary", panel_px - 8, 9).endswith("y")
+                                 else (OUTSIDE, 10))
+            notes.append({"text": shown_words, "x": 0.5, "y": 0.92, "yanchor": "top",
                           "xref": f"{axes['xaxis']} domain", "yref": f"{axes['yaxis']} domain", "showarrow": False,
-                          "font": {"color": colour("rejected"), "size": 10}, "hovertext": text})
-    return {"tickvals": ticks, "ticktext": labels}
+                          "font": {"color": TEXT_COLOUR, "size": size}, "hovertext": text})
+    # turned labels need about 19 px between bars; below that the hover names the tokens
+    spacing = panel_px / max(1, len(ticks))
+    return {"tickvals": ticks, "ticktext": [fit(t, 60, 10) or t[:1] for t in labels],
+            "showticklabels": spacing >= 19}
 
 
 def tally_bars(data: list[dict], axes: dict, tallies: list[Tally], extra: str) -> None:
@@ -255,7 +269,7 @@ def heading(g: Grid, row: int, text: str) -> dict:
             "xanchor": "left", "yanchor": "bottom", "showarrow": False, "font": {"size": 13}}
 
 
-def drafter_figure(trace: Trace, index: int, reading: Reading) -> go.Figure | None:
+def drafter_figure(trace: Trace, index: int, reading: Reading, narrow: bool = False) -> go.Figure | None:
     """The head drafter's figure for a step, or None when the step was not drafted by heads."""
     if index < 0 or not trace.steps[index].detail.get("heads"):
         return None
@@ -264,18 +278,26 @@ def drafter_figure(trace: Trace, index: int, reading: Reading) -> go.Figure | No
     levels = reading.levels(d)
     tallies = reading.tally(trace.steps[: index + 1])
     cols = max(1, len(levels))
-    titles = [""] * cols + [lv.name for lv in levels]
-    g = grid(3, cols, row_heights=[0.12, 0.5, 0.38], vspace=0.13, hspace=min(0.04, 0.4 / cols), titles=titles)
+    hspace = min(0.04, 0.4 / cols)
+    panel_px = (FIGURE_WIDTH[narrow] - 70) * (1 - hspace * (cols - 1)) / cols
+    # a level's name cut to its panel ("depth 1" .. "depth 8" ran together at phone width), its number at least
+    titles = [""] * cols + [fit(lv.name, panel_px - 6, 14) or lv.name.split()[-1] for lv in levels]
+    # room under the bars for their turned labels, above the tally's heading
+    g = grid(3, cols, row_heights=[0.12, 0.5, 0.38], vspace=0.16, hspace=hspace, titles=titles)
+    # no automargin on the turned bar labels: Plotly squeezed the panels to widen the left margin for them
+    for col in range(1, cols + 1):
+        g.xaxis(2, col)["automargin"] = False
     data, notes = [], []
     layer_strip(data, spread(g, 1), heads)
     g.xaxis(1, 1).update(tickmode="linear", dtick=1,
                           range=[-0.5, heads["target_layers"] + 0.5])
     g.yaxis(1, 1).update(visible=False, range=[-0.6, 1.2])
     for col, level in enumerate(levels, start=1):
-        ticks = level_bars(data, notes, g.cell(2, col), trace, level, col == 1)
+        ticks = level_bars(data, notes, g.cell(2, col), trace, level, col == 1, panel_px)
         g.xaxis(2, col).update(**ticks, tickangle=-40, tickfont={"size": 10})
         # one probability scale across the levels, so heads compare
-        g.yaxis(2, col).update(rangemode="tozero", **({"matches": g.cell(2, 1)["yaxis"]} if col > 1 else {}))
+        g.yaxis(2, col).update(rangemode="tozero", **({"matches": g.cell(2, 1)["yaxis"], "showticklabels": False}
+                                                       if col > 1 else {}))   # the first panel's labels serve all
     if not levels:
         # in paper coordinates: Plotly misplaces a note on the domain of an axis it does not draw
         notes.append({"text": "Nothing drafted this step: the heads draft from the hidden states of a verification "
@@ -286,19 +308,23 @@ def drafter_figure(trace: Trace, index: int, reading: Reading) -> go.Figure | No
     tally_bars(data, spread(g, 3), tallies, reading.extra)
     g.yaxis(3, 1).update(range=[0, 1.2], title={"text": "rate so far"}, tickvals=[0, 0.5, 1])
     notes.append(heading(g, 3, f"Acceptance per {'head' if is_medusa(d) else 'depth'}, steps 1-{index + 1}"))
-    notes.append(heading(g, 1, f"{who(d)} (trained on {heads['trained_on']}, {heads['draft_vocab']}-token draft "
-                               f"vocabulary) read the filled target hidden states (0 = embeddings, "
-                               f"{heads['target_layers']} = the last layer's output):"))
-    return figure(data, g, f"Step {index + 1}: what {head_name(d)} proposed", height=470, barmode="group",
-                  annotations=notes, margin={"t": 60}, legend_below=True)
+    # the layer strip's heading in lines the figure's width holds (one line was cut at its right edge)
+    about = title_lines(f"{who(d)} (trained on {heads['trained_on']}, {heads['draft_vocab']}-token draft "
+                        f"vocabulary) read the filled target hidden states (0 = embeddings, "
+                        f"{heads['target_layers']} = the last layer's output):", FIGURE_WIDTH[narrow], 13,
+                        toolbar=False)
+    notes.append(heading(g, 1, "<br>".join(about)))
+    more = 17 * (len(about) - 1)
+    return figure(data, g, f"Step {index + 1}: what {head_name(d)} proposed", height=470 + more, barmode="group",
+                  annotations=notes, margin={"t": 60 + more}, legend_below=True, width=FIGURE_WIDTH[narrow])
 
 
-def for_speculative(trace: Trace, index: int) -> go.Figure | None:
-    return drafter_figure(trace, index, CHAIN)
+def for_speculative(trace: Trace, index: int, narrow: bool = False) -> go.Figure | None:
+    return drafter_figure(trace, index, CHAIN, narrow)
 
 
-def for_tree(trace: Trace, index: int) -> go.Figure | None:
-    return drafter_figure(trace, index, TREE)
+def for_tree(trace: Trace, index: int, narrow: bool = False) -> go.Figure | None:
+    return drafter_figure(trace, index, TREE, narrow)
 
 
 # ----------------------------------------------------------------------------- words

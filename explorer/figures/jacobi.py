@@ -4,15 +4,30 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from engines.trace import Trace
-from explorer.figures.common import Chip, View, colour, count_axis, empty, figure, listing, quoted, show, token
+from explorer.figures.common import (
+    CHAR_PX,
+    FIGURE_WIDTH,
+    Chip,
+    View,
+    colour,
+    count_axis,
+    empty,
+    figure,
+    listing,
+    quoted,
+    show,
+    token,
+)
 
 ROWS_SHOWN = 24    # the trajectory shows at most this many iterations up to the cursor
 CELLS_SHOWN = 560  # and at most about this many cells, so a step's figure stays well under 100 KB
+CELL_FONT = 11     # px, the cell text
 
 # cell status -> (code, colour, label); the text style is the second cue besides colour
 CELLS = {
     "committed": (0, colour("accepted"), "committed (proven by the forward)"),
-    "unchanged": (1, colour("chosen"), "unchanged, not proven yet"),
+    # the chosen blue lightened: dark text read at 3.7:1 on the full blue
+    "unchanged": (1, "#66AAD1", "unchanged, not proven yet"),
     "changed": (2, colour("resampled"), "changed this iteration"),
     "new": (3, colour("not_reached"), "new guess past the block"),
 }
@@ -56,11 +71,15 @@ def shown(trace: Trace, index: int) -> list:
     return steps[::-1]
 
 
-def trajectory(trace: Trace, index: int) -> go.Figure:
+def trajectory(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """Each row is one Jacobi iteration; each cell the block's token at an output position after it."""
     if index < 0:
         return empty("Press Step: each iteration refines the whole block in one forward.")
     steps = shown(trace, index)
+    # each cell's text is cut to the characters its width holds, and left to the hover where two would not fit
+    columns = 1 + max(s.detail["block_start"] + len(s.detail["block_before_ids"]) for s in steps) - \
+        min(s.detail["block_start"] for s in steps)
+    fits = int((FIGURE_WIDTH[narrow] - 70) / columns / (CHAR_PX * CELL_FONT)) - 1
     xs, ys, zs, texts, hovers = [], [], [], [], []
     for s in steps:
         d = s.detail
@@ -69,12 +88,12 @@ def trajectory(trace: Trace, index: int) -> go.Figure:
             xs.append(pos)
             ys.append(s.index + 1)
             zs.append(CELLS[status][0])
-            texts.append(STYLE[status].format(short(token(trace, t))))
+            texts.append(STYLE[status].format(short(token(trace, t), min(7, fits))) if fits >= 2 else "")
             was = f"{quoted(trace, old)} \u2192 " if old is not None else "(past the block) "
             hovers.append(f"iteration {s.index + 1}, position {pos}<br>{was}{quoted(trace, t)}, p = {p:.3f}<br>"
                           f"{CELLS[status][2]}")
     data = [{"type": "heatmap", "x": xs, "y": ys, "z": zs, "text": texts, "texttemplate": "%{text}",
-             "textfont": {"size": 10, "color": "#111111"}, "hovertext": hovers, "hoverinfo": "text",
+             "textfont": {"size": CELL_FONT, "color": "#111111"}, "hovertext": hovers, "hoverinfo": "text",
              "colorscale": DISCRETE, "zmin": 0, "zmax": 3, "showscale": False, "xgap": 2, "ygap": 2,
              "showlegend": False}]
     data += [{"type": "scatter", "x": [None], "y": [None], "mode": "markers", "name": label,
@@ -88,10 +107,10 @@ def trajectory(trace: Trace, index: int) -> go.Figure:
         xaxis["dtick"] = 1
     yaxis = {**count_axis("iteration", len(steps)), "autorange": "reversed"}
     return figure(data, None, f"Jacobi trajectory up to iteration {index + 1}", height=max(300, 60 + 34 * len(steps)),
-                  xaxis=xaxis, yaxis=yaxis, shapes=[frame], legend_below=True)
+                  xaxis=xaxis, yaxis=yaxis, shapes=[frame], legend_below=True, width=FIGURE_WIDTH[narrow])
 
 
-def convergence(trace: Trace, index: int) -> go.Figure:
+def convergence(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """Tokens proven per iteration (at least one, Santilli et al.'s guarantee) and guesses still open."""
     steps = trace.steps[: index + 1]
     if not steps:
@@ -113,9 +132,10 @@ def convergence(trace: Trace, index: int) -> go.Figure:
          "hovertemplate": "greedy Jacobi always commits at least 1 token<extra></extra>"},
     ]
     total = sum(committed)
-    return figure(data, None, f"Settled per iteration: {total} tokens in {len(steps)} forwards "
-                              f"({total / len(steps):.2f} per forward)", height=300, barmode="stack",
-                  legend_below=True, xaxis=count_axis("iteration", x[-1]),
+    # the totals on a second line: one line ran under Plotly's toolbar and off a phone-width figure
+    return figure(data, None, f"Settled per iteration<br><sup>{total} tokens in {len(steps)} forwards, "
+                              f"{total / len(steps):.2f} per forward</sup>", height=300, barmode="stack",
+                  legend_below=True, margin={"t": 60}, xaxis=count_axis("iteration", x[-1]),
                   yaxis={"title": {"text": "positions"}, "rangemode": "tozero"})
 
 

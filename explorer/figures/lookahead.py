@@ -9,7 +9,21 @@ import plotly.graph_objects as go
 
 from engines.decoding.trees import ancestry
 from engines.trace import Step, Trace
-from explorer.figures.common import Chip, Grid, View, colour, empty, figure, grid, listing, quoted, show, symbol, token
+from explorer.figures.common import (
+    FIGURE_WIDTH,
+    Chip,
+    Grid,
+    View,
+    colour,
+    empty,
+    figure,
+    grid,
+    listing,
+    quoted,
+    show,
+    symbol,
+    token,
+)
 from explorer.figures.jacobi import discrete_scale
 
 HIDDEN = "rgba(128,128,128,0.12)"    # a masked cell of the attention mask
@@ -112,7 +126,7 @@ def quoted_ids(trace: Trace, ids) -> str:
     return '"' + ngram_text(trace, ids) + '"'
 
 
-def mask_panel(data: list[dict], g: Grid, trace: Trace, step: Step) -> None:
+def mask_panel(data: list[dict], g: Grid, trace: Trace, step: Step, at: tuple[int, int] = (1, 2)) -> None:
     """Which fed token sees which: the lookahead branch's columns and the verification chains, all under
     the input token; every row also sees the cached text."""
     d = step.detail
@@ -122,38 +136,47 @@ def mask_panel(data: list[dict], g: Grid, trace: Trace, step: Step) -> None:
     names = [f"{i}: {show(token(trace, t))} +{depth}" for i, (t, depth) in enumerate(zip(d["fed_ids"], depths))]
     z = [[code[kinds[r]] if seen else 0 for seen in row] for r, row in enumerate(attend)]
     scale = discrete_scale([HIDDEN, BRANCH["input"], BRANCH["lookahead"], BRANCH["verification"]])
-    data.append({"type": "heatmap", **g.cell(1, 2), "z": z, "x": names, "y": names, "zmin": 0, "zmax": 3,
+    data.append({"type": "heatmap", **g.cell(*at), "z": z, "x": names, "y": names, "zmin": 0, "zmax": 3,
                  "showscale": False, "xgap": 1, "ygap": 1, "colorscale": scale,
                  "hovertemplate": "query %{y}<br>key %{x}<extra></extra>"})
-    g.yaxis(1, 2).update(autorange="reversed", type="category", tickfont={"size": 8},
-                         showticklabels=len(names) <= 40)
-    g.xaxis(1, 2).update(type="category", tickfont={"size": 8}, tickangle=-60, showticklabels=len(names) <= 40)
+    g.yaxis(*at).update(autorange="reversed", type="category", tickfont={"size": 10},
+                        showticklabels=len(names) <= 30)
+    g.xaxis(*at).update(type="category", tickfont={"size": 10}, tickangle=-60, showticklabels=len(names) <= 30)
 
 
-def window_and_mask(trace: Trace, index: int) -> go.Figure:
+def window_and_mask(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     if index < 0:
         return empty("Press Step: one forward runs the lookahead and the verification branch together.")
     step = trace.steps[index]
     d = step.detail
-    g = grid(1, 2, col_widths=[0.58, 0.42], hspace=0.12,
-             titles=("window (lookahead branch) and pooled candidates (verification branch)",
-                     f"attention mask over the {len(d['fed_ids'])} tokens after the cache"))
+    rows = len(d["window"]) + 1 + len(d["candidates"])
+    window_px = 44 * rows + 60
+    # at phone width the mask goes under the window rather than beside it: side by side they overlapped
+    mask_at = (2, 1) if narrow else (1, 2)
+    titles = ("window (lookahead) and pooled candidates (verification)",
+              f"attention mask over the {len(d['fed_ids'])} tokens after the cache")
+    if narrow:
+        mask_px = 300
+        g = grid(2, 1, row_heights=[window_px, mask_px], vspace=170 / (window_px + mask_px + 170),
+                 titles=("window and pooled candidates", f"attention mask, {len(d['fed_ids'])} tokens"))
+    else:
+        g = grid(1, 2, col_widths=[0.58, 0.42], hspace=0.12, titles=titles)
     data: list[dict] = []
     window_panel(data, g, trace, step)
-    mask_panel(data, g, trace, step)
+    mask_panel(data, g, trace, step, mask_at)
     for kind, c in BRANCH.items():
-        data.append({"type": "scatter", **g.cell(1, 2), "x": [None], "y": [None], "mode": "markers",
+        data.append({"type": "scatter", **g.cell(*mask_at), "x": [None], "y": [None], "mode": "markers",
                      "name": f"mask: {kind} branch" if kind != "input" else "mask: input token",
                      "marker": {"symbol": "square", "size": 12, "color": c}, "hoverinfo": "skip"})
-    data.append({"type": "scatter", **g.cell(1, 2), "x": [None], "y": [None], "mode": "markers",
+    data.append({"type": "scatter", **g.cell(*mask_at), "x": [None], "y": [None], "mode": "markers",
                  "name": "mask: hidden (-inf)", "hoverinfo": "skip",
                  "marker": {"symbol": "square", "size": 12, "color": HIDDEN}})
-    rows = len(d["window"]) + 1 + len(d["candidates"])
     warm = " (warming up: the window is still filling)" if d["warming_up"] else ""
     return figure(data, g, f"Step {index + 1}: {len(d['window'])} level{'s' if len(d['window']) != 1 else ''} x "
                            f"{len(d['window'][0])} columns, {len(d['candidates'])} candidate"
                            f"{'s' if len(d['candidates']) != 1 else ''}{warm}",
-                  height=max(380, 44 * rows + 160))
+                  height=window_px + 470 if narrow else max(380, 44 * rows + 160), legend_below=True,
+                  width=FIGURE_WIDTH[narrow])
 
 
 def added_at(trace: Trace, index: int) -> dict[tuple, int]:
@@ -173,7 +196,7 @@ def translucent(hex_colour: str, alpha: float = 0.35) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def pool_table(trace: Trace, index: int) -> go.Figure:
+def pool_table(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """The pool after this step under the current first token and the most recently updated ones."""
     if index < 0:
         return empty("The n-gram pool fills once the window holds N - 1 levels.")

@@ -7,10 +7,13 @@ the schedule and the paper's formula. Everything is read from the recorded Steps
 """
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 
 from engines.trace import Trace
 from explorer.figures.common import (
+    FIGURE_WIDTH,
     TARGET_COLOUR,
     Chip,
     View,
@@ -18,6 +21,7 @@ from explorer.figures.common import (
     count_axis,
     empty,
     figure,
+    fit,
     grid,
     mask_token,
     quoted,
@@ -81,7 +85,7 @@ def hover(trace: Trace, r: dict, i: int, iteration: int, mask: int, candidates: 
     return text
 
 
-def unmasking(trace: Trace, index: int) -> go.Figure:
+def unmasking(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """The unmasking-order heatmap (recent iterations x positions) and the settled-iteration strip."""
     if index < 0 or not trace.steps:
         return empty("Press Step: one forward predicts every masked position at once.")
@@ -94,6 +98,10 @@ def unmasking(trace: Trace, index: int) -> go.Figure:
     x = list(range(length))
     g = grid(2, 1, row_heights=[0.76, 0.24], vspace=0.06)
     top = g.cell(1, 1)
+    # a cell's px (the plot less the colour bar); its token is cut to that and left to the hover where two
+    # characters would not fit, and position ticks keep 24 px apart
+    cell_px = (FIGURE_WIDTH[narrow] - 170) / length
+    tick_every = max(1, math.ceil(24 / cell_px))
     grey = [[1 if state(r, i, mask) in ("masked", "guessed, still masked") else None for i in x] for r in records]
     data = [{"type": "heatmap", **top, "x": x, "y": y, "z": grey, "colorscale": [[0, MASK_GREY], [1, MASK_GREY]],
              "showscale": False, "hoverinfo": "skip", "xgap": 1, "ygap": 1}]
@@ -102,7 +110,7 @@ def unmasking(trace: Trace, index: int) -> go.Figure:
     low = min([0.0] + [c for row in conf for c in row if c is not None])
     data.append({"type": "heatmap", **top, "x": x, "y": y, "z": conf, "zmin": low, "zmax": 1,
                  "colorscale": CONFIDENCE_SCALE, "xgap": 1, "ygap": 1,
-                 "text": [[cell_text(trace, r, i, mask) for i in x] for r in records],
+                 "text": [[fit(cell_text(trace, r, i, mask), cell_px - 2, 9) for i in x] for r in records],
                  "texttemplate": "%{text}", "textfont": {"size": 9, "color": CELL_TEXT},
                  "customdata": [[hover(trace, r, i, s, mask) for i in x] for s, r in zip(rows, records)],
                  "hovertemplate": "%{customdata}<extra></extra>", "name": "confidence",
@@ -116,7 +124,7 @@ def unmasking(trace: Trace, index: int) -> go.Figure:
                      "line": {"color": colour(status), "width": 2, "dash": dash}, "hoverinfo": "skip"})
     data.append({"type": "scatter", **top, "x": [None], "y": [None], "mode": "markers", "name": "masked",
                  "marker": {"symbol": "square", "color": MASK_GREY, "size": 12}, "hoverinfo": "skip"})
-    settled_strip(data, g.cell(2, 1), trace, records[-1], index, mask)
+    settled_strip(data, g.cell(2, 1), trace, records[-1], index, mask, cell_px)
     rows_used = 1 + cache_strip(data, g.cell(2, 1), trace, records[-1])
     # shared x: the top axis follows the bottom one and leaves the tick labels to it
     g.xaxis(1, 1).update(matches="x2", showticklabels=False)
@@ -127,10 +135,10 @@ def unmasking(trace: Trace, index: int) -> go.Figure:
         axis.update(range=[-0.5, length - 0.5])
     g.yaxis(2, 1).update(range=[rows_used - 0.5, -0.5], tickmode="array", tickvals=list(range(rows_used)),
                          ticktext=STRIP_ROWS[:rows_used])
-    g.xaxis(2, 1).update(title={"text": "position in the span"}, **({"dtick": 1} if length <= 40 else {}))
+    g.xaxis(2, 1).update(title={"text": "position in the span"}, tickmode="linear", tick0=0, dtick=tick_every)
     hidden = f" (last {shown} of {index + 1} iterations)" if shown < index + 1 else ""
     return figure(data, g, f"Iteration {index + 1}: unmasking order, colour = confidence{hidden}",
-                  height=min(720, max(380, 140 + 22 * shown)))
+                  height=min(720, max(380, 140 + 22 * shown)), width=FIGURE_WIDTH[narrow])
 
 
 OUTLINE_INSET = 0.44   # outlines run just inside a cell's edge: clear of its centred token, apart from the next
@@ -169,14 +177,16 @@ def unmasked_at(trace: Trace, index: int, best: int) -> list[int | None]:
 STRIP_ROWS = ["text now", "key-value cache"]
 
 
-def settled_strip(data: list[dict], axes: dict, trace: Trace, r: dict, index: int, mask: int) -> None:
+def settled_strip(data: list[dict], axes: dict, trace: Trace, r: dict, index: int, mask: int,
+                  cell_px: float = 1e9) -> None:
     """The text as it stands after this iteration, each token coloured by the iteration that unmasked it."""
     x = list(range(r["length"]))
     entered = unmasked_at(trace, index, trace.steps[index].detail["best"])
     settled = [None if r["tokens"][i] == mask else entered[i] for i in x]
     data.append({"type": "heatmap", **axes, "x": x, "y": [STRIP_ROWS.index("text now")], "z": [settled], "zmin": 1,
                  "zmax": max(index + 1, 2), "colorscale": SETTLED_SCALE, "xgap": 1,
-                 "text": [[show(token(trace, r["tokens"][i])) if s else "" for i, s in zip(x, settled)]],
+                 "text": [[fit(show(token(trace, r["tokens"][i])), cell_px - 2, 9) if s else ""
+                           for i, s in zip(x, settled)]],
                  "texttemplate": "%{text}", "textfont": {"size": 9, "color": CELL_TEXT},
                  "customdata": [[f"position {i}: {show(token(trace, r['tokens'][i]))}, unmasked at iteration {s}"
                                  + (f", predicted unchanged since iteration {r['settled'][i] + 1}"
@@ -192,8 +202,9 @@ def settled_strip(data: list[dict], axes: dict, trace: Trace, r: dict, index: in
 
 KV_LOOK = {"fresh": (0, "fed to this forward"), "cached": (1, "read from the cache, computed on this text"),
            "stale": (2, "read from the cache, computed when a token it sees was different")}
-KV_SCALE = [[0.0, "#F0F0F0"], [0.33, "#F0F0F0"], [0.34, "#56B4E9"], [0.66, "#56B4E9"], [0.67, "#D55E00"],
-            [1.0, "#D55E00"]]
+KV_COLOURS = {"fresh": "#F0F0F0", "cached": "#56B4E9", "stale": "#D55E00"}
+KV_SCALE = [[0.0, KV_COLOURS["fresh"]], [0.33, KV_COLOURS["fresh"]], [0.34, KV_COLOURS["cached"]],
+            [0.66, KV_COLOURS["cached"]], [0.67, KV_COLOURS["stale"]], [1.0, KV_COLOURS["stale"]]]
 
 
 def cache_strip(data: list[dict], axes: dict, trace: Trace, r: dict) -> bool:
@@ -212,10 +223,16 @@ def cache_strip(data: list[dict], axes: dict, trace: Trace, r: dict) -> bool:
                  "customdata": [[f"position {i}: {KV_LOOK[k][1]}, computed at iteration {c + 1}"
                                  for i, (k, c) in enumerate(zip(span_states, r["kv_computed"][len(states) - r["length"]:]))]],
                  "hovertemplate": "%{customdata}<extra></extra>"})
+    # the row's letters named in the legend: "F" in every cell meant nothing without it
+    for code, (value, meaning) in KV_LOOK.items():
+        if code in span_states:
+            data.append({"type": "scatter", **axes, "x": [None], "y": [None], "mode": "markers",
+                         "name": f"cache {code[0].upper()}: {meaning}", "hoverinfo": "skip",
+                         "marker": {"symbol": "square", "size": 12, "color": KV_COLOURS[code]}})
     return True
 
 
-def confidence_and_schedule(trace: Trace, index: int) -> go.Figure:
+def confidence_and_schedule(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """This iteration's confidence per position; masks left per iteration against the schedule."""
     if index < 0 or not trace.steps:
         return empty("The schedule appears after the first iteration.")

@@ -21,13 +21,16 @@ from engines.trace import Step, Trace
 from explorer.figures import heads, theory
 from explorer.figures.common import (
     DRAFT_COLOUR,
+    FIGURE_WIDTH,
     TARGET_COLOUR,
+    TEXT_COLOUR,
     Chip,
     Grid,
     View,
     colour,
     empty,
     figure,
+    fit,
     grid,
     listing,
     quoted,
@@ -37,6 +40,9 @@ from explorer.figures.common import (
 )
 
 BARS = 5          # tokens shown per position
+# a verdict in one sign, where a panel is too narrow for its words (the hover has them)
+SHORT = {"accepted": "=", "rejected": "\u2260", "not_reached": "\u2013", "bonus": "\u2605"}
+PER_ROW = {False: 9, True: 3}   # positions side by side, on a wide page and at phone width
 COIN = "#666666"
 
 
@@ -55,6 +61,12 @@ def plural(n: int, word: str) -> str:
 
 def label(trace: Trace, token_id: int) -> str:
     return show(token(trace, token_id))
+
+
+def tick(text: str, width: int = 8) -> str:
+    """A bar's label cut to `width` characters (the hover has it whole), so turned labels stay under their
+    own panel."""
+    return text if len(text) <= width else text[:width - 1] + "\u2026"
 
 
 # ----------------------------------------------------------------------------- what a position shows
@@ -109,7 +121,7 @@ def decision(trace: Trace, pos: dict) -> str:
 
 # ----------------------------------------------------------------------------- main figure
 
-def draft_check(trace: Trace, index: int) -> go.Figure:
+def draft_check(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """One column per drafted position (and one for the bonus position): p and q as bars, and below
     them the coin: the acceptance region [0, min(1, p/q)] with the uniform u drawn against it."""
     if index < 0:
@@ -120,40 +132,64 @@ def draft_check(trace: Trace, index: int) -> go.Figure:
     if not positions:
         return plain_forward(trace, index)
     raw = is_greedy(trace)
-    cols = len(positions) + 1
-    titles = [f"{i + 1}: {label(trace, pos['token'])}" for i, pos in enumerate(positions)]
-    titles.append(f"{cols}: bonus" if d["next_kind"] == "bonus" else f"{cols}: after the draft")
-    g = grid(2, cols, row_heights=[0.74, 0.26], vspace=0.2, hspace=min(0.04, 0.4 / cols), titles=titles)
+    columns = len(positions) + 1
+    # the positions wrap, PER_ROW[narrow] to a row of panels, rather than shrink to unreadable columns
+    per_row = min(columns, PER_ROW[narrow])
+    blocks = -(-columns // per_row)
+    hspace = min(0.04 if not narrow else 0.08, 0.4 / per_row)
+    # px of a panel's width for its title and words: the plot area less the gaps, a few px to spare
+    room = (FIGURE_WIDTH[narrow] - 70) * (1 - hspace * (per_row - 1)) / per_row - 10
+    titles = [fit(f"{i + 1}: {label(trace, pos['token'])}", room, 14) or f"{i + 1}" for i, pos in enumerate(positions)]
+    titles.append(fit(f"{columns}: bonus" if d["next_kind"] == "bonus" else f"{columns}: after the draft", room, 14)
+                  or f"{columns}")
+    titles += [""] * (blocks * per_row - columns)
+    # each block of positions is a row of bars over a row of coins; only bar rows carry titles
+    grid_titles = [t for b in range(blocks) for t in (*titles[b * per_row:(b + 1) * per_row], *[""] * per_row)]
+    g = grid(2 * blocks, per_row, row_heights=[0.7, 0.3] * blocks, vspace=0.2 / blocks, hspace=hspace,
+             titles=grid_titles)
+
+    def cell(i: int, coin_row: bool) -> tuple[int, int]:
+        return 2 * (i // per_row) + 1 + coin_row, i % per_row + 1
+
     data, notes = [], []
     for i, pos in enumerate(positions):
         b = position_bars(trace, pos)
         names = [label(trace, t) for t in b.ids]
+        g.xaxis(*cell(i, False)).update(tickvals=names, ticktext=[tick(n) for n in names])
         first = i == 0
-        data.append({"type": "bar", **g.cell(1, i + 1), "x": names, "y": b.p, "legendgroup": "p",
+        reached = pos["status"] != "not_reached"   # a position after the first rejection was never examined
+        data.append({"type": "bar", **g.cell(*cell(i, False)), "x": names, "y": b.p, "legendgroup": "p",
                      "name": "p, target" + (" (temperature 1)" if raw else ""), "showlegend": first,
+                     "opacity": 1.0 if reached else 0.4,
                      "marker": {"color": TARGET_COLOUR, "line": {
                          "color": [colour(pos["status"])] + ["rgba(0,0,0,0)"] * (len(b.ids) - 1), "width": 3}},
                      "hovertext": bar_hover(trace, b.ids, b.p, "p"), "hoverinfo": "text"})
-        data.append({"type": "bar", **g.cell(1, i + 1), "x": names, "y": b.q, "legendgroup": "q",
+        data.append({"type": "bar", **g.cell(*cell(i, False)), "x": names, "y": b.q, "legendgroup": "q",
                      "name": q_name(trace, d, pos), "showlegend": first,
-                     "marker": {"color": DRAFT_COLOUR},
+                     "opacity": 1.0 if reached else 0.4, "marker": {"color": DRAFT_COLOUR},
                      "hovertext": bar_hover(trace, b.ids, b.q, "q"), "hoverinfo": "text"})
-        coin(data, notes, g.cell(2, i + 1), trace, pos, first)
-    after(data, notes, g, trace, step, cols)
-    for col, (x, y) in enumerate(zip(g.xaxes(1), g.yaxes(1))):
-        x.update(tickangle=-40, tickfont={"size": 10})
-        y.update(rangemode="tozero", **({"matches": "y"} if col else {}))   # one scale, so positions compare
-    for col, (x, y) in enumerate(zip(g.xaxes(2), g.yaxes(2))):
-        # greedy draws no coin: the u axis would only frame the words. Every coin shares one u scale, labelled
-        # under the first only: labels under each ran together ("0 0.5 10 0.5 1") on a phone-width screen
-        x.update(range=[0, 1.02], tickvals=[0, 0.5, 1], showticklabels=col == 0, visible=not raw)
-        y.update(visible=False)
-    g.xaxis(2, cols)["visible"] = False     # the column after the draft never has a coin
+        coin(data, notes, g.cell(*cell(i, True)), g.centre(*cell(i, True)), room, trace, pos, first)
+    after(data, notes, g, trace, step, cell(columns - 1, False), cell(columns - 1, True), room)
+    for row in range(1, 2 * blocks + 1, 2):
+        for col, (x, y) in enumerate(zip(g.xaxes(row), g.yaxes(row))):
+            # no automargin: Plotly widened the left margin for turned labels until the plots were 64 px wide
+            x.update(tickangle=-40, tickfont={"size": 10}, automargin=False)
+            y.update(rangemode="tozero", **({"matches": "y"} if col or row > 1 else {}))   # one scale: they compare
+        for col, (x, y) in enumerate(zip(g.xaxes(row + 1), g.yaxes(row + 1))):
+            # greedy draws no coin: the u axis would only frame the words. Every coin shares one u scale,
+            # labelled under the first only: labels under each ran together ("0 0.5 10 0.5 1") on a phone
+            x.update(range=[0, 1.02], tickvals=[0, 0.5, 1], showticklabels=col == 0 and row == 1, visible=not raw)
+            y.update(visible=False)
+    g.xaxis(*cell(columns - 1, True))["visible"] = False     # the column after the draft never has a coin
+    for i in range(columns, blocks * per_row):                # the empty panels of the last block
+        for coin_row in (False, True):
+            g.xaxis(*cell(i, coin_row))["visible"] = False
+            g.yaxis(*cell(i, coin_row))["visible"] = False
     g.yaxis(1, 1)["title"] = {"text": "probability"}
     what = "greedy: kept while it is the target's argmax" if raw else "kept while u <= min(1, p/q)"
-    return figure(data, g, f"Step {index + 1}: {len(positions)} drafted by the {d['drafter']} drafter, "
-                           f"{d['accepted']} kept ({what})", height=430, barmode="group", bargap=0.25,
-                  annotations=notes)
+    title = f"Step {index + 1}: {len(positions)} drafted by the {d['drafter']} drafter, {d['accepted']} kept ({what})"
+    return figure(data, g, title, height=170 + 260 * blocks, barmode="group",
+                  bargap=0.25, annotations=notes, width=FIGURE_WIDTH[narrow])
 
 
 def nothing_drafted(d: dict) -> bool:
@@ -208,7 +244,8 @@ def unmeasured(trace: Trace) -> str:
     return "it was recorded before runs measured c and T(n)"
 
 
-def coin(data: list[dict], notes: list[dict], axes: dict, trace: Trace, pos: dict, first: bool) -> None:
+def coin(data: list[dict], notes: list[dict], axes: dict, centre: tuple[float, float], room: float, trace: Trace,
+         pos: dict, first: bool) -> None:
     """A drafted position's coin row: u against min(1, p/q), or, where no draw decided, a word."""
     status = pos["status"]
     if pos.get("threshold") is not None and status != "not_reached" and not is_greedy(trace):
@@ -218,9 +255,11 @@ def coin(data: list[dict], notes: list[dict], axes: dict, trace: Trace, pos: dic
         # a word, not a marker: no draw decided here, so a point on the u axis would mean nothing
         hover = (f"not reached: an earlier draft was rejected (its unused draw: {decision(trace, pos)})"
                  if status == "not_reached" and pos["u"] is not None else f"{status}: {decision(trace, pos)}")
-        notes.append(cell_note(axes, ("= argmax" if status == "accepted" else "not reached"
-                                      if status == "not_reached" else f"argmax: {label(trace, pos['target_token'])}"),
-                               status, hover))
+        word = ("= argmax" if status == "accepted" else "not reached" if status == "not_reached"
+                else f"argmax: {label(trace, pos['target_token'])}")
+        # the whole phrase or its sign; only the argmax's token may be cut
+        shown_word = fit(word, room) if status == "rejected" else word if fit(word, room) == word else ""
+        notes.append(cell_note(centre, shown_word or SHORT[status], status, hover))
         return
     data.append({"type": "bar", **axes, "x": [pos["ratio"]], "y": ["coin"], "orientation": "h",
                  "marker": {"color": colour(status)}, "opacity": 0.35, "name": "min(1, p/q): accept region",
@@ -247,7 +286,8 @@ def typical_coin(data: list[dict], axes: dict, trace: Trace, pos: dict, first: b
                  "hovertext": f"{status}: {decision(trace, pos)}", "hoverinfo": "text"})
 
 
-def after(data: list[dict], notes: list[dict], g: Grid, trace: Trace, step: Step, col: int) -> None:
+def after(data: list[dict], notes: list[dict], g: Grid, trace: Trace, step: Step, bars: tuple[int, int],
+          fate_cell: tuple[int, int], room: float) -> None:
     """The last column: p after the whole draft (the bonus distribution); the coin row says its fate."""
     d = step.detail
     raw = is_greedy(trace)
@@ -255,21 +295,29 @@ def after(data: list[dict], notes: list[dict], g: Grid, trace: Trace, step: Step
     top = with_next(d["bonus_p_raw_top"] if raw else d["bonus_p_top"], d, raw) if used else \
         (d["bonus_p_raw_top"] if raw else d["bonus_p_top"])
     ids = [t for t, _ in top]
-    data.append({"type": "bar", **g.cell(1, col), "x": [label(trace, t) for t in ids], "y": [v for _, v in top],
-                 "name": "p after the draft", "showlegend": False, "opacity": 1.0 if used else 0.35,
+    g.xaxis(*bars).update(tickvals=[label(trace, t) for t in ids], ticktext=[tick(label(trace, t)) for t in ids])
+    # unused, the bars are lighter, but not so light they vanish on a dark page
+    data.append({"type": "bar", **g.cell(*bars), "x": [label(trace, t) for t in ids], "y": [v for _, v in top],
+                 "name": "p after the draft", "showlegend": False, "opacity": 1.0 if used else 0.6,
                  "marker": {"color": TARGET_COLOUR, "line": {
                      "color": [colour("bonus") if used and t == d["next_token"] else "rgba(0,0,0,0)" for t in ids],
                      "width": 3}},
                  "hovertext": bar_hover(trace, ids, [v for _, v in top], "p"), "hoverinfo": "text"})
     fate = (f"\u2605 bonus: {label(trace, d['next_token'])}" if used else
             "ended at end-of-text" if d["next_token"] is None else "not reached")
-    notes.append(cell_note(g.cell(2, col), fate, "bonus" if used else "not_reached", fate))
+    status = "bonus" if used else "not_reached"
+    notes.append(cell_note(g.centre(*fate_cell), fit(fate, room) if used else fate if fit(fate, room) == fate
+                           else SHORT[status], status, fate))
 
 
-def cell_note(axes: dict, text: str, status: str, hover: str) -> dict:
-    """A word in the middle of a cell, in its status's colour, with hover text: where no coin was drawn."""
-    return {"text": text, "x": 0.5, "y": 0.5, "xref": f"{axes['xaxis']} domain", "yref": f"{axes['yaxis']} domain",
-            "showarrow": False, "font": {"color": colour(status)}, "hovertext": hover}
+def cell_note(centre: tuple[float, float], text: str, status: str, hover: str) -> dict:
+    """A word in the middle of a cell, with hover text: where no coin was drawn. Placed on the page, not by the
+    cell's axis domain: Plotly drew domain-placed words of hidden axes all in the first cell, on top of each
+    other. The text is the theme's grey (the status colours read under 4.5:1 on white); a box in the status's
+    colour frames it, dotted where the position was never reached."""
+    return {"text": text, "x": centre[0], "y": centre[1], "xref": "paper", "yref": "paper",
+            "showarrow": False, "font": {"color": TEXT_COLOUR}, "hovertext": hover, "bordercolor": colour(status),
+            "borderwidth": 1, "borderpad": 2}
 
 
 # ----------------------------------------------------------------------------- side figure
@@ -299,7 +347,7 @@ def running(trace: Trace, index: int) -> Running:
     return out
 
 
-def next_token_and_stats(trace: Trace, index: int) -> go.Figure:
+def next_token_and_stats(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """Top: the distribution the step's last token was drawn from. Bottom: alpha, measured tokens per
     target forward and the expected value (1 - alpha^(k+1)) / (1 - alpha), step by step."""
     if index < 0:
@@ -348,10 +396,10 @@ def theory_panels(data: list[dict], notes: list[dict], g: Grid, trace: Trace, in
     g.yaxis(3, 1)["title"] = {"text": "tokens / iteration"}
     g.yaxis(4, 1)["title"] = {"text": "speedup"}
     if cal is None or c is None:
-        notes.append(cell_note(g.cell(4, 1), "cost not measured in this trace", "not_reached",
+        notes.append(cell_note(g.centre(4, 1), "cost not measured in this trace", "not_reached",
                                f"no calibration: {unmeasured(trace)}"))
     if alpha is None:
-        notes.append(cell_note(g.cell(3, 1), "no draft examined yet: no α", "not_reached",
+        notes.append(cell_note(g.centre(3, 1), "no draft examined yet: no α", "not_reached",
                                "the curves need the acceptance rate α, accepted / examined drafts"))
         return
     ns, costs = (cal.verify_n, cal.verify_cost) if cal is not None else ([], [])
@@ -435,6 +483,8 @@ def next_bars(data: list[dict], notes: list[dict], axes: dict, trace: Trace, d: 
     if rejected and not raw:
         p, q = dict(rejected["p_top"]), dict(rejected["q_top"])
         for who, vals, c in (("p", p, TARGET_COLOUR), ("q", q, DRAFT_COLOUR)):
+            if not any(t in vals for t in ids):    # none of these tokens in its recorded top-k: nothing to draw
+                continue
             data.append({"type": "bar", **axes, "x": names, "y": [vals.get(t) for t in ids],
                          "name": f"{who} at position {n + 1}", "marker": {"color": c}, "opacity": 0.45,
                          "hovertext": bar_hover(trace, ids, [vals.get(t) for t in ids], who), "hoverinfo": "text"})

@@ -15,6 +15,7 @@ from engines.decoding import trees
 from engines.trace import Step, Trace
 from explorer.figures import heads, theory
 from explorer.figures.common import (
+    FIGURE_WIDTH,
     GRID_COLOUR,
     TARGET_COLOUR,
     TEXT_COLOUR,
@@ -24,6 +25,7 @@ from explorer.figures.common import (
     colour,
     empty,
     figure,
+    fit,
     grid,
     listing,
     quoted,
@@ -80,7 +82,7 @@ def node_hover(trace: Trace, step: Step, n: dict) -> str:
     return "<br>".join(lines)
 
 
-def draft_tree(trace: Trace, index: int) -> go.Figure:
+def draft_tree(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """The step's draft tree: accepted path highlighted, other branches dimmed, p and q on hover."""
     if index < 0:
         return empty("Press Step: the draft grows a tree and the target verifies it in one forward.")
@@ -117,6 +119,8 @@ def draft_tree(trace: Trace, index: int) -> go.Figure:
                       if d.get("heads") and d["heads"]["target_in_vocab"] == [False] else ""))
     groups.append((d["final_kind"], [FINAL], [final_hover]))
     leaves = sum(1 for m in g if g.out_degree(m) == 0)
+    depth = max((n["depth"] for n in nodes), default=0)
+    room = (FIGURE_WIDTH[narrow] - 70) / (depth + 2) - 8    # px between two depths, for a node's label
     crowded = leaves > CROWDED      # then unreached nodes lose their text labels (hover keeps them)
     for status, members, hover in groups:
         if not members:
@@ -125,20 +129,20 @@ def draft_tree(trace: Trace, index: int) -> go.Figure:
         data.append({
             "type": "scatter", "x": [pos[m][0] for m in members], "y": [pos[m][1] for m in members],
             "mode": "markers" if status == "not_reached" and crowded else "markers+text",
-            "text": [node_label(trace, token_of(step, m)) for m in members], "textposition": "top center",
+            "text": [node_label(trace, token_of(step, m), room) for m in members], "textposition": "top center",
+            "cliponaxis": False,    # a label over the top row's node may rise past the plot area
             "hovertext": hover, "hoverinfo": "text", "name": legend_name(status),
             # dim the marks of branches that lost, but keep their tokens readable
             "textfont": {"color": TEXT_COLOUR},
             "marker": {"color": colour(status), "symbol": symbol(status), "size": 13, "opacity": DIM if dimmed else 1.0,
                        "line": {"width": 1, "color": colour(status)}}})
-    depth = max((n["depth"] for n in nodes), default=0)
     title = (f"Step {index + 1}: draft tree of {len(nodes)} node{'s' if len(nodes) != 1 else ''}, "
              f"{len(d['accepted_path'])} accepted + 1 from the target" if nodes else
              f"Step {index + 1}: no draft tree ({no_tree(trace, index)[1]}); a plain target forward, 1 token")
     return figure(data, None, title, height=max(320, min(1100, (20 if crowded else 34) * leaves + 120)),
                   xaxis={"title": {"text": "depth (position = root position + depth)"},
                          "tickmode": "linear", "dtick": 1, "range": [-0.4, depth + 1.6]},
-                  yaxis={"visible": False, "autorange": "reversed"})
+                  yaxis={"visible": False, "autorange": "reversed"}, legend_below=True, width=FIGURE_WIDTH[narrow])
 
 
 def token_of(step: Step, node) -> int:
@@ -162,11 +166,12 @@ def shown(trace: Trace, token_id: int) -> str:
     return html.escape(show(token(trace, token_id)), quote=False)
 
 
-def node_label(trace: Trace, token_id: int) -> str:
+def node_label(trace: Trace, token_id: int, room: float = 1e9) -> str:
     """A node's label: its token, bold and in quotes when it has no letter or digit, since a lone comma or
-    full stop is a speck beside a marker."""
-    text = shown(trace, token_id)
-    return text if any(ch.isalnum() for ch in token(trace, token_id)) else f"<b>\u201c{text}\u201d</b>"
+    full stop is a speck beside a marker; cut to `room` px (the hover has it whole)."""
+    if any(ch.isalnum() for ch in token(trace, token_id)):
+        return html.escape(fit(show(token(trace, token_id)), room), quote=False)
+    return f"<b>\u201c{shown(trace, token_id)}\u201d</b>"
 
 
 def legend_name(status: str) -> str:
@@ -175,7 +180,7 @@ def legend_name(status: str) -> str:
             "resampled": "resampled / corrected"}[status]
 
 
-def attention_mask(trace: Trace, index: int) -> go.Figure:
+def attention_mask(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     """The tree attention mask of the target forward: row = a node, column = what it may see."""
     if index < 0:
         return empty("The tree attention mask appears after the first step.")
@@ -216,7 +221,7 @@ def attention_mask(trace: Trace, index: int) -> go.Figure:
 # ----------------------------------------------------------------------------- the cost model
 
 COST_PX, COST_GAP = 300, 110   # the cost panel's height, and the room above it for its title and the mask's
-COST_TITLE = "tokens per step against its cost T(n) + drafting, in forwards of one token"
+COST_TITLE = "tokens per step against its cost<br>T(n) + drafting, in forwards of one token"   # two lines: a phone
 
 
 def cost_panel(data: list[dict], notes: list[dict], g: Grid, trace: Trace, index: int) -> None:
@@ -240,13 +245,13 @@ def cost_panel(data: list[dict], notes: list[dict], g: Grid, trace: Trace, index
                  "marker": {"color": colour("bonus"), "symbol": symbol("bonus"), "size": 15,
                             "line": {"color": "#333333", "width": 1}}, **cell})
     top = max([*fed, 2])
-    g.xaxis(2, 1).update(title={"text": "n, tokens the verify forward read (pending + tree nodes)"},
+    g.xaxis(2, 1).update(title={"text": "n: tokens read (pending + tree nodes)"},
                          rangemode="tozero")
     g.yaxis(2, 1).update(title={"text": "tokens / forwards"}, rangemode="tozero")
     if cal is None:
         notes.append({"text": "cost not measured in this trace", "x": 0.5, "y": 0.9, "showarrow": False,
                       "xref": f"{cell['xaxis']} domain", "yref": f"{cell['yaxis']} domain",
-                      "font": {"color": colour("not_reached")}})
+                      "font": {"color": TEXT_COLOUR}})    # the theme's grey: the status grey read 1.9:1
         return
     ns = list(range(1, top + 1))
     data.append({"type": "scatter", "mode": "lines", "name": "T(n): verifying n tokens", "x": ns,
