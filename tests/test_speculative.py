@@ -417,7 +417,7 @@ def test_the_coin_row_draws_u_against_min_1_p_over_q_where_the_target_looked(tra
 
 
 def test_running_stats_match_the_formula():
-    from explorer.figures.speculative import expected_tokens
+    from engines.analysis.theory import expected_tokens
     assert expected_tokens(0.0, 4) == 1.0
     assert expected_tokens(1.0, 4) == 5.0
     assert expected_tokens(0.5, 3) == pytest.approx((1 - 0.5 ** 4) / 0.5)
