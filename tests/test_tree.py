@@ -338,3 +338,40 @@ def test_cli_runs_the_tree_method_with_its_flags(tiny_target, capsys):
 def test_bad_settings_are_refused_in_one_sentence(settings, says):
     with pytest.raises(ValueError, match=says):
         TreeConfig(**settings)
+
+
+def test_eagle2_records_the_candidates_its_budget_dropped(tiny_target, tiny_draft):
+    """The tree choice can be audited from the trace alone: every dropped candidate with its token, its place and
+    its confidence, none more confident than a kept node (EAGLE-2 keeps the `budget` most confident)."""
+    trace = Run("tree", "Once upon a time", {"max_new_tokens": 8, "tree": "dynamic", "tree_budget": 4,
+                                              "tree_depth": 3, "tree_topk": 3},
+                target=tiny_target.source, draft=tiny_draft.source).run()
+    for s in trace.steps:
+        d = s.detail
+        dropped, kept = d["dropped_nodes"], d["nodes"]
+        assert len(dropped) == d["dropped"]
+        if not dropped:
+            continue
+        kept_paths = {tuple(trees_path(kept, n["id"])): n["id"] for n in kept}
+        for c in dropped:
+            assert tuple(c["path"]) not in kept_paths
+            parent = kept_paths.get(tuple(c["path"][:-1]), None) if len(c["path"]) > 1 else -1
+            assert c["parent"] == parent
+        assert max(c["score"] for c in dropped) <= min(node_score(kept, n["id"]) for n in kept) + 1e-6
+
+
+def trees_path(nodes, i):
+    path = []
+    while i >= 0:
+        path.append(nodes[i]["rank"])
+        i = nodes[i]["parent"]
+    return path[::-1]
+
+
+def node_score(nodes, i):
+    import math
+    total = 0.0
+    while i >= 0:
+        total += math.log(max(nodes[i]["q"], 1e-30))
+        i = nodes[i]["parent"]
+    return total

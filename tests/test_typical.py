@@ -98,3 +98,23 @@ def test_views_say_typical_is_lossy_and_show_the_threshold(tiny_target, tiny_dra
     assert "ypical" in text and "residual" not in text.replace("no residual", "")
     if method == "speculative":
         assert "lossy" in text and "threshold" in str(view.main(trace, 0).to_plotly_json())
+
+
+def test_of_paths_accepted_to_one_depth_the_likeliest_under_p_is_kept():
+    """Medusa's evaluate_posterior: among candidates accepted to the longest length, the highest sum of log p.
+    Two depth-2 paths pass here; the one later in breadth-first order is far likelier, so keeping the first (the
+    rule before) would commit the wrong continuation."""
+    from engines.decoding.sampling import Sampling
+    from engines.decoding.verify_tree import verify_typical
+    parent_of, tokens = [-1, -1, 0, 1], [0, 1, 2, 3]
+    p = torch.tensor([[0.45, 0.45, 0.05, 0.05],    # the root: both children pass
+                      [0.05, 0.05, 0.20, 0.70],    # after node 0: its child (token 2) passes at 0.20
+                      [0.03, 0.03, 0.04, 0.90],    # after node 1: its child (token 3) passes at 0.90
+                      [0.25, 0.25, 0.25, 0.25],
+                      [0.25, 0.25, 0.25, 0.25]])
+    out = verify_typical(parent_of, tokens, p, (0.1, 0.1), Sampling(temperature=1.0), torch.Generator().manual_seed(0))
+    assert out.path == [1, 3]
+    # the same two paths with their likelihoods swapped: now the first in order is the likelier, and wins
+    swapped = verify_typical(parent_of, [0, 1, 3, 2], torch.stack([p[0], p[2], p[1], p[3], p[4]]), (0.1, 0.1),
+                             Sampling(temperature=1.0), torch.Generator().manual_seed(0))
+    assert swapped.path == [0, 2]

@@ -88,6 +88,14 @@ class TreeNodeRecord(TypedDict):
     entropy: NotRequired[float]     # typical acceptance: H(p) at its parent, in nats
 
 
+class DroppedNode(TypedDict):
+    """A drafted candidate the budget left out of the tree the target verified."""
+    token: int                 # the token it proposed
+    path: list[int]            # its rank path from the root (rank among its parent's draft choices, per level)
+    parent: int | None         # the kept node it would hang from (-1: the root); null when its parent was dropped
+    score: float               # its cumulative draft log-probability, EAGLE-2's confidence, that ranked it out
+
+
 class TreeDetail(TypedDict):
     """A tree step: the draft tree, the one target forward over it (mask, positions), and the accepted path."""
     tree: str                               # dynamic (EAGLE-2) or the name of a fixed shape (engines/decoding/trees.py)
@@ -96,6 +104,7 @@ class TreeDetail(TypedDict):
     pending_ids: list[int]                  # tokens the forward fed before the nodes (not yet in the target's cache)
     nodes: list[TreeNodeRecord]             # every node kept, breadth-first
     dropped: int                            # drafted nodes the budget left out
+    dropped_nodes: NotRequired[list[DroppedNode]]   # those nodes, most confident first (EAGLE-2's rerank, auditable)
     mask: list[list[int]]                   # the tree attention mask over [root, nodes]: 1 where a row sees a column
     positions: list[int]                    # position ids of [root, nodes]: the root's position plus depth
     accepted_path: list[int]                # node ids accepted, root to leaf
@@ -154,7 +163,8 @@ def tree(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: TreeConfi
         resampled = bool(trees.children(parent_of)[stop])   # the stop node had children and all were rejected
         detail = TreeDetail(
             tree=cfg.tree, acceptance=cfg.acceptance, root_token=committed[-1], pending_ids=list(pending),
-            nodes=node_records(nodes, outcome, p, p_raw, typical), dropped=dropped,
+            nodes=node_records(nodes, outcome, p, p_raw, typical), dropped=len(dropped),
+            dropped_nodes=dropped_records(nodes, dropped),
             mask=trees.behind(1, trees.attend(paths)).int().tolist(),
             positions=[len(committed) - 1] + trees.positions(paths, len(committed) - 1),
             accepted_path=list(outcome.path), accepted_length=min(len(outcome.path), len(new)),
@@ -209,3 +219,10 @@ def node_records(nodes: list[Node], outcome: Outcome, p: torch.Tensor, p_raw: to
             row["entropy"] = round(entropies[parent_of[i] + 1], 6)
         rows.append(row)
     return rows
+
+
+def dropped_records(nodes: list[Node], dropped: list[Node]) -> list[DroppedNode]:
+    """The candidates the budget left out, each with the kept node it would hang from."""
+    kept = {n.path: i for i, n in enumerate(nodes)}
+    return [DroppedNode(token=n.token, path=list(n.path), score=round(n.logq, 6),
+                        parent=ROOT if len(n.path) == 1 else kept.get(n.path[:-1])) for n in dropped]

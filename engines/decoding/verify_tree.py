@@ -105,18 +105,23 @@ def verify_greedy(parent_of: Sequence[int], tokens: Sequence[int], p: torch.Tens
 def verify_typical(parent_of: Sequence[int], tokens: Sequence[int], p: torch.Tensor, typical: tuple[float, float],
                    s: Sampling, rng: torch.Generator) -> Outcome:
     """Medusa-2's typical acceptance over a tree (lossy): a node passes when p(x) at its parent exceeds
-    min(epsilon, delta * exp(-H(p))); the deepest node whose whole path passes wins (the first in breadth-first
-    order on a tie), and the target's next token is chosen from p at it, not from a residual. Under greedy p is
-    one-hot, only the argmax passes, and this is greedy verification."""
+    min(epsilon, delta * exp(-H(p))); the deepest node whose whole path passes wins, and of paths accepted to the
+    same depth the one the target finds likeliest (the highest sum of log p along it, as Medusa's
+    evaluate_posterior picks; the first in breadth-first order on an exact tie). The target's next token is
+    chosen from p at it, not from a residual. Under greedy p is one-hot, only the argmax passes, and this is
+    greedy verification."""
     n = len(tokens)
     rows = torch.tensor([parent + 1 for parent in parent_of], dtype=torch.long, device=p.device)
-    passes = typical_accept(p[rows], torch.tensor(list(tokens), dtype=torch.long, device=p.device), *typical).tolist()
-    ok, depth = [False] * n, [0] * n
+    x = torch.tensor(list(tokens), dtype=torch.long, device=p.device)
+    passes = typical_accept(p[rows], x, *typical).tolist()
+    logp = p[rows, x].clamp_min(1e-30).log().tolist() if n else []
+    ok, depth, path_logp = [False] * n, [0] * n, [0.0] * n
     for i in range(n):   # breadth-first: a parent is settled before its children
         parent = parent_of[i]
         ok[i] = passes[i] and (parent == ROOT or ok[parent])
         depth[i] = 1 + (depth[parent] if parent != ROOT else 0)
-    best = max((i for i in range(n) if ok[i]), key=lambda i: (depth[i], -i), default=ROOT)
+        path_logp[i] = logp[i] + (path_logp[parent] if parent != ROOT else 0.0)
+    best = max((i for i in range(n) if ok[i]), key=lambda i: (depth[i], path_logp[i], -i), default=ROOT)
     path, node = [], best
     while node != ROOT:
         path.append(node)

@@ -74,7 +74,8 @@ class Drafter:
                     stop_ids: frozenset[int]) -> Draft:
         raise ValueError(f"The {self.name} drafter drafts trees only; use it with tree decoding.")
 
-    def draft_tree(self, committed: Sequence[int], cfg: TreeSettings, depth: int) -> tuple[list[Node], int]:
+    def draft_tree(self, committed: Sequence[int], cfg: TreeSettings, depth: int) -> tuple[list[Node], list[Node]]:
+        """The tree to verify (breadth-first) and the drafted candidates left out of it."""
         raise ValueError(f"The {self.name} drafter drafts chains only; use it with speculative decoding.")
 
     def after_chain(self, kept: int, features: torch.Tensor | None, start: int, text: Sequence[int]) -> None:

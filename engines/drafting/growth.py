@@ -62,14 +62,17 @@ def most_confident(nodes: list[Node], budget: int) -> list[Node]:
     return sorted(nodes, key=lambda n: (-n.logq, len(n.path)))[:budget]
 
 
-def grow(drafting: LevelSource, committed: Sequence[int], cfg: TreeSettings, depth: int) -> tuple[list[Node], int]:
-    """The iteration's draft tree in breadth-first order (at most `depth` deep), and how many drafted
-    candidates the budget dropped: a fixed shape, or EAGLE-2's dynamic tree."""
+def grow(drafting: LevelSource, committed: Sequence[int], cfg: TreeSettings,
+         depth: int) -> tuple[list[Node], list[Node]]:
+    """The iteration's draft tree in breadth-first order (at most `depth` deep), and the drafted candidates the
+    budget dropped (most confident first): a fixed shape, or EAGLE-2's dynamic tree."""
     if depth < 1:
-        return [], 0
+        return [], []
     if cfg.tree == "dynamic":
         drafted = grow_dynamic(drafting, committed, min(depth, cfg.tree_depth), cfg.tree_topk)
         kept = most_confident(drafted, cfg.tree_budget)
     else:
         drafted = kept = grow_static(drafting, committed, [p for p in trees.SHAPES[cfg.tree] if len(p) <= depth])
-    return sorted(kept, key=lambda n: (len(n.path), n.path)), len(drafted) - len(kept)
+    kept_paths = {n.path for n in kept}
+    dropped = sorted((n for n in drafted if n.path not in kept_paths), key=lambda n: (-n.logq, len(n.path), n.path))
+    return sorted(kept, key=lambda n: (len(n.path), n.path)), dropped

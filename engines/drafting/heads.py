@@ -104,9 +104,9 @@ class HeadDrafter(Drafter):
         tokens, probs = self.chain(k, stop_ids)
         return Draft(tokens, q_raw=probs if tokens else None, forwards=self.forwards)
 
-    def draft_tree(self, committed: Sequence[int], cfg: TreeSettings, depth: int) -> tuple[list[Node], int]:
+    def draft_tree(self, committed: Sequence[int], cfg: TreeSettings, depth: int) -> tuple[list[Node], list[Node]]:
         if not self.ready:   # heads draft from the first verification on
-            return [], 0
+            return [], []
         return grow(self, committed, cfg, min(depth, self.max_depth))
 
     def after_chain(self, kept: int, features, start: int, text: Sequence[int]) -> None:

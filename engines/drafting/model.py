@@ -80,7 +80,7 @@ class ModelDrafter(Drafter):
         self.forwards, self.cache_after = proposal.forwards, len(self.kv)
         return proposal
 
-    def draft_tree(self, committed: Sequence[int], cfg: TreeSettings, depth: int) -> tuple[list[Node], int]:
+    def draft_tree(self, committed: Sequence[int], cfg: TreeSettings, depth: int) -> tuple[list[Node], list[Node]]:
         drafting = Drafting(self.draft, self.kv, len(committed))
         nodes, dropped = grow(drafting, committed, cfg, depth)
         self.forwards, self.grown = drafting.forwards, bool(nodes)

@@ -27,10 +27,10 @@ class SuffixDrafter(Drafter):
 
     name = "suffix"
 
-    def draft_tree(self, committed: Sequence[int], cfg: TreeSettings, depth: int) -> tuple[list[Node], int]:
+    def draft_tree(self, committed: Sequence[int], cfg: TreeSettings, depth: int) -> tuple[list[Node], list[Node]]:
         if depth < 1:
-            return [], 0
-        return self.grow(committed, cfg.tree_budget, min(depth, cfg.tree_depth)), 0
+            return [], []
+        return self.grow(committed, cfg.tree_budget, min(depth, cfg.tree_depth)), []
 
     def tree_record(self, target_tokens: Sequence[int]) -> dict:
         return {"suffix_match": self.match}
