@@ -33,6 +33,15 @@ def chat_by_default(lm: LM) -> bool:
     return preset is None or preset.chat is None or preset.chat
 
 
+def chat_by_default_for(name: str) -> bool | None:
+    """`chat_by_default` by model name, without loading the model: known for a preset (every causal preset but
+    the embedded ones is an instruct model with a template); None for a folder or hub id."""
+    preset = presets.PRESETS.get(name)
+    if preset is None:
+        return None
+    return False if preset.kind == "masked" else preset.chat is not False
+
+
 def wants_chat(lm: LM, chat: bool | None) -> bool:
     """Whether a prompt for this model is wrapped; asking for the template of a model without one is refused."""
     if chat is None:
