@@ -105,10 +105,12 @@ class Controls:
 
     def named(self) -> dict[str, Any]:
         """Every control under the name the API gives its parameter: method, prompt, target, draft, seed, the
-        shared settings, then each method's own as <method>_<setting> (speculative_k, mask_predict_length)."""
-        return {"method": self.method, "prompt": self.prompt, **chat_control(self.chat), "target": self.target,
-                "draft": self.draft, "seed": self.seed, **self.common,
-                **{own_name(m, name): c for (m, name), c in self.own.items()}}
+        shared settings, then each method's own as <method>_<setting> (speculative_k, mask_predict_length), then
+        chat."""
+        return {"method": self.method, "prompt": self.prompt, "target": self.target, "draft": self.draft,
+                "seed": self.seed, **self.common,
+                **{own_name(m, name): c for (m, name), c in self.own.items()},
+                **chat_control(self.chat)}   # last, so that calls by position made before it still fit
 
     def wanted(self, values: dict[str, Any]) -> dict:
         """What the control values (by name, as sent) ask to run, each checked, in a form that two Steps can
@@ -134,10 +136,10 @@ class Controls:
         """The control values a loaded trace came from, in `named()` order; gr.skip() where it says nothing
         (another method's options, a draft it did not use)."""
         config, skip = trace.config, gr.skip()
-        return [trace.method, trace.prompt, *([trace.chat] if self.chat is not None else []),
-                trace.models.get("target", skip), trace.models.get("draft", skip),
+        return [trace.method, trace.prompt, trace.models.get("target", skip), trace.models.get("draft", skip),
                 config.get("seed", skip), *(config.get(name, skip) for name in self.common),
-                *(config.get(name, skip) if m == trace.method else skip for (m, name) in self.own)]
+                *(config.get(name, skip) if m == trace.method else skip for (m, name) in self.own),
+                *([trace.chat] if self.chat is not None else [])]
 
     def session(self, values: tuple) -> Session:
         """A new session running what these control values ask for."""

@@ -147,3 +147,25 @@ def test_greedy_on_the_templated_prompt_equals_generate(method, settings, smollm
     trace = Run(method, QUESTION, {**settings, "max_new_tokens": N}, target=smollm2.source, chat=True).run()
     assert trace.chat is True and trace.prompt_ids == ids
     assert trace.output_ids == reference
+
+
+# ----------------------------------------------------------------------------- the UI's chat box
+
+def test_the_chat_box_follows_the_target_and_reaches_the_run(tiny_target):
+    import gradio as gr
+
+    from explorer import ui
+    from explorer.session import live_session
+
+    assert ui.chat_for_target("smollm2-135m-instruct").value is True
+    assert ui.chat_for_target("tiny-target").value is False and ui.chat_for_target("tiny-masked").value is False
+    assert ui.chat_for_target("/a/folder/of/my/own") == gr.skip()   # known once it loads: left as it is
+    assert ui.checked_chat(None) is None and ui.checked_chat(False) is False
+    with pytest.raises(ValueError, match="The chat box is on or off"):
+        ui.checked_chat("yes")
+    wanted = {"method": "autoregressive", "prompt": QUESTION, "target": tiny_target.source, "draft": None,
+              "seed": 0, "settings": {"max_new_tokens": 1}, "chat": True}
+    session = live_session(wanted)
+    assert session.trace.chat is True
+    assert session.trace.prompt_ids == templated(tiny_target, [{"role": "user", "content": QUESTION}])
+    assert session.why_new({**wanted, "chat": False}) == "New run: the chat template changed."
