@@ -169,3 +169,16 @@ def test_the_chat_box_follows_the_target_and_reaches_the_run(tiny_target):
     assert session.trace.chat is True
     assert session.trace.prompt_ids == templated(tiny_target, [{"role": "user", "content": QUESTION}])
     assert session.why_new({**wanted, "chat": False}) == "New run: the chat template changed."
+
+
+def test_the_race_takes_chat_as_run_does(tiny_target, tiny_draft, cli):
+    from engines.analysis.race import Entry, race, table
+
+    entries = [Entry("autoregressive", "autoregressive"), Entry("prompt lookup", "speculative", {"drafter": "ngram"})]
+    on = race(QUESTION, 4, target=tiny_target.source, draft=tiny_draft.source, entries=entries, chat=True)
+    off = race(QUESTION, 4, target=tiny_target.source, draft=tiny_draft.source, entries=entries)
+    assert on.chat is True and off.chat is False and "in the chat template" in table(on)
+    assert all(r.equals_greedy for r in on.rows)
+    said = cli("race", "--prompt", QUESTION, "--max-new-tokens", "2", "--target", "tiny-target", "--chat", "on",
+               "--json")
+    assert said.returncode == 0 and json.loads(said.stdout)["chat"] is True
