@@ -182,3 +182,12 @@ def test_the_race_takes_chat_as_run_does(tiny_target, tiny_draft, cli):
     said = cli("race", "--prompt", QUESTION, "--max-new-tokens", "2", "--target", "tiny-target", "--chat", "on",
                "--json")
     assert said.returncode == 0 and json.loads(said.stdout)["chat"] is True
+
+
+def test_be_the_drafter_reads_the_prompt_as_run_does(tiny_target):
+    from engines.analysis.verify_draft import verify_draft_trace
+
+    on = verify_draft_trace(QUESTION, " Paris", tiny_target.source, chat=True)
+    off = verify_draft_trace(QUESTION, " Paris", tiny_target.source)
+    assert on.chat is True and on.prompt_ids == templated(tiny_target, [{"role": "user", "content": QUESTION}])
+    assert off.chat is False and off.prompt_ids == tiny_target.encode(QUESTION)
