@@ -1,6 +1,7 @@
 """Command line: `python -m engines trace|models|bench ...`.
 
     python -m engines trace --method autoregressive --prompt "Once upon a time" --max-new-tokens 32
+    python -m engines trace --method speculative --prompt "What is the capital of France?" --chat on
     python -m engines models
     python -m engines bench
     python -m engines bench --section diffusion --masked tiny-masked,/tmp/diff-export
@@ -79,6 +80,15 @@ def refuse_foreign_settings(args: argparse.Namespace) -> None:
         raise ValueError(f"--draft is for {' and '.join(users)}; {m.name} uses no draft model, so drop it.")
 
 
+def add_chat_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chat", choices=list(CHAT), default=None,
+                   help="wrap the prompt in the target's chat template as one user message (default: on for an "
+                        "instruct model with a template, off otherwise)")
+
+
+CHAT = {"on": True, "off": False}
+
+
 def has_setting(m: Method, name: str) -> bool:
     return any(f.name == name for f in fields(m.config))
 
@@ -103,6 +113,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--dtype", default=None, choices=list(devices.DTYPES),
                    help="weights and activations (default: float32 on CPU, bfloat16 or float16 on CUDA)")
     t.add_argument("--indent", type=int, default=None)
+    add_chat_option(t)
     add_setting_options(t)
     sub.add_parser("models", help="list the model presets and whether each is available here")
     sub.add_parser("schema", help="print the published trace schema (JSON Schema 2020-12) that traces follow")
@@ -133,6 +144,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--draft", default=None, help="draft model for the model drafter and trees (default tiny-draft)")
     r.add_argument("--device", default=None)
     r.add_argument("--repeats", type=int, default=1, help="runs per method; the median wall time counts")
+    add_chat_option(r)
     r.add_argument("--json", action="store_true", help="print one JSON object with a row per method")
     d = sub.add_parser("diff", help="the first step where two traces of the same method and prompt differ")
     d.add_argument("a", help="a trace .json file")
@@ -157,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(trace_schema(), indent=1, ensure_ascii=False))
         elif args.command == "trace":
             refuse_foreign_settings(args)
-            settings = {k: v for k, v in vars(args).items() if v is not None}
+            settings = {k: v for k, v in vars(args).items() if v is not None and k != "chat"}
             run = Run(args.method, args.prompt, settings, target=args.target, draft=args.draft,
-                      device=args.device, dtype=args.dtype)
+                      device=args.device, dtype=args.dtype, chat=CHAT.get(args.chat))
             print(run.run().to_json(indent=args.indent))
         elif args.command == "bench":
             from engines.analysis.bench import bench, bench_json
@@ -181,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
             from engines.analysis.race import race, table
             result = race(args.prompt, args.max_new_tokens, target=args.target, draft=args.draft,
-                          device=args.device, repeats=args.repeats)
+                          device=args.device, repeats=args.repeats, chat=CHAT.get(args.chat))
             print(json.dumps(result.to_dict(), ensure_ascii=False) if args.json else table(result))
         elif args.command == "diff":
             import json

@@ -22,7 +22,7 @@ from engines.decoding.speculative import MAX_K, SpeculativeConfig, SpeculativeDe
 from engines.decoding.tree import TreeConfig, TreeDetail, tree
 from engines.decoding.trees import SHAPES
 from engines.drafting.registry import DRAFTERS
-from engines.models import adapter, presets, store
+from engines.models import adapter, chat as chat_template, presets, store
 from engines.trace import Step, Trace
 
 
@@ -133,19 +133,25 @@ class Run:
     """One decoding run: its trace so far and the live engine that extends it.
 
     Everything is checked before anything is kept (settings, models, prompt length), so a Run that fails to
-    start raises one sentence and leaves nothing behind but the models it loaded into the shared cache."""
+    start raises one sentence and leaves nothing behind but the models it loaded into the shared cache.
 
-    def __init__(self, method_name: str, prompt: str, settings: dict[str, Any], *, target: str | None = None,
-                 draft: str | None = None, seed: int | None = None, device: str | None = None,
-                 dtype: str | None = None, max_prompt_tokens: int = MAX_PROMPT_TOKENS):
+    `prompt` is a text, or a conversation as a list of {"role", "content"} messages. `chat` says whether it is
+    wrapped in the target's chat template (True, False, or None: where the target is an instruct model with a
+    template; engines/models/chat.py); the trace's prompt_ids then include the template's tokens."""
+
+    def __init__(self, method_name: str, prompt: chat_template.Prompt, settings: dict[str, Any], *,
+                 target: str | None = None, draft: str | None = None, seed: int | None = None,
+                 device: str | None = None, dtype: str | None = None, max_prompt_tokens: int = MAX_PROMPT_TOKENS,
+                 chat: bool | None = None):
         m = method(method_name)
-        if not prompt.strip():
+        if isinstance(prompt, str) and not prompt.strip():
             raise ValueError("The prompt is empty: type a few words for the model to continue.")
+        messages = None if isinstance(prompt, str) else chat_template.messages_of(prompt)
         cfg = build(m.config, settings)
         run_settings = build(RunSettings, {**settings, **({} if seed is None else {"seed": seed})})
         target_lm = store.load(target or method_default_target(method_name), device, dtype)
         check_model_kind(m, target_lm)
-        prompt_ids = target_lm.encode(prompt)
+        prompt_ids, chatted = chat_template.prompt_ids(target_lm, prompt, chat)
         check_prompt_length(len(prompt_ids), max_prompt_tokens)
         check_positions(m, cfg, len(prompt_ids), target_lm)
         # only the model drafter reads a draft model (the drafter registry says which do)
@@ -158,7 +164,8 @@ class Run:
         models = {"target": target_lm.name, **({"draft": draft_lm.name} if draft_lm is not None else {})}
         self.target, self.draft = target_lm, draft_lm
         self.trace = Trace(method=m.name, config={**asdict(cfg), **asdict(run_settings)}, models=models,
-                           prompt=prompt, prompt_ids=prompt_ids)
+                           prompt=chat_template.prompt_text(prompt), prompt_ids=prompt_ids, chat=chatted,
+                           messages=messages)
         self._note_texts(prompt_ids)
         if m.name in COSTED:   # before the engine starts: its forwards are no step's, its caches its own
             self.trace.cost = asdict(cost.calibrate(target_lm, draft_lm, prompt_ids))

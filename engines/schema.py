@@ -50,8 +50,10 @@ DIALECT = "https://json-schema.org/draft/2020-12/schema"
 TRACE_FIELDS = {"schema_version": "integer", "method": "string", "config": "object", "models": "object",
                 "prompt": "string", "prompt_ids": "ids", "output_ids": "ids", "output_text": "string",
                 "steps": "array", "totals": "object", "finished": "boolean", "token_texts": "object"}
-# trace fields a trace may leave out (older traces do): the cost model's calibration (engines/analysis/theory.py)
-TRACE_OPTIONAL = {"cost": "object|null"}
+# trace fields a trace may leave out (older traces do): the cost model's calibration (engines/analysis/theory.py);
+# whether the prompt ids are in the target's chat template (absent: they are not), and the conversation where the
+# prompt was a list of messages (engines/models/chat.py)
+TRACE_OPTIONAL = {"cost": "object|null", "chat": "boolean", "messages": "array|null"}
 
 
 def step_records() -> dict[str, type]:

@@ -70,6 +70,11 @@ class Trace:
     # every step, so no step counts its forwards; None where nothing was measured (an older trace, a method
     # without drafts)
     cost: dict[str, Any] | None = None
+    # whether prompt_ids are the prompt in the target's chat template (engines/models/chat.py); False in a trace
+    # recorded before the template was applied, which fed the bare prompt
+    chat: bool = False
+    # the conversation, where the prompt was a list of messages (`prompt` then holds the last user message)
+    messages: list[dict[str, str]] | None = None
 
     @property
     def output_ids(self) -> list[int]:
@@ -88,7 +93,7 @@ class Trace:
             "steps": [s.to_dict() for s in self.steps], "totals": self.totals,
             "finished": self.finished,
             "token_texts": {str(k): v for k, v in sorted(self.token_texts.items())},
-            "cost": self.cost,
+            "cost": self.cost, "chat": self.chat, "messages": self.messages,
         }
 
     def to_json(self, indent: int | None = None) -> str:
@@ -109,7 +114,9 @@ class Trace:
                         output_text=str(d.get("output_text", "")),
                         token_texts={int(k): v for k, v in d.get("token_texts", {}).items()},
                         finished=bool(d.get("finished", True)),
-                        cost=dict(d["cost"]) if d.get("cost") is not None else None)
+                        cost=dict(d["cost"]) if d.get("cost") is not None else None,
+                        chat=bool(d.get("chat", False)),
+                        messages=[dict(m) for m in d["messages"]] if d.get("messages") is not None else None)
         except KeyError as e:   # a step without one of its fields: named in words, not as the exception
             raise ValueError(f"This is not a trace file of this app: a step has no {str(e.args[0])[:40]!r} "
                              f"field.") from e

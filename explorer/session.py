@@ -99,12 +99,12 @@ Starter = Callable[[dict], Session]
 
 def live_session(wanted: dict) -> Session:
     run = Run(wanted["method"], wanted["prompt"], wanted["settings"], target=wanted["target"],
-              draft=wanted["draft"], seed=wanted["seed"])
+              draft=wanted["draft"], seed=wanted["seed"], chat=wanted.get("chat"))
     return Session.start(run, wanted)
 
 
 # how a changed control is named in the note that a new run started
-CONTROL_NAMES = {"prompt": "the prompt", "target": "the target model",
+CONTROL_NAMES = {"prompt": "the prompt", "chat": "the chat template", "target": "the target model",
                  "draft": "the draft model", "seed": "the seed"}
 
 

@@ -25,7 +25,7 @@ from engines.config import DecodeConfig, RunSettings, fields
 from engines.config import build as build_config
 from engines.drafting.registry import DRAFTERS
 from engines.methods import METHODS, default_target, method_default_target
-from engines.models import locate, presets, store
+from engines.models import chat, locate, presets, store
 from engines.trace import Trace
 from explorer import compare
 from explorer.figures import VIEWS
@@ -107,13 +107,16 @@ class Controls:
     groups: dict[str, gr.Group]
     start: Starter = live_session   # live here; on ZeroGPU a whole trace computed in one call (explorer.zerogpu)
     help: gr.Markdown | None = None   # the method's help text, which changes with the method
+    chat: gr.Checkbox | None = None   # the prompt in the target's chat template; without it Run decides
 
     def named(self) -> dict[str, Any]:
         """Every control under the name the API gives its parameter: method, prompt, target, draft, seed, the
-        shared settings, then each method's own as <method>_<setting> (speculative_k, mask_predict_length)."""
+        shared settings, then each method's own as <method>_<setting> (speculative_k, mask_predict_length), then
+        chat."""
         return {"method": self.method, "prompt": self.prompt, "target": self.target, "draft": self.draft,
                 "seed": self.seed, **self.common,
-                **{own_name(m, name): c for (m, name), c in self.own.items()}}
+                **{own_name(m, name): c for (m, name), c in self.own.items()},
+                **chat_control(self.chat)}   # last, so that calls by position made before it still fit
 
     def wanted(self, values: dict[str, Any]) -> dict:
         """What the control values (by name, as sent) ask to run, each checked, in a form that two Steps can
@@ -130,6 +133,7 @@ class Controls:
         cfg = build_config(METHODS[method].config, settings)
         uses_draft = uses_draft_model(method, getattr(cfg, "drafter", None))
         return {"method": method, "prompt": text("The prompt", values.get("prompt"), MAX_PROMPT_CHARS),
+                "chat": checked_chat(values.get("chat")),
                 "target": model_name("The target model", values.get("target")),
                 "draft": model_name("The draft model", values.get("draft")) if uses_draft else None,
                 "seed": seed, "settings": dataclasses.asdict(cfg)}
@@ -140,11 +144,33 @@ class Controls:
         config, skip = trace.config, gr.skip()
         return [trace.method, trace.prompt, trace.models.get("target", skip), trace.models.get("draft", skip),
                 config.get("seed", skip), *(config.get(name, skip) for name in self.common),
-                *(config.get(name, skip) if m == trace.method else skip for (m, name) in self.own)]
+                *(config.get(name, skip) if m == trace.method else skip for (m, name) in self.own),
+                *([trace.chat] if self.chat is not None else [])]
 
     def session(self, values: tuple) -> Session:
         """A new session running what these control values ask for."""
         return self.start(self.wanted(values))
+
+
+# ----------------------------------------------------------------------------- the chat template control
+
+def chat_control(chat: gr.Checkbox | None) -> dict[str, gr.Checkbox]:
+    return {} if chat is None else {"chat": chat}
+
+
+def checked_chat(value: Any) -> bool | None:
+    """The chat box as sent: on, off, or absent (None: Run wraps the prompt where the target is an instruct
+    model)."""
+    if value is not None and not isinstance(value, bool):
+        raise ValueError("The chat box is on or off (true or false).")
+    return value
+
+
+def chat_for_target(target: Any):
+    """The chat box on choosing a target: on for an instruct preset, off for the embedded and masked ones; left
+    as it is for a folder or hub id, whose template is known only once it loads."""
+    default = chat.chat_by_default_for(target) if isinstance(target, str) else None
+    return gr.skip() if default is None else gr.Checkbox(value=default)
 
 
 def model_choices(kind: str) -> list[str]:
@@ -464,6 +490,9 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
         with gr.Row(equal_height=False, elem_classes="workspace"):
             with gr.Column(scale=1, min_width=280, elem_classes="controls"):
                 prompt = gr.Textbox(EXAMPLES[0][0], label="Prompt", lines=3, elem_id="prompt")
+                chat_box = gr.Checkbox(bool(chat.chat_by_default_for(default_target())), label="chat",
+                                       elem_id="chat", info="the prompt as a user message in the target's chat "
+                                                            "template (instruct models)")
                 with gr.Column(elem_classes="settings", elem_id="settings"):
                     gr.Examples(EXAMPLES, inputs=[prompt], label="Examples")
                     target = gr.Dropdown(model_choices("causal"), value=default_target(), label="Target model",
@@ -512,7 +541,8 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
                     help_md = gr.Markdown(f"### Autoregressive\n{VIEWS['autoregressive'].help}")
         compare.build(friendly, limits)   # race, audit, diff: tabs below the explorer, their events wired there
 
-        controls = Controls(method, prompt, target, draft, seed, common, own, groups, start, help=help_md)
+        controls = Controls(method, prompt, target, draft, seed, common, own, groups, start, help=help_md,
+                            chat=chat_box)
         panel = Panel(text=text, main=main_plot, side=side_plot, words=words, stats=stats, position=position,
                       history=history, record=record, download=download, drafter=drafter_plot)
         h = make_handlers(controls, panel, limits)
@@ -547,6 +577,9 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
                       inputs_kwargs=drafter_choice, api_name="show_method", **one_place)
         gr.on([c.change for c in drafter_choice.values()], friendly(draft_visibility), [method], draft,
               inputs_kwargs=drafter_choice, api_visibility="private", show_progress="hidden", preprocess=False)
+        # the chat box follows the target: on for an instruct model, off for the embedded and masked ones
+        target.change(friendly(chat_for_target), [target], chat_box, api_visibility="private",
+                      show_progress="hidden", preprocess=False)
         theme.click(None, js="() => document.body.classList.toggle('dark')")
         demo.load(h["show_method"], [sessions, method, target], [*method_parts, *screen],
                   inputs_kwargs=drafter_choice, api_visibility="undocumented", **one_place)

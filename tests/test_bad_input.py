@@ -46,6 +46,7 @@ BAD = [
     ("method", ["autoregressive"], "Unknown method"),
     ("target", "../../", "Unknown model '..'"),
     ("target", 7, "The target model must be text, not 7"),
+    ("chat", "yes", "The chat box is on or off"),
 ]
 SPECULATIVE = [   # a method's own settings, named <method>_<setting>
     ("speculative_k", 0, "k must be between 1 and 16, not 0"),

@@ -102,7 +102,7 @@ def test_repetitive_text_hits_the_pool(tiny_target):
 def test_greedy_equals_generate_on_smollm2(smollm2):
     prompt = "Repeat after me: red green blue, red green blue, red green blue, red green blue,"
     trace = Run("lookahead", prompt, {"max_new_tokens": 12}, target=smollm2.source).run()
-    assert trace.output_ids == greedy_reference(smollm2, smollm2.encode(prompt), 12)
+    assert trace.output_ids == greedy_reference(smollm2, trace.prompt_ids, 12)
 
 
 def test_eos_inside_an_accepted_ngram_ends_the_text_there(tiny_target):

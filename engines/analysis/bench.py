@@ -1,7 +1,9 @@
 """`python -m engines bench`: forwards per token and speed of every method, measured in one process.
 
 Ratios (this engine / a reference) are measured back to back in the same process, since
-these machines are noisy; absolute seconds are printed for orientation only. Each method
+these machines are noisy; absolute seconds are printed for orientation only. Prompts are read
+as Run reads them by default (engines/models/chat.py): in the chat template on an instruct
+target, as plain text on the embedded models; a reference such as generate() gets the same ids. Each method
 has one section: (models, prompts, quick) -> result rows, and SECTIONS runs them in the
 order of the method tabs.
 """
@@ -20,7 +22,7 @@ from engines.analysis.bench_runs import PROMPTS, Models, baseline, run_trace, ti
 from engines.analysis.theory import acceptance_rate
 from engines.decoding.speculative import SpeculativeConfig, speculative
 from engines.methods import default_target
-from engines.models import adapter, store
+from engines.models import adapter, chat, store
 
 # ----------------------------------------------------------------------------- autoregressive
 
@@ -30,7 +32,7 @@ def bench_autoregressive(models: Models, prompts: list[str], quick: bool) -> lis
     n = 16 if quick else 48
     target = store.load(models.target, models.device)
     for prompt in prompts:
-        ids = torch.tensor([target.encode(prompt)], device=target.device)
+        ids = torch.tensor([chat.prompt_ids(target, prompt)[0]], device=target.device)
         ref_s, _ = timed(lambda: target.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
                                                        min_new_tokens=n, do_sample=False))
         ours_s, trace = baseline(models, models.target, prompt, n)
@@ -82,7 +84,7 @@ def bench_speculative(models: Models, prompts: list[str], quick: bool) -> list[d
     for method, target, draft, settings in cases:
         cfg = SpeculativeConfig(**settings, k=k, max_new_tokens=n)
         for prompt in prompts:
-            ids = target.encode(prompt)
+            ids = chat.prompt_ids(target, prompt)[0]
             reference = lambda: assisted_generate(target, draft, torch.tensor([ids], device=target.device), n, k)
             engine = lambda: list(speculative(target, draft, ids, cfg, torch.Generator().manual_seed(0)))
             # lookup ignores the draft that Run loads for it
@@ -221,7 +223,7 @@ def bench_heads(models: Models, prompts: list[str], quick: bool) -> list[dict]:
     draft = None if models.missing(models.draft) else store.load(models.draft, models.device)
     rows = []
     for prompt in prompts:
-        ids = torch.tensor([target.encode(prompt)], device=target.device)
+        ids = torch.tensor([chat.prompt_ids(target, prompt)[0]], device=target.device)
         generate = lambda: target.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
                                                  do_sample=False, eos_token_id=sorted(target.eos_ids),
                                                  pad_token_id=target.tokenizer.pad_token_id or 0)

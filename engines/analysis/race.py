@@ -1,6 +1,6 @@
 """The race: every causal method on one prompt and one target, greedy, to the same number of new tokens.
 
-    python -m engines race --prompt "Once upon a time" --max-new-tokens 48 [--target T] [--json]
+    python -m engines race --prompt "Once upon a time" --max-new-tokens 48 [--target T] [--chat on|off] [--json]
 
 Each entry is a recorded `Run`, timed back to back in this process (wall-time ratios are only
 meaningful within one process on a shared machine). A row carries what each method spent
@@ -132,6 +132,7 @@ class Race:
     cost: CostModel
     left_out: dict[str, str]
     token_texts: dict[int, str] = field(default_factory=dict)   # every output id -> its text, for the views
+    chat: bool = False                # whether the prompt was in the target's chat template
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,9 +141,11 @@ class Race:
 # ----------------------------------------------------------------------------- running
 
 def race(prompt: str, max_new_tokens: int, target: str | None = None, draft: str | None = None,
-         device: str | None = None, entries: Sequence[Entry] | None = None, repeats: int = 1) -> Race:
+         device: str | None = None, entries: Sequence[Entry] | None = None, repeats: int = 1,
+         chat: bool | None = None) -> Race:
     """Run every entry (the target's lanes unless given) greedily on one prompt and target; the median wall time
-    of `repeats` runs."""
+    of `repeats` runs. `chat` as Run takes it: the prompt in the target's chat template (None: where the target
+    is an instruct model)."""
     entries = lanes(target or default_target()) if entries is None else entries
     if not any(e.method == REFERENCE for e in entries):
         raise ValueError("The race needs an autoregressive entry: every ratio is measured against it.")
@@ -152,13 +155,13 @@ def race(prompt: str, max_new_tokens: int, target: str | None = None, draft: str
     # otherwise land on whichever lane meets them first: a short untimed run of every lane pays them
     for e in entries:
         Run(e.method, prompt, {**e.settings, **settings, "max_new_tokens": min(4, max_new_tokens)},
-            target=target, draft=draft, device=device).run()
+            target=target, draft=draft, device=device, chat=chat).run()
     traces, times = {}, {e.label: [] for e in entries}
     for _ in range(max(1, repeats)):   # round robin, so a burst of load on the machine hits every lane alike
         for e in entries:
             start = devices.clock()   # every GPU waited for, so the lap measures its own work
             traces[e.label] = Run(e.method, prompt, {**e.settings, **settings}, target=target, draft=draft,
-                                  device=device).run()
+                                  device=device, chat=chat).run()
             times[e.label].append(devices.clock() - start)
     walls = {label: statistics.median(ts) for label, ts in times.items()}
     ref = next(e.label for e in entries if e.method == REFERENCE)
@@ -167,7 +170,7 @@ def race(prompt: str, max_new_tokens: int, target: str | None = None, draft: str
     draft_lm = store.load(draft, device) if any(r.draft_forwards for r in rows) else None
     cost = cost_model(target_lm, draft_lm, traces[ref].prompt_ids, rows)
     texts = {i: t.token_texts[i] for t in traces.values() for i in t.output_ids if i in t.token_texts}
-    return Race(prompt, target, draft, max_new_tokens, rows, cost, dict(LEFT_OUT), texts)
+    return Race(prompt, target, draft, max_new_tokens, rows, cost, dict(LEFT_OUT), texts, traces[ref].chat)
 
 
 def row(e: Entry, trace: Trace, wall_s: float, reference_wall_s: float, reference_ids: list[int]) -> Row:
@@ -244,7 +247,8 @@ def table(r: Race) -> str:
     """The race as a plain-text table, then the cost model in words."""
     head = (f"{'method':24s} {'tgt fwd':>7s} {'drf fwd':>7s} {'tok/fwd':>7s} {'fed/fwd':>7s} {'accept':>6s} "
             f"{'tok/it':>6s} {'wall s':>7s} {'speedup':>7s}  greedy")
-    lines = [f"prompt {r.prompt!r}, target {r.target}, draft {r.draft}, {r.max_new_tokens} new tokens, greedy",
+    lines = [f"prompt {r.prompt!r}{' in the chat template' if r.chat else ''}, target {r.target}, draft {r.draft}, "
+             f"{r.max_new_tokens} new tokens, greedy",
              head]
     for x in r.rows:
         acc = f"{x.acceptance_rate:6.2f}" if x.acceptance_rate is not None else f"{'-':>6s}"

@@ -26,7 +26,7 @@ from engines.decoding.speculative import (
     verify,
 )
 from engines.methods import _ids_in, check_prompt_length, default_target
-from engines.models import store
+from engines.models import chat as chat_template, store
 from engines.models.adapter import LM
 from engines.trace import Step, Trace
 
@@ -70,12 +70,13 @@ def checked_draft(target: LM, continuation: str) -> list[int]:
 
 def verify_draft_trace(prompt: str, continuation: str, target: str | None = None, temperature: float = 0.0,
                        top_k: int = 0, top_p: float = 1.0, seed: int = 0, device: str | None = None,
-                       max_prompt_tokens: int = MAX_PROMPT_TOKENS) -> Trace:
-    """A one-step speculative trace: the typed continuation verified by the target."""
+                       max_prompt_tokens: int = MAX_PROMPT_TOKENS, chat: bool | None = None) -> Trace:
+    """A one-step speculative trace: the typed continuation verified by the target, after the prompt as Run reads
+    it (in the target's chat template on an instruct model unless `chat` says otherwise)."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("The prompt is empty: type a few words for the model to continue.")
     target_lm = store.load(target or default_target(), device)
-    prompt_ids = target_lm.encode(prompt)
+    prompt_ids, chatted = chat_template.prompt_ids(target_lm, prompt, chat)
     check_prompt_length(len(prompt_ids), max_prompt_tokens)
     draft_ids = checked_draft(target_lm, continuation)
     cfg = SpeculativeConfig(k=len(draft_ids), max_new_tokens=len(draft_ids) + 1, temperature=temperature,
@@ -85,7 +86,7 @@ def verify_draft_trace(prompt: str, continuation: str, target: str | None = None
     config = {**asdict(cfg), "drafter": "typed", **asdict(run)}
     ids = set(prompt_ids) | _ids_in(step)
     trace = Trace(method="speculative", config=config, models={"target": target_lm.name}, prompt=prompt,
-                  prompt_ids=prompt_ids, steps=[step], finished=True,
+                  prompt_ids=prompt_ids, steps=[step], finished=True, chat=chatted,
                   token_texts={i: target_lm.token_text(i) for i in sorted(ids)})
     trace.output_text = target_lm.decode(trace.output_ids)
     return trace

