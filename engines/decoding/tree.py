@@ -42,13 +42,13 @@ from engines.decoding.sampling import (
     raw_probabilities,
     top,
 )
+from engines.decoding.step_time import time_split
 from engines.decoding.stop import until_eos
 from engines.decoding.trees import ROOT, Node, Path
 from engines.decoding.verify_tree import Outcome, verify_greedy, verify_one, verify_typical
 from engines.drafting import registry
 from engines.drafting.base import HeadsRecord, SuffixMatch
 from engines.models.adapter import KV, LM
-from engines.decoding.step_time import time_split
 from engines.models.devices import clock
 from engines.trace import Step
 

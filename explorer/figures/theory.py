@@ -98,6 +98,22 @@ def measuring(trace: Trace) -> str | None:
             f"other sizes are timed between the next steps, so the curves may still move")
 
 
+def unmeasured(trace: Trace) -> str:
+    """Why a trace's views draw no cost: the run is still measuring, or it predates runs measuring."""
+    return measuring(trace) or "not measured for this trace (it was recorded before runs measured c and T(n))"
+
+
+def cost_note_text(trace: Trace) -> str:
+    """The short note a cost panel shows instead of its curves."""
+    return "measuring the cost..." if measuring(trace) else "cost not measured in this trace"
+
+
+def cost_note(trace: Trace, cell: dict, y: float = 0.9) -> dict:
+    """That note as an annotation near the top of the cell, in the colour of what was not reached."""
+    return {"text": cost_note_text(trace), "x": 0.5, "y": y, "showarrow": False, "xref": f"{cell['xaxis']} domain",
+            "yref": f"{cell['yaxis']} domain", "font": {"color": colour("not_reached")}}
+
+
 def origin(cal: Calibration) -> str:
     """Where the calibration came from and when, for the words."""
     if cal.source == DISK:

@@ -244,10 +244,7 @@ def cost_panel(data: list[dict], notes: list[dict], g: Grid, trace: Trace, index
                          rangemode="tozero")
     g.yaxis(2, 1).update(title={"text": "tokens / forwards"}, rangemode="tozero")
     if cal is None:
-        notes.append({"text": "measuring the cost..." if theory.measuring(trace) else "cost not measured in this trace",
-                      "x": 0.5, "y": 0.9, "showarrow": False,
-                      "xref": f"{cell['xaxis']} domain", "yref": f"{cell['yaxis']} domain",
-                      "font": {"color": colour("not_reached")}})
+        notes.append(theory.cost_note(trace, cell))
         return
     ns = list(range(1, top + 1))
     data.append({"type": "scatter", "mode": "lines", "name": "T(n): verifying n tokens", "x": ns,
@@ -288,8 +285,8 @@ def words(trace: Trace, index: int) -> str:
                  f"{len(nodes)} nodes) under the tree mask, each node at position root + depth.",
                  won(trace, step), failures(trace, step)]
     n = len(step.committed_ids)
-    parts.append(f"{n} token{'s' if n != 1 else ''} for 1 target forward ({step.wall_s * 1000:.0f} ms).")
-    parts.append(theory.time_split(step))
+    parts += [f"{n} token{'s' if n != 1 else ''} for 1 target forward ({step.wall_s * 1000:.0f} ms).",
+              theory.time_split(step)]
     if d.get("acceptance") == "typical":
         parts.append("Typical acceptance (Medusa-2) keeps the deepest path whose every node has p(x) > "
                      "min(ε, δ·exp(-H(p))) at its parent, with no coin and no residual: it is lossy, so sampled "
@@ -328,11 +325,8 @@ def cost_words(trace: Trace, index: int) -> str:
             f"; the mean tokens per iteration, the target's own token included, = {made} / {len(steps)} = "
             f"{made / len(steps):.2f} (one target forward per iteration, so also tokens per target forward).")
     cal = theory.calibration(trace)
-    if cal is None and (measured := theory.measuring(trace)) is not None:
-        return text + f" **Cost model:** {measured}; no cost line is drawn until then."
-    if cal is None:
-        return text + (" **Cost model:** not measured for this trace (it was recorded before runs measured c and "
-                       "T(n)), so no cost line is drawn.")
+    if cal is None:   # still measuring, or a trace from before runs measured c and T(n)
+        return text + f" **Cost model:** {theory.unmeasured(trace)}; no cost line is drawn."
     c = theory.draft_c(trace, cal)
     drafter = trace.config.get("drafter", "model")
     n = sum(s.tokens_fed for s in steps) / len(steps)
