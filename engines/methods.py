@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from engines.analysis import cost
+from engines.analysis import calibration, cost
 from engines.analysis.theory import jacobi_drafts, lookahead_drafts, speculative_drafts, tree_drafts
 from engines.config import MAX_PROMPT_TOKENS, DecodeConfig, RunSettings, build
 from engines.decoding.autoregressive import AutoregressiveConfig, AutoregressiveDetail, autoregressive
@@ -22,7 +22,8 @@ from engines.decoding.speculative import MAX_K, SpeculativeConfig, SpeculativeDe
 from engines.decoding.tree import TreeConfig, TreeDetail, tree
 from engines.decoding.trees import SHAPES
 from engines.drafting.registry import DRAFTERS
-from engines.models import adapter, chat as chat_template, presets, store
+from engines.models import adapter, presets, store
+from engines.models import chat as chat_template
 from engines.trace import Step, Trace
 
 
@@ -142,7 +143,9 @@ class Run:
     def __init__(self, method_name: str, prompt: chat_template.Prompt, settings: dict[str, Any], *,
                  target: str | None = None, draft: str | None = None, seed: int | None = None,
                  device: str | None = None, dtype: str | None = None, max_prompt_tokens: int = MAX_PROMPT_TOKENS,
-                 chat: bool | None = None):
+                 chat: bool | None = None, calibrate_first: bool = False):
+        """calibrate_first: without a calibration on disk, sweep before the engine starts (as the bench does, so
+        no piece of the sweep lands between the steps it times); by default the run measures as it goes."""
         m = method(method_name)
         if isinstance(prompt, str) and not prompt.strip():
             raise ValueError("The prompt is empty: type a few words for the model to continue.")
@@ -167,8 +170,18 @@ class Run:
                            prompt=chat_template.prompt_text(prompt), prompt_ids=prompt_ids, chat=chatted,
                            messages=messages)
         self._note_texts(prompt_ids)
-        if m.name in COSTED:   # before the engine starts: its forwards are no step's, its caches its own
-            self.trace.cost = asdict(cost.calibrate(target_lm, draft_lm, prompt_ids))
+        # the cost model's calibration: from disk when an earlier run on this machine measured the pair, else
+        # measured while the run goes (never before its first step), or swept now when asked
+        self._live: calibration.LiveCalibration | None = None
+        if m.name in COSTED:
+            found = calibration.load_cached(target_lm, draft_lm)
+            if found is None and calibrate_first:   # its forwards are no step's, its caches its own
+                found = cost.calibrate(target_lm, draft_lm, prompt_ids)
+                calibration.save(target_lm, draft_lm, found)
+            if found is not None:
+                self.trace.cost = asdict(found)
+            else:
+                self._live = calibration.LiveCalibration(target_lm, draft_lm, prompt_ids)
         rng = torch.Generator().manual_seed(run_settings.seed)
         self._steps = m.start(self.target, self.draft, prompt_ids, cfg, rng)
 
@@ -180,11 +193,16 @@ class Run:
         """Run one iteration; None once the method has finished."""
         if self.trace.finished:
             return None
+        if self._live is not None and self.trace.steps:   # one piece of the sweep between steps, never before the first
+            self._live.measure_next()
         step = next(self._steps, None)
         if step is None:
             self.trace.finished = True
             return None
         self.trace.steps.append(step)
+        if self._live is not None:
+            self._live.note(step)
+            self._record_calibration(step.index)
         self._note_texts(_ids_in(step))
         self.trace.output_text = self.target.decode(self.trace.output_ids)
         self.trace.finished = step.final   # so the last step already says "finished", with no extra call
@@ -195,7 +213,19 @@ class Run:
         while self.step() is not None:
             if time_limit_s is not None and time.perf_counter() - start > time_limit_s:
                 break
+        self.finish_calibration()
         return self.trace
+
+    def finish_calibration(self) -> None:
+        """Time what the calibration still lacks now, after the steps (a whole run's trace should carry it)."""
+        while self._live is not None and self._live.measure_next():
+            self._record_calibration(self.trace.steps[-1].index if self.trace.steps else None)
+
+    def _record_calibration(self, at_step: int | None) -> None:
+        done = self._live.finish(at_step)
+        self.trace.cost = asdict(done) if done is not None else self._live.record(at_step)
+        if done is not None:
+            self._live = None
 
     def _note_texts(self, ids) -> None:
         for i in ids:

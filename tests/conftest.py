@@ -24,6 +24,18 @@ from engines.models import adapter, locate, store
 
 torch.set_num_threads(2)
 
+
+@pytest.fixture(autouse=True, scope="session")
+def calibrations_of_the_session(tmp_path_factory):
+    """Runs in tests keep their cost calibrations in a folder of the session, not the user's cache: a test
+    starts without one on disk unless an earlier test of the session measured the same pair."""
+    import os
+
+    from engines.analysis import calibration
+    os.environ[calibration.ENV_DIR] = str(tmp_path_factory.mktemp("calibrations"))
+    yield
+    os.environ.pop(calibration.ENV_DIR, None)
+
 PROMPTS = ["Once upon a time", "Alice was beginning to get very tired of",
            "The capital of France is", "It is a truth universally acknowledged, that"]
 

@@ -24,6 +24,7 @@ from engines.decoding.jacobi import leading_matches
 from engines.decoding.lookahead import agreement, branches
 from engines.decoding.mask_predict import MaskPredictConfig, mask_predict
 from engines.decoding.speculative import next_k
+from engines.decoding.step_time import time_split
 from engines.decoding.stop import until_eos
 from engines.models.heads import fusion_layers
 from engines.trace import Step, Trace
@@ -80,15 +81,25 @@ def sampling_config(greedy: bool, max_new_tokens: int) -> dict:
             "seed": 0}
 
 
+# ----------------------------------------------------------------------------- the time split
+
+def timed(rnd: random.Random, wall_s: float, drafting: bool = True) -> dict:
+    """A step's time split as engines/decoding/step_time.py records it: parts that add up to wall_s."""
+    target = wall_s * rnd.uniform(0.3, 0.9)
+    drafted = (wall_s - target) * rnd.uniform(0, 0.8) if drafting else None
+    return time_split(wall_s, target, drafted)
+
+
 # ----------------------------------------------------------------------------- autoregressive
 
 def autoregressive_step(rnd: random.Random, index: int, *, greedy: bool, final: bool, fed: int = 1) -> Step:
     chosen = EOS if final and rnd.random() < 0.5 else word(rnd)
     raw = top(rnd, chosen if rnd.random() < 0.8 else None, 10)
     processed = one_hot_top(chosen) if greedy else top(rnd, chosen, rnd.randint(1, 10))
-    return Step(index, (chosen,), target_forwards=1, tokens_fed=fed, wall_s=rnd.uniform(0, 0.2), final=final,
+    wall_s = rnd.uniform(0, 0.2)
+    return Step(index, (chosen,), target_forwards=1, tokens_fed=fed, wall_s=wall_s, final=final,
                 detail={"chosen": chosen, "p_chosen": dict(processed)[chosen], "raw_p_chosen": prob(rnd),
-                        "top": processed, "raw_top": raw, "cache_len": 4 + index})
+                        "top": processed, "raw_top": raw, "cache_len": 4 + index, **timed(rnd, wall_s, False)})
 
 
 # ----------------------------------------------------------------------------- speculative
@@ -157,8 +168,10 @@ def speculative_step(rnd: random.Random, index: int, *, k: int, drafted: int, ac
                    "draft_cache": ([cached, cached + drafted, cached + min(drafted, accepted + 1)]
                                    if drafter == "model" else None)})
     final = ended or produced + len(committed) >= max_new_tokens
+    wall_s = rnd.uniform(0, 0.3)
+    detail.update(timed(rnd, wall_s))
     return Step(index, tuple(committed), target_forwards=1, draft_forwards=draft_forwards(drafter, drafted),
-                tokens_fed=(prompt_len if index == 0 else 1) + drafted, wall_s=rnd.uniform(0, 0.3), final=final,
+                tokens_fed=(prompt_len if index == 0 else 1) + drafted, wall_s=wall_s, final=final,
                 detail=detail)
 
 
@@ -308,8 +321,10 @@ def tree_step(rnd: random.Random, index: int, *, shape: str, budget: int, depth:
     # Medusa reads every level off the one head forward made at the last verification
     levels = 1 if drafter == "heads" else 1 + len({len(p) for p in expanded})
     final_step = new[-1] == EOS or produced + len(new) >= max_new_tokens
+    wall_s = rnd.uniform(0, 0.5)
+    detail.update(timed(rnd, wall_s))
     return Step(index, tuple(new), target_forwards=1, draft_forwards=levels if paths else 0,
-                tokens_fed=len(pending) + len(paths), wall_s=rnd.uniform(0, 0.5), final=final_step, detail=detail)
+                tokens_fed=len(pending) + len(paths), wall_s=wall_s, final=final_step, detail=detail)
 
 
 def medusa_levels(rnd: random.Random, paths: list) -> tuple[list[int], dict]:

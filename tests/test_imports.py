@@ -75,7 +75,7 @@ LAYERS = [
     ["engines.drafting"],
     ["engines.decoding.autoregressive", "engines.decoding.speculative", "engines.decoding.tree",
      "engines.decoding.jacobi", "engines.decoding.lookahead", "engines.decoding.mask_predict",
-     "engines.analysis.cost", "engines.analysis.theory"],
+     "engines.analysis.cost", "engines.analysis.theory", "engines.analysis.calibration"],
     ["engines.schema", "engines.methods"],
     ["engines.analysis", "engines.training"],
     ["engines.__main__", "explorer"],

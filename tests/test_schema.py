@@ -12,7 +12,7 @@ import torch
 from engines import schema
 from engines.analysis.verify_draft import verify_draft
 from engines.decoding import mask_predict as mp
-from engines.decoding import speculative, tree
+from engines.decoding import speculative, tree, verify_tree
 from engines.decoding.sampling import Sampling, sample, uniform
 from engines.methods import METHODS, Run
 from engines.schema import (
@@ -83,7 +83,7 @@ def draws() -> dict[str, list]:
     out = {"uniform": [uniform(rng) for _ in range(4)], "sample": [sample(p[0], rng) for _ in range(4)]}
     verdict = speculative.verify(p, q, [0, 3], Sampling(temperature=1.0), rng)
     out["speculative_u"] = verdict.u.tolist()
-    v = tree.verify_sampled([-1, -1, 0], [1, 2, 3], torch.cat([p, p[:1]]), rng, draws=3)
+    v = verify_tree.verify_sampled([-1, -1, 0], [1, 2, 3], torch.cat([p, p[:1]]), rng, draws=3)
     out["tree"] = [v.u.tolist(), v.final.tolist(), v.residual.tolist()]
     span = mp.Span(6, mask_id=9)
     cfg = mp.MaskPredictConfig(length=6, iterations=3, strategy="random", max_new_tokens=6)

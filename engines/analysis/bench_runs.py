@@ -51,7 +51,8 @@ def timed_trace(method: str, prompt: str, settings: dict, target: str, draft: st
                 repeats: int = 1) -> tuple[float, Trace]:
     """Median wall time of a run's decoding, and its trace. Loading, tokenizing and the cost model's calibration
     happen before the clock starts: the calibration is timed once per model pair and would bill the first run."""
-    runs = iter([Run(method, prompt, settings, target=target, draft=draft, device=device) for _ in range(repeats)])
+    runs = iter([Run(method, prompt, settings, target=target, draft=draft, device=device, calibrate_first=True)
+                 for _ in range(repeats)])
     return timed(lambda: next(runs).run(), repeats)
 
 

@@ -155,13 +155,13 @@ def race(prompt: str, max_new_tokens: int, target: str | None = None, draft: str
     # otherwise land on whichever lane meets them first: a short untimed run of every lane pays them
     for e in entries:
         Run(e.method, prompt, {**e.settings, **settings, "max_new_tokens": min(4, max_new_tokens)},
-            target=target, draft=draft, device=device, chat=chat).run()
+            target=target, draft=draft, device=device, chat=chat, calibrate_first=True).run()
     traces, times = {}, {e.label: [] for e in entries}
     for _ in range(max(1, repeats)):   # round robin, so a burst of load on the machine hits every lane alike
         for e in entries:
             start = devices.clock()   # every GPU waited for, so the lap measures its own work
             traces[e.label] = Run(e.method, prompt, {**e.settings, **settings}, target=target, draft=draft,
-                                  device=device, chat=chat).run()
+                                  device=device, chat=chat, calibrate_first=True).run()
             times[e.label].append(devices.clock() - start)
     walls = {label: statistics.median(ts) for label, ts in times.items()}
     ref = next(e.label for e in entries if e.method == REFERENCE)

@@ -24,6 +24,13 @@ class Calibration:
     verify_n: list[int]              # T(n) measured at these n
     verify_cost: list[float]         # T(n) = a target forward over n tokens / one over 1 token
     measured_at: str                 # UTC time of the measurement, ISO 8601
+    # where it came from, for traces since the calibration stopped blocking a run's first step (older traces:
+    # the defaults, a sweep before the run): SOURCES below; complete: every verify size measured (False while a
+    # run is still measuring, its verify_n the sizes so far); at_step: the step after which the run recorded it
+    # (None: before its first step)
+    source: str = "sweep"
+    complete: bool = True
+    at_step: int | None = None
 
     def T(self, n: int) -> float:   # noqa: N802 - the paper's name
         return verify_cost_at(n, self.verify_n, self.verify_cost)
@@ -31,7 +38,14 @@ class Calibration:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Calibration":
         return cls(float(d["target_forward_s"]), d.get("draft_forward_s"), d.get("c"),
-                   [int(n) for n in d["verify_n"]], [float(x) for x in d["verify_cost"]], str(d["measured_at"]))
+                   [int(n) for n in d["verify_n"]], [float(x) for x in d["verify_cost"]], str(d["measured_at"]),
+                   str(d.get("source", "sweep")), bool(d.get("complete", True)), d.get("at_step"))
+
+
+# where a calibration came from: a file an earlier run on this machine left, the verify forwards of the run that
+# records it (T(n) at the sizes it fed), or a sweep (forwards timed on caches of their own)
+DISK, OWN, SWEEP = "disk cache", "this run's forwards", "sweep"
+SOURCES = (DISK, OWN, SWEEP, f"{OWN} and a {SWEEP}")
 
 
 # ----------------------------------------------------------------------------- timing

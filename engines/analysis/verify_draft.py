@@ -26,7 +26,8 @@ from engines.decoding.speculative import (
     verify,
 )
 from engines.methods import _ids_in, check_prompt_length, default_target
-from engines.models import chat as chat_template, store
+from engines.models import chat as chat_template
+from engines.models import store
 from engines.models.adapter import LM
 from engines.trace import Step, Trace
 

@@ -49,6 +49,7 @@ from engines.decoding.sampling import (
     raw_probabilities,
     top,
 )
+from engines.decoding.step_time import time_split
 from engines.drafting import registry
 from engines.drafting.base import Draft, HeadsRecord, LookupMatch
 from engines.models.adapter import LM
@@ -120,6 +121,9 @@ class SpeculativeDetail(VerificationRecord):
     target_cache: list[int]         # the target's cache length before the forward, after it, after the crop
     draft_cache: list[int] | None   # the same for the draft model's cache; null without a draft model
     heads: HeadsRecord | None       # the head drafter's record; null for other drafters
+    target_forward_s: NotRequired[float]   # seconds of the target's forward this step (CUDA waited for)
+    drafting_s: NotRequired[float]  # seconds the drafter took this step (drafting, and reading the verdict)
+    bookkeeping_s: NotRequired[float]   # the rest of wall_s: verifying, sampling, cropping caches, the record
 
 
 def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: SpeculativeConfig,
@@ -138,6 +142,7 @@ def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: Sp
         k_now = min(k, cfg.max_new_tokens - produced - 1)
         drafter.begin()
         proposal = drafter.draft_chain(text, k_now, s, rng, target.eos_ids) if k_now else Draft([])
+        drafted_at = clock(target.device)
 
         m, target_before = len(proposal.tokens), len(target_kv)
         fed = text[target_before:] + proposal.tokens
@@ -147,6 +152,7 @@ def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: Sp
             logits = logits[-(m + 1):]
         else:
             logits = target.forward(target_kv, fed)[-(m + 1):]
+        target_s = clock(target.device) - drafted_at
         target_after = len(target_kv)
         p = probabilities(logits, s)
         q = proposal.q if proposal.q is not None else one_hot(
@@ -166,7 +172,9 @@ def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: Sp
 
         target.crop(target_kv, len(text) + n)   # the cache keeps the committed text but the pending token
         final_rows = None if features is None or ended else features[:, :len(text) - target_before + n]
+        reading = clock(target.device)
         drafter.after_chain(len(text) + n, final_rows, target_before, text + committed)
+        drafting_s = drafted_at - start + clock(target.device) - reading
         text += committed
         produced += len(committed)
         k_next = next_k(k, n, m, cfg.schedule)
@@ -177,8 +185,10 @@ def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: Sp
             **({"draft_cache": None, "heads": None} | drafter.chain_record(verdict.choice.tolist())),
         )
         final = ended or produced >= cfg.max_new_tokens
+        wall_s = clock(target.device) - start
+        detail.update(time_split(wall_s, target_s, drafting_s))
         yield Step(index, tuple(committed), target_forwards=1, draft_forwards=drafter.forwards, final=final,
-                   tokens_fed=len(fed), wall_s=clock(target.device) - start, detail=detail)
+                   tokens_fed=len(fed), wall_s=wall_s, detail=detail)
         if final:
             return
         k, index = k_next, index + 1

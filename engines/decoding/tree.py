@@ -42,6 +42,7 @@ from engines.decoding.sampling import (
     raw_probabilities,
     top,
 )
+from engines.decoding.step_time import time_split
 from engines.decoding.stop import until_eos
 from engines.decoding.trees import ROOT, Node, Path
 from engines.decoding.verify_tree import Outcome, verify_greedy, verify_one, verify_typical
@@ -121,6 +122,9 @@ class TreeDetail(TypedDict):
     heads: NotRequired[HeadsRecord]         # head drafters: the head and whether it could draft the final token
     suffix_match: NotRequired[SuffixMatch | None]   # suffix drafter: the match the tree grew from; null before any
     residual_top: NotRequired[list[TokenProbability]]   # exact sampling, at a rejection: top 5 of the residual
+    target_forward_s: NotRequired[float]   # seconds of the target's forward this step (CUDA waited for)
+    drafting_s: NotRequired[float]  # seconds the drafter took this step (growing the tree, reading the verdict)
+    bookkeeping_s: NotRequired[float]   # the rest of wall_s: verifying the tree, keeping the path, the record
 
 
 def verify_forward(target: LM, kv: KV, pending: Sequence[int], paths: Sequence[Path], tokens: Sequence[int],
@@ -150,7 +154,9 @@ def tree(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: TreeConfi
         nodes, dropped = drafter.draft_tree(committed, cfg, cfg.max_new_tokens - produced - 1)
         paths, tokens = [n.path for n in nodes], [n.token for n in nodes]
         parent_of = trees.parents(paths)
+        drafted_at = clock(target.device)
         logits, features = verify_forward(target, target_kv, pending, paths, tokens, drafter.layers)
+        target_s = clock(target.device) - drafted_at
         p = probabilities(logits, cfg.sampling)
         p_raw = raw_probabilities(logits)
         typical = typical_of(cfg)
@@ -182,14 +188,18 @@ def tree(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: TreeConfi
         if features is not None and new[-1] not in target.eos_ids:   # pending rows and accepted path are final
             rows = list(range(len(pending))) + [len(pending) + i for i in outcome.path[:len(new) - 1]]
             final_rows = features[:, rows]
+        reading = clock(target.device)
         drafter.after_tree(len(committed), [nodes[i].row for i in outcome.path if nodes[i].row is not None],
                            final_rows, len(committed) - len(pending), committed + new)
+        drafting_s = drafted_at - start + clock(target.device) - reading
         tokens_fed = len(pending) + len(nodes)
         committed += new
         pending, produced = [new[-1]], produced + len(new)
         final = new[-1] in target.eos_ids or produced >= cfg.max_new_tokens
+        wall_s = clock(target.device) - start
+        detail.update(time_split(wall_s, target_s, drafting_s))
         yield Step(index, tuple(new), target_forwards=1, draft_forwards=drafter.forwards, tokens_fed=tokens_fed,
-                   wall_s=clock(target.device) - start, final=final, detail=detail)
+                   wall_s=wall_s, final=final, detail=detail)
         index += 1
         if final:
             return

@@ -311,7 +311,7 @@ def theory_panels(data: list[dict], notes: list[dict], g: Grid, trace: Trace, in
     g.yaxis(3, 1)["title"] = {"text": "tokens / iteration"}
     g.yaxis(4, 1)["title"] = {"text": "speedup"}
     if cal is None or c is None:
-        notes.append(cell_note(g.centre(4, 1), "cost not measured in this trace", "not_reached",
+        notes.append(cell_note(g.centre(4, 1), theory.cost_note_text(trace), "not_reached",
                                f"no calibration: {unmeasured(trace)}"))
     if alpha is None:
         notes.append(cell_note(g.centre(3, 1), "no draft examined yet: no α", "not_reached",

@@ -84,7 +84,9 @@ def why_nothing(trace: Trace, index: int, sentence: bool = False) -> str:
 
 
 def unmeasured(trace: Trace) -> str:
-    """Why a trace carries no cost calibration."""
+    """Why a trace carries no cost calibration (yet)."""
+    if (measured := theory.measuring(trace)) is not None:
+        return measured
     if trace.config.get("drafter") == "typed":
         return "Be the drafter verifies one typed draft in one forward and does not time the target's forwards"
     return "it was recorded before runs measured c and T(n)"
@@ -197,6 +199,8 @@ def words(trace: Trace, index: int) -> str:
     text += (f" {plural(committed, 'token')} for 1 target forward"
              f"{' and ' + plural(s.draft_forwards, drafted_by) if s.draft_forwards else ''}, "
              f"{s.wall_s * 1000:.0f} ms.")
+    if split := theory.time_split(s):
+        text += f" {split}"
     text += f" The target read {plural(s.tokens_fed, 'token')} (cache {tc[0]} → {tc[1]}, cropped to {tc[2]})"
     text += f"; the draft's cache went {dc[0]} → {dc[1]} → {dc[2]}." if dc else "."
     if is_typical(d):
@@ -243,13 +247,15 @@ def cost_words(trace: Trace, index: int) -> str:
     """The cost model with the run's numbers: c, T(k+1), the expected and the measured speedup, the best k."""
     cal = theory.calibration(trace)
     if cal is None:
+        if theory.measuring(trace) is not None:
+            return f"**Cost model:** {unmeasured(trace)}; no speedup is drawn until then."
         return f"**Cost model:** not measured for this trace ({unmeasured(trace)}), so no speedup is drawn."
     steps = trace.steps[: index + 1]
     k, alpha, c = run_k(steps), acceptance_rate(steps), theory.draft_c(trace, cal)
     drafter = trace.config.get("drafter", "model")
     draft = (f"a draft forward {theory.ms(cal.draft_forward_s)}, so c = {c:.2f}" if drafter not in theory.FREE_DRAFTS
              else theory.FREE_DRAFTS[drafter])
-    text = (f"**Cost model**, measured on this machine when the run started: a target forward over one token takes "
+    text = (f"**Cost model**, {theory.origin(cal)}: a target forward over one token takes "
             f"{theory.ms(cal.target_forward_s)}; {draft}; verifying k + 1 = {k + 1} tokens costs "
             f"T({k + 1}) = {cal.T(k + 1):.2f} forwards of one token.")
     if alpha is None or c is None:

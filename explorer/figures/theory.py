@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from engines.analysis.theory import K_MAX, Calibration, expected_speedup, expected_tokens
+from engines.analysis.theory import DISK, K_MAX, SWEEP, Calibration, expected_speedup, expected_tokens
 from engines.trace import Step, Trace
 from explorer.figures.common import GRID_COLOUR, colour, symbol
 
@@ -78,8 +78,59 @@ def k_axis() -> dict:
 # ----------------------------------------------------------------------------- what a trace recorded
 
 def calibration(trace: Trace) -> Calibration | None:
-    """The cost model's calibration the run recorded; None for a trace made before runs recorded it."""
-    return Calibration.from_dict(trace.cost) if trace.cost else None
+    """The cost model's calibration the run recorded; None for a trace made before runs recorded it, and while
+    a run has not yet timed the forward over one token that T(n) and c are counted in."""
+    return Calibration.from_dict(trace.cost) if trace.cost and "target_forward_s" in trace.cost else None
+
+
+def measuring(trace: Trace) -> str | None:
+    """What a run still measuring its calibration has so far, in words; None when it is complete or absent."""
+    cost = trace.cost
+    if not cost or cost.get("complete", True):
+        return None
+    if "target_forward_s" not in cost:
+        seconds = cost.get("forward_s") or {}
+        so_far = (", ".join(f"{ms(s)} over {n} tokens" for n, s in seconds.items()) if seconds else
+                  "nothing yet (the first step's forward also read the prompt, so it is no T(n) point)")
+        return (f"measuring... this run's own verify forwards so far: {so_far}; c and T(n) also need a target and a "
+                f"draft forward over one token, timed between the next steps")
+    return (f"measuring... T(n) at n = {', '.join(map(str, cost['verify_n']))} so far ({cost.get('source')}); the "
+            f"other sizes are timed between the next steps, so the curves may still move")
+
+
+def unmeasured(trace: Trace) -> str:
+    """Why a trace's views draw no cost: the run is still measuring, or it predates runs measuring."""
+    return measuring(trace) or "not measured for this trace (it was recorded before runs measured c and T(n))"
+
+
+def cost_note_text(trace: Trace) -> str:
+    """The short note a cost panel shows instead of its curves."""
+    return "measuring the cost..." if measuring(trace) else "cost not measured in this trace"
+
+
+def cost_note(trace: Trace, cell: dict, y: float = 0.9) -> dict:
+    """That note as an annotation near the top of the cell, in the colour of what was not reached."""
+    return {"text": cost_note_text(trace), "x": 0.5, "y": y, "showarrow": False, "xref": f"{cell['xaxis']} domain",
+            "yref": f"{cell['yaxis']} domain", "font": {"color": colour("not_reached")}}
+
+
+def origin(cal: Calibration) -> str:
+    """Where the calibration came from and when, for the words."""
+    if cal.source == DISK:
+        return f"read from this machine's disk cache (measured {cal.measured_at})"
+    after = "before the first step" if cal.at_step is None else f"by step {cal.at_step + 1}"
+    how = "timed when the run started" if cal.source == SWEEP and cal.at_step is None else f"from {cal.source}"
+    return f"measured on this machine {how}, {after}" + ("" if cal.complete else ", still measuring")
+
+
+def time_split(step: Step) -> str:
+    """Where the step's wall time went, as its record splits it; empty for a step recorded before steps did."""
+    d = step.detail
+    if "target_forward_s" not in d:
+        return ""
+    parts = [f"target forward {ms(d['target_forward_s'])}", *([f"drafting {ms(d['drafting_s'])}"]
+             if "drafting_s" in d else []), f"bookkeeping {ms(d['bookkeeping_s'])}"]
+    return f"**Where this step's {ms(step.wall_s)} went:** {', '.join(parts)}."
 
 
 # drafters that run no draft model: what a drafting step costs them instead, for the words

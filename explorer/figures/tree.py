@@ -249,9 +249,7 @@ def cost_panel(data: list[dict], notes: list[dict], g: Grid, trace: Trace, index
                          rangemode="tozero")
     g.yaxis(2, 1).update(title={"text": "tokens / forwards"}, rangemode="tozero")
     if cal is None:
-        notes.append({"text": "cost not measured in this trace", "x": 0.5, "y": 0.9, "showarrow": False,
-                      "xref": f"{cell['xaxis']} domain", "yref": f"{cell['yaxis']} domain",
-                      "font": {"color": TEXT_COLOUR}})    # the theme's grey: the status grey read 1.9:1
+        notes.append(theory.cost_note(trace, cell))
         return
     ns = list(range(1, top + 1))
     data.append({"type": "scatter", "mode": "lines", "name": "T(n): verifying n tokens", "x": ns,
@@ -292,7 +290,8 @@ def words(trace: Trace, index: int) -> str:
                  f"{len(nodes)} nodes) under the tree mask, each node at position root + depth.",
                  won(trace, step), failures(trace, step)]
     n = len(step.committed_ids)
-    parts.append(f"{n} token{'s' if n != 1 else ''} for 1 target forward ({step.wall_s * 1000:.0f} ms).")
+    parts += [f"{n} token{'s' if n != 1 else ''} for 1 target forward ({step.wall_s * 1000:.0f} ms).",
+              theory.time_split(step)]
     if d.get("acceptance") == "typical":
         parts.append("Typical acceptance (Medusa-2) keeps the deepest path whose every node has p(x) > "
                      "min(ε, δ·exp(-H(p))) at its parent, with no coin and no residual: it is lossy, so sampled "
@@ -331,9 +330,8 @@ def cost_words(trace: Trace, index: int) -> str:
             f"; the mean tokens per iteration, the target's own token included, = {made} / {len(steps)} = "
             f"{made / len(steps):.2f} (one target forward per iteration, so also tokens per target forward).")
     cal = theory.calibration(trace)
-    if cal is None:
-        return text + (" **Cost model:** not measured for this trace (it was recorded before runs measured c and "
-                       "T(n)), so no cost line is drawn.")
+    if cal is None:   # still measuring, or a trace from before runs measured c and T(n)
+        return text + f" **Cost model:** {theory.unmeasured(trace)}; no cost line is drawn."
     c = theory.draft_c(trace, cal)
     drafter = trace.config.get("drafter", "model")
     n = sum(s.tokens_fed for s in steps) / len(steps)
@@ -343,7 +341,7 @@ def cost_words(trace: Trace, index: int) -> str:
              f"on average, each c = {c:.2f} of a target forward ({theory.ms(cal.draft_forward_s)}), so drafting "
              f"costs {drafting:.2f} forwards a step" if drafter not in theory.FREE_DRAFTS
              else f"drafting is nearly free: {theory.FREE_DRAFTS[drafter]}")
-    text += (f"\n\n**Cost model**, measured on this machine when the run started: a target forward over one token "
+    text += (f"\n\n**Cost model**, {theory.origin(cal)}: a target forward over one token "
              f"takes {theory.ms(cal.target_forward_s)}; verifying a tree reads n = {n:.1f} tokens a step on average "
              f"(pending + nodes), T(n) = {verify:.2f} forwards of one token; {draft}.")
     expected = made / len(steps) / (verify + drafting)
