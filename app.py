@@ -16,7 +16,8 @@ from engines.models import locate
 from engines.models.hub import HubPolicy
 from explorer import zerogpu
 from explorer.limits import ServerLimits
-from explorer.ui import build, launch_kwargs, preload, queue_kwargs
+from explorer.controls import preload
+from explorer.ui import build, launch_kwargs, queue_kwargs
 
 locate.set_hub_policy(HubPolicy(max_parameters=int(float(os.environ.get("EXPLORER_HUB_MAX_PARAMS") or 0))))
 # per call, per session, per upload, and how many calls at once: explorer/limits.py

@@ -118,7 +118,7 @@ def chromium() -> str:
 def panel_of(out) -> dict:
     """The results panel's outputs by name, from what gradio_client returns for reset/step/back/seek/run (the
     panel alone) or for load_trace and show_method (other controls first, the panel last)."""
-    from explorer.ui import Panel
+    from explorer.handlers import Panel
     names = Panel.client_names()
     return dict(zip(names, list(out)[-len(names):]))
 

@@ -12,8 +12,8 @@ import pytest
 from gradio_client import Client
 
 from engines.__main__ import main as cli_main
+from explorer.handlers import Panel
 from explorer.limits import ServerLimits
-from explorer.ui import Panel
 from tests.conftest import panel_of
 
 SERVER_LIMITS = ServerLimits()   # for the app_url fixture

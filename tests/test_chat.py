@@ -154,7 +154,7 @@ def test_greedy_on_the_templated_prompt_equals_generate(method, settings, smollm
 def test_the_chat_box_follows_the_target_and_reaches_the_run(tiny_target):
     import gradio as gr
 
-    from explorer import ui
+    from explorer import controls as ui
     from explorer.session import live_session
 
     assert ui.chat_for_target("smollm2-135m-instruct").value is True

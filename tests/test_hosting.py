@@ -92,7 +92,7 @@ def test_hub_presets_are_not_subject_to_the_policy_for_arbitrary_ids(monkeypatch
 
 
 def test_the_ui_lists_hub_presets_only_where_the_hub_is_reachable(monkeypatch):
-    from explorer import ui
+    from explorer import controls as ui
     for reachable in (False, True):
         monkeypatch.setattr(locate, "hub_reachable", lambda timeout=2.0: reachable)
         assert ("smollm2-1.7b-instruct" in ui.model_choices("causal")) is reachable

@@ -13,9 +13,12 @@ import gradio as gr
 import pytest
 
 from engines.config import DecodeConfig, fields
-from engines.methods import METHODS
+from engines.methods import METHODS, method_default_target
 from engines.trace import Step, Trace
-from explorer import render, ui
+from explorer import controls as ui_controls
+from explorer import handlers as ui_handlers
+from explorer import render
+from explorer.limits import ServerLimits
 from explorer.session import Session, Sessions
 from tests import synthetic as syn
 
@@ -157,28 +160,28 @@ def test_a_step_that_does_not_draw_refuses_the_trace():
 
 # ----------------------------------------------------------------------------- the handlers, as the UI calls them
 
-def controls() -> ui.Controls:
+def controls() -> ui_controls.Controls:
     """Controls whose values are passed in by hand: the handlers read only the names of the settings."""
     common = {f.name: None for f in fields(DecodeConfig)}
-    own = {(m.name, f.name): None for m in METHODS.values() for f in fields(m.config) if f.name not in ui.COMMON}
-    return ui.Controls(None, None, None, None, None, common, own, {})
+    own = {(m.name, f.name): None for m in METHODS.values() for f in fields(m.config) if f.name not in ui_controls.COMMON}
+    return ui_controls.Controls(None, None, None, None, None, common, own, {})
 
 
 # a panel whose components are their own names: a handler's answer reads out["position"]
-PANEL = ui.Panel(**{name: name for name in ui.Panel.names()})
+PANEL = ui_handlers.Panel(**{name: name for name in ui_handlers.Panel.names()})
 
 
-def values(c: ui.Controls, method: str, prompt: str, target: str, **settings) -> dict:
+def values(c: ui_controls.Controls, method: str, prompt: str, target: str, **settings) -> dict:
     """The control values by the names the handlers receive them under, each setting at its default."""
     defaults = {**{f.name: f.default for f in fields(DecodeConfig)}, **settings}
     own = {(m.name, f.name): f.default for m in METHODS.values() for f in fields(m.config)}
     own.update({(method, name): v for name, v in settings.items()})
     return {"method": method, "prompt": prompt, "target": target, "draft": "tiny-draft", "seed": 0,
-            **{n: defaults[n] for n in c.common}, **{ui.own_name(*key): own[key] for key in c.own}}
+            **{n: defaults[n] for n in c.common}, **{ui_controls.own_name(*key): own[key] for key in c.own}}
 
 
 def test_load_trace_refuses_a_mismatched_trace_and_changes_nothing(tmp_path):
-    h = ui.make_handlers(controls(), PANEL)
+    h = ui_handlers.make_handlers(controls(), PANEL)
     sessions = Sessions()
     before = sessions.put("tree", Session.replay(tree_trace()))
     before.seek(-1)
@@ -200,7 +203,7 @@ def test_a_first_step_that_fails_is_discarded_and_a_fixed_prompt_then_steps(tiny
     """Issue 15: mask-predict with a prompt longer than the model's positions left a 'finished' run of 0 steps,
     and the corrected prompt was answered with 'press Reset'."""
     c = controls()
-    h = ui.make_handlers(c, PANEL)
+    h = ui_handlers.make_handlers(c, PANEL)
     sessions = Sessions()
     settings = {"length": 6, "iterations": 2, "max_new_tokens": 8}
     with pytest.raises(gr.Error, match="prompt"):
@@ -212,15 +215,15 @@ def test_a_first_step_that_fails_is_discarded_and_a_fixed_prompt_then_steps(tiny
 
 
 def test_switching_method_keeps_the_chosen_target_where_it_fits():
-    assert ui.target_for(None, "speculative", "smollm2-135m-instruct") == "smollm2-135m-instruct"
-    assert ui.target_for(None, "tree", "/models/my-llama") == "/models/my-llama"
+    assert ui_handlers.target_for(None, "speculative", "smollm2-135m-instruct") == "smollm2-135m-instruct"
+    assert ui_handlers.target_for(None, "tree", "/models/my-llama") == "/models/my-llama"
     # a causal preset gives way to mask-predict's default: the SmolLM2 diffusion adapter where it loads
-    masked_default = ui.method_default_target("mask-predict")
-    assert ui.target_for(None, "mask-predict", "smollm2-135m-instruct") == masked_default
-    assert masked_default in ui.model_choices("masked")
-    assert ui.target_for(None, "speculative", "tiny-masked") in ui.model_choices("causal")
+    masked_default = method_default_target("mask-predict")
+    assert ui_handlers.target_for(None, "mask-predict", "smollm2-135m-instruct") == masked_default
+    assert masked_default in ui_controls.model_choices("masked")
+    assert ui_handlers.target_for(None, "speculative", "tiny-masked") in ui_controls.model_choices("causal")
     on_screen = Session.start(StubRun(), {**WANTED, "target": "tiny-target"})
-    assert ui.target_for(on_screen, "autoregressive", "smollm2-135m-instruct") == "tiny-target"
+    assert ui_handlers.target_for(on_screen, "autoregressive", "smollm2-135m-instruct") == "tiny-target"
 
 
 def test_token_texts_that_look_like_html_tags_stay_visible_in_the_words():
@@ -231,14 +234,14 @@ def test_token_texts_that_look_like_html_tags_stay_visible_in_the_words():
 
 # ----------------------------------------------------------------------------- who owns the results panel (issue 21)
 
-def stub_handlers(steps: int = 20) -> tuple[dict, ui.Controls]:
+def stub_handlers(steps: int = 20) -> tuple[dict, ui_controls.Controls]:
     """The handlers on stub runs of `steps` steps: no model, so the order of events is all that is tested."""
     c = controls()
     c.start = lambda wanted: Session.start(StubRun(steps=steps), wanted)
-    return ui.make_handlers(c, PANEL, ui.ServerLimits(render_interval_s=0.0)), c
+    return ui_handlers.make_handlers(c, PANEL, ServerLimits(render_interval_s=0.0)), c
 
 
-def stub_values(c: ui.Controls) -> dict:
+def stub_values(c: ui_controls.Controls) -> dict:
     return values(c, "autoregressive", "Once upon a time", "tiny-target", max_new_tokens=20)
 
 
