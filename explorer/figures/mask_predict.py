@@ -451,7 +451,7 @@ VIEW = View(
          "random, a control. The heatmap shows positions (across) by iterations (down): the token in every "
          "cell, its confidence as colour, masks grey, a solid outline where a position was unmasked, a dotted "
          "one where it was re-masked. The strip below colours the text by the iteration that unmasked each token. "
-         "On the right: "
+         "In the side figure, one panel under another: "
          "this iteration's confidences (hover a bar for the model's top candidates), and the masks left "
          "against the schedule and the formula. With length 0 "
          "several span lengths run at once and the best mean log-probability wins (the paper's length beam).",
