@@ -10,18 +10,20 @@ import plotly.graph_objects as go
 from engines.decoding.trees import ancestry
 from engines.trace import Step, Trace
 from explorer.figures.common import (
+    CHAR_PX,
     FIGURE_WIDTH,
+    SIDE_WIDTH,
     Chip,
     Grid,
     View,
     colour,
     empty,
     figure,
+    fit,
     grid,
     listing,
     quoted,
     show,
-    symbol,
     token,
 )
 from explorer.figures.jacobi import discrete_scale
@@ -55,24 +57,54 @@ def candidate_status(d: dict, g: int, k: int) -> str:
     return "accepted" if k < m else "rejected" if k == m else "not_reached"
 
 
-def add_cells(data: list[dict], cell: dict, xs, ys, texts, hovers, status: str, name: str, **marker) -> None:
+CELL_FONT = 10       # px of a window cell's token
+ROW_LABEL_FONT = 10  # px of the window's row labels (level j, new level, candidate c)
+# a window cell's marker by status: square, so its token always stands on its own fill (an open or crossed
+# symbol left the token on the page); rejected is a square with an x through it
+CELL_SYMBOL = {"rejected": "square-x", "not_reached": "square-dot"}
+
+
+def tint(hex_colour: str, white: float = 0.6) -> str:
+    """The colour mixed with white: a light, opaque fill under which dark text reads in either theme (the
+    status colours themselves were too dark for it, and a translucent fill turned dark on the dark page)."""
+    r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    return "#" + "".join(f"{round(c + (255 - c) * white):02x}" for c in (r, g, b))
+
+
+def add_cells(data: list[dict], cell: dict, xs, ys, texts, hovers, status: str, name: str, size: float = 30,
+              **line) -> None:
+    """Window cells as square markers `size` px wide, each token cut to its cell (the hover holds it whole)."""
     if not xs:
         return
-    data.append({"type": "scatter", **cell, "x": xs, "y": ys, "mode": "markers+text", "text": texts,
+    data.append({"type": "scatter", **cell, "x": xs, "y": ys, "mode": "markers+text",
+                 "text": [fit(t, size - 4, CELL_FONT) for t in texts],
                  "hovertext": hovers, "hoverinfo": "text", "name": name, "textposition": "middle center",
-                 "textfont": {"size": 10, "color": "#111111"},
-                 "marker": {"symbol": symbol(status) if status in ("rejected", "not_reached") else "square",
-                            "size": 30, "color": colour(status), "opacity": 0.8, **marker}})
+                 "textfont": {"size": CELL_FONT, "color": "#111111"},
+                 "marker": {"symbol": CELL_SYMBOL.get(status, "square"), "size": size, "color": tint(colour(status)),
+                            "opacity": 1, "line": {"width": 1.5, "color": colour(status), **line}}})
 
 
-def window_panel(data: list[dict], g: Grid, trace: Trace, step: Step) -> None:
+def window_columns(d: dict) -> int:
+    """Positions the window panel spans: the window's W columns at L levels, and the new level past them."""
+    return len(d["window"][0]) + len(d["window"])
+
+
+def row_labels_px(d: dict) -> float:
+    """About how wide the window's longest row label is drawn."""
+    return CHAR_PX * ROW_LABEL_FONT * len(f"candidate {len(d['candidates'])}") + 12
+
+
+def window_panel(data: list[dict], g: Grid, trace: Trace, step: Step, panel_px: float = 400) -> None:
     """Rows: the window's levels (oldest first), this forward's new level, then each pooled candidate.
-    x: position after the last committed token (0). Harvested n-grams are the diagonals."""
+    x: position after the last committed token (0). Harvested n-grams are the diagonals. panel_px: about how
+    wide the panel is drawn; a cell takes its share of it and its token is cut to the cell."""
     d = step.detail
     cell = g.cell(1, 1)
     levels, width = d["window"], len(d["window"][0])
-    rows = [f"level {j}" + (" (oldest)" if j == 0 and len(levels) > 1 else "") for j in range(len(levels))]
-    new_row = "new level (this forward)"
+    columns = window_columns(d)
+    size = max(8.0, min(30.0, panel_px / columns - 3))
+    rows = [f"level {j}" for j in range(len(levels))]
+    new_row = "new level"
     cand_rows = [f"candidate {c + 1}" for c in range(len(d["candidates"]))]
     xs, ys, texts, hovers = [], [], [], []
     for j, level in enumerate(levels):
@@ -82,15 +114,15 @@ def window_panel(data: list[dict], g: Grid, trace: Trace, step: Step) -> None:
             xs.append(i + j), ys.append(rows[j]), texts.append(short(trace, t))
             hovers.append(f"level {j}, column {i}, position +{i + j}<br>{quoted(trace, t)} (id {t})<br>"
                           f"a guess from {len(levels) - j} forward{'s' if len(levels) - j != 1 else ''} ago")
-    add_cells(data, cell, xs, ys, texts, hovers, "earlier", "lookahead window (past Jacobi guesses)")
+    add_cells(data, cell, xs, ys, texts, hovers, "earlier", "lookahead window (past Jacobi guesses)", size)
     add_cells(data, cell, [0], [rows[0]], [short(trace, d["input_token"])],
               [f"the last committed token {quoted(trace, d['input_token'])}: level 0, column 0, position 0"],
-              "prompt", "last committed token (the input)", line={"width": 2, "color": colour("chosen")})
+              "prompt", "last committed token (the input)", size, width=2.5, color=colour("chosen"))
     L = len(levels)
     add_cells(data, cell, [i + L for i in range(width)], [new_row] * width,
               [short(trace, t) for t in d["new_level_ids"]],
               [f"column {i}, position +{i + L}<br>{quoted(trace, t)}: the target's argmax after column {i}'s chain"
-               for i, t in enumerate(d["new_level_ids"])], "chosen", "new level: this forward's outputs")
+               for i, t in enumerate(d["new_level_ids"])], "chosen", "new level: this forward's outputs", size)
     by_status: dict[str, list] = {}
     for c, cand in enumerate(d["candidates"]):
         for k, t in enumerate(cand):
@@ -104,7 +136,7 @@ def window_panel(data: list[dict], g: Grid, trace: Trace, step: Step) -> None:
     names = {"accepted": "pooled n-gram token accepted", "rejected": "pooled token rejected",
              "not_reached": "pooled token not reached"}
     for status, (cx, cy, ct, ch) in by_status.items():
-        add_cells(data, cell, cx, cy, ct, ch, status, names[status])
+        add_cells(data, cell, cx, cy, ct, ch, status, names[status], size)
     # the harvested n-grams are the window's diagonals: column i of levels 0..N-2, then the new output
     lx, ly, lh = [], [], []
     for i, (ngram, new) in enumerate(zip(d["harvested"], d["added"])):
@@ -118,15 +150,20 @@ def window_panel(data: list[dict], g: Grid, trace: Trace, step: Step) -> None:
                      "hoverinfo": "text", "name": "n-gram harvested into the pool",
                      "line": {"color": colour("bonus"), "width": 3}})
     order = rows + [new_row] + cand_rows
-    g.yaxis(1, 1).update(categoryorder="array", categoryarray=order[::-1], type="category")
-    g.xaxis(1, 1).update(title={"text": "position after the last committed token"}, dtick=1)
+    g.yaxis(1, 1).update(categoryorder="array", categoryarray=order[::-1], type="category",
+                         tickfont={"size": ROW_LABEL_FONT})
+    # the columns' own extent, so a cell is exactly its share of the panel (autorange pads round the markers);
+    # position ticks keep 24 px apart
+    g.xaxis(1, 1).update(title={"text": "position after the last committed token"}, range=[-0.5, columns - 0.5],
+                         dtick=max(1, math.ceil(24 * columns / panel_px)), tick0=0)
 
 
 def quoted_ids(trace: Trace, ids) -> str:
     return '"' + ngram_text(trace, ids) + '"'
 
 
-def mask_panel(data: list[dict], g: Grid, trace: Trace, step: Step, at: tuple[int, int] = (1, 2)) -> None:
+def mask_panel(data: list[dict], g: Grid, trace: Trace, step: Step, at: tuple[int, int] = (1, 2),
+               panel_px: float = 300) -> None:
     """Which fed token sees which: the lookahead branch's columns and the verification chains, all under
     the input token; every row also sees the cached text."""
     d = step.detail
@@ -139,9 +176,10 @@ def mask_panel(data: list[dict], g: Grid, trace: Trace, step: Step, at: tuple[in
     data.append({"type": "heatmap", **g.cell(*at), "z": z, "x": names, "y": names, "zmin": 0, "zmax": 3,
                  "showscale": False, "xgap": 1, "ygap": 1, "colorscale": scale,
                  "hovertemplate": "query %{y}<br>key %{x}<extra></extra>"})
-    g.yaxis(*at).update(autorange="reversed", type="category", tickfont={"size": 10},
-                        showticklabels=len(names) <= 30)
-    g.xaxis(*at).update(type="category", tickfont={"size": 10}, tickangle=-60, showticklabels=len(names) <= 30)
+    # a token per row and column named only while a 10 px label has 14 px of its own; past that the hover names it
+    labelled = len(names) <= 30 and panel_px / len(names) >= 14
+    g.yaxis(*at).update(autorange="reversed", type="category", tickfont={"size": 10}, showticklabels=labelled)
+    g.xaxis(*at).update(type="category", tickfont={"size": 10}, tickangle=-60, showticklabels=labelled)
 
 
 def window_and_mask(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
@@ -151,19 +189,25 @@ def window_and_mask(trace: Trace, index: int, narrow: bool = False) -> go.Figure
     d = step.detail
     rows = len(d["window"]) + 1 + len(d["candidates"])
     window_px = 44 * rows + 60
-    # at phone width the mask goes under the window rather than beside it: side by side they overlapped
-    mask_at = (2, 1) if narrow else (1, 2)
-    titles = ("window (lookahead) and pooled candidates (verification)",
-              f"attention mask over the {len(d['fed_ids'])} tokens after the cache")
-    if narrow:
-        mask_px = 300
+    fig_px = FIGURE_WIDTH[narrow]
+    labels_px = row_labels_px(d)
+    beside_px = (fig_px - 40 - labels_px) * 0.5
+    # the mask goes under the window rather than beside it when beside it a window cell would be narrower than
+    # 26 px (always at phone width): side by side they overlapped, and cut tokens to a character
+    stacked = narrow or beside_px / window_columns(d) < 26
+    mask_at = (2, 1) if stacked else (1, 2)
+    if stacked:
+        mask_px = 300 if narrow else 380
         g = grid(2, 1, row_heights=[window_px, mask_px], vspace=170 / (window_px + mask_px + 170),
                  titles=("window and pooled candidates", f"attention mask, {len(d['fed_ids'])} tokens"))
+        panel_px = fig_px - 40 - labels_px
     else:
-        g = grid(1, 2, col_widths=[0.58, 0.42], hspace=0.12, titles=titles)
+        g = grid(1, 2, col_widths=[0.58, 0.42], hspace=0.12,
+                 titles=("window and pooled candidates", f"attention mask over {len(d['fed_ids'])} tokens"))
+        panel_px = beside_px
     data: list[dict] = []
-    window_panel(data, g, trace, step)
-    mask_panel(data, g, trace, step, mask_at)
+    window_panel(data, g, trace, step, panel_px)
+    mask_panel(data, g, trace, step, mask_at, min(mask_px, panel_px) if stacked else beside_px * 0.8)
     for kind, c in BRANCH.items():
         data.append({"type": "scatter", **g.cell(*mask_at), "x": [None], "y": [None], "mode": "markers",
                      "name": f"mask: {kind} branch" if kind != "input" else "mask: input token",
@@ -175,7 +219,7 @@ def window_and_mask(trace: Trace, index: int, narrow: bool = False) -> go.Figure
     return figure(data, g, f"Step {index + 1}: {len(d['window'])} level{'s' if len(d['window']) != 1 else ''} x "
                            f"{len(d['window'][0])} columns, {len(d['candidates'])} candidate"
                            f"{'s' if len(d['candidates']) != 1 else ''}{warm}",
-                  height=window_px + 470 if narrow else max(380, 44 * rows + 160), legend_below=True,
+                  height=window_px + mask_px + 170 if stacked else max(380, 44 * rows + 160), legend_below=True,
                   width=FIGURE_WIDTH[narrow])
 
 
@@ -240,8 +284,11 @@ def pool_table(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     # tall enough for every row shown, so the table never hides rows behind a scroll bar
     return figure(data, None, f"Pool after step {index + 1}: {plural(d['pool_size'], 'n-gram')} under "
                               f"{plural(d['pool_keys'], 'first token')} ({shown})",
-                  height=POOL_CHROME + sum(row_height(row) for row in zip(*cells)), legend_below=True,
-                  xaxis={"visible": False}, yaxis={"visible": False})
+                  height=POOL_CHROME + sum(row_height(row) for row in zip(*cells)) + POOL_ROW, legend_below=True,
+                  xaxis={"visible": False}, yaxis={"visible": False},
+                  # a little narrower than the figure: a line of digits ("step 2: 9") runs wider than the average
+                  # character, and the title's first line reached under the toolbar
+                  width=SIDE_WIDTH - 24)
 
 
 def row_height(texts: tuple[str, ...]) -> int:

@@ -37,6 +37,7 @@ CELL_TEXT = "#111111"
 CONFIDENCE_SCALE = [[0.0, "#F4F8FB"], [0.5, "#A9CFE9"], [1.0, "#4A9FD6"]]
 SETTLED_SCALE = [[0.0, "#FFF4CC"], [1.0, "#E69F00"]]
 MASK_GREY = colour("masked")
+PANEL_PX = 190              # px of each panel of the side figure, stacked
 
 
 def span_at(trace: Trace, index: int) -> dict:
@@ -136,8 +137,10 @@ def unmasking(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
     g.yaxis(2, 1).update(range=[rows_used - 0.5, -0.5], tickmode="array", tickvals=list(range(rows_used)),
                          ticktext=STRIP_ROWS[:rows_used])
     g.xaxis(2, 1).update(title={"text": "position in the span"}, tickmode="linear", tick0=0, dtick=tick_every)
-    hidden = f" (last {shown} of {index + 1} iterations)" if shown < index + 1 else ""
-    return figure(data, g, f"Iteration {index + 1}: unmasking order, colour = confidence{hidden}",
+    if shown < index + 1:
+        g.yaxis(1, 1).update(title={"text": f"last {shown} of {index + 1}"})
+    # short: the colour bar names the colour, and a longer second line reached under the toolbar on a phone
+    return figure(data, g, f"Iteration {index + 1}: unmasking order",
                   height=min(720, max(380, 140 + 22 * shown)), width=FIGURE_WIDTH[narrow])
 
 
@@ -193,8 +196,9 @@ def settled_strip(data: list[dict], axes: dict, trace: Trace, r: dict, index: in
                                     if r["settled"][i] is not None and r["settled"][i] + 1 < s else "")
                                  if s else f"position {i}: masked" for i, s in zip(x, settled)]],
                  "hovertemplate": "%{customdata}<extra></extra>", "name": "unmasked at iteration",
+                 # ticks at the first and the last iteration only: the bar is too short for one a row
                  "colorbar": {"title": {"text": "unmasked at", "side": "top"}, "len": 0.28, "y": 0.1,
-                              "thickness": 10, "dtick": max(1, (index + 1) // 3)}})
+                              "thickness": 10, "tickmode": "array", "tickvals": sorted({1, max(index + 1, 2)})}})
     data.append({"type": "heatmap", **axes, "x": x, "y": [STRIP_ROWS.index("text now")],
                  "z": [[1 if s is None else None for s in settled]],
                  "showscale": False, "colorscale": [[0, MASK_GREY], [1, MASK_GREY]], "xgap": 1, "hoverinfo": "skip"})
@@ -202,6 +206,9 @@ def settled_strip(data: list[dict], axes: dict, trace: Trace, r: dict, index: in
 
 KV_LOOK = {"fresh": (0, "fed to this forward"), "cached": (1, "read from the cache, computed on this text"),
            "stale": (2, "read from the cache, computed when a token it sees was different")}
+# the legend's names for the cache row's letters: short enough for a phone-width legend (the meaning above is
+# in each cell's hover)
+KV_NAMES = {"fresh": "fed fresh", "cached": "cached, same text", "stale": "cached, stale"}
 KV_COLOURS = {"fresh": "#F0F0F0", "cached": "#56B4E9", "stale": "#D55E00"}
 KV_SCALE = [[0.0, KV_COLOURS["fresh"]], [0.33, KV_COLOURS["fresh"]], [0.34, KV_COLOURS["cached"]],
             [0.66, KV_COLOURS["cached"]], [0.67, KV_COLOURS["stale"]], [1.0, KV_COLOURS["stale"]]]
@@ -224,10 +231,10 @@ def cache_strip(data: list[dict], axes: dict, trace: Trace, r: dict) -> bool:
                                  for i, (k, c) in enumerate(zip(span_states, r["kv_computed"][len(states) - r["length"]:]))]],
                  "hovertemplate": "%{customdata}<extra></extra>"})
     # the row's letters named in the legend: "F" in every cell meant nothing without it
-    for code, (value, meaning) in KV_LOOK.items():
+    for code in KV_LOOK:
         if code in span_states:
             data.append({"type": "scatter", **axes, "x": [None], "y": [None], "mode": "markers",
-                         "name": f"cache {code[0].upper()}: {meaning}", "hoverinfo": "skip",
+                         "name": f"cache {code[0].upper()}: {KV_NAMES[code]}", "hoverinfo": "skip",
                          "marker": {"symbol": "square", "size": 12, "color": KV_COLOURS[code]}})
     return True
 
@@ -240,13 +247,18 @@ def confidence_and_schedule(trace: Trace, index: int, narrow: bool = False) -> g
     x = list(range(r["length"]))
     kinds = [state(r, i, mask) for i in x]
     curve = trace.steps[index].detail.get("quality_curve")
-    g = grid(1, 3, col_widths=[0.45, 0.3, 0.25], hspace=0.08,
-             titles=("confidence at every position", "masks left and tokens committed", "quality vs iterations")) \
-        if curve else grid(1, 2, col_widths=[0.6, 0.4], hspace=0.1,
-                           titles=("confidence at every position", "masks left and tokens committed"))
-    left, right = g.cell(1, 1), g.cell(1, 2)
+    # the panels one under another: the side figure is at most 440 px wide, and side by side their titles ran
+    # into each other and past the figure's edge
+    titles = ("confidence at every position", "masks left and tokens committed") + \
+        (("quality vs iterations",) if curve else ())
+    panels = len(titles)
+    gap = 110     # px between panels: the x axis's ticks and title, then the next panel's title
+    plots = PANEL_PX * panels + gap * (panels - 1)
+    g = grid(panels, 1, vspace=gap / plots, titles=titles)
+    left, right = g.cell(1, 1), g.cell(2, 1)
+    threshold = trace.steps[index].detail["strategy"] == "threshold"
     data = []
-    if trace.steps[index].detail["strategy"] == "threshold":
+    if threshold:
         tau = trace.config.get("threshold")
         data.append({"type": "scatter", **left, "x": [-0.5, r["length"] - 0.5], "y": [tau, tau], "mode": "lines",
                      "name": f"threshold tau = {tau}", "line": {"color": colour("rejected"), "dash": "dash"},
@@ -264,13 +276,16 @@ def confidence_and_schedule(trace: Trace, index: int, narrow: bool = False) -> g
     plan = trace.steps[0].detail["spans"][trace.steps[index].detail["best"]]
     iterations = list(range(1, len(plan["plan_masks"]) + 1))
     seen = [trace.steps[s].detail["spans"][trace.steps[index].detail["best"]] for s in range(index + 1)]
-    data += [
+    # threshold commits what is sure enough and has no schedule of masks: no planned line to draw for it
+    data += [] if threshold else [
         {"type": "scatter", **right, "x": iterations, "y": plan["plan_formula"], "mode": "lines",
          "name": "formula N(T-t)/T", "line": {"color": colour("earlier"), "dash": "dot"},
          "hovertemplate": "iteration %{x}: formula %{y:.2f} masks<extra></extra>"},
         {"type": "scatter", **right, "x": iterations, "y": plan["plan_masks"], "mode": "lines", "name": "schedule",
          "line": {"color": TARGET_COLOUR, "shape": "hv"},
          "hovertemplate": "iteration %{x}: schedule %{y} masks<extra></extra>"},
+    ]
+    data += [
         {"type": "scatter", **right, "x": list(range(1, index + 2)), "y": [q["input_tokens"].count(mask) for q in seen],
          "mode": "markers", "name": "masks at the start (recorded)",
          "marker": {"color": colour("chosen"), "symbol": symbol("chosen"), "size": 8},
@@ -280,21 +295,21 @@ def confidence_and_schedule(trace: Trace, index: int, narrow: bool = False) -> g
          "hovertemplate": "iteration %{x}: %{y} tokens committed<extra></extra>"},
     ]
     if curve:
-        far = g.cell(1, 3)
+        far = g.cell(3, 1)
         data.append({"type": "scatter", **far, "x": [p["iterations"] for p in curve],
                      "y": [p["mean_logprob"] for p in curve], "mode": "lines+markers", "name": "mean log p at commit",
                      "line": {"color": TARGET_COLOUR},
                      "customdata": [f"T = {p['iterations']} ({p['tokens_per_iteration']:g} tokens per iteration): "
                                     f"mean log p {fmt(p['mean_logprob'])}, distinct-2 {fmt(p['distinct2'])}"
                                     for p in curve], "hovertemplate": "%{customdata}<extra></extra>"})
-        g.xaxis(1, 3).update(title={"text": "iterations T"}, type="log")
+        g.xaxis(3, 1).update(title={"text": "iterations T"}, type="log")
     g.yaxis(1, 1).update(title={"text": "confidence"})
     g.xaxis(1, 1).update(title={"text": "position"}, range=[-0.5, r["length"] - 0.5])
-    g.xaxis(1, 2).update(count_axis("iteration", len(iterations)))
-    g.yaxis(1, 2).update(rangemode="tozero")
-    # the six legend entries wrap in a half-width column: give them room below the axis titles
-    return figure(data, g, f"Iteration {index + 1}: confidence and schedule", height=440, barmode="overlay",
-                  margin={"t": 70}, legend={"y": -0.3})
+    g.xaxis(2, 1).update(count_axis("iteration", max(len(iterations), index + 1)))
+    g.yaxis(2, 1).update(rangemode="tozero")
+    # the panels' titles need room above the first one; the legend goes below the last x axis
+    return figure(data, g, f"Iteration {index + 1}: confidence and schedule", height=plots + 70 + 40,
+                  barmode="overlay", margin={"t": 70}, legend_below=True)
 
 
 def listed(trace: Trace, r: dict, positions: list[int], limit: int = 6) -> str:
@@ -436,7 +451,7 @@ VIEW = View(
          "random, a control. The heatmap shows positions (across) by iterations (down): the token in every "
          "cell, its confidence as colour, masks grey, a solid outline where a position was unmasked, a dotted "
          "one where it was re-masked. The strip below colours the text by the iteration that unmasked each token. "
-         "On the right: "
+         "In the side figure, one panel under another: "
          "this iteration's confidences (hover a bar for the model's top candidates), and the masks left "
          "against the schedule and the formula. With length 0 "
          "several span lengths run at once and the best mean log-probability wins (the paper's length beam).",
