@@ -95,9 +95,12 @@ def speculative_table(rows: list[dict]) -> str:
     lines = [head]
     for method, rs in by_method.items():
         same = sum(r["same_output_as_generate"] == 1 for r in rs)
+        # no acceptance where nothing was drafted (prompt lookup on a prompt with no repeat)
+        accepted = [r["acceptance"] for r in rs if r["acceptance"] is not None]
+        acceptance = f"{statistics.mean(accepted):.2f}" if accepted else "–"
         lines.append(f"| {method} | {rs[0]['target']} | {SPEC_REFERENCE.get(method, '?')} | "
                      f"{statistics.mean(r['target_forwards_per_token'] for r in rs):.3f} | "
-                     f"{statistics.mean(r['acceptance'] for r in rs):.2f} | {same}/{len(rs)} | "
+                     f"{acceptance} | {same}/{len(rs)} | "
                      f"{speedup_cell([r['wall_ratio_vs_assisted_generate'] for r in rs])} | "
                      f"{speedup_cell([r['run_wall_ratio_vs_assisted_generate'] for r in rs])} |")
     return "\n".join(lines)
