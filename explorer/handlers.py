@@ -77,7 +77,7 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
         with sessions.panel:
             if not sessions.owns(method, session):
                 return panel.unchanged()
-            return panel.show(render(session, method))
+            return panel.show(render(session, method, sessions.narrow))
 
     def sent(sessions: Sessions, owner: int):
         """Run to end's next screen may only be asked for once its last one was sent (Gradio sends each yield
@@ -86,7 +86,7 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
         with sessions.panel:
             if sessions.owner == owner or sessions.shown is None:
                 return
-            screen = panel.show(render(sessions.get(sessions.shown), sessions.shown))
+            screen = panel.show(render(sessions.get(sessions.shown), sessions.shown, sessions.narrow))
         yield screen
 
     def reset(sessions: Sessions, progress=gr.Progress(), **values):
@@ -204,6 +204,14 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
             screen = screen_of(sessions, method, sessions.get(method))
         return {**method_view(sessions, method, target, **drafters), **screen}
 
+    def set_narrow(sessions: Sessions, narrow: Any):
+        """The page told its width: at phone width the figures stack their panels rather than shrink them."""
+        sessions.narrow = narrow is True
+        with sessions.panel:
+            if sessions.shown is None:
+                return panel.unchanged()
+            return screen_of(sessions, sessions.shown, sessions.get(sessions.shown))
+
     def download_trace(sessions: Sessions, method: str) -> str:
         """Write the run on screen to a file, now that it is asked for (a Step never writes one)."""
         session = sessions.get(checked_method(method))
@@ -214,7 +222,7 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
 
     return {name: friendly(fn) for name, fn in dict(reset=reset, step=step, back=back, seek=seek, run=run,
                                                      stop=stop, load_trace=load_trace, show_method=show_method,
-                                                     download_trace=download_trace).items()}
+                                                     download_trace=download_trace, set_narrow=set_narrow).items()}
 
 
 def target_for(session: Session | None, method: str, current: str | None) -> str:

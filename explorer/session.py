@@ -133,6 +133,7 @@ class Sessions:
         self.by_method: dict[str, Session] = by_method if by_method is not None else {}
         self.shown = shown
         self.owner = 0           # counts the panel's changes of owner (`show`, and a replaced current run)
+        self.narrow = False      # the page is phone-width: figures lay out for it (the page says so on load)
         self.panel = threading.RLock()
         self.work = threading.RLock()
 

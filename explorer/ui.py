@@ -40,6 +40,7 @@ from explorer.session import Sessions, Starter, live_session
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CSS = (ASSETS / "explorer.css").read_text(encoding="utf-8")
 SHORTCUTS_JS = (ASSETS / "shortcuts.js").read_text(encoding="utf-8")
+NARROW_PX = 700   # below this page width the figures lay out for a phone
 # Hands the trace file the Download button just wrote to the browser as a download.
 DOWNLOAD_JS = """(file) => {
   if (!file || !file.url) return;
@@ -119,6 +120,7 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
                     help_md = gr.Markdown(f"### Autoregressive\n{VIEWS['autoregressive'].help}")
         compare.build(friendly, limits)   # race, audit, diff: tabs below the explorer, their events wired there
 
+        narrow = gr.Checkbox(False, visible=False, elem_id="narrow")
         controls = Controls(method, prompt, target, draft, seed, common, own, groups, start, help=help_md,
                             chat=chat_box)
         panel = Panel(text=text, main=main_plot, side=side_plot, words=words, stats=stats, position=position,
@@ -161,6 +163,10 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
         theme.click(None, js="() => document.body.classList.toggle('dark')")
         demo.load(h["show_method"], [sessions, method, target], [*method_parts, *screen],
                   inputs_kwargs=drafter_choice, api_visibility="undocumented", **one_place)
+        # the page says whether it is phone-width; the figures then stack their panels rather than shrink them
+        demo.load(None, None, narrow, js=f"() => window.innerWidth < {NARROW_PX}")
+        narrow.change(h["set_narrow"], [sessions, narrow], screen, api_visibility="private", show_progress="hidden",
+                      preprocess=False)
     return demo
 
 

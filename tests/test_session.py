@@ -322,3 +322,20 @@ def test_step_presses_at_once_are_each_a_step():
     assert len(sessions.get("autoregressive").trace.steps) == 10 and sessions.get("autoregressive").cursor == 9
     shown = sorted(int(out["position"].split("Iteration ")[1].split(" ")[0]) for out in outs)
     assert shown == list(range(1, 11))                          # each answer shows its own step
+
+
+def test_a_phone_width_page_gets_the_figures_laid_out_for_it(monkeypatch):
+    """The page says on load whether it is phone-width (the hidden `narrow` box); every screen after it is rendered
+    with narrow figures, and before any tab is selected nothing is drawn."""
+    seen = []
+    real = ui_handlers.render
+    monkeypatch.setattr(ui_handlers, "render", lambda session, method, narrow=False: seen.append(narrow) or
+                        real(session, method, narrow))
+    h, c = stub_handlers()
+    sessions = Sessions()
+    assert dropped(h["set_narrow"](sessions, True))   # no tab selected yet
+    h["show_method"](sessions, "autoregressive")
+    h["step"](sessions, **stub_values(c))
+    assert sessions.narrow is True and seen and all(seen)
+    h["set_narrow"](sessions, "yes")                  # only a true boolean says phone-width
+    assert sessions.narrow is False and seen[-1] is False
