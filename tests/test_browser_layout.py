@@ -126,6 +126,19 @@ def test_at_phone_width_the_coin_labels_keep_apart(phone):
     assert overlaps == []
 
 
+def test_at_phone_width_the_figures_are_drawn_for_a_phone(phone, monkeypatch):
+    """The page tells the server it is phone-width as it loads, and the figures of its steps are laid out for a
+    phone (stacked panels); the dark desktop page below is drawn wide."""
+    from explorer import handlers
+    seen = []
+    real = handlers.render
+    monkeypatch.setattr(handlers, "render", lambda session, method, narrow=False:
+                        seen.append(narrow) or real(session, method, narrow))
+    choose_method(phone, "Autoregressive")
+    restart_and_step(phone, 1)
+    assert seen and seen[-1] is True
+
+
 # ----------------------------------------------------------------------------- the draft model control
 
 @pytest.mark.parametrize("title, drafter, shown", [("Speculative", "ngram", False), ("Speculative", "heads", False),
