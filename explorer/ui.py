@@ -69,14 +69,15 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
         with gr.Row(equal_height=False, elem_classes="workspace"):
             with gr.Column(scale=1, min_width=280, elem_classes="controls"):
                 prompt = gr.Textbox(EXAMPLES[0][0], label="Prompt", lines=3, elem_id="prompt")
-                chat_box = gr.Checkbox(bool(chat.chat_by_default_for(default_target())), label="chat",
-                                       elem_id="chat", info="the prompt as a user message in the target's chat "
-                                                            "template (instruct models)")
                 with gr.Column(elem_classes="settings", elem_id="settings"):
                     gr.Examples(EXAMPLES, inputs=[prompt], label="Examples")
                     target = gr.Dropdown(model_choices("causal"), value=default_target(), label="Target model",
                                          allow_custom_value=True, elem_id="target",
                                          info="a preset, a local folder or a Hugging Face id")
+                    # beside the target it follows; among the settings, which a phone shows after the results
+                    chat_box = gr.Checkbox(bool(chat.chat_by_default_for(default_target())), label="chat",
+                                           elem_id="chat", info="the prompt as a user message in the target's "
+                                                                "chat template (instruct models)")
                     draft = gr.Dropdown(draft_choices(), value="tiny-draft", label="Draft model",
                                         allow_custom_value=True, visible=False, elem_id="draft")
                     seed = gr.Number(0, step=1, label="Seed", elem_id="seed")

@@ -154,3 +154,9 @@ def cli(capsys):
         out, err = capsys.readouterr()
         return CliResult(code, out, err)
     return run
+
+
+def untimed(record: dict) -> dict:
+    """A step record without its times (wall_s and the split into target forward, drafting, bookkeeping): what
+    two runs of one seed must agree on."""
+    return {k: v for k, v in record.items() if not k.endswith("_s")}

@@ -204,8 +204,8 @@ def speculative_config(*, k: int, greedy: bool, drafter: str, schedule: str, max
 def dynamic_paths(rnd: random.Random, depth: int, topk: int, budget: int) -> tuple[list, dict, set, int]:
     """EAGLE-2's tree as engines/drafting/growth.py grows it: each level expands the top-k children of the top-k most
     confident nodes of the level before; then the `budget` most confident nodes are kept. Returns the kept
-    paths (breadth-first), each path's draft q and cumulative log q, the expanded paths, and how many the
-    budget dropped."""
+    paths (breadth-first), each path's draft q and cumulative log q, the expanded paths, and the candidates the
+    budget dropped with their cumulative log q."""
     q: dict = {}
     logq: dict = {(): 0.0}
 
@@ -224,8 +224,9 @@ def dynamic_paths(rnd: random.Random, depth: int, topk: int, budget: int) -> tup
         level = [c for p in frontier for c in children(p)]
         drafted += level
     kept = sorted(drafted, key=lambda p: (-logq[p], len(p)))[:budget]
+    left_out = sorted((p for p in drafted if p not in kept), key=lambda p: (-logq[p], len(p), p))
     return sorted(kept, key=lambda p: (len(p), p)), {p: (q[p], logq[p]) for p in kept}, expanded, \
-        len(drafted) - len(kept)
+        [(p, logq[p]) for p in left_out]
 
 
 def static_paths(rnd: random.Random, shape: str, depth: int) -> tuple[list, dict, set, int]:
@@ -272,7 +273,7 @@ def tree_step(rnd: random.Random, index: int, *, shape: str, budget: int, depth:
     if drafter == "heads":
         room = min(room, MEDUSA_HEADS)
     if room < 1:
-        paths, qs, expanded, dropped = [], {}, set(), 0
+        paths, qs, expanded, dropped = [], {}, set(), []
     elif shape == "dynamic":
         paths, qs, expanded, dropped = dynamic_paths(rnd, min(room, depth), topk, budget)
     else:
@@ -304,7 +305,8 @@ def tree_step(rnd: random.Random, index: int, *, shape: str, budget: int, depth:
     root_position = committed_len - 1
     pending = list(range(10, 10 + committed_len)) if index == 0 else [word(rnd)]
     detail = {
-        "tree": shape, "acceptance": "exact", "root_token": pending[-1], "pending_ids": pending, "nodes": nodes, "dropped": dropped,
+        "tree": shape, "acceptance": "exact", "root_token": pending[-1], "pending_ids": pending, "nodes": nodes,
+        "dropped": len(dropped) if isinstance(dropped, list) else dropped,
         "mask": trees.behind(1, trees.attend(paths)).int().tolist(),
         "positions": [root_position] + trees.positions(paths, root_position),
         "accepted_path": path, "accepted_length": min(len(path), len(new)), "stop_node": stop,
@@ -313,6 +315,10 @@ def tree_step(rnd: random.Random, index: int, *, shape: str, budget: int, depth:
         "stop_top": one_hot_top(final) if greedy else top(rnd, final, 5), "stop_raw_top": top(rnd, None, 5),
         "eos_cut": len(new) < len(path) + 1,
     }
+    if isinstance(dropped, list) and shape == "dynamic":   # EAGLE-2 records what its budget left out
+        kept = {p: i for i, p in enumerate(paths)}
+        detail["dropped_nodes"] = [{"token": word(rnd), "path": list(p), "score": round(score, 6),
+                                    "parent": -1 if len(p) == 1 else kept.get(p[:-1])} for p, score in dropped]
     if drafter in HEAD_DRAFTERS:
         detail["heads"] = heads_record(rnd, drafter, 1)     # the target's own token after the path
     if not greedy and resampled:

@@ -13,7 +13,7 @@ from engines.analysis.theory import DISK, SOURCES, Calibration
 from engines.methods import Run
 from engines.schema import validate
 from engines.trace import Trace
-from explorer.figures import speculative as speculative_view
+from explorer.figures import speculative_words as speculative_view
 from explorer.figures import tree as tree_view
 
 

@@ -15,7 +15,7 @@ from engines.models import convert, devices, locate, presets, store
 from engines.models.hub import HubPolicy
 from explorer import zerogpu
 from explorer.session import Sessions
-from tests.conftest import PROMPTS
+from tests.conftest import PROMPTS, untimed
 
 LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
 GOOD_FILES = [{"rfilename": "config.json"}, {"rfilename": "model.safetensors", "size": 2_000_000}]
@@ -197,7 +197,7 @@ def embedded_pair(tiny_target, tiny_draft):
 
 def plain(steps) -> list[dict]:
     """Steps as JSON carries them (tuples become lists), their timings left out."""
-    return [{k: v for k, v in json.loads(json.dumps(s.to_dict())).items() if k != "wall_s"} for s in steps]
+    return [untimed(json.loads(json.dumps(s.to_dict()))) for s in steps]
 
 
 def test_one_gpu_call_computes_the_whole_trace_and_stepping_replays_it(embedded_pair):

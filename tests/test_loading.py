@@ -155,6 +155,7 @@ def test_a_leftover_tmp_folder_of_a_killed_run_is_removed(tmp_path):
 WRITER = """
 import sys, time
 from pathlib import Path
+from engines.models import convert
 def write(folder):
     (folder / "config.json").write_text('{"writer": "%s"}' % sys.argv[2])
     time.sleep(1.5)   # both processes are writing at once

@@ -20,7 +20,7 @@ from engines.methods import Run
 from explorer import render
 from explorer.limits import ServerLimits
 from explorer.screenshot import serve
-from tests.conftest import panel_of
+from tests.conftest import panel_of, untimed
 
 BUDGET_S = 3.0
 SERVER_LIMITS = ServerLimits(call_budget_s=BUDGET_S)   # for the app_url fixture
@@ -52,7 +52,7 @@ def controls(prompt: str, *, method: str = "autoregressive", max_new_tokens: int
 
 
 def without_time(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k != "wall_s"}
+    return untimed(record)
 
 
 def alone(c: dict, steps: int) -> list[dict]:

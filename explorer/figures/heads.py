@@ -298,6 +298,10 @@ def drafter_figure(trace: Trace, index: int, reading: Reading, narrow: bool = Fa
         # one probability scale across the levels, so heads compare
         g.yaxis(2, col).update(rangemode="tozero", **({"matches": g.cell(2, 1)["yaxis"], "showticklabels": False}
                                                        if col > 1 else {}))   # the first panel's labels serve all
+    level_axes = {g.cell(2, col)["yaxis"] for col in range(1, len(levels) + 1)}
+    heights = [y for d in data if d.get("type") == "bar" and d.get("yaxis") in level_axes for y in d["y"] if y]
+    if heights:   # headroom above the tallest bar for the note a level may carry at its top
+        g.yaxis(2, 1).update(range=[0, max(heights) * 1.35])
     if not levels:
         # in paper coordinates: Plotly misplaces a note on the domain of an axis it does not draw
         notes.append({"text": "Nothing drafted this step: the heads draft from the hidden states of a verification "
