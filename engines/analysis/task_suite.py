@@ -26,7 +26,8 @@ from typing import Iterable, Sequence
 
 import torch
 
-from engines.models import adapter, devices, locate, presets, store
+from engines.analysis.bench_runs import timed
+from engines.models import adapter, locate, presets, store
 
 SUITE_DIR = Path(__file__).resolve().parent / "tasks"
 # file stem -> the column title Spec-Bench gives the family
@@ -252,12 +253,6 @@ def run_engine(method: str, settings: dict, target: adapter.LM, draft: adapter.L
     m = METHODS[method]
     cfg = build(m.config, {**settings, "max_new_tokens": n})
     return list(m.start(target, draft, ids, cfg, torch.Generator().manual_seed(0)))
-
-
-def timed(fn):
-    start = devices.clock()   # waits for the GPU: the engines and generate() queue CUDA work
-    out = fn()
-    return devices.clock() - start, out
 
 
 def bench_tasks(target: adapter.LM | str, draft: adapter.LM | str | None = None, per_family_count: int = 2,
