@@ -24,6 +24,7 @@ from explorer.figures import VIEWS
 from explorer.limits import ServerLimits, read_upload, whole_number
 from explorer.render import Screen, check_trace, render, save_trace
 from explorer.session import Session, Sessions
+from explorer.wire import on_the_wire
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
         with sessions.panel:
             if not sessions.owns(method, session):
                 return panel.unchanged()
-            return panel.show(render(session, method, sessions.narrow))
+            return on_the_wire(panel.show(render(session, method, sessions.narrow)))
 
     def sent(sessions: Sessions, owner: int):
         """Run to end's next screen may only be asked for once its last one was sent (Gradio sends each yield
@@ -86,7 +87,7 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
         with sessions.panel:
             if sessions.owner == owner or sessions.shown is None:
                 return
-            screen = panel.show(render(sessions.get(sessions.shown), sessions.shown, sessions.narrow))
+            screen = on_the_wire(panel.show(render(sessions.get(sessions.shown), sessions.shown, sessions.narrow)))
         yield screen
 
     def reset(sessions: Sessions, progress=gr.Progress(), **values):
@@ -181,18 +182,18 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
             if sessions.shown is not None:   # the page selects the trace's tab (its method control, below)
                 sessions.show(trace.method)
             screen = screen_of(sessions, trace.method, session)
-        return {**dict(zip(controls.named().values(), controls.from_trace(trace))),
+        return {**on_the_wire(dict(zip(controls.named().values(), controls.from_trace(trace)))),
                 **method_view(sessions, trace.method, trace.models.get("target"), **{
                     own_name(trace.method, "drafter"): trace.config.get("drafter")}), **screen}
 
     def method_view(sessions: Sessions, method: str, target: str | None, **drafters) -> dict:
         """What changes with the method besides the panel: its options, its target, the draft model, its help."""
         m = METHODS[method]
-        return {**{group: gr.Group(visible=name == method) for name, group in controls.groups.items()},
+        return on_the_wire({**{group: gr.Group(visible=name == method) for name, group in controls.groups.items()},
                 controls.target: gr.Dropdown(choices=model_choices(m.model_kind),
                                              value=target_for(sessions.get(method), method, target)),
                 controls.draft: draft_visibility(method, **drafters),
-                controls.help: f"### {m.title}\n{VIEWS[method].help}"}
+                controls.help: f"### {m.title}\n{VIEWS[method].help}"})
 
     def show_method(sessions: Sessions, method: str, target: str | None = None, **drafters):
         """Switch the screen to `method`: its options, its target, its run (or its empty state), at once; from

@@ -40,6 +40,7 @@ from explorer.session import Sessions, Starter, live_session
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CSS = (ASSETS / "explorer.css").read_text(encoding="utf-8")
 SHORTCUTS_JS = (ASSETS / "shortcuts.js").read_text(encoding="utf-8")
+NEXT_PRESS = "() => pdeNextPress()"   # a queued press's screen has come: send the next press (shortcuts.js)
 NARROW_PX = 700   # below this page width the figures lay out for a phone
 # Hands the trace file the Download button just wrote to the browser as a download.
 DOWNLOAD_JS = """(file) => {
@@ -98,6 +99,8 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
                     step_btn = gr.Button("Step >", variant="primary", elem_id="step-btn", size="sm")
                     run_btn = gr.Button(">> Run to end", elem_id="run-btn", size="sm")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn", size="sm")
+                    step_go = gr.Button(visible="hidden", elem_id="step-go")
+                    back_go = gr.Button(visible="hidden", elem_id="back-go")
                 position = gr.HTML(elem_id="position")
                 history = gr.Slider(0, 1, value=0, step=1, label="History (replays recorded steps)",
                                     elem_id="history")
@@ -132,14 +135,18 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
         named = controls.named()
         # Progress, loading messages and the badge of a failed call go on the position line: one place, not a
         # badge on every panel. Control values arrive as sent; the handlers check each one (see the docstring).
-        one_place = {"show_progress_on": [position], "preprocess": False}
+        # Their outputs are sent as the handlers made them (explorer/wire.py): screens reach the page in order.
+        one_place = {"show_progress_on": [position], "preprocess": False, "postprocess": False}
         reset_btn.click(h["reset"], [sessions], screen, inputs_kwargs=named, api_name="reset",
                         **model_work(limits), **one_place)
-        # every press is a step: they wait their turn (Sessions.work) instead of being dropped while one runs
-        step_btn.click(h["step"], [sessions], screen, inputs_kwargs=named, api_name="step", trigger_mode="multiple",
-                       show_progress="minimal", **model_work(limits), **one_place)
-        back_btn.click(h["back"], [sessions, method], screen, api_name="back", show_progress="hidden",
-                       trigger_mode="multiple", **one_place)
+        # Every press is a step, in order: the page queues Step and Back presses and sends the next one when the
+        # last one's screen has come (pdePress in assets/shortcuts.js), through the hidden senders below.
+        step_btn.click(None, js="() => pdePress('step-go')")
+        back_btn.click(None, js="() => pdePress('back-go')")
+        step_go.click(h["step"], [sessions], screen, inputs_kwargs=named, api_name="step", trigger_mode="multiple",
+                      show_progress="minimal", **model_work(limits), **one_place).then(None, js=NEXT_PRESS)
+        back_go.click(h["back"], [sessions, method], screen, api_name="back", show_progress="hidden",
+                      trigger_mode="multiple", **one_place).then(None, js=NEXT_PRESS)
         run_btn.click(h["run"], [sessions], screen, inputs_kwargs=named, api_name="run", show_progress="minimal",
                       **model_work(limits), **one_place)
         # not queued behind model work, so that it reaches a Run that holds a model worker
@@ -151,7 +158,7 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
                        show_progress="hidden", preprocess=False).success(None, [trace_file], None, js=DOWNLOAD_JS)
         # the trace's controls, its method's options and its replay in the panel, all in one answer
         upload.upload(h["load_trace"], [sessions, upload], [*named.values(), *method_parts, *screen],
-                      api_name="load_trace", show_progress_on=[position])
+                      api_name="load_trace", show_progress_on=[position], postprocess=False)
         # the drafter controls by name: switching methods or drafters shows the draft model only where it is used
         drafter_choice = {own_name(m, name): c for (m, name), c in own.items() if name == "drafter"}
         method.change(h["show_method"], [sessions, method, target], [*method_parts, *screen],
@@ -167,7 +174,7 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
         # the page says whether it is phone-width; the figures then stack their panels rather than shrink them
         demo.load(None, None, narrow, js=f"() => window.innerWidth < {NARROW_PX}")
         narrow.change(h["set_narrow"], [sessions, narrow], screen, api_visibility="private", show_progress="hidden",
-                      preprocess=False)
+                      preprocess=False, postprocess=False)
     return demo
 
 

@@ -181,10 +181,11 @@ def test_every_step_press_is_a_step(fresh):
     fresh.evaluate("() => { for (let i = 0; i < 10; i++) document.querySelector('#step-btn').click(); }")
     fresh.wait_for_function("() => document.querySelector('#position').innerText.includes('Iteration 10 of 10')",
                             timeout=120_000)
+    watch_panel(fresh)
     fresh.locator("body").click(position={"x": 5, "y": 5})
     for _ in range(5):
         fresh.keyboard.press("n")
     fresh.wait_for_function("() => document.querySelector('#position').innerText.includes('Iteration 15 of 15')",
                             timeout=120_000)
     fresh.wait_for_timeout(1500)
-    assert iteration(fresh) == 15                     # no more steps than presses
+    assert iteration(fresh) == 15, [p for _, p, _ in seen_runs(fresh)]   # no more steps than presses
