@@ -83,7 +83,7 @@ def build_sampling_check(friendly: Callable, **events) -> None:
         rule = gr.Radio([(words, name) for name, words in RULES.items()], value="exact", label="Rule",
                         elem_id="check-rule")
         go = gr.Button("Check", variant="primary", scale=0, elem_id="check-btn")
-    histogram = gr.Plot(elem_id="check-plot", show_label=False)
+    histogram = gr.Plot(elem_id="check-plot", show_label=False, elem_classes="compare-plot")
     words = gr.Markdown(elem_id="check-words")
     with gr.Accordion("Check record (JSON)", open=False):
         record = gr.JSON(elem_id="check-record")
@@ -114,9 +114,9 @@ def build_verify_draft(friendly: Callable, **events) -> None:
         temperature = gr.Number(0.0, label="Temperature (0: greedy)", elem_id="typed-temperature")
         seed = gr.Number(0, precision=0, label="Seed", elem_id="typed-seed")
         go = gr.Button("Verify my draft", variant="primary", scale=0, elem_id="typed-btn")
-    main = gr.Plot(elem_id="typed-plot", show_label=False)
+    main = gr.Plot(elem_id="typed-plot", show_label=False, elem_classes="compare-plot")
     with gr.Row(equal_height=False):
-        side = gr.Plot(elem_id="typed-side", show_label=False)
+        side = gr.Plot(elem_id="typed-side", show_label=False, elem_classes="compare-plot")
         words = gr.Markdown(elem_id="typed-words")
     with gr.Accordion("Step record (JSON)", open=False):
         record = gr.JSON(elem_id="typed-record")

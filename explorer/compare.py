@@ -66,17 +66,17 @@ def build_race(friendly: Callable, limits: ServerLimits) -> None:
     with gr.Row():
         prompt = gr.Textbox("Once upon a time", label="Prompt", lines=2, scale=3, elem_id="race-prompt")
         target = gr.Dropdown(TARGETS, value=default_target(), label="Target model", allow_custom_value=True,
-                             scale=1, elem_id="race-target")
+                             scale=1, min_width=240, elem_id="race-target")
         tokens = gr.Number(48, precision=0, label=f"New tokens (1 to {RACE_MAX_TOKENS})", scale=1,
                            elem_id="race-tokens")
         go = gr.Button("Run race", variant="primary", scale=0, elem_id="race-btn")
     gr.Markdown("Every causal method decodes the prompt greedily to the same number of new tokens on one "
                 "target, back to back in this process. Mask-predict is not in the race: it fills a span with "
                 "a masked LM and has no greedy causal output to compare.")
-    timeline = gr.Plot(elem_id="race-timeline", show_label=False)
+    timeline = gr.Plot(elem_id="race-timeline", show_label=False, elem_classes="compare-plot")
     table = gr.Markdown(elem_id="race-table")
     outputs = gr.HTML(elem_id="race-outputs")
-    cost = gr.Plot(elem_id="race-cost", show_label=False)
+    cost = gr.Plot(elem_id="race-cost", show_label=False, elem_classes="compare-plot")
     words = gr.Markdown(elem_id="race-words")
     with gr.Accordion("Race record (JSON)", open=False):
         record = gr.JSON(elem_id="race-record")
@@ -118,7 +118,7 @@ def build_audit(friendly: Callable, limits: ServerLimits) -> None:
         prompt = gr.Textbox("Once upon a time", label="Prompt", lines=2, scale=3, elem_id="audit-prompt")
         method = gr.Dropdown(AUDITED, value="tree", label="Method", scale=1, elem_id="audit-method")
         target = gr.Dropdown(TARGETS, value=default_target(), label="Target model", allow_custom_value=True,
-                             scale=1, elem_id="audit-target")
+                             scale=1, min_width=240, elem_id="audit-target")
         tokens = gr.Number(48, precision=0, label=f"New tokens (1 to {AUDIT_MAX_TOKENS})", scale=1,
                            elem_id="audit-tokens")
     with gr.Row():
@@ -159,7 +159,10 @@ def build_diff(friendly: Callable, limits: ServerLimits) -> None:
 
 
 def build(friendly: Callable, limits: ServerLimits = ServerLimits()) -> None:
-    """The comparison tabs, below the method explorer."""
+    """The comparison tabs, below the method explorer, under their own heading."""
+    gr.Markdown("## Compare methods\nEvery causal method raced on one prompt, an audit of one method against "
+                "`generate()`, the sampling rules checked against the target's distribution, your own draft "
+                "verified, and two traces side by side.", elem_id="compare-heading")
     with gr.Tabs(elem_id="compare-tabs"):
         with gr.Tab("Race", elem_id="tab-race"):
             build_race(friendly, limits)

@@ -22,13 +22,7 @@ from explorer.limits import model_name, text
 from explorer.render import forget_traces
 from explorer.session import Session, Sessions, Starter, live_session
 
-EXAMPLES = [
-    ["Once upon a time"],
-    ["Alice was beginning to get very tired of sitting by her sister on the bank, and"],
-    ["It is a truth universally acknowledged, that a single man in possession of a good fortune"],
-    ["The quick brown fox jumps over the lazy dog. The quick brown fox"],
-    ["def fibonacci(n):\n    "],
-]
+DEFAULT_PROMPT = "Once upon a time"
 # Offered where the launch allows hub ids beyond the presets (and the hub is reachable).
 HUB_MASKED = ["answerdotai/ModernBERT-base"]
 COMMON = [f.name for f in fields(DecodeConfig)]
@@ -84,6 +78,8 @@ class Controls:
     start: Starter = live_session   # live here; on ZeroGPU a whole trace computed in one call (explorer.zerogpu)
     help: gr.Markdown | None = None   # the method's help text, which changes with the method
     chat: gr.Checkbox | None = None   # the prompt in the target's chat template; without it Run decides
+    intro: gr.Markdown | None = None      # the method in two sentences, above the fold (explorer/guide.py)
+    examples: gr.Dataset | None = None    # example prompts chosen for the method
 
     def named(self) -> dict[str, Any]:
         """Every control under the name the API gives its parameter: method, prompt, target, draft, seed, the

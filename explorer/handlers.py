@@ -11,6 +11,7 @@ import gradio as gr
 
 from engines.methods import METHODS, method_default_target
 from engines.trace import Trace
+from explorer import guide
 from explorer.controls import (
     Controls,
     announce_loading,
@@ -193,7 +194,8 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
                 controls.target: gr.Dropdown(choices=model_choices(m.model_kind),
                                              value=target_for(sessions.get(method), method, target)),
                 controls.draft: draft_visibility(method, **drafters),
-                controls.help: f"### {m.title}\n{VIEWS[method].help}"})
+                controls.help: f"### {m.title}\n{VIEWS[method].help}",
+                controls.intro: guide.intro(method), controls.examples: gr.Dataset(samples=guide.examples(method))})
 
     def show_method(sessions: Sessions, method: str, target: str | None = None, **drafters):
         """Switch the screen to `method`: its options, its target, its run (or its empty state), at once; from

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from engines.methods import METHODS
 from engines.trace import Trace, totals
 from explorer.figures import VIEWS
-from explorer.figures.common import Chip, chips_html, empty, legend_html
+from explorer.figures.common import Chip, chips_html, legend_html
 from explorer.session import Session
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,8 @@ TRACE_DIR = Path(tempfile.gettempdir()) / "parallel-decoding-explorer-traces"
 @dataclass
 class Screen:
     text: str            # HTML: the text so far as token chips
-    main: go.Figure
-    side: go.Figure
+    main: go.Figure | None   # None before a run's first step: the plots are hidden
+    side: go.Figure | None
     words: str           # markdown: this step, in words
     stats: str           # markdown: running counters
     position: str        # HTML: "Iteration i of n" and a progress bar
@@ -157,7 +157,8 @@ def render(session: Session | None, method: str, narrow: bool = False) -> Screen
     if session is None:
         hint = f"Press Step or Run to start {METHODS[method].title.lower()} decoding."
         run_id = f"{method}:none"
-        return Screen(text=legend_html(view.legend), main=empty(hint), side=empty(""), words=hint, stats="",
+        # no figure yet: the page hides a plot without one (assets/explorer.css), and the words say what to do
+        return Screen(text=legend_html(view.legend), main=None, side=None, words=hint, stats="",
                       position=f'<div class="position" data-run="{run_id}"><span>No run yet</span></div>',
                       history_max=0, history_value=0, record={}, run_id=run_id, downloadable=False)
     trace, cursor = session.trace, session.cursor

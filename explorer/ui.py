@@ -18,10 +18,10 @@ import gradio as gr
 from engines.config import DecodeConfig, fields
 from engines.methods import METHODS, default_target
 from engines.models import chat
-from explorer import compare
+from explorer import compare, guide
 from explorer.controls import (
     COMMON,
-    EXAMPLES,
+    DEFAULT_PROMPT,
     Controls,
     chat_for_target,
     control,
@@ -61,17 +61,21 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
         with gr.Row(elem_classes="header"):
             gr.Markdown("## Parallel Decoding Explorer\nStep through faster-than-autoregressive decoding one "
                         "iteration at a time; every number shown is the engine's recorded internal state. "
-                        "Keys: **n** step, **b** back, **r** run.")
+                        '<span class="keys">Keys: <b>n</b> step, <b>b</b> back, <b>r</b> run.</span>')
             theme = gr.Button("Light / dark", size="sm", elem_id="theme-toggle", scale=0)
         method = gr.Radio([(m.title, m.name) for m in METHODS.values()], value="autoregressive",
                           label="Method", elem_id="method", elem_classes="method-tabs")
+        intro = gr.Markdown(guide.intro("autoregressive"), elem_id="intro")
+        with gr.Accordion("Glossary: p, q, u, α, k, c, T(n), τ", open=False, elem_id="glossary"):
+            gr.Markdown(guide.GLOSSARY)
         # On a narrow screen (assets/explorer.css) the prompt stays on top, the results come next and the
         # settings after them: the classes below name the three parts for the stylesheet.
         with gr.Row(equal_height=False, elem_classes="workspace"):
             with gr.Column(scale=1, min_width=280, elem_classes="controls"):
-                prompt = gr.Textbox(EXAMPLES[0][0], label="Prompt", lines=3, elem_id="prompt")
+                prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=3, elem_id="prompt")
                 with gr.Column(elem_classes="settings", elem_id="settings"):
-                    gr.Examples(EXAMPLES, inputs=[prompt], label="Examples")
+                    examples = gr.Dataset(components=[prompt], samples=guide.examples("autoregressive"),
+                                          label="Examples for this method", elem_id="examples")
                     target = gr.Dropdown(model_choices("causal"), value=default_target(), label="Target model",
                                          allow_custom_value=True, elem_id="target",
                                          info="a preset, a local folder or a Hugging Face id")
@@ -126,12 +130,12 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
 
         narrow = gr.Checkbox(False, visible=False, elem_id="narrow")
         controls = Controls(method, prompt, target, draft, seed, common, own, groups, start, help=help_md,
-                            chat=chat_box)
+                            chat=chat_box, intro=intro, examples=examples)
         panel = Panel(text=text, main=main_plot, side=side_plot, words=words, stats=stats, position=position,
                       history=history, record=record, download=download, drafter=drafter_plot)
         h = make_handlers(controls, panel, limits)
         screen = panel.components()   # the handlers return dicts keyed by these; the state is changed in place
-        method_parts = [*groups.values(), target, draft, help_md]
+        method_parts = [*groups.values(), target, draft, help_md, intro, examples]
         named = controls.named()
         # Progress, loading messages and the badge of a failed call go on the position line: one place, not a
         # badge on every panel. Control values arrive as sent; the handlers check each one (see the docstring).
@@ -168,6 +172,8 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
         # the chat box follows the target: on for an instruct model, off for the embedded and masked ones
         target.change(friendly(chat_for_target), [target], chat_box, api_visibility="private",
                       show_progress="hidden", preprocess=False)
+        examples.click(lambda sample: sample[0], [examples], [prompt], api_visibility="private",
+                       show_progress="hidden")
         theme.click(None, js="() => document.body.classList.toggle('dark')")
         demo.load(h["show_method"], [sessions, method, target], [*method_parts, *screen],
                   inputs_kwargs=drafter_choice, api_visibility="undocumented", **one_place)

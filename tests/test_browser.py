@@ -22,8 +22,15 @@ def page(chromium, app_url):
         yield p
 
 
-def plot_json(page) -> str:
-    return page.evaluate("() => JSON.stringify(document.querySelector('#main-plot .js-plotly-plot')?.data || null)")
+PLOT_JSON = "() => JSON.stringify(document.querySelector('#main-plot .js-plotly-plot')?.data || null)"
+
+
+def plot_json(page, previous: str | None = None) -> str:
+    """The main figure's data, once drawn and (given `previous`) once it differs from that: Plotly draws after the
+    position line has changed, and the first figure waits for Plotly itself to load."""
+    page.wait_for_function(f"prev => {{ const now = ({PLOT_JSON})(); return now !== 'null' && now !== prev; }}",
+                           arg=previous, timeout=60_000)
+    return page.evaluate(PLOT_JSON)
 
 
 def test_step_back_download_and_reload(page, tmp_path):
@@ -31,7 +38,7 @@ def test_step_back_download_and_reload(page, tmp_path):
     for _ in range(3):
         press_step(page)
         texts.append(page.locator("#text-so-far").inner_text())
-        plots.append(plot_json(page))
+        plots.append(plot_json(page, plots[-1] if plots else None))
     assert iteration(page) == 3
     assert len(set(texts)) == 3 and len(set(plots)) == 3          # the text and the figure changed each step
     assert "next-token distribution" in page.locator("#main-plot").inner_text()
