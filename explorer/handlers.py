@@ -68,6 +68,12 @@ class Panel:
     def unchanged(self) -> dict:
         return {c: gr.skip() for c in self.components()}
 
+    def figures_cleared(self) -> dict:
+        """The figures emptied, the rest as it is: Plotly then draws the next run's figures afresh. Redrawn in
+        place, a loaded autoregressive trace's figure over a speculative run's threw 'Something went wrong with
+        axis scaling' in Plotly.js, and the page dropped the whole update (issue 21)."""
+        return {**self.unchanged(), self.main: None, self.side: None}
+
 
 def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = ServerLimits()):
     """The handlers by api name. Those that take control values take them by name (`Controls.named`).
@@ -175,16 +181,18 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
             session.stopped = True
 
     def load_trace(sessions: Sessions, path: str | None):
-        """The trace's controls and its replay, in this one answer: the panel shows the loaded run at once."""
+        """The trace's controls and its replay, in one answer after the figures are cleared: the panel shows the
+        loaded run at once."""
         trace = check_trace(Trace.from_json(read_upload(path, limits.max_upload_bytes)))
         session = Session.replay(trace)
+        yield on_the_wire(panel.figures_cleared())
         with sessions.work, sessions.panel:
             sessions.put(trace.method, session)
             if sessions.shown is not None:   # the page selects the trace's tab (its method control, below)
                 sessions.show(trace.method)
             screen = screen_of(sessions, trace.method, session)
-        return {**on_the_wire(dict(zip(controls.named().values(), controls.from_trace(trace)))),
-                **method_view(sessions, trace.method, trace.models.get("target"), **{
+        yield {**on_the_wire(dict(zip(controls.named().values(), controls.from_trace(trace)))),
+               **method_view(sessions, trace.method, trace.models.get("target"), **{
                     own_name(trace.method, "drafter"): trace.config.get("drafter")}), **screen}
 
     def method_view(sessions: Sessions, method: str, target: str | None, **drafters) -> dict:
@@ -204,8 +212,10 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
         method = checked_method(method)
         with sessions.panel:
             sessions.show(method)
+        yield on_the_wire(panel.figures_cleared())   # another run's figures: Plotly draws them afresh
+        with sessions.panel:
             screen = screen_of(sessions, method, sessions.get(method))
-        return {**method_view(sessions, method, target, **drafters), **screen}
+        yield {**method_view(sessions, method, target, **drafters), **screen}
 
     def set_narrow(sessions: Sessions, narrow: Any):
         """The page told its width: at phone width the figures stack their panels rather than shrink them."""

@@ -190,12 +190,12 @@ def test_load_trace_refuses_a_mismatched_trace_and_changes_nothing(tmp_path):
     path = tmp_path / "mislabelled.json"
     path.write_text(mislabelled.to_json())
     with pytest.raises(gr.Error, match="'tree'"):
-        h["load_trace"](sessions, str(path))
+        list(h["load_trace"](sessions, str(path)))
     assert sessions.by_method == {"tree": before} and before.cursor == -1
     h["back"](sessions, "tree")                        # the Tree tab still works
     good = tmp_path / "tree.json"
     good.write_text(tree_trace().to_json())
-    h["load_trace"](sessions, str(good))
+    list(h["load_trace"](sessions, str(good)))   # the figures cleared, then the replay
     assert sessions.get("tree") is not before and sessions.get("tree").trace.method == "tree"
 
 
@@ -241,6 +241,11 @@ def stub_handlers(steps: int = 20) -> tuple[dict, ui_controls.Controls]:
     return ui_handlers.make_handlers(c, PANEL, ServerLimits(render_interval_s=0.0)), c
 
 
+def switch(h: dict, sessions: Sessions, method: str) -> dict:
+    """A tab switch's last answer (the first clears the figures)."""
+    return list(h["show_method"](sessions, method))[-1]
+
+
 def stub_values(c: ui_controls.Controls) -> dict:
     return values(c, "autoregressive", "Once upon a time", "tiny-target", max_new_tokens=20)
 
@@ -252,13 +257,13 @@ def dropped(out: dict) -> bool:
 def test_a_screen_of_a_run_whose_tab_is_not_selected_is_dropped_and_its_tab_shows_it_again():
     h, c = stub_handlers()
     sessions = Sessions()
-    h["show_method"](sessions, "autoregressive")
+    switch(h, sessions, "autoregressive")
     assert "Iteration 1 of 1" in h["step"](sessions, **stub_values(c))["position"]
-    jacobi = h["show_method"](sessions, "jacobi")
+    jacobi = switch(h, sessions, "jacobi")
     assert 'data-run="jacobi:none"' in jacobi["position"] and "No run yet" in jacobi["position"]
     assert dropped(h["step"](sessions, **stub_values(c)))      # answered after the switch: not shown
     assert dropped(h["back"](sessions, "autoregressive"))
-    again = h["show_method"](sessions, "autoregressive")
+    again = switch(h, sessions, "autoregressive")
     run_id = sessions.get("autoregressive").run_id
     assert f'data-run="{run_id}"' in again["position"] and "Iteration 1 of 2 recorded" in again["position"]
 
@@ -266,25 +271,26 @@ def test_a_screen_of_a_run_whose_tab_is_not_selected_is_dropped_and_its_tab_show
 def test_run_to_end_on_a_tab_left_behind_writes_nothing_to_the_panel():
     h, c = stub_handlers()
     sessions = Sessions()
-    h["show_method"](sessions, "autoregressive")
+    switch(h, sessions, "autoregressive")
     stream = h["run"](sessions, **stub_values(c))
     assert "Iteration 1 of 1" in next(stream)["position"]
-    h["show_method"](sessions, "tree")
+    switch(h, sessions, "tree")
     rest = list(stream)
     # the first screen was made before the switch: the tree tab's own screen is sent again after it, in case it
     # reached the page after the switch; every later screen is dropped
     assert 'data-run="tree:none"' in rest[0]["position"] and rest[1:] and all(dropped(out) for out in rest[1:])
-    back = h["show_method"](sessions, "autoregressive")
+    back = switch(h, sessions, "autoregressive")
     assert "Iteration 20 of 20 recorded" in back["position"] and "finished" in back["position"]
 
 
 def test_a_loaded_trace_owns_the_panel_at_once(tmp_path):
     h, c = stub_handlers()
     sessions = Sessions()
-    h["show_method"](sessions, "speculative")
+    switch(h, sessions, "speculative")
     path = tmp_path / "autoregressive.json"
     path.write_text(trace_of_steps(3).to_json())
-    out = h["load_trace"](sessions, str(path))
+    cleared, out = h["load_trace"](sessions, str(path))
+    assert cleared["main"] is None and cleared["side"] is None and cleared["position"] == gr.skip()
     assert sessions.shown == "autoregressive"
     assert "replay of a loaded trace" in out["position"] and "Iteration 3 of 3" in out["position"]
     assert 'data-run="autoregressive:' in out["position"]
@@ -334,7 +340,7 @@ def test_a_phone_width_page_gets_the_figures_laid_out_for_it(monkeypatch):
     h, c = stub_handlers()
     sessions = Sessions()
     assert dropped(h["set_narrow"](sessions, True))   # no tab selected yet
-    h["show_method"](sessions, "autoregressive")
+    switch(h, sessions, "autoregressive")
     h["step"](sessions, **stub_values(c))
     assert sessions.narrow is True and seen and all(seen)
     h["set_narrow"](sessions, "yes")                  # only a true boolean says phone-width
