@@ -15,13 +15,14 @@ import os
 from engines.models import locate
 from engines.models.hub import HubPolicy
 from explorer import zerogpu
-from explorer.limits import ServerLimits
+from explorer.limits import ServerLimits, cap_malloc_arenas
 from explorer.controls import preload
 from explorer.ui import build, launch_kwargs, queue_kwargs
 
 locate.set_hub_policy(HubPolicy(max_parameters=int(float(os.environ.get("EXPLORER_HUB_MAX_PARAMS") or 0))))
 # per call, per session, per upload, and how many calls at once: explorer/limits.py
 LIMITS = ServerLimits()
+cap_malloc_arenas(LIMITS.malloc_arenas)   # before the worker threads allocate: memory per session stays small
 demo = build(zerogpu.starter(), limits=LIMITS)
 
 if __name__ == "__main__":

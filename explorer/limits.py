@@ -6,6 +6,7 @@ number, a string for a number, a huge file) into one sentence.
 """
 from __future__ import annotations
 
+import ctypes
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,25 @@ class ServerLimits:
     session_capacity: int = 500
     max_upload_bytes: int = 8 * 2 ** 20   # a trace of 512 tokens of tree decoding is well under this
     render_interval_s: float = 0.25  # Run to end shows at most about 4 screens a second, so the page keeps up
+    malloc_arenas: int = 2           # glibc heap arenas the server's threads share (see cap_malloc_arenas)
 
 
 MAX_NAME_CHARS = 300   # a preset, a folder or a hub id
 MODEL_WORK = "model"   # the concurrency group of every call that may run a model
+M_ARENA_MAX = -8       # mallopt's parameter number for the arena cap (glibc malloc.h)
+
+
+def cap_malloc_arenas(arenas: int) -> bool:
+    """Let the server's threads share `arenas` glibc heap arenas. glibc gives every thread that allocates an arena
+    of its own (up to 8 per core) and keeps what a thread freed for that arena: with Gradio's pool of worker
+    threads each running model forwards, 40 fresh sessions grew the server by 366 MB, and by 67 MB with two
+    arenas (measured here, tiny-target, reset + step each). The same as MALLOC_ARENA_MAX, set from the process
+    itself; it binds the arenas made from now on. False where the C library is not glibc (nothing changes)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc.mallopt(M_ARENA_MAX, arenas) == 1
+    except (OSError, AttributeError):
+        return False
 
 
 def model_work(limits: ServerLimits) -> dict[str, Any]:

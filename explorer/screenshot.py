@@ -1,6 +1,7 @@
 """Retake the README's screenshot: the real app, mid-run, in headless Debian Chromium.
 
     python -m explorer.screenshot        # the README's picture: speculative sampling on the tiny pair
+    python -m explorer.screenshot --phone   # the same at phone width: assets/screenshot-phone.png
     python -m explorer.screenshot --method Tree --target smollm2-135m-instruct --temperature 0 --steps 6 --out tree.png
     python -m explorer.screenshot --race --target tiny-target --tokens 32   # assets/race.png: the Compare > Race tab
 
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
+PHONE_VIEW = (420, 1500)   # px: a phone held upright, and how much of its page the README shows
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync", "--disable-quic"]
 
@@ -30,9 +32,10 @@ def free_port() -> int:
 def serve(limits=None):
     """The app on 127.0.0.1:<free port>, in this process, under `limits` (ServerLimits; the defaults when
     None); yields its URL."""
-    from explorer.limits import ServerLimits
+    from explorer.limits import ServerLimits, cap_malloc_arenas
     from explorer.ui import build, launch_kwargs, queue_kwargs
     limits = limits or ServerLimits()
+    cap_malloc_arenas(limits.malloc_arenas)
     demo = build(limits=limits)
     port = free_port()
     demo.queue(**queue_kwargs(limits)).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
@@ -118,10 +121,13 @@ def main(argv=None) -> int:
     p.add_argument("--race", action="store_true", help="the Compare > Race tab after a race, instead of a method")
     p.add_argument("--prompt", default="Once upon a time", help="with --race")
     p.add_argument("--tokens", type=int, default=32, help="with --race: new tokens per lane")
+    p.add_argument("--phone", action="store_true",
+                   help=f"a {PHONE_VIEW[0]} px wide page, its first {PHONE_VIEW[1]} px (default assets/screenshot-phone.png)")
     args = p.parse_args(argv)
-    args.out = args.out or str(Path(__file__).resolve().parent.parent / "assets" /
-                               ("race.png" if args.race else "screenshot.png"))
-    with serve() as url, browser_page() as page:
+    name = "race.png" if args.race else "screenshot-phone.png" if args.phone else "screenshot.png"
+    args.out = args.out or str(Path(__file__).resolve().parent.parent / "assets" / name)
+    width, height = PHONE_VIEW if args.phone else (1400, 1000)
+    with serve() as url, browser_page(width, height) as page:
         open_app(page, url)
         if args.race:
             race_shot(page, args.target, args.prompt, args.tokens, args.out)
@@ -136,7 +142,7 @@ def main(argv=None) -> int:
         page.locator("#seed input").fill(str(args.seed))
         press_step(page, args.steps)
         page.wait_for_timeout(1000)
-        page.screenshot(path=args.out, full_page=True)
+        page.screenshot(path=args.out, full_page=not args.phone)
     print(args.out)
     return 0
 
