@@ -7,7 +7,8 @@ ENV HOME=/home/user \
     PATH=/home/user/.local/bin:$PATH \
     GRADIO_SERVER_NAME=0.0.0.0 \
     GRADIO_SERVER_PORT=7860 \
-    PIP_NO_CACHE_DIR=1
+    PIP_NO_CACHE_DIR=1 \
+    MALLOC_ARENA_MAX=2
 WORKDIR /home/user/app
 
 # torch first and pinned, so the range in requirements.txt installs nothing more. The default takes torch from
@@ -21,7 +22,7 @@ RUN pip install --user ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "torch==${TORC
 
 COPY --chown=user . .
 # Convert SmolLM2 from its GGUF once, at build time, so the first visitor does not wait.
-RUN python -m engines models && python -c "from engines import lm; lm.load('smollm2-135m-instruct')"
+RUN python -m engines models && python -c "from engines.models import store; store.load('smollm2-135m-instruct')"
 
 # Other Hugging Face ids stay off unless the host allows them: docker run -e EXPLORER_HUB_MAX_PARAMS=2e9 ...
 EXPOSE 7860

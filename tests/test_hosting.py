@@ -228,3 +228,21 @@ def test_sessions_start_a_recorded_run_and_walk_it(embedded_pair):
 
 def test_without_spaces_the_launch_chooses_the_live_path():
     assert zerogpu.gpu_decorator() is None   # the spaces package is not installed here
+
+
+def test_the_dockerfile_runs_modules_and_names_that_exist():
+    """The Dockerfile's build step imported engines.lm, a module the restructure (issue 22) had moved: every
+    `python -m` module and every `from X import Y` of its `python -c` commands must exist."""
+    import importlib
+    import importlib.util
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "Dockerfile").read_text()
+    modules = re.findall(r"python -m ([\w.]+)", text)
+    imports = [(m, n.strip()) for code in re.findall(r'python -c "([^"]+)"', text)
+               for m, names in re.findall(r"from ([\w.]+) import ([\w, ]+)", code) for n in names.split(",")]
+    assert modules and imports
+    for module in modules:
+        assert importlib.util.find_spec(module) is not None, module
+    for module, name in imports:
+        assert hasattr(importlib.import_module(module), name), f"{module}.{name}"
