@@ -55,6 +55,11 @@ def acceptance_option() -> Any:
                   choices=("exact", "typical"))
 
 
+def exit_layer_option() -> Any:
+    return option(0, "early-exit drafter: the target's first L layers draft, then its final norm and head; "
+                     "1 to the target's layers - 1, 0 for half of them", 0, 255, label="exit layer")
+
+
 def epsilon_option() -> Any:
     return option(0.09, "typical acceptance: the threshold's ceiling epsilon", 0.01, 0.99, label="typical epsilon")
 

@@ -40,6 +40,7 @@ TEXTS = {0: "<unk>", 1: "<s>", EOS: "<|endoftext|>", MASK: "<|mask|>",
 WORD_IDS = [i for i in TEXTS if i not in (0, 1, EOS, MASK)]
 EOS_IDS = frozenset({EOS})
 HEAD_DRAFTERS = ("heads", "eagle")
+MODEL_DRAFTERS = ("model", "early-exit")   # a model (the draft, or the target's first layers) samples the draft
 MEDUSA_HEADS = 4     # Medusa draws at most this many tokens ahead: one per head
 
 
@@ -108,7 +109,7 @@ def draft_position(rnd: random.Random, token_id: int, status: str, *, greedy: bo
     """One drafted position as speculative.record writes it. Greedy: p and q are one-hot (processed), no u;
     sampling: u in (0, 1] against min(1, p/q), consistent with the status. The ngram drafter's q is one-hot
     and it has no raw q."""
-    model = drafter == "model"
+    model = drafter in MODEL_DRAFTERS
     own_q = drafter != "ngram"     # the draft model's and the heads' own distributions are recorded as q_raw
     argmax = token_id if status == "accepted" else word(rnd, [token_id]) if status == "rejected" else word(rnd)
     if greedy:
@@ -148,6 +149,8 @@ def speculative_step(rnd: random.Random, index: int, *, k: int, drafted: int, ac
               "bonus_p_raw_top": top(rnd, None, 5), "lookup": None,
               "next_token": None, "next_kind": None, "next_p": None, "next_top": None}
     detail["heads"] = heads_record(rnd, drafter, drafted + 1)   # the target's argmax at each position
+    if drafter == "early-exit":
+        detail["early_exit"] = early_exit_record(rnd)
     if drafter == "ngram" and drafted:
         ngram = tokens(rnd, rnd.randint(1, 3))
         detail["lookup"] = {"ngram_tokens": ngram, "match_at": rnd.randint(0, 30), "n": len(ngram)}
@@ -166,7 +169,7 @@ def speculative_step(rnd: random.Random, index: int, *, k: int, drafted: int, ac
                    "schedule": schedule, "ended": ended,
                    "target_cache": [cached, cached + 1 + drafted, cached + accepted + 1],
                    "draft_cache": ([cached, cached + drafted, cached + min(drafted, accepted + 1)]
-                                   if drafter == "model" else None)})
+                                   if drafter in MODEL_DRAFTERS else None)})
     final = ended or produced + len(committed) >= max_new_tokens
     wall_s = rnd.uniform(0, 0.3)
     detail.update(timed(rnd, wall_s))
@@ -186,10 +189,16 @@ def heads_record(rnd: random.Random, drafter: str, count: int) -> dict | None:
             "draft_vocab": rnd.randint(1, 49152), "target_in_vocab": [rnd.random() < 0.8 for _ in range(count)]}
 
 
+def early_exit_record(rnd: random.Random) -> dict:
+    """detail["early_exit"] as engines/drafting/early_exit.py writes it: the exit layer, of how many."""
+    layers = rnd.randint(2, 48)
+    return {"exit_layer": rnd.randint(1, layers - 1), "target_layers": layers}
+
+
 def draft_forwards(drafter: str, drafted: int) -> int:
     """Drafting's forwards in a chain: the draft model one per token; Medusa one head forward for all (when the
     heads read the last verification); EAGLE that one and one more per token after the first; lookup none."""
-    if drafter in ("model", "eagle"):
+    if drafter in ("model", "eagle", "early-exit"):
         return drafted
     return int(drafter == "heads" and drafted > 0)
 
@@ -321,6 +330,8 @@ def tree_step(rnd: random.Random, index: int, *, shape: str, budget: int, depth:
                                     "parent": -1 if len(p) == 1 else kept.get(p[:-1])} for p, score in dropped]
     if drafter in HEAD_DRAFTERS:
         detail["heads"] = heads_record(rnd, drafter, 1)     # the target's own token after the path
+    if drafter == "early-exit":
+        detail["early_exit"] = early_exit_record(rnd)
     if not greedy and resampled:
         detail["residual_top"] = top(rnd, final, rnd.randint(1, 5))
     detail["cache_len"] = committed_len + len(new) - 1

@@ -33,7 +33,7 @@ def test_tree_takes_every_tree_drafter_and_speculative_refuses_one_it_cannot_use
     assert json.loads(r.stdout)["config"]["drafter"] == "suffix"
     r = cli("trace", "--method", "speculative", "--drafter", "suffix", "--prompt", "x", "--target", "tiny-target")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "error: drafter must be one of model, ngram, heads, eagle, not 'suffix'."]
+        "error: drafter must be one of model, ngram, heads, eagle, early-exit, not 'suffix'."]
 
 
 @pytest.mark.parametrize("which", ["tiny_target", "smollm2"])

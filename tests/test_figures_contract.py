@@ -56,7 +56,7 @@ def speculative(rnd: random.Random, i: int):
     drafted = rnd.randint(0, k)
     return syn.speculative_step(rnd, i % 2, k=k, drafted=drafted, accepted=rnd.randint(0, drafted),
                                 greedy=rnd.random() < 0.5,
-                                drafter=rnd.choice(["model", "ngram", *syn.HEAD_DRAFTERS]),
+                                drafter=rnd.choice(["model", "ngram", "early-exit", *syn.HEAD_DRAFTERS]),
                                 end=rnd.choice(["none", "eos_next", "eos_draft"]))
 
 
@@ -64,7 +64,7 @@ def tree(rnd: random.Random, i: int):
     return syn.tree_step(rnd, i % 2, shape=rnd.choice(["dynamic", "sparse", "chain", "balanced"]),
                          budget=rnd.randint(1, 64), depth=rnd.randint(1, 8), topk=rnd.randint(1, 8),
                          room=rnd.randint(0, 8), greedy=rnd.random() < 0.5, stop_chance=rnd.random(),
-                         drafter=rnd.choice(["model", *syn.HEAD_DRAFTERS]))
+                         drafter=rnd.choice(["model", "early-exit", *syn.HEAD_DRAFTERS]))
 
 
 def jacobi(rnd: random.Random, i: int):
@@ -104,10 +104,12 @@ def random_heads(tiny_target, tmp_path, monkeypatch):
                                   (REPETITIVE, {**GREEDY, "drafter": "ngram"}),
                                   (REPETITIVE, {**SAMPLED, "drafter": "ngram"}),
                                   ("Once upon a time", {**GREEDY, "k": 6, "drafter": "heads"}),
-                                  ("Once upon a time", {**SAMPLED, "k": 3, "drafter": "eagle"})]),
+                                  ("Once upon a time", {**SAMPLED, "k": 3, "drafter": "eagle"}),
+                                  ("Once upon a time", {**SAMPLED, "k": 3, "drafter": "early-exit"})]),
     ("tree", tree, [("Once upon a time", GREEDY), ("Once upon a time", {**SAMPLED, "tree": "sparse"}),
                     ("Once upon a time", SAMPLED), ("Once upon a time", {**GREEDY, "drafter": "heads"}),
-                    ("Once upon a time", {**SAMPLED, "drafter": "eagle", "tree": "sparse"})]),
+                    ("Once upon a time", {**SAMPLED, "drafter": "eagle", "tree": "sparse"}),
+                    ("Once upon a time", {**GREEDY, "drafter": "early-exit", "exit_layer": 2})]),
     ("jacobi", jacobi, [("Once upon a time", {"max_new_tokens": 6})]),
     ("lookahead", lookahead, [(REPETITIVE, {**GREEDY, "window": 3, "ngram": 3}),
                               (REPETITIVE, {**SAMPLED, "window": 3, "ngram": 3})]),

@@ -161,7 +161,7 @@ def speculative_iteration(draw, k: int, drafter: str, first: bool = False) -> di
 
 @FAST
 @given(data=st.data(), seed=seeds, k=st.integers(1, 16), greedy=st.booleans(),
-       drafter=st.sampled_from(["model", "ngram", *syn.HEAD_DRAFTERS]),
+       drafter=st.sampled_from(["model", "ngram", "early-exit", *syn.HEAD_DRAFTERS]),
        schedule=st.sampled_from(["constant", "adaptive"]), count=runs)
 def test_speculative_views_render(data, seed, k, greedy, drafter, schedule, count):
     rnd = random.Random(seed)
@@ -174,7 +174,8 @@ def test_speculative_views_render(data, seed, k, greedy, drafter, schedule, coun
 
 @pytest.mark.parametrize("k", range(1, 17))
 @pytest.mark.parametrize("greedy, drafter", [(True, "model"), (False, "model"), (True, "ngram"), (False, "ngram"),
-                                             (True, "eagle"), (False, "eagle"), (True, "heads"), (False, "heads")])
+                                             (True, "eagle"), (False, "eagle"), (True, "heads"), (False, "heads"),
+                                             (False, "early-exit")])
 def test_speculative_renders_every_k_fully_drafted(k, greedy, drafter):
     """k = 11, 15 and 16 drafted tokens (12, 16, 17 columns) crashed Plotly's domain check (issue 15). Heads
     draft nothing on the first step; Medusa's four heads draft at most four tokens."""

@@ -33,6 +33,7 @@ from engines.analysis.theory import (
     verify_cost_at,
 )
 from engines.drafting import registry
+from engines.drafting.early_exit import exit_layer_of, layer_count
 from engines.methods import DEFAULT_DRAFT, METHODS, Run, default_target
 from engines.models import devices, store
 from engines.models.adapter import LM
@@ -218,8 +219,10 @@ def cost_model(target: LM, draft: LM | None, prompt_ids: Sequence[int], rows: Se
     for r in rows:
         if r.method != "speculative" or r.acceptance_rate is None:
             continue
-        # prompt lookup costs a scan of the text, nothing a forward would notice
+        # prompt lookup costs a scan of the text, nothing a forward would notice; an early exit its share of layers
         c_here = (cal.c or 0.0) if r.settings.get("drafter") == "model" else 0.0
+        if r.settings.get("drafter") == "early-exit":
+            c_here = exit_layer_of(target, r.settings.get("exit_layer", 0)) / layer_count(target)
         k, alpha = r.settings.get("k", 4), r.acceptance_rate
         bk, bs = best_k(alpha, c_here, ns, costs)
         points.append(Point(r.label, k, alpha, c_here, r.tokens_per_iteration, expected_tokens(alpha, k),

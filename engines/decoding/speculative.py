@@ -27,6 +27,7 @@ from engines.config import (
     acceptance_option,
     delta_option,
     epsilon_option,
+    exit_layer_option,
     option,
     typical_of,
 )
@@ -51,7 +52,7 @@ from engines.decoding.sampling import (
 )
 from engines.decoding.step_time import time_split
 from engines.drafting import registry
-from engines.drafting.base import Draft, HeadsRecord, LookupMatch
+from engines.drafting.base import Draft, EarlyExitRecord, HeadsRecord, LookupMatch
 from engines.models.adapter import LM
 from engines.models.devices import clock
 from engines.trace import Step
@@ -69,6 +70,7 @@ class SpeculativeConfig(DecodeConfig):
                            choices=("constant", "adaptive"))
     lookup_ngram: int = option(3, "longest n-gram prompt lookup tries to match (ngram drafter)", 1, 8,
                                label="lookup n-gram")
+    exit_layer: int = exit_layer_option()
     acceptance: str = acceptance_option()
     typical_epsilon: float = epsilon_option()
     typical_delta: float = delta_option()
@@ -112,7 +114,7 @@ class VerificationRecord(TypedDict):
 
 class SpeculativeDetail(VerificationRecord):
     """A speculative step: the verification and what the run's settings made of it."""
-    drafter: str                    # model, ngram, heads or eagle; typed for a continuation a person typed
+    drafter: str                    # model, ngram, heads, eagle or early-exit; typed for a continuation a person typed
     acceptance: Literal["exact", "typical"]   # the rule: lossless, or Medusa-2's typical acceptance (lossy)
     k: int                          # drafts asked for this step (capped by the token budget)
     k_next: int                     # k for the next step (the adaptive schedule moves it)
@@ -121,6 +123,7 @@ class SpeculativeDetail(VerificationRecord):
     target_cache: list[int]         # the target's cache length before the forward, after it, after the crop
     draft_cache: list[int] | None   # the same for the draft model's cache; null without a draft model
     heads: HeadsRecord | None       # the head drafter's record; null for other drafters
+    early_exit: NotRequired[EarlyExitRecord]   # the early-exit drafter: the layer it exits after, of how many
     target_forward_s: NotRequired[float]   # seconds of the target's forward this step (CUDA waited for)
     drafting_s: NotRequired[float]  # seconds the drafter took this step (drafting, and reading the verdict)
     bookkeeping_s: NotRequired[float]   # the rest of wall_s: verifying, sampling, cropping caches, the record

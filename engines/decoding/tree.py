@@ -28,6 +28,7 @@ from engines.config import (
     acceptance_option,
     delta_option,
     epsilon_option,
+    exit_layer_option,
     option,
     typical_of,
 )
@@ -47,7 +48,7 @@ from engines.decoding.stop import until_eos
 from engines.decoding.trees import ROOT, Node, Path
 from engines.decoding.verify_tree import Outcome, verify_greedy, verify_one, verify_typical
 from engines.drafting import registry
-from engines.drafting.base import HeadsRecord, SuffixMatch
+from engines.drafting.base import EarlyExitRecord, HeadsRecord, SuffixMatch
 from engines.models.adapter import KV, LM
 from engines.models.devices import clock
 from engines.trace import Step
@@ -63,6 +64,7 @@ class TreeConfig(DecodeConfig):
     tree_depth: int = option(4, "dynamic tree: levels drafted, one draft forward each", 1, 8, label="tree depth")
     tree_topk: int = option(3, "dynamic tree: children per expanded node, and nodes expanded per level", 1, 8,
                             label="tree top-k")
+    exit_layer: int = exit_layer_option()
     acceptance: str = acceptance_option()
     typical_epsilon: float = epsilon_option()
     typical_delta: float = delta_option()
@@ -120,6 +122,7 @@ class TreeDetail(TypedDict):
     eos_cut: bool                           # an end-of-text token cut the committed tokens short
     cache_len: int                          # tokens in the target's cache after the accepted path was kept
     heads: NotRequired[HeadsRecord]         # head drafters: the head and whether it could draft the final token
+    early_exit: NotRequired[EarlyExitRecord]   # the early-exit drafter: the layer it exits after, of how many
     suffix_match: NotRequired[SuffixMatch | None]   # suffix drafter: the match the tree grew from; null before any
     residual_top: NotRequired[list[TokenProbability]]   # exact sampling, at a rejection: top 5 of the residual
     target_forward_s: NotRequired[float]   # seconds of the target's forward this step (CUDA waited for)

@@ -33,6 +33,12 @@ class HeadsRecord(TypedDict):
     target_in_vocab: list[bool]        # per token the target chose this step: could the head draft it at all
 
 
+class EarlyExitRecord(TypedDict):
+    """What a speculative or tree step records about the early-exit drafter (the target's own first layers)."""
+    exit_layer: int       # L: the draft ran the target's decoder layers 1..L, then its final norm and output head
+    target_layers: int    # how many decoder layers the target has (the verification runs them all)
+
+
 class SuffixMatch(TypedDict):
     """The text's longest suffix found in the suffix tree, whose continuations became the draft tree."""
     length: int          # its length in tokens; 0 when no suffix of the text has a continuation

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from engines.drafting.base import Drafter
+from engines.drafting.early_exit import EarlyExitDrafter
 from engines.drafting.heads import has_head, head_drafter
 from engines.drafting.lookup import LookupDrafter
 from engines.drafting.model import ModelDrafter
@@ -59,6 +60,11 @@ DRAFTERS = {spec.name: spec for spec in (
                 lanes=(("tree, EAGLE dynamic 24", "tree", {"drafter": "eagle", "tree": "dynamic", "tree_budget": 24,
                                                            "tree_depth": 6, "tree_topk": 4}),),
                 serves=lambda target: has_head(target, "eagle")),
+    DrafterSpec("early-exit", "the target's own first --exit-layer layers and its output head (LayerSkip's "
+                              "self-speculation)", chain=True, tree=True, draft_model=False,
+                start=lambda target, draft, cfg: EarlyExitDrafter(target, cfg.exit_layer),
+                lanes=(("speculative, early exit at half the layers k=4", "speculative",
+                        {"drafter": "early-exit", "k": 4, "exit_layer": 0}),)),
     DrafterSpec("suffix", "SuffixDecoding: a frequency-scored tree from a suffix tree over the prompt and output "
                           "(no model)", chain=False, tree=True, draft_model=False,
                 start=lambda target, draft, cfg: SuffixDrafter(),

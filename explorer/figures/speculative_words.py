@@ -148,7 +148,7 @@ def drafted_sentence(trace: Trace, index: int) -> str:
         return (f"Prompt lookup matched the {look['n']}-gram {listing(trace, look['ngram_tokens'])} "
                 f"(seen earlier at position {look['match_at']}) and proposed what followed it: "
                 f"{listing(trace, tokens)}.")
-    who = heads.who(d) if d.get("heads") else "The draft"
+    who = heads.who(d) if d.get("heads") else theory.exit_who(d) if d.get("early_exit") else "The draft"
     return f"{who} proposed {plural(len(tokens), 'token')}: {listing(trace, tokens)}."
 
 
@@ -253,7 +253,7 @@ def cost_words(trace: Trace, index: int) -> str:
     steps = trace.steps[: index + 1]
     k, alpha, c = run_k(steps), acceptance_rate(steps), theory.draft_c(trace, cal)
     drafter = trace.config.get("drafter", "model")
-    draft = (f"a draft forward {theory.ms(cal.draft_forward_s)}, so c = {c:.2f}" if drafter not in theory.FREE_DRAFTS
+    draft = (f"a draft forward {theory.c_source(trace, cal)}, so c = {c:.2f}" if drafter not in theory.FREE_DRAFTS
              else theory.FREE_DRAFTS[drafter])
     text = (f"**Cost model**, {theory.origin(cal)}: a target forward over one token takes "
             f"{theory.ms(cal.target_forward_s)}; {draft}; verifying k + 1 = {k + 1} tokens costs "

@@ -148,11 +148,34 @@ FREE_DRAFTS = {
 
 def draft_c(trace: Trace, cal: Calibration | None) -> float | None:
     """c for this run's drafter: the measured draft model's, 0 for drafters that run no model (heads are
-    counted as free too), None when the draft model's cost was not measured."""
+    counted as free too), the share of the target's layers for the early-exit drafter, None when the draft
+    model's cost was not measured."""
     drafter = trace.config.get("drafter", "model")
     if drafter in FREE_DRAFTS:
         return 0.0
+    if (found := early_exit(trace)) is not None:
+        return found["exit_layer"] / found["target_layers"]
     return cal.c if cal is not None else None
+
+
+def early_exit(trace: Trace) -> dict | None:
+    """The early-exit drafter's record (its exit layer, the target's layer count), None for other drafters."""
+    return next((s.detail["early_exit"] for s in trace.steps if s.detail.get("early_exit")), None)
+
+
+def exit_who(d: dict) -> str:
+    """The early-exit drafter as a sentence's subject: which of the target's layers drafted."""
+    found = d["early_exit"]
+    return f"The target's own layers 1-{found['exit_layer']} of {found['target_layers']} (an early exit)"
+
+
+def c_source(trace: Trace, cal: Calibration) -> str:
+    """Where c comes from: a draft forward's measured time, or the early-exit draft's share of the layers (its
+    output head, run on every draft, is left out of that estimate)."""
+    if (found := early_exit(trace)) is not None:
+        return (f"runs {found['exit_layer']} of the target's {found['target_layers']} layers, its share of the "
+                f"layers taken as c")
+    return ms(cal.draft_forward_s)
 
 
 def ms(seconds: float) -> str:

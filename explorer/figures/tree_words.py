@@ -41,7 +41,8 @@ def words(trace: Trace, index: int) -> str:
                  f"chose {quoted(trace, d['final_token'])} (p = {p:.3g})."]
     else:
         dropped = f"; the budget dropped {d['dropped']} less confident candidates" if d["dropped"] else ""
-        who, unit = (heads.who(d), "head") if d.get("heads") else ("The draft", "draft")
+        who, unit = ((heads.who(d), "head") if d.get("heads") else (theory.exit_who(d), "draft") if d.get("early_exit")
+                     else ("The draft", "draft"))
         parts = [f"{who} grew a {shape} tree of {len(nodes)} node{'s' if len(nodes) != 1 else ''}, {depth} deep, "
                  f"in {step.draft_forwards} {unit} forward{'s' if step.draft_forwards != 1 else ''}{dropped}.",
                  f"One target forward read {step.tokens_fed} tokens ({len(d['pending_ids'])} pending + "
@@ -96,7 +97,7 @@ def cost_words(trace: Trace, index: int) -> str:
     verify = sum(cal.T(s.tokens_fed) for s in steps) / len(steps)
     drafting = draft_cost(steps, c)
     draft = (f"the draft grew each tree in {sum(s.draft_forwards for s in steps) / len(steps):.1f} draft forwards "
-             f"on average, each c = {c:.2f} of a target forward ({theory.ms(cal.draft_forward_s)}), so drafting "
+             f"on average, each c = {c:.2f} of a target forward ({theory.c_source(trace, cal)}), so drafting "
              f"costs {drafting:.2f} forwards a step" if drafter not in theory.FREE_DRAFTS
              else f"drafting is nearly free: {theory.FREE_DRAFTS[drafter]}")
     text += (f"\n\n**Cost model**, {theory.origin(cal)}: a target forward over one token "
