@@ -36,6 +36,7 @@ RUNS = [("autoregressive", {}), ("autoregressive", {**SAMPLED, "top_k": 20}),
         ("speculative", {"drafter": "early-exit", "exit_layer": 2, **SAMPLED}), ("tree", {"drafter": "early-exit"}),
         ("tree", {}), ("tree", {"tree": "sparse", **SAMPLED}), ("tree", {"drafter": "heads", "tree": "chain"}),
         ("tree", {"drafter": "eagle", **SAMPLED}), ("tree", {"drafter": "suffix"}),
+        ("tree", {"drafter": "recycling"}),
         ("tree", {"acceptance": "typical", **SAMPLED}),
         ("jacobi", {}), ("jacobi", {"init": "random"}), ("lookahead", {"max_new_tokens": 12}),
         ("lookahead", {"max_new_tokens": 12, "ngram": 2, **SAMPLED}),   # bigrams pool from the first step: draws
@@ -70,8 +71,8 @@ def test_the_schema_is_generated_from_the_records():
     # the required keys as declared: NotRequired fields are optional, the rest required
     assert "threshold" not in required_keys(speculative.DraftedPosition) and "p" in required_keys(
         speculative.DraftedPosition)
-    assert {"heads", "suffix_match", "residual_top"} <= set(declared_fields(tree.TreeDetail)) - required_keys(
-        tree.TreeDetail)
+    optional = set(declared_fields(tree.TreeDetail)) - required_keys(tree.TreeDetail)
+    assert {"heads", "suffix_match", "recycling", "residual_top"} <= optional
 
 
 # ----------------------------------------------------------------------------- draws and the default dtype

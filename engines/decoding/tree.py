@@ -49,6 +49,7 @@ from engines.decoding.trees import ROOT, Node, Path
 from engines.decoding.verify_tree import Outcome, verify_greedy, verify_one, verify_typical
 from engines.drafting import registry
 from engines.drafting.base import EarlyExitRecord, HeadsRecord, SuffixMatch
+from engines.drafting.recycling import RecyclingRecord
 from engines.models.adapter import KV, LM
 from engines.models.devices import clock
 from engines.trace import Step
@@ -124,6 +125,7 @@ class TreeDetail(TypedDict):
     heads: NotRequired[HeadsRecord]         # head drafters: the head and whether it could draft the final token
     early_exit: NotRequired[EarlyExitRecord]   # the early-exit drafter: the layer it exits after, of how many
     suffix_match: NotRequired[SuffixMatch | None]   # suffix drafter: the match the tree grew from; null before any
+    recycling: NotRequired[RecyclingRecord]   # Token Recycling: the table rows drafted from, and their rewrite
     residual_top: NotRequired[list[TokenProbability]]   # exact sampling, at a rejection: top 5 of the residual
     target_forward_s: NotRequired[float]   # seconds of the target's forward this step (CUDA waited for)
     drafting_s: NotRequired[float]  # seconds the drafter took this step (growing the tree, reading the verdict)
@@ -132,17 +134,17 @@ class TreeDetail(TypedDict):
 
 def verify_forward(target: LM, kv: KV, pending: Sequence[int], paths: Sequence[Path], tokens: Sequence[int],
                    layers: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """ONE target forward over the pending tokens and every tree node. Returns logits [1 + nodes, vocab]:
-    row 0 after the root (the last pending token), row i + 1 after node i; and, when `layers` are asked
-    for (head drafters), the hidden states of every fed row [layers, pending + nodes, d]."""
+    """ONE target forward over the pending tokens and every tree node. Returns the logits of every fed row
+    [pending + nodes, vocab]: row len(pending) - 1 is after the root (the last pending token), row len(pending) + i
+    after node i; and, when `layers` are asked for (head drafters), the hidden states of every fed row
+    [layers, pending + nodes, d]."""
     k = len(pending)
     mask = trees.behind(k, trees.attend(paths))
     depths = list(range(k)) + [k - 1 + d for d in trees.depths(paths)]
     ids = list(pending) + list(tokens)
     if not layers:
-        return target.forward(kv, ids, depths=depths, attend=mask)[k - 1:], None
-    logits, features = target.forward_features(kv, ids, layers, depths=depths, attend=mask)
-    return logits[k - 1:], features
+        return target.forward(kv, ids, depths=depths, attend=mask), None
+    return target.forward_features(kv, ids, layers, depths=depths, attend=mask)
 
 
 def tree(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: TreeConfig, rng: torch.Generator) -> Iterator[Step]:
@@ -158,8 +160,9 @@ def tree(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: TreeConfi
         paths, tokens = [n.path for n in nodes], [n.token for n in nodes]
         parent_of = trees.parents(paths)
         drafted_at = clock(target.device)
-        logits, features = verify_forward(target, target_kv, pending, paths, tokens, drafter.layers)
+        fed, features = verify_forward(target, target_kv, pending, paths, tokens, drafter.layers)
         target_s = clock(target.device) - drafted_at
+        logits = fed[len(pending) - 1:]   # row 0 after the root, row i + 1 after node i
         p = probabilities(logits, cfg.sampling)
         p_raw = raw_probabilities(logits)
         typical = typical_of(cfg)
@@ -167,6 +170,10 @@ def tree(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: TreeConfi
                    else verify_greedy(parent_of, tokens, p) if cfg.sampling.greedy
                    else verify_one(parent_of, tokens, p, rng))
         new = until_eos([tokens[i] for i in outcome.path] + [outcome.final], target.eos_ids)
+        learning = clock(target.device)   # the drafter reads every fed row's scores (Token Recycling keeps them)
+        kept = list(range(len(pending))) + [len(pending) + i for i in outcome.path]
+        drafter.verified(list(pending) + tokens, fed, kept)
+        learning_s = clock(target.device) - learning
         target.keep(target_kv, len(committed), outcome.path)
         stop = outcome.path[-1] if outcome.path else ROOT
         resampled = bool(trees.children(parent_of)[stop])   # the stop node had children and all were rejected
@@ -194,7 +201,7 @@ def tree(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: TreeConfi
         reading = clock(target.device)
         drafter.after_tree(len(committed), [nodes[i].row for i in outcome.path if nodes[i].row is not None],
                            final_rows, len(committed) - len(pending), committed + new)
-        drafting_s = drafted_at - start + clock(target.device) - reading
+        drafting_s = drafted_at - start + learning_s + clock(target.device) - reading
         tokens_fed = len(pending) + len(nodes)
         committed += new
         pending, produced = [new[-1]], produced + len(new)

@@ -2,8 +2,10 @@
 
 An engine asks the registry (engines/drafting/registry.py) for a run's drafter, then each iteration calls
 `begin`, then `draft_chain` (speculative) or `draft_tree` (tree), runs one target forward that hands over the
-hidden states of `layers`, and tells the drafter what the target kept (`after_chain` / `after_tree`). A drafter
-overrides what it can do; the rest refuses in one sentence or does nothing.
+hidden states of `layers`, and tells the drafter what the target kept (`after_chain` / `after_tree`). The tree
+engine also hands every drafter the verification forward's logits at every position it read (`verified`), which a
+drafter that learns from the target's own scores (Token Recycling) keeps and the rest ignore. A drafter overrides
+what it can do; the rest refuses in one sentence or does nothing.
 """
 from __future__ import annotations
 
@@ -92,6 +94,11 @@ class Drafter:
                    text: Sequence[int]) -> None:
         """The target kept the nodes at drafter rows `rows` after `committed` committed tokens; features as in
         `after_chain`."""
+
+    def verified(self, ids: Sequence[int], logits: torch.Tensor, kept: Sequence[int]) -> None:
+        """The tree verification forward read `ids` (the pending tokens, then every node breadth-first, rejected
+        ones too); `logits[i]` [len(ids), V] is the target's next-token logits after ids[i] in its own branch, and
+        `kept` the rows of ids that are now committed text (the pending tokens and the accepted path)."""
 
     def chain_record(self, target_tokens: Sequence[int]) -> dict:
         """The drafter's fields of a speculative step record."""

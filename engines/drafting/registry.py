@@ -12,6 +12,7 @@ from engines.drafting.early_exit import EarlyExitDrafter
 from engines.drafting.heads import has_head, head_drafter
 from engines.drafting.lookup import LookupDrafter
 from engines.drafting.model import ModelDrafter
+from engines.drafting.recycling import RecyclingDrafter
 from engines.drafting.suffix import SuffixDrafter
 from engines.models.adapter import LM
 
@@ -69,6 +70,11 @@ DRAFTERS = {spec.name: spec for spec in (
                           "(no model)", chain=False, tree=True, draft_model=False,
                 start=lambda target, draft, cfg: SuffixDrafter(),
                 lanes=(("tree, suffix 24", "tree", {"drafter": "suffix", "tree_budget": 24, "tree_depth": 8}),)),
+    DrafterSpec("recycling", "Token Recycling: each token's top-8 successors from the target's verification forwards, "
+                             "rejected candidates too, walked as a template tree (no model)", chain=False, tree=True,
+                draft_model=False, start=lambda target, draft, cfg: RecyclingDrafter(),
+                lanes=(("tree, Token Recycling 64", "tree", {"drafter": "recycling", "tree_budget": 64,
+                                                            "tree_depth": 6, "tree_topk": 8}),)),
 )}
 
 

@@ -58,7 +58,10 @@ def node_hover(trace: Trace, step: Step, n: dict) -> str:
     taken = choices(step).get(n["parent"])
     lines = [f"node {n['id']}: {hovered(trace, n['token'])} (id {n['token']})",
              f"depth {n['depth']}, rank {n['rank']} among its siblings, position {d['positions'][n['id'] + 1]}",
-             f"q (draft, temperature 1) = {n['q']:.4f}; cumulative log q = {n['logq']:.3f}",
+             (f"q (draft, temperature 1) = {n['q']:.4f}" if "recycling" not in d else
+              f"q = {n['q']:.4f}: the target's probability of it after "
+              f"{hovered(trace, token_of(step, n['parent']))} when that table row was written")
+             + f"; cumulative log q = {n['logq']:.3f}",
              f"p (target, as verified) = {n['p']:.4f}; raw p = {n['p_raw']:.4f}"]
     if "u" in n:
         sign = "<=" if n["status"] == "accepted" else ">"
@@ -69,7 +72,8 @@ def node_hover(trace: Trace, step: Step, n: dict) -> str:
         lines.append(f"rejected: the target took {hovered(trace, taken)} here")
     elif n["status"] == "not_reached":
         lines.append("not reached: an ancestor or an earlier sibling settled this position")
-    lines.append("fed to the draft to grow children" if n["expanded"] else "a leaf for the draft")
+    grows = "its table row was read to grow children" if "recycling" in d else "fed to the draft to grow children"
+    lines.append(grows if n["expanded"] else "a leaf for the draft")
     return "<br>".join(lines)
 
 

@@ -43,8 +43,10 @@ def words(trace: Trace, index: int) -> str:
         dropped = f"; the budget dropped {d['dropped']} less confident candidates" if d["dropped"] else ""
         who, unit = ((heads.who(d), "head") if d.get("heads") else (theory.exit_who(d), "draft") if d.get("early_exit")
                      else ("The draft", "draft"))
-        parts = [f"{who} grew a {shape} tree of {len(nodes)} node{'s' if len(nodes) != 1 else ''}, {depth} deep, "
-                 f"in {step.draft_forwards} {unit} forward{'s' if step.draft_forwards != 1 else ''}{dropped}.",
+        grew = (f"{who} grew a {shape} tree of {len(nodes)} node{'s' if len(nodes) != 1 else ''}, {depth} deep, "
+                f"in {step.draft_forwards} {unit} forward{'s' if step.draft_forwards != 1 else ''}{dropped}."
+                if "recycling" not in d else recycled_tree(d, depth))
+        parts = [grew,
                  f"One target forward read {step.tokens_fed} tokens ({len(d['pending_ids'])} pending + "
                  f"{len(nodes)} nodes) under the tree mask, each node at position root + depth.",
                  won(trace, step), failures(trace, step)]
@@ -57,13 +59,38 @@ def words(trace: Trace, index: int) -> str:
                      "output is not distributed as the target's (under greedy only the argmax passes).")
     parts.append(so_far(trace, index))
     said = heads.words(trace, index, heads.TREE)
-    return "\n\n".join(x for x in (" ".join(p for p in parts if p), cost_words(trace, index), said) if x)
+    return "\n\n".join(x for x in (" ".join(p for p in parts if p), recycling_words(trace, d),
+                                     cost_words(trace, index), said) if x)
+
+
+def recycled_tree(d: dict, depth: int) -> str:
+    """Token Recycling's draft in a sentence: the template it filled and the table rows it read."""
+    r, n = d["recycling"], len(d["nodes"])
+    return (f"The adjacency table (Token Recycling) filled {n} of its template's {r['template']} rank paths, "
+            f"{depth} deep, reading {r['rows_read']} of its {r['rows_known']} rows; no model ran.")
+
+
+def recycling_words(trace: Trace, d: dict) -> str:
+    """The table rows this step's draft read and what its verification rewrote in the table."""
+    r = d.get("recycling")
+    if not r:
+        return ""
+    k = r["k"]
+    rows = []
+    for row in r["used"][:3]:
+        change = "unchanged" if row["after"] == row["before"] else f"now {listing(trace, row['after'][:3])}"
+        rows.append(f"{quoted(trace, row['token'])} -> {listing(trace, row['before'][:3])}, ... ({change})")
+    read = f" The draft read {'; '.join(rows)}." if rows else ""
+    return (f"**Token Recycling:** a token's row holds the {k} tokens the target ranked highest after it the last "
+            f"time a forward read that token.{read} This step's verification rewrote {r['written']} rows from the "
+            f"target's top {k} at every position it read, {r['recycled']} of them from nodes it did not accept (the "
+            f"recycled candidates); {r['new']} rows were new and {r['changed']} changed.")
 
 
 def no_tree(trace: Trace, index: int) -> tuple[str, str]:
     """Why a step drafted no tree, as a sentence's opening and as a short phrase for the figure's title, read
-    from the record: the token budget, heads that had not read a verification yet, or a suffix tree that held
-    no continuation of the text."""
+    from the record: the token budget, heads that had not read a verification yet, a suffix tree that held
+    no continuation of the text, or an adjacency table with no row for the last token."""
     step = trace.steps[index]
     d = step.detail
     left = trace.config.get("max_new_tokens", 0) - sum(len(s.committed_ids) for s in trace.steps[:index])
@@ -72,6 +99,11 @@ def no_tree(trace: Trace, index: int) -> tuple[str, str]:
     if d.get("heads") and step.index == 0:
         return ("The heads draft from a verification forward's hidden states and none had run yet",
                 "the heads had nothing to read yet")
+    if "recycling" in d:
+        return (f"{left} tokens were left, but the adjacency table had no row for the last token "
+                f"{quoted(trace, d['root_token'])} yet" + (" (the first verification fills it from the prompt)"
+                                                           if step.index == 0 else ""),
+                "no table row for the last token yet")
     if "suffix_match" in d:
         return (f"{left} tokens were left, but the suffix tree matched nothing: no suffix of the text so far had "
                 "occurred before with a continuation", "the suffix tree matched nothing")
