@@ -44,7 +44,10 @@ class Panel:
     history: Any
     record: Any
     drafter: Any
-    download: Any       # last: a button, whose update (enabled or not) gradio_client does not return
+    download: Any       # a button, whose update (enabled or not) gradio_client does not return
+    # The visitor's Sessions (a gr.State), set again by every screen: Gradio counts a State's time to live from
+    # when an answer last set it, and never frees one no answer has set (its runs and trace files stayed).
+    state: Any = None
 
     @staticmethod
     def names() -> list[str]:
@@ -52,8 +55,8 @@ class Panel:
 
     @staticmethod
     def client_names() -> list[str]:
-        """The outputs gradio_client returns for the panel, in order: all but the Download button."""
-        return [name for name in Panel.names() if name != "download"]
+        """The outputs gradio_client returns for the panel, in order: all but the Download button and the state."""
+        return [name for name in Panel.names() if name not in ("download", "state")]
 
     def components(self) -> list:
         return [getattr(self, name) for name in self.names()]
@@ -85,7 +88,7 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
         with sessions.panel:
             if not sessions.owns(method, session):
                 return panel.unchanged()
-            return on_the_wire(panel.show(render(session, method, sessions.narrow)))
+            return {**on_the_wire(panel.show(render(session, method, sessions.narrow))), panel.state: sessions}
 
     def sent(sessions: Sessions, owner: int):
         """Run to end's next screen may only be asked for once its last one was sent (Gradio sends each yield
@@ -94,7 +97,8 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
         with sessions.panel:
             if sessions.owner == owner or sessions.shown is None:
                 return
-            screen = on_the_wire(panel.show(render(sessions.get(sessions.shown), sessions.shown, sessions.narrow)))
+            screen = {**on_the_wire(panel.show(render(sessions.get(sessions.shown), sessions.shown, sessions.narrow))),
+                      panel.state: sessions}
         yield screen
 
     def reset(sessions: Sessions, progress=gr.Progress(), **values):

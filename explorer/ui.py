@@ -132,7 +132,7 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
         controls = Controls(method, prompt, target, draft, seed, common, own, groups, start, help=help_md,
                             chat=chat_box, intro=intro, examples=examples)
         panel = Panel(text=text, main=main_plot, side=side_plot, words=words, stats=stats, position=position,
-                      history=history, record=record, download=download, drafter=drafter_plot)
+                      history=history, record=record, download=download, drafter=drafter_plot, state=sessions)
         h = make_handlers(controls, panel, limits)
         screen = panel.components()   # the handlers return dicts keyed by these; the state is changed in place
         method_parts = [*groups.values(), target, draft, help_md, intro, examples]
