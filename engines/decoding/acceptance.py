@@ -114,7 +114,8 @@ def block_stop_chances(p: torch.Tensor, q: torch.Tensor, weights: torch.Tensor) 
         return weights[..., 1:]   # nothing drafted: no chance to record
     r = block_residual_mass(p, q, weights)[..., 1:]
     w = weights[..., 1:-1]
-    inner = torch.where(r > 0, r / (r + 1 - w).clamp(min=torch.finfo(r.dtype).tiny), torch.zeros_like(r))
+    # 1 - p_i before adding r_i: at p_i = 1 it is exactly 0, so h_i is exactly 1 and a coin of 1 passes (greedy)
+    inner = torch.where(r > 0, r / (r + (1 - w)).clamp(min=torch.finfo(r.dtype).tiny), torch.zeros_like(r))
     return torch.cat([inner.clamp(max=1.0), weights[..., -1:]], -1)
 
 
