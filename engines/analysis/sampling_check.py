@@ -19,6 +19,9 @@ Rules (p = target, q = draft, both after the same temperature / top-k / top-p):
                    draft's soft q instead of one-hot
   typical          Medusa-2's typical acceptance: keep the first proposal with p(x) > min(eps, delta e^-H(p)),
                    else draw from p (lossy by design)
+
+Block verification (Sun et al. 2024) decides x_1 from the whole block, so one position cannot check it: it is
+checked on a toy Markov chain whose every distribution is known (chain_check, below), over whole decoded texts.
 """
 from __future__ import annotations
 
@@ -301,7 +304,7 @@ BLOCK_RULES = {
 }
 
 
-def verify_block(p: torch.Tensor, q: torch.Tensor, x: torch.Tensor, u: torch.Tensor, rule: str
+def chain_verify(p: torch.Tensor, q: torch.Tensor, x: torch.Tensor, u: torch.Tensor, rule: str
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Accepted lengths [N] and next-token distributions [N, V] of drafts x [N, k] under a rule of BLOCK_RULES."""
     if rule == "token":
@@ -331,7 +334,7 @@ def chain_decode(PT: torch.Tensor, QT: torch.Tensor, k: int, length: int, draws:
             drafts.append(prev)
         x = torch.stack(drafts, -1)
         before = torch.cat([last.unsqueeze(-1), x], -1)             # the context's last token at each position
-        n, after = verify_block(PT[before], QT[before[:, :k]], x, uniforms(draws, gen, k).float(), rule)
+        n, after = chain_verify(PT[before], QT[before[:, :k]], x, uniforms(draws, gen, k).float(), rule)
         y = pick(after, uniforms(draws, gen)[:, 0].float())
         new = torch.cat([x, y.unsqueeze(-1)], -1).scatter(-1, n.unsqueeze(-1), y.unsqueeze(-1))
         for j in range(k + 1):   # x_1..x_n, then y: columns done .. done + n

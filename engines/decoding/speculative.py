@@ -79,8 +79,8 @@ class SpeculativeConfig(DecodeConfig):
     typical_delta: float = delta_option()
     verification: str = option("token", "token: decide the drafts one at a time, stop at the first refusal "
                                         "(Leviathan et al. 2023); block: decide the drafted block as a whole, from "
-                                        "its end (Sun et al. 2024, block verification): as exact, never fewer "
-                                        "tokens kept on average", choices=("token", "block"))
+                                        "its end (Sun et al. 2024, block verification): exact too, and keeps "
+                                        "at least as many drafts on average", choices=("token", "block"))
 
     def __post_init__(self):
         super().__post_init__()
