@@ -131,7 +131,7 @@ def draft_position(rnd: random.Random, token_id: int, status: str, *, greedy: bo
 
 def speculative_step(rnd: random.Random, index: int, *, k: int, drafted: int, accepted: int, greedy: bool,
                      drafter: str, end: str = "none", schedule: str = "constant", produced: int = 0,
-                     max_new_tokens: int = 64, prompt_len: int = 4) -> Step:
+                     max_new_tokens: int = 64, prompt_len: int = 4, verification: str = "token") -> Step:
     """One draft-and-verify iteration. drafted <= k tokens were proposed (0: nothing left in the budget, or
     prompt lookup found no match), the first `accepted` kept. end: "none"; "eos_next", the token after the
     draft is end-of-text; "eos_draft", the last drafted token is end-of-text (drafting stops after one),
@@ -165,7 +165,9 @@ def speculative_step(rnd: random.Random, index: int, *, k: int, drafted: int, ac
                        "next_top": one_hot_top(after) if greedy else top(rnd, after, rnd.randint(1, 5)),
                        "next_raw_p": prob(rnd)})
     cached = prompt_len - 1 + produced
-    detail.update({"drafter": drafter, "acceptance": "exact", "k": k, "k_next": next_k(k, accepted, drafted, schedule),
+    if verification == "block":
+        detail["block"] = block_record(rnd, positions, accepted, greedy)
+    detail.update({"drafter": drafter, "acceptance": "exact", "verification": verification, "k": k, "k_next": next_k(k, accepted, drafted, schedule),
                    "schedule": schedule, "ended": ended,
                    "target_cache": [cached, cached + 1 + drafted, cached + accepted + 1],
                    "draft_cache": ([cached, cached + drafted, cached + min(drafted, accepted + 1)]
@@ -176,6 +178,33 @@ def speculative_step(rnd: random.Random, index: int, *, k: int, drafted: int, ac
     return Step(index, tuple(committed), target_forwards=1, draft_forwards=draft_forwards(drafter, drafted),
                 tokens_fed=(prompt_len if index == 0 else 1) + drafted, wall_s=wall_s, final=final,
                 detail=detail)
+
+
+def block_record(rnd: random.Random, positions: list[dict], accepted: int, greedy: bool) -> dict:
+    """detail["block"] as speculative.block_record writes it, the positions' u redrawn to fit the block decision
+    (the last coin under its stop chance is at `accepted`, every later one above its own); greedy: weights 1 on the
+    kept prefix and 0 after, no coins."""
+    m = len(positions)
+    if greedy:
+        weights = [1.0] * accepted + [0.0] * (m - accepted)
+        mass = [prob(rnd) if i == accepted else 0.0 for i in range(m)]
+        chances = [1.0 if i + 1 == accepted else 0.0 for i in range(m - 1)] + weights[-1:]
+        return {"weights": weights, "residual_mass": mass, "stop_chances": chances,
+                "passed": [h >= 1 for h in chances], "accepted": accepted, "token_accepted": accepted}
+    weights, w = [], 1.0
+    for _ in range(m):
+        w = round(w * rnd.uniform(0.2, 1.0), 6)
+        weights.append(w)
+    chances = [prob(rnd, 0.01, 0.95) for _ in range(m - 1)] + weights[-1:]
+    for i, pos in enumerate(positions):
+        if i + 1 == accepted:
+            pos["u"] = prob(rnd, 1e-6, chances[i])
+        elif i >= accepted:
+            pos["u"] = prob(rnd, min(chances[i] + 1e-6, 1.0))
+    passed = [pos["u"] <= h for pos, h in zip(positions, chances)]
+    token = next((i for i, pos in enumerate(positions) if pos["u"] > pos["ratio"]), m)
+    return {"weights": weights, "residual_mass": [prob(rnd, 0.0, 1.0) for _ in range(m)], "stop_chances": chances,
+            "passed": passed, "accepted": accepted, "token_accepted": token}
 
 
 def heads_record(rnd: random.Random, drafter: str, count: int) -> dict | None:

@@ -9,6 +9,11 @@ import torch
 
 from engines.decoding.acceptance import (
     accepted_count,
+    block_accept,
+    block_correction,
+    block_stop_chances,
+    block_verify,
+    block_weights,
     correction,
     greedy_accept,
     one_hot,
@@ -188,3 +193,85 @@ def test_pick_draws_from_the_distribution_and_never_a_zero():
     assert tv(out, p) < TV
     assert set(out.unique().tolist()) == {1, 3, 4}
     assert pick(p, torch.tensor(1.0)).item() == 4
+
+
+# ----------------------------------------------------------------------------- block verification (Sun et al. 2024)
+# Its losslessness over whole texts is checked on a toy chain in tests/test_sampling_check.py: one step of block
+# verification alone is not distributed position by position as the token rule's is.
+
+def test_block_weights_and_stop_chances_by_hand():
+    """k = 2 on a 3-token vocabulary, every number worked out on paper from Algorithm 2."""
+    p = torch.stack([dist(1, 2, 1), dist(2, 1, 1), dist(1, 1, 2)])    # p_1, p_2, p_3
+    q = torch.stack([dist(1, 1, 2), dist(1, 2, 1)])                   # q_1, q_2
+    x = torch.tensor([1, 0])
+    w = block_weights(p, q, x)
+    # p_1 = min(0.5 / 0.25, 1) = 1; p_2 = min(1 * 0.5 / 0.25, 1) = 1
+    assert torch.allclose(w, torch.tensor([1.0, 1.0, 1.0]))
+    x = torch.tensor([2, 1])
+    w = block_weights(p, q, x)
+    # p_1 = 0.25 / 0.5 = 0.5; p_2 = min(0.5 * 0.25 / 0.5, 1) = 0.25
+    assert torch.allclose(w, torch.tensor([1.0, 0.5, 0.25]))
+    # r_1 = sum max(0.5 * p_2 - q_2, 0) = max(0.25 - 0.25, 0) + max(0.125 - 0.5, 0) + max(0.125 - 0.25, 0) = 0
+    # so h_1 = 0: the residual after one kept token is empty; h_2 = p_2 = 0.25
+    assert torch.allclose(block_stop_chances(p, q, w), torch.tensor([0.0, 0.25]))
+    q = torch.stack([dist(1, 1, 2), dist(1, 4, 3)])
+    h = block_stop_chances(p, q, w)
+    # r_1 = max(0.25 - 0.125, 0) = 0.125 (only token 0); h_1 = 0.125 / (0.125 + 1 - 0.5) = 0.2
+    assert torch.allclose(h, torch.tensor([0.2, 0.25]))
+    # the block residual after one token: norm(max(0.5 * p_2 - q_2, 0)) = all on token 0
+    assert torch.allclose(block_correction(p, q, w, torch.tensor(1)), torch.tensor([1.0, 0.0, 0.0]))
+
+
+def test_block_accept_reads_the_coins_from_the_end():
+    h = torch.tensor([[0.9, 0.1, 0.5], [0.9, 0.1, 0.5], [0.1, 0.1, 0.1], [0.0, 1.0, 0.0]])
+    u = torch.tensor([[1.0, 1.0, 0.4], [0.5, 1.0, 0.6], [0.5, 0.5, 0.5], [0.01, 0.3, 0.01]])
+    # from the end: pass at 3; fail 3 then pass at 1 (2 failed); none; pass at 2 (its prefix kept whatever 1 said)
+    assert block_accept(h, u).tolist() == [3, 1, 0, 2]
+
+
+def test_one_drafted_token_block_equals_the_token_rule():
+    """k = 1: h_1 = p_1 = min(1, p/q) and the residual at 0 is norm(max(p - q, 0)): the same rule, same coins."""
+    p, q = CASES["partial overlap"]
+    P, Q = torch.stack([p, dist(1, 1, 1, 1, 1, 1)]), q.unsqueeze(0)
+    for x in range(V):
+        drafts = torch.tensor([x])
+        w = block_weights(P, Q, drafts)
+        assert torch.allclose(block_stop_chances(P, Q, w), ratio(p, q, torch.tensor(x)).view(1))
+        assert torch.allclose(block_correction(P, Q, w, torch.tensor(0)), residual(p, q))
+
+
+@pytest.mark.parametrize("soft_q", [False, True])
+def test_block_under_greedy_keeps_the_longest_matching_prefix(soft_q):
+    """A one-hot p (greedy): whatever q and whatever the coins, block verification keeps the drafts while they
+    equal the target's argmax, and its correction is one-hot on the argmax after them."""
+    k, n, gen = 4, 2_000, torch.Generator().manual_seed(5)
+    choice = torch.randint(0, V, (n, k + 1), generator=gen)
+    # half of each draft copies the argmax, so every matching length 0..k occurs
+    copy = torch.rand(n, k, generator=gen) < 0.7
+    x = torch.where(copy, choice[:, :k], torch.randint(0, V, (n, k), generator=gen))
+    p = one_hot(choice, V)
+    q = torch.softmax(torch.randn(n, k, V, generator=gen), -1) if soft_q else one_hot(x, V)
+    expected = greedy_accept(x, choice)
+    assert set(expected.tolist()) == set(range(k + 1))
+    for rng in (None, torch.Generator().manual_seed(6)):
+        v = block_verify(p, q, x, rng)
+        assert torch.equal(v.accepted, expected)
+        assert torch.equal(v.correction, one_hot(choice.gather(-1, expected.unsqueeze(-1)).squeeze(-1), V))
+
+
+BLOCK_P = torch.stack([dist(6, 2, 1, 1, 0, 0), dist(1, 1, 4, 4, 0, 0), dist(0, 0, 1, 1, 3, 5),
+                       dist(3, 1, 2, 2, 1, 1), dist(2, 2, 2, 1, 1, 1)])
+BLOCK_Q = torch.stack([dist(3, 4, 1, 1, 1, 0), dist(2, 2, 2, 3, 1, 0), dist(0, 1, 3, 1, 3, 2), dist(1, 3, 2, 2, 1, 1)])
+
+
+def test_block_keeps_at_least_as_many_drafts_as_the_token_rule_on_average():
+    """10,000 drafts x ~ q (k = 4) on a fixed (p, q), each verified by both rules with the same coins: the block
+    rule's mean accepted length is at least the token rule's (Sun et al. 2024, Theorem 2)."""
+    k, draws, gen = 4, 10_000, torch.Generator().manual_seed(7)
+    x = torch.stack([torch.multinomial(BLOCK_Q[i], draws, replacement=True, generator=gen) for i in range(k)], -1)
+    P, Q = BLOCK_P.expand(draws, -1, -1), BLOCK_Q.expand(draws, -1, -1)
+    v = block_verify(P, Q, x, gen)
+    token = speculative_accept(P, Q, x, v.u).double().mean().item()
+    block = v.accepted.double().mean().item()
+    print(f"mean accepted length over {draws:,} drafts: block {block:.3f}, token {token:.3f}")
+    assert block >= token + 0.05

@@ -57,7 +57,8 @@ def speculative(rnd: random.Random, i: int):
     return syn.speculative_step(rnd, i % 2, k=k, drafted=drafted, accepted=rnd.randint(0, drafted),
                                 greedy=rnd.random() < 0.5,
                                 drafter=rnd.choice(["model", "ngram", "early-exit", *syn.HEAD_DRAFTERS]),
-                                end=rnd.choice(["none", "eos_next", "eos_draft"]))
+                                end=rnd.choice(["none", "eos_next", "eos_draft"]),
+                                verification=rnd.choice(["token", "block"]))
 
 
 def tree(rnd: random.Random, i: int):
@@ -105,7 +106,8 @@ def random_heads(tiny_target, tmp_path, monkeypatch):
                                   (REPETITIVE, {**SAMPLED, "drafter": "ngram"}),
                                   ("Once upon a time", {**GREEDY, "k": 6, "drafter": "heads"}),
                                   ("Once upon a time", {**SAMPLED, "k": 3, "drafter": "eagle"}),
-                                  ("Once upon a time", {**SAMPLED, "k": 3, "drafter": "early-exit"})]),
+                                  ("Once upon a time", {**SAMPLED, "k": 3, "drafter": "early-exit"}),
+                                  ("Once upon a time", {**SAMPLED, "k": 4, "verification": "block"})]),
     ("tree", tree, [("Once upon a time", GREEDY), ("Once upon a time", {**SAMPLED, "tree": "sparse"}),
                     ("Once upon a time", SAMPLED), ("Once upon a time", {**GREEDY, "drafter": "heads"}),
                     ("Once upon a time", {**SAMPLED, "drafter": "eagle", "tree": "sparse"}),

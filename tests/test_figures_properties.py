@@ -162,13 +162,15 @@ def speculative_iteration(draw, k: int, drafter: str, first: bool = False) -> di
 @FAST
 @given(data=st.data(), seed=seeds, k=st.integers(1, 16), greedy=st.booleans(),
        drafter=st.sampled_from(["model", "ngram", "early-exit", *syn.HEAD_DRAFTERS]),
-       schedule=st.sampled_from(["constant", "adaptive"]), count=runs)
-def test_speculative_views_render(data, seed, k, greedy, drafter, schedule, count):
+       schedule=st.sampled_from(["constant", "adaptive"]), count=runs,
+       verification=st.sampled_from(["token", "block"]))
+def test_speculative_views_render(data, seed, k, greedy, drafter, schedule, count, verification):
     rnd = random.Random(seed)
     shapes = [data.draw(speculative_iteration(k, drafter, i == 0)) for i in range(count)]
     steps = chain(lambda i, made: syn.speculative_step(rnd, i, greedy=greedy, drafter=drafter, schedule=schedule,
-                                                       produced=made, **shapes[i]), count)
-    config = syn.speculative_config(k=k, greedy=greedy, drafter=drafter, schedule=schedule, max_new_tokens=64)
+                                                       produced=made, verification=verification, **shapes[i]), count)
+    config = syn.speculative_config(k=k, greedy=greedy, drafter=drafter, schedule=schedule, max_new_tokens=64) | \
+        {"verification": verification}
     check_every_screen(syn.trace_of("speculative", steps, config))
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from engines.__main__ import main as cli
+from engines.analysis.sampling_check import chi_square_p_value
 from engines.decoding import speculative as engine
 from engines.decoding.sampling import probabilities, top
 from engines.decoding.speculative import (
@@ -244,29 +245,13 @@ def test_same_seed_same_trace_and_another_seed_differs(tiny_target, near_copy):
 
 # ----------------------------------------------------------------------------- sampling is lossless
 
-def chi_square_p_value(samples: torch.Tensor, p: torch.Tensor) -> float:
-    """Pearson's test of samples against p; tokens expected fewer than 5 times share one bin."""
-    n = samples.numel()
-    observed = torch.bincount(samples, minlength=p.numel()).double()
-    expected = p.double() * n
-    big = expected >= 5
-    obs = torch.cat([observed[big], observed[~big].sum().view(1)])
-    exp = torch.cat([expected[big], expected[~big].sum().view(1)])
-    if exp[-1] == 0:
-        if obs[-1] > 0:
-            return 0.0
-        obs, exp = obs[:-1], exp[:-1]
-    stat = ((obs - exp) ** 2 / exp).sum()
-    return float(torch.special.gammaincc(torch.tensor((len(exp) - 1) / 2), stat / 2))
-
-
 FIRST_TOKEN = {"k": 1, "max_new_tokens": 3, "temperature": 1.0, "top_k": 8}
 SEEDS = 300
 LEVEL = 1e-3   # the right rule must pass the test at this level and the wrong rule must fail it
 
 
-def first_tokens(target: LM, draft: LM, ids: list[int]) -> torch.Tensor:
-    cfg = SpeculativeConfig(**FIRST_TOKEN)
+def first_tokens(target: LM, draft: LM, ids: list[int], **settings) -> torch.Tensor:
+    cfg = SpeculativeConfig(**(FIRST_TOKEN | settings))
     return torch.tensor([next(speculative(target, draft, ids, cfg, torch.Generator().manual_seed(seed)))
                          .committed_ids[0] for seed in range(SEEDS)])
 
@@ -292,6 +277,49 @@ def test_a_wrong_rule_fails_the_same_chi_square_test(tiny_target, near_copy, fir
     ids, p = first_token_setup
     monkeypatch.setattr(engine, "correction", lambda p, q, n: p[n])
     assert chi_square_p_value(first_tokens(tiny_target, near_copy, ids), p) < LEVEL
+
+
+# ----------------------------------------------------------------------------- block verification
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_block_verification_under_greedy_equals_generate(tiny_target, tiny_draft, near_copy, k):
+    for draft in (tiny_draft, near_copy, tiny_target):
+        ids = tiny_target.encode(PROMPTS[2])
+        steps = decode(tiny_target, draft, ids, k=k, max_new_tokens=16, verification="block")
+        assert output(steps) == greedy_reference(tiny_target, ids, 16)
+        assert all(s.detail["block"]["accepted"] == s.detail["block"]["token_accepted"] for s in steps)
+
+
+def test_block_first_token_is_distributed_as_the_targets(tiny_target, near_copy, first_token_setup):
+    """k = 3: the first token depends on the stop chances of the whole block, not only on min(1, p/q)."""
+    ids, p = first_token_setup
+    assert chi_square_p_value(first_tokens(tiny_target, near_copy, ids, k=3, verification="block"), p) > LEVEL
+
+
+def test_recorded_block_numbers_reproduce_its_decision_and_the_token_rules(tiny_target, near_copy):
+    ids, longer = tiny_target.encode(PROMPTS[0]), 0
+    for seed in range(3):
+        for s in decode(tiny_target, near_copy, ids, seed, k=4, max_new_tokens=20, temperature=1.0, top_k=8,
+                        verification="block"):
+            d, b = s.detail, s.detail["block"]
+            w, u = 1.0, [pos["u"] for pos in d["positions"]]
+            for pos, weight in zip(d["positions"], b["weights"]):   # p_i = min(p_{i-1} p(x_i) / q(x_i), 1)
+                w = min(w * pos["p"] / pos["q"], 1.0)
+                assert weight == pytest.approx(w, rel=1e-4, abs=1e-7)
+            if u:
+                assert b["stop_chances"][-1] == b["weights"][-1]
+            assert b["passed"] == [ui <= h for ui, h in zip(u, b["stop_chances"])]
+            assert d["accepted"] == b["accepted"] == max([i + 1 for i, ok in enumerate(b["passed"]) if ok], default=0)
+            token = next((i for i, pos in enumerate(d["positions"]) if pos["u"] > pos["ratio"]), len(u))
+            assert b["token_accepted"] == token
+            assert list(s.committed_ids) == d["draft_tokens"][:d["accepted"]] + [d["next_token"]]
+            longer += b["accepted"] > token
+    assert longer, "block verification should keep a prefix the token rule refused somewhere"
+
+
+def test_block_verification_refuses_typical_acceptance():
+    with pytest.raises(ValueError, match="Block verification is an exact rule"):
+        SpeculativeConfig(verification="block", acceptance="typical")
 
 
 # ----------------------------------------------------------------------------- drafters and schedule
@@ -351,7 +379,10 @@ def traces(tiny_target, tiny_draft):
             "sampled, rejected": ({"k": 4, "temperature": 1.0, "top_p": 0.9, "max_new_tokens": 6}, tiny_draft.source),
             "greedy": ({"k": 3, "max_new_tokens": 10}, tiny_draft.source),
             "lookup": ({"k": 4, "drafter": "ngram", "max_new_tokens": 12}, tiny_draft.source),
-            "adaptive": ({"k": 2, "schedule": "adaptive", "max_new_tokens": 12}, near)}
+            "adaptive": ({"k": 2, "schedule": "adaptive", "max_new_tokens": 12}, near),
+            "block": ({"k": 4, "temperature": 1.0, "top_k": 8, "max_new_tokens": 14, "verification": "block"},
+                      tiny_draft.source),
+            "block, greedy": ({"k": 3, "max_new_tokens": 10, "verification": "block"}, tiny_draft.source)}
     return {name: Run("speculative", PROMPTS[0] + " " + PROMPTS[0], settings, target=tiny_target.source,
                       draft=draft, seed=2).run() for name, (settings, draft) in runs.items()}
 

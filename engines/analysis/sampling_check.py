@@ -19,6 +19,9 @@ Rules (p = target, q = draft, both after the same temperature / top-k / top-p):
                    draft's soft q instead of one-hot
   typical          Medusa-2's typical acceptance: keep the first proposal with p(x) > min(eps, delta e^-H(p)),
                    else draw from p (lossy by design)
+
+Block verification (Sun et al. 2024) decides x_1 from the whole block, so one position cannot check it: it is
+checked on a toy Markov chain whose every distribution is known (chain_check, below), over whole decoded texts.
 """
 from __future__ import annotations
 
@@ -27,7 +30,20 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from engines.decoding.acceptance import one_hot, ratio, residual, typical_threshold
+from engines.decoding.acceptance import (
+    block_accept,
+    block_correction,
+    block_residual_mass,
+    block_stop_chances,
+    block_weights,
+    correction,
+    one_hot,
+    pick,
+    ratio,
+    residual,
+    speculative_accept,
+    typical_threshold,
+)
 from engines.decoding.sampling import Sampling, probabilities
 from engines.models.adapter import LM
 from engines.trace import Trace
@@ -269,3 +285,112 @@ def explain(trace: Trace, rule: str, draws: int, tv: float, floor: float, within
     return (f"{draws:,} draws under {RULES[rule]}: total variation to p = {tv:.4f}; an exact sampler shows "
             f"{floor:.4f} at {draws:,} draws (mean over {NOISE_REPEATS} seeded runs of sampling p itself). "
             f"So the TV is {verdict}.{again}")
+
+
+# ----------------------------------------------------------------------------- whole blocks on a toy chain
+# One recorded position cannot test block verification: its decision at x_1 depends on the target and the draft
+# at every later drafted position, for every draft that could have been sampled. So the block rule is checked on a
+# toy language, a Markov chain whose full distributions are known: p(x_t | x_{t-1}) = PT[x_{t-1}], the draft's
+# q(x_t | x_{t-1}) = QT[x_{t-1}], text starting after token 0. Many runs decode `length` tokens with k drafts per
+# iteration, and the joint histogram of the text is compared with the target's prod_t PT[x_{t-1}, x_t].
+
+BLOCK_RULES = {
+    "token": "token verification (Leviathan et al. 2023), lossless",
+    "block": "block verification (Sun et al. 2024, Algorithm 2), lossless",
+    "block_token_residual": "broken: the block's accepted length, but the token rule's residual norm(max(0, p - q)) "
+                            "without the weight p_tau",
+    "block_naive": "broken: keep the longest prefix whose coin passes u_i <= p_i, no stop chance h_i",
+    "block_unnormalised": "broken: the stop chance h_i = r_i, the residual mass not divided by r_i + 1 - p_i",
+}
+
+
+def chain_verify(p: torch.Tensor, q: torch.Tensor, x: torch.Tensor, u: torch.Tensor, rule: str
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accepted lengths [N] and next-token distributions [N, V] of drafts x [N, k] under a rule of BLOCK_RULES."""
+    if rule == "token":
+        n = speculative_accept(p, q, x, u)
+        return n, correction(p, q, n)
+    weights = block_weights(p, q, x)
+    chances = weights[..., 1:] if rule == "block_naive" else block_stop_chances(p, q, weights)
+    if rule == "block_unnormalised":
+        chances = torch.cat([block_residual_mass(p, q, weights)[..., 1:], weights[..., -1:]], -1)
+    n = block_accept(chances, u)
+    return n, correction(p, q, n) if rule == "block_token_residual" else block_correction(p, q, weights, n)
+
+
+def chain_decode(PT: torch.Tensor, QT: torch.Tensor, k: int, length: int, draws: int, gen: torch.Generator,
+                 rule: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`draws` texts of `length` tokens decoded speculatively at once, and the accepted length of every first
+    iteration (x_1..x_k drafted after token 0). Texts [draws, length] (positions past length are dropped)."""
+    rows = torch.arange(draws)
+    text = torch.zeros(draws, length + k + 2, dtype=torch.long)   # column 0 holds the start token 0
+    done = torch.ones(draws, dtype=torch.long)                      # columns filled so far
+    first = None
+    while bool((done <= length).any()):
+        last = text[rows, done - 1]
+        drafts, prev = [], last
+        for _ in range(k):
+            prev = pick(QT[prev], uniforms(draws, gen)[:, 0].float())
+            drafts.append(prev)
+        x = torch.stack(drafts, -1)
+        before = torch.cat([last.unsqueeze(-1), x], -1)             # the context's last token at each position
+        n, after = chain_verify(PT[before], QT[before[:, :k]], x, uniforms(draws, gen, k).float(), rule)
+        y = pick(after, uniforms(draws, gen)[:, 0].float())
+        new = torch.cat([x, y.unsqueeze(-1)], -1).scatter(-1, n.unsqueeze(-1), y.unsqueeze(-1))
+        for j in range(k + 1):   # x_1..x_n, then y: columns done .. done + n
+            write = (j <= n) & (done <= length)
+            text[rows[write], (done + j)[write]] = new[write, j]
+        done = torch.where(done <= length, done + n + 1, done)
+        first = n if first is None else first
+    return text[:, 1:length + 1], first
+
+
+def chain_joint(PT: torch.Tensor, length: int) -> torch.Tensor:
+    """The target's joint distribution of the first `length` tokens after token 0, flattened [V ** length]."""
+    joint = PT[0]
+    for _ in range(length - 1):   # joint[..., a, b] = joint[..., a] * PT[a, b]
+        joint = joint.unsqueeze(-1) * PT
+    return joint.reshape(-1)
+
+
+def text_index(texts: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Each text as one number in base `vocab`, the index of its cell in chain_joint."""
+    return (texts * vocab ** torch.arange(texts.shape[-1] - 1, -1, -1)).sum(-1)
+
+
+def chi_square_p_value(samples: torch.Tensor, p: torch.Tensor) -> float:
+    """Pearson's test of samples against p; cells expected fewer than 5 times share one bin."""
+    n = samples.numel()
+    observed = torch.bincount(samples, minlength=p.numel()).double()
+    expected = p.double() * n
+    big = expected >= 5
+    obs = torch.cat([observed[big], observed[~big].sum().view(1)])
+    exp = torch.cat([expected[big], expected[~big].sum().view(1)])
+    if exp[-1] == 0:
+        if obs[-1] > 0:
+            return 0.0
+        obs, exp = obs[:-1], exp[:-1]
+    stat = ((obs - exp) ** 2 / exp).sum()
+    return float(torch.special.gammaincc(torch.tensor((len(exp) - 1) / 2), stat / 2))
+
+
+@dataclass
+class ChainCheck:
+    """The block check on a toy chain: TV of the texts' joint histogram to the target's, the noise floor, Pearson's
+    p-value, and the mean accepted length of the first iteration."""
+    rule: str
+    tv: float
+    noise_floor: float
+    p_value: float
+    mean_accepted: float
+
+
+def chain_check(PT: torch.Tensor, QT: torch.Tensor, k: int, length: int, rule: str, draws: int, seed: int
+                ) -> ChainCheck:
+    if rule not in BLOCK_RULES:
+        raise ValueError(f"Unknown rule '{rule}': choose one of {', '.join(BLOCK_RULES)}.")
+    texts, first = chain_decode(PT, QT, k, length, draws, torch.Generator().manual_seed(seed), rule)
+    joint, cells = chain_joint(PT, length), text_index(texts, PT.shape[0])
+    floor = noise_floor(joint, draws, torch.Generator().manual_seed(seed + 1))
+    return ChainCheck(rule, total_variation(frequencies(cells, joint.numel()), joint), floor,
+                      chi_square_p_value(cells, joint), float(first.double().mean()))

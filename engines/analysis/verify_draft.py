@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from engines.config import MAX_PROMPT_TOKENS, RunSettings
-from engines.decoding.acceptance import correction, one_hot
+from engines.decoding.acceptance import one_hot
 from engines.decoding.sampling import Sampling, choose, probabilities
 from engines.decoding.speculative import (
     MAX_K,
@@ -48,7 +48,7 @@ def verify_draft(target: LM, prompt_ids: Sequence[int], draft_ids: Sequence[int]
     ended = bool(committed) and committed[-1] in target.eos_ids
     next_token, dist = None, None
     if not ended:
-        dist = correction(p, q, torch.tensor(n, device=p.device))
+        dist = verdict.next_distribution
         next_token = choose(dist, s, rng)
         committed.append(next_token)
         ended = next_token in target.eos_ids

@@ -9,7 +9,9 @@ Each iteration:
    n-gram (Saxena 2023), a deterministic drafter with one-hot q;
 2. verify: one target forward over [pending token, x_1..x_k] gives p_1..p_{k+1};
    the rules in engines/decoding/acceptance.py keep a prefix of n drafts and pick one more token
-   (the residual's at a rejection, the bonus from p_{k+1} when all k pass);
+   (the residual's at a rejection, the bonus from p_{k+1} when all k pass): token verification (Leviathan et
+   al. 2023) decides the drafts one at a time, block verification (Sun et al. 2024, arXiv 2403.10444) the
+   block as a whole, from its end;
 3. crop both caches back to the committed text, so nothing is ever re-run.
 
 p and q both come from sampling.probabilities with the same settings, and q is exactly
@@ -32,7 +34,10 @@ from engines.config import (
     typical_of,
 )
 from engines.decoding.acceptance import (
+    BlockVerdict,
     accepted_count,
+    block_residual_mass,
+    block_verify,
     correction,
     entropy,
     greedy_accept,
@@ -74,6 +79,16 @@ class SpeculativeConfig(DecodeConfig):
     acceptance: str = acceptance_option()
     typical_epsilon: float = epsilon_option()
     typical_delta: float = delta_option()
+    verification: str = option("token", "token: decide the drafts one at a time, stop at the first refusal "
+                                        "(Leviathan et al. 2023); block: decide the drafted block as a whole, from "
+                                        "its end (Sun et al. 2024, block verification): exact too, and keeps "
+                                        "at least as many drafts on average", choices=("token", "block"))
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.verification == "block" and self.acceptance == "typical":
+            raise ValueError("Block verification is an exact rule: set acceptance to exact, or verification to "
+                             "token for typical acceptance.")
 
 
 # ----------------------------------------------------------------------------- the step record
@@ -97,6 +112,19 @@ class DraftedPosition(TypedDict):
     entropy: NotRequired[float]     # typical acceptance: H(p_i) in nats
 
 
+class BlockRecord(TypedDict):
+    """Block verification (Sun et al. 2024, Algorithm 2) of this draft x_1..x_m, and the token rule beside it."""
+    weights: list[float]            # p_1..p_m: p_i = min(p_{i-1} * p_i(x_i) / q_i(x_i), 1), p_0 = 1
+    residual_mass: list[float]      # r_0..r_{m-1}: r_i = sum_x max(p_i * p_{i+1}(x) - q_{i+1}(x), 0)
+    stop_chances: list[float]       # h_1..h_m: h_i = r_i / (r_i + 1 - p_i) (0 when r_i = 0), h_m = p_m
+    passed: list[bool]              # u_i <= h_i, the coin of each position (the coins are the positions' u; greedy
+                                    # draws none and reads u = 1: the h are 0 or 1 there)
+    accepted: int                   # tau: the last i whose coin passed, 0 when none did (decided from the end)
+    token_accepted: int             # token verification on the same draft with the same coins: the leading run of
+                                    # u_i <= min(1, p_i(x_i) / q_i(x_i)), the positions' ratio (greedy: the
+                                    # leading matches of the argmax, as block verification keeps there too)
+
+
 class VerificationRecord(TypedDict):
     """One draft-and-verify: every drafted position and the token the target added after the kept ones."""
     draft_tokens: list[int]         # x_1..x_m as drafted (m <= k: a drafter may stop early)
@@ -116,6 +144,8 @@ class SpeculativeDetail(VerificationRecord):
     """A speculative step: the verification and what the run's settings made of it."""
     drafter: str                    # model, ngram, heads, eagle or early-exit; typed for a continuation a person typed
     acceptance: Literal["exact", "typical"]   # the rule: lossless, or Medusa-2's typical acceptance (lossy)
+    verification: NotRequired[Literal["token", "block"]]   # exact rule's form; absent in traces recorded before it
+    block: NotRequired[BlockRecord]  # block verification's numbers; present when verification is block
     k: int                          # drafts asked for this step (capped by the token budget)
     k_next: int                     # k for the next step (the adaptive schedule moves it)
     schedule: Literal["constant", "adaptive"]   # how k changes between steps
@@ -160,15 +190,14 @@ def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: Sp
         p = probabilities(logits, s)
         q = proposal.q if proposal.q is not None else one_hot(
             torch.tensor(proposal.tokens, dtype=torch.long, device=p.device), p.shape[-1], like=p)
-        verdict = verify(p, q, proposal.tokens, s, rng, typical=typical_of(cfg))
+        verdict = verify(p, q, proposal.tokens, s, rng, typical=typical_of(cfg), block=cfg.verification == "block")
         n = verdict.accepted
 
         committed = proposal.tokens[:n]
         ended = bool(committed) and committed[-1] in target.eos_ids  # an accepted EOS ends the text: no bonus
         next_token, dist = None, None
         if not ended:
-            # typical acceptance draws the next token from p itself (Medusa-2), not from the residual
-            dist = p[n] if cfg.acceptance == "typical" else correction(p, q, torch.tensor(n, device=p.device))
+            dist = verdict.next_distribution
             next_token = choose(dist, s, rng)
             committed = committed + [next_token]
             ended = next_token in target.eos_ids
@@ -183,10 +212,12 @@ def speculative(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: Sp
         k_next = next_k(k, n, m, cfg.schedule)
         detail = SpeculativeDetail(
             **record(p, logits, q, proposal, verdict, next_token, dist),
-            drafter=cfg.drafter, acceptance=cfg.acceptance, k=k_now, k_next=k_next, schedule=cfg.schedule,
-            ended=ended, target_cache=[target_before, target_after, len(target_kv)],
+            drafter=cfg.drafter, acceptance=cfg.acceptance, verification=cfg.verification, k=k_now, k_next=k_next,
+            schedule=cfg.schedule, ended=ended, target_cache=[target_before, target_after, len(target_kv)],
             **({"draft_cache": None, "heads": None} | drafter.chain_record(verdict.choice.tolist())),
         )
+        if verdict.block is not None:
+            detail["block"] = block_record(p, q, verdict)
         final = ended or produced >= cfg.max_new_tokens
         wall_s = clock(target.device) - start
         detail.update(time_split(wall_s, target_s, drafting_s))
@@ -210,31 +241,59 @@ def next_k(k: int, accepted: int, drafted: int, schedule: str) -> int:
 class Verdict:
     accepted: int
     choice: torch.Tensor                # [m+1] the target's argmax at every position
+    next_distribution: torch.Tensor     # [V] what the token after the kept drafts is drawn from
     u: torch.Tensor | None = None       # [m] uniforms in (0, 1]; None under greedy (no draws)
     ratios: torch.Tensor | None = None  # [m] min(1, p/q); None under greedy
     threshold: torch.Tensor | None = None  # [m] typical acceptance: min(epsilon, delta * exp(-H(p)))
     entropy: torch.Tensor | None = None    # [m] typical acceptance: H(p) in nats
+    block: BlockVerdict | None = None      # block verification's weights, stop chances and coins
+    token_accepted: int | None = None      # block verification: what the token rule keeps with the same coins
 
 
 def verify(p: torch.Tensor, q: torch.Tensor, tokens: list[int], s: Sampling, rng: torch.Generator,
-           typical: tuple[float, float] | None = None) -> Verdict:
-    """How many drafts the target keeps. Greedy: while each equals the target's argmax.
-    Sampling: while u_i <= min(1, p_i(x_i)/q_i(x_i)) (Leviathan et al. 2023, Algorithm 1).
-    Typical (epsilon, delta): while p_i(x_i) > min(epsilon, delta * exp(-H(p_i))), no draw (lossy); under
-    greedy p is one-hot, so this keeps exactly the argmax, as greedy verification does."""
+           typical: tuple[float, float] | None = None, block: bool = False) -> Verdict:
+    """How many drafts the target keeps, and the distribution of the token after them. Greedy: while each equals
+    the target's argmax. Sampling: while u_i <= min(1, p_i(x_i)/q_i(x_i)) (Leviathan et al. 2023, Algorithm 1),
+    then the residual. Block (Sun et al. 2024, Algorithm 2): the last i with u_i <= h_i, then the block residual;
+    under greedy it keeps the same prefix as the greedy rule. Typical (epsilon, delta): while p_i(x_i) >
+    min(epsilon, delta * exp(-H(p_i))), no draw (lossy), then p itself; under greedy p is one-hot, so this keeps
+    exactly the argmax, as greedy verification does."""
     x = torch.tensor(tokens, dtype=torch.long, device=p.device)
     choice = p.argmax(-1)
     if typical is not None:
         rows = p[:len(tokens)]
-        keep = typical_accept(rows, x, *typical)
-        return Verdict(int(accepted_count(keep)), choice, threshold=typical_threshold(rows, *typical),
-                       entropy=entropy(rows))
+        n = int(accepted_count(typical_accept(rows, x, *typical)))
+        # typical acceptance draws the next token from p itself (Medusa-2), not from the residual
+        return Verdict(n, choice, p[n], threshold=typical_threshold(rows, *typical), entropy=entropy(rows))
+    if block:
+        return verify_block(p, q, x, s, rng, choice)
     if s.greedy:
-        return Verdict(int(greedy_accept(x, choice)), choice)
+        n = int(greedy_accept(x, choice))
+        return Verdict(n, choice, correction(p, q, torch.tensor(n, device=p.device)))
     # drawn in (0, 1] so that u <= 0 can never keep a token the target rules out
     u = 1.0 - torch.rand(len(tokens), generator=rng, dtype=torch.float32)   # float32 whatever the default dtype
-    accepted = speculative_accept(p, q, x, u.to(p.device))   # the rule the 400,000-draw test checks
-    return Verdict(int(accepted), choice, u, ratio(p[:len(tokens)], q, x))
+    n = int(speculative_accept(p, q, x, u.to(p.device)))   # the rule the 400,000-draw test checks
+    return Verdict(n, choice, correction(p, q, torch.tensor(n, device=p.device)), u, ratio(p[:len(tokens)], q, x))
+
+
+def verify_block(p: torch.Tensor, q: torch.Tensor, x: torch.Tensor, s: Sampling, rng: torch.Generator,
+                 choice: torch.Tensor) -> Verdict:
+    """Block verification, and beside it what token verification decides on the same draft with the same coins
+    (the token rule reads coin i against min(1, p/q) from the front; the block rule reads it against h_i from the
+    end). Greedy draws no coin: p is one-hot, so both keep the leading matches of the argmax."""
+    b = block_verify(p, q, x, None if s.greedy else rng)
+    if s.greedy:
+        return Verdict(int(b.accepted), choice, b.correction, block=b, token_accepted=int(greedy_accept(x, choice)))
+    token = int(speculative_accept(p, q, x, b.u))
+    return Verdict(int(b.accepted), choice, b.correction, b.u, ratio(p[:len(x)], q, x), block=b, token_accepted=token)
+
+
+def block_record(p: torch.Tensor, q: torch.Tensor, verdict: Verdict) -> BlockRecord:
+    b = verdict.block
+    weights = torch.cat([torch.ones(1, dtype=b.weights.dtype, device=b.weights.device), b.weights])
+    return BlockRecord(weights=b.weights.tolist(), residual_mass=block_residual_mass(p, q, weights).tolist(),
+                       stop_chances=b.stop_chances.tolist(), passed=(b.u <= b.stop_chances).tolist(),
+                       accepted=verdict.accepted, token_accepted=verdict.token_accepted)
 
 
 # ----------------------------------------------------------------------------- recording

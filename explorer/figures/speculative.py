@@ -30,7 +30,9 @@ from explorer.figures.common import (
 )
 from explorer.figures.speculative_words import (
     chips,
+    block_decision,
     decision,
+    is_block,
     is_greedy,
     is_typical,
     label,
@@ -134,7 +136,10 @@ def draft_check(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
                      "name": q_name(trace, d, pos), "showlegend": first,
                      "opacity": 1.0 if reached else 0.4, "marker": {"color": DRAFT_COLOUR},
                      "hovertext": bar_hover(trace, b.ids, b.q, "q"), "hoverinfo": "text"})
-        coin(data, notes, g.cell(*cell(i, True)), g.centre(*cell(i, True)), room, trace, pos, first)
+        if is_block(d) and pos["u"] is not None:
+            block_coin(data, g.cell(*cell(i, True)), d, i, first)
+        else:
+            coin(data, notes, g.cell(*cell(i, True)), g.centre(*cell(i, True)), room, trace, pos, first)
     after(data, notes, g, trace, step, cell(columns - 1, False), cell(columns - 1, True), room)
     for row in range(1, 2 * blocks + 1, 2):
         for col, (x, y) in enumerate(zip(g.xaxes(row), g.yaxes(row))):
@@ -152,7 +157,9 @@ def draft_check(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
             g.xaxis(*cell(i, coin_row))["visible"] = False
             g.yaxis(*cell(i, coin_row))["visible"] = False
     g.yaxis(1, 1)["title"] = {"text": "probability"}
-    what = "greedy: kept while it is the target's argmax" if raw else "kept while u <= min(1, p/q)"
+    what = ("greedy: kept while it is the target's argmax" if raw else
+            f"block: the last i with u <= h_i; token verification would keep {d['block']['token_accepted']}"
+            if is_block(d) else "kept while u <= min(1, p/q)")
     title = f"Step {index + 1}: {len(positions)} drafted by the {d['drafter']} drafter, {d['accepted']} kept ({what})"
     return figure(data, g, title, height=170 + 260 * blocks, barmode="group",
                   bargap=0.25, annotations=notes, width=FIGURE_WIDTH[narrow])
@@ -210,6 +217,28 @@ def coin(data: list[dict], notes: list[dict], axes: dict, centre: tuple[float, f
                             "line": {"color": COIN, "width": 1}},
                  "name": "u, the uniform draw", "legendgroup": "u", "showlegend": first,
                  "hovertext": f"{status}: {decision(trace, pos)}", "hoverinfo": "text"})
+
+
+def block_coin(data: list[dict], axes: dict, d: dict, i: int, first: bool) -> None:
+    """Block verification reads every coin from the end: u_i against the stop chance h_i (the bar), with the
+    token rule's bound min(1, p/q) marked on the same axis, so both rules' decisions show on one coin."""
+    pos, b = d["positions"][i], d["block"]
+    status = pos["status"]
+    data.append({"type": "bar", **axes, "x": [b["stop_chances"][i]], "y": ["coin"], "orientation": "h",
+                 "marker": {"color": colour(status)}, "opacity": 0.35, "name": "h_i: block keeps x_1..x_i below",
+                 "legendgroup": "stop", "showlegend": first, "hoverinfo": "text",
+                 "hovertext": f"block verification keeps x_1..x_{i + 1} when u <= h_{i + 1} = "
+                              f"{b['stop_chances'][i]:.4f} and no later coin passed"})
+    data.append({"type": "scatter", **axes, "x": [pos["ratio"]], "y": ["coin"], "mode": "markers",
+                 "marker": {"symbol": "line-ns", "size": 16, "color": COIN, "line": {"color": COIN, "width": 2}},
+                 "name": "min(1, p/q): token rule's bound", "legendgroup": "ratio", "showlegend": first,
+                 "hoverinfo": "text", "hovertext": f"token verification keeps this draft, if every earlier one was "
+                                                   f"kept, when u <= min(1, p/q) = {pos['ratio']:.4f}"})
+    data.append({"type": "scatter", **axes, "x": [pos["u"]], "y": ["coin"], "mode": "markers",
+                 "marker": {"symbol": symbol(status), "size": 13, "color": colour(status),
+                            "line": {"color": COIN, "width": 1}},
+                 "name": "u, the uniform draw", "legendgroup": "u", "showlegend": first,
+                 "hovertext": f"{status}: {block_decision(d, i)}", "hoverinfo": "text"})
 
 
 def typical_coin(data: list[dict], axes: dict, trace: Trace, pos: dict, first: bool) -> None:
@@ -342,6 +371,8 @@ def next_title(trace: Trace, d: dict) -> str:
         return "Correction: the target's argmax at the rejection"
     if is_typical(d):
         return "Typical acceptance: p itself at the rejection (no residual: lossy)"
+    if is_block(d) and d["accepted"]:
+        return f"Block residual norm(max(0, p_{d['accepted']}·p - q)) after the kept drafts"
     return "Residual norm(max(0, p - q)) at the rejection"
 
 
@@ -366,7 +397,8 @@ def next_bars(data: list[dict], notes: list[dict], axes: dict, trace: Trace, d: 
         name = "p, target (temperature 1)"
     else:
         source = d["next_top"]
-        name = ("p at the rejection (typical)" if is_typical(d) else "residual norm(max(0, p - q))") \
+        name = ("p at the rejection (typical)" if is_typical(d) else "block residual" if is_block(d) and n else
+                "residual norm(max(0, p - q))") \
             if rejected else "p, target" if nothing_drafted(d) else "p after the draft"
     source = with_next(source, d, raw)
     ids = [t for t, _ in source]

@@ -46,6 +46,47 @@ def is_typical(d: dict) -> bool:
     return d.get("acceptance", "exact") == "typical"
 
 
+def is_block(d: dict) -> bool:
+    """Block verification (Sun et al. 2024); traces recorded before the setting existed used the token rule."""
+    return "block" in d
+
+
+def block_decision(d: dict, i: int) -> str:
+    """Position i's coin under block verification: u_i against the stop chance h_i, with the weight p_i."""
+    b, pos = d["block"], d["positions"][i]
+    sign = "<=" if b["passed"][i] else ">"
+    return f"u = {pos['u']:.3f} {sign} h_{i + 1} = {b['stop_chances'][i]:.3f}, weight p_{i + 1} = {b['weights'][i]:.3f}"
+
+
+def block_sentence(trace: Trace, d: dict) -> str:
+    """How block verification read the coins, and what token verification decides with the same coins."""
+    b, m = d["block"], len(d["positions"])
+    if not m:
+        return ""
+    n, token = b["accepted"], b["token_accepted"]
+    if is_greedy(trace):
+        return (f" Block verification (Sun et al. 2024): under greedy p is one-hot, so each weight p_i = "
+                f"min(p_(i-1) p(x_i)/q(x_i), 1) is 1 while the drafts match the argmax and 0 after; it keeps "
+                f"{plural(n, 'draft')}, as token verification does ({token}).")
+    failed = [f"{i + 1} ({block_decision(d, i)})" for i in range(m - 1, n - 1, -1)]
+    read = (f"it read the coins from the end: {'; '.join(failed)} failed" if failed else "")
+    passed = (f"{'then ' if failed else 'it read the coins from the end: '}{n} passed ({block_decision(d, n - 1)}), "
+              f"which keeps x_1..x_{n} whatever their own coins say" if n else
+              "none passed, so no draft is kept")
+    compare = ("the same length" if token == n else f"{plural(token, 'draft')}, " +
+               ("fewer" if token < n else "more") + " than the block rule's " + str(n))
+    return (f" Block verification (Sun et al. 2024, Algorithm 2) weighs the block, p_i = min(p_(i-1) p(x_i)/q(x_i), "
+            f"1), and keeps the first i drafts when u_i <= h_i = r_i / (r_i + 1 - p_i) (h_m = p_m), r_i the mass "
+            f"of the block residual max(0, p_i·p - q) after i drafts: {', '.join(x for x in (read, passed) if x)}. "
+            f"Token verification, with the same coins against min(1, p/q) from the front, would keep {compare}.")
+
+
+def phrase(trace: Trace, d: dict, i: int) -> str:
+    """Position i's verdict under the rule the step used."""
+    pos = d["positions"][i]
+    return block_decision(d, i) if is_block(d) and pos["u"] is not None else decision(trace, pos)
+
+
 def decision(trace: Trace, pos: dict) -> str:
     """One position's verdict as a phrase with its numbers."""
     if pos.get("threshold") is not None:
@@ -159,19 +200,22 @@ def next_probability(trace: Trace, d: dict) -> str:
 
 
 def verdict_sentence(trace: Trace, d: dict) -> str:
-    kept = [p for p in d["positions"] if p["status"] == "accepted"]
-    rejected = [p for p in d["positions"] if p["status"] == "rejected"]
+    kept = [i for i, p in enumerate(d["positions"]) if p["status"] == "accepted"]
+    rejected = [i for i, p in enumerate(d["positions"]) if p["status"] == "rejected"]
+    said = [] if not is_block(d) or is_greedy(trace) else kept[:-1]   # the block sentence gives the last kept coin
     parts = []
     if kept:
-        parts.append("The target accepted " + ", ".join(f"{quoted(trace, p['token'])} ({decision(trace, p)})"
-                                                        for p in kept))
+        parts.append("The target accepted " + ", ".join(
+            quoted(trace, d["positions"][i]["token"]) + ("" if i in said else f" ({phrase(trace, d, i)})")
+            for i in kept))
     if rejected:
-        p = rejected[0]
+        i = rejected[0]
         verb = "then rejected" if kept else "The target rejected"
         how = ("took its own argmax" if is_greedy(trace) else
                "drew from p itself, as typical acceptance does" if is_typical(d) else
+               f"drew from the block residual max(0, p_{i}·p - q), renormalised" if is_block(d) and i else
                "drew from the residual max(0, p - q), renormalised")
-        parts.append(f"{verb} {quoted(trace, p['token'])} ({decision(trace, p)}) and {how}: "
+        parts.append(f"{verb} {quoted(trace, d['positions'][i]['token'])} ({phrase(trace, d, i)}) and {how}: "
                      f"{quoted(trace, d['next_token'])} ({next_probability(trace, d)})")
     text = "; ".join(parts) + "." if parts else ""
     if d["next_kind"] == "bonus" and d["positions"]:
@@ -195,6 +239,8 @@ def words(trace: Trace, index: int) -> str:
     committed = len(s.committed_ids)
     tc, dc = d["target_cache"], d["draft_cache"]
     text = " ".join(x for x in (drafted_sentence(trace, index), verdict_sentence(trace, d)) if x)
+    if is_block(d):
+        text += block_sentence(trace, d)
     drafted_by = "head forward" if d.get("heads") else "draft forward"
     text += (f" {plural(committed, 'token')} for 1 target forward"
              f"{' and ' + plural(s.draft_forwards, drafted_by) if s.draft_forwards else ''}, "
@@ -276,7 +322,7 @@ def cost_words(trace: Trace, index: int) -> str:
 
 def chips(trace: Trace, index: int) -> list[Chip]:
     d = trace.steps[index].detail
-    out = [Chip(p["token"], p["status"], decision(trace, p)) for p in d["positions"]]
+    out = [Chip(p["token"], p["status"], phrase(trace, d, i)) for i, p in enumerate(d["positions"])]
     if d["next_token"] is not None:
         out.append(Chip(d["next_token"], "chosen" if nothing_drafted(d) else d["next_kind"],
                         ("nothing drafted: the target's own token, " if nothing_drafted(d) else "")
