@@ -50,7 +50,7 @@ def test_shards_hold_what_the_target_wrote_and_resume(tiny, tmp_path):
         assert prompt == chat_data.templated(tiny.tokenizer, row["messages"][:-1])
 
     # a shard lost mid-run is written again, and only it
-    (tmp_path / "shard-00001.jsonl").unlink()
+    (tmp_path / "shard-00001.jsonl.gz").unlink()
     assert chat_data.generate(tiny, tmp_path, items, 3, per_shard=2, limits=(6, 4)) == 1
     assert [r["index"] for r in chat_data.read_shards(tmp_path)] == [0, 1, 2]
     assert chat_data.status(tmp_path)["conversations"] == 3

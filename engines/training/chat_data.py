@@ -14,6 +14,7 @@ variety, each from its own seeded generator.
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
@@ -32,12 +33,17 @@ SECOND_TURN_TOKENS = 128
 HELD_OUT_EVERY = 20
 
 
+# In the project, not the cache: generating it takes hours on a CPU, and what one session wrote the next one
+# resumes from (and the heads, the datastore and the adapters train on the same shards everywhere).
+DATA_ROOT = Path(__file__).resolve().parents[2] / "assets" / "data" / "chat"
+
+
 def data_dir(target: str) -> Path:
-    return presets.CACHE_DIR / "train" / "chat" / target.replace("/", "_")
+    return DATA_ROOT / target.replace("/", "_")
 
 
 def shard_path(folder: Path, index: int) -> Path:
-    return folder / f"shard-{index:05d}.jsonl"
+    return folder / f"shard-{index:05d}.jsonl.gz"
 
 
 def templated(tok, messages: list[dict]) -> list[int]:
@@ -111,18 +117,19 @@ def check_same_instructions(folder: Path, items: list[dict]) -> None:
 
 
 def write_shard(path: Path, rows: list[dict]) -> None:
+    """Gzipped JSON lines, written whole or not at all; no timestamp inside, so the same rows give the same bytes."""
     part = path.with_name(path.name + ".part")
-    with open(part, "w") as f:
+    with open(part, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
         for row in rows:
-            f.write(json.dumps(row) + "\n")
+            f.write((json.dumps(row) + "\n").encode())
     os.replace(part, path)
 
 
 def read_shards(folder: Path, split: str | None = None) -> list[dict]:
     """Every conversation written so far (of one split, if given), in index order."""
     rows = []
-    for path in sorted(folder.glob("shard-*.jsonl")):
-        with open(path) as f:
+    for path in sorted(folder.glob("shard-*.jsonl.gz")):
+        with gzip.open(path, "rt") as f:
             rows += [json.loads(line) for line in f]
     return [r for r in rows if split is None or r["split"] == split]
 
