@@ -35,7 +35,7 @@ RUNS = [("autoregressive", {}), ("autoregressive", {**SAMPLED, "top_k": 20}),
         ("speculative", {"acceptance": "typical", **SAMPLED}),
         ("tree", {}), ("tree", {"tree": "sparse", **SAMPLED}), ("tree", {"drafter": "heads", "tree": "chain"}),
         ("tree", {"drafter": "eagle", **SAMPLED}), ("tree", {"drafter": "suffix"}),
-        ("tree", {"acceptance": "typical", **SAMPLED}),
+        ("tree", {"drafter": "retrieval"}), ("tree", {"acceptance": "typical", **SAMPLED}),
         ("jacobi", {}), ("jacobi", {"init": "random"}), ("lookahead", {"max_new_tokens": 12}),
         ("lookahead", {"max_new_tokens": 12, "ngram": 2, **SAMPLED}),   # bigrams pool from the first step: draws
         ("mask-predict", {"length": 6}), ("mask-predict", {"length": 6, "strategy": "diffusion", "block": 3}),
@@ -69,7 +69,7 @@ def test_the_schema_is_generated_from_the_records():
     # the required keys as declared: NotRequired fields are optional, the rest required
     assert "threshold" not in required_keys(speculative.DraftedPosition) and "p" in required_keys(
         speculative.DraftedPosition)
-    assert {"heads", "suffix_match", "residual_top"} <= set(declared_fields(tree.TreeDetail)) - required_keys(
+    assert {"heads", "suffix_match", "retrieval_match", "residual_top"} <= set(declared_fields(tree.TreeDetail)) - required_keys(
         tree.TreeDetail)
 
 

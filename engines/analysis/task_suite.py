@@ -194,7 +194,7 @@ def training_texts() -> list[str]:
 
 # The drafters bench.py runs, with its settings: name -> (method, settings, what it needs). The Spec-Bench row each
 # corresponds to is in the name: SpS (a draft model), PLD (prompt lookup), Medusa, EAGLE(-2's dynamic tree),
-# Lookahead; SuffixDecoding has no row there (REST is the nearest, a retrieval drafter).
+# Lookahead; SuffixDecoding has no row there (REST, the retrieval drafter, is the nearest).
 TASK_METHODS: dict[str, tuple[str, dict, str]] = {
     "autoregressive (ours)": ("autoregressive", {}, ""),
     "SpS: tiny draft, k=4": ("speculative", {"drafter": "model", "k": 4}, "draft"),
@@ -205,6 +205,7 @@ TASK_METHODS: dict[str, tuple[str, dict, str]] = {
                                   "tree_topk": 4}, "eagle"),
     "Lookahead: W5 N4 G5": ("lookahead", {"window": 5, "ngram": 4, "guesses": 5}, ""),
     "Suffix tree": ("tree", {"drafter": "suffix", "tree_budget": 24, "tree_depth": 8}, ""),
+    "REST: retrieval tree": ("tree", {"drafter": "retrieval", "tree_budget": 24, "tree_depth": 8}, ""),
 }
 
 # Spec-Bench's Leaderboard.md (hemingkx/Spec-Bench, commit 09244ff), "Leaderboard on 3090": Vicuna-7B-v1.3, greedy,

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from engines.drafting.base import Drafter
+from engines.drafting.datastore import target_datastore
 from engines.drafting.heads import has_head, head_drafter
 from engines.drafting.lookup import LookupDrafter
 from engines.drafting.model import ModelDrafter
+from engines.drafting.retrieval import RetrievalDrafter
 from engines.drafting.suffix import SuffixDrafter
 from engines.models.adapter import LM
 
@@ -63,6 +65,11 @@ DRAFTERS = {spec.name: spec for spec in (
                           "(no model)", chain=False, tree=True, draft_model=False,
                 start=lambda target, draft, cfg: SuffixDrafter(),
                 lanes=(("tree, suffix 24", "tree", {"drafter": "suffix", "tree_budget": 24, "tree_depth": 8}),)),
+    DrafterSpec("retrieval", "REST: a frequency-scored tree from what followed the text's longest suffix in a "
+                             "datastore of the shipped corpus and chat answers (no model)", chain=False, tree=True,
+                draft_model=False, start=lambda target, draft, cfg: RetrievalDrafter(
+                    target_datastore(target.tokenizer, target.name)),
+                lanes=(("tree, REST 24", "tree", {"drafter": "retrieval", "tree_budget": 24, "tree_depth": 8}),)),
 )}
 
 

@@ -143,6 +143,7 @@ FREE_DRAFTS = {
     "eagle": "the EAGLE head is one decoder layer over features the target's verify forward already computed, "
              "a small fraction of a target forward: c is taken as 0",
     "suffix": "the suffix tree is a lookup in the text so far and runs no model, so c is taken as 0",
+    "retrieval": "REST's datastore is a suffix-array lookup and runs no model, so c is taken as 0",
 }
 
 
