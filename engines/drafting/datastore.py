@@ -14,12 +14,14 @@ bytes, the build time.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -63,6 +65,28 @@ def paragraphs(text: str) -> str:
 
 def text_source(path: Path) -> Source:
     """One text file as one segment (Latin-1 where it is not UTF-8, as one shipped book is)."""
+    return read_source(str(path), *stamp(path), "text")
+
+
+def shard_source(path: Path) -> Source:
+    """One chat-data shard: the ids of each train-split conversation as the target saw and wrote them (the held-out
+    split stays unseen by every drafter)."""
+    return read_source(str(path), *stamp(path), "shard")
+
+
+def stamp(path: Path) -> tuple[int, int]:
+    st = Path(path).stat()
+    return st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=256)
+def read_source(path: str, mtime_ns: int, size: int, kind: str) -> Source:
+    """A file read and hashed once per version of it (its time and size): every run starts a drafter, and hashing
+    the corpus each time would be in every run's wall time."""
+    return (read_text if kind == "text" else read_shard)(Path(path))
+
+
+def read_text(path: Path) -> Source:
     raw = Path(path).read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -72,9 +96,7 @@ def text_source(path: Path) -> Source:
                   lambda tok: [tok(paragraphs(text), add_special_tokens=False)["input_ids"]])
 
 
-def shard_source(path: Path) -> Source:
-    """One chat-data shard: the ids of each train-split conversation as the target saw and wrote them (the held-out
-    split stays unseen by every drafter)."""
+def read_shard(path: Path) -> Source:
     raw = Path(path).read_bytes()
     rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
     return Source(Path(path).name, sha(raw),
@@ -88,10 +110,15 @@ def default_sources(target_name: str) -> list[Source]:
     return texts + [shard_source(p) for p in sorted(chat.glob("shard-*.jsonl"))]
 
 
+TOKENIZER_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # serialising one takes ~0.1 s
+
+
 def tokenizer_digest(tok) -> str:
-    backend = getattr(tok, "backend_tokenizer", None)
-    spec = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
-    return sha(spec.encode("utf-8"))
+    if tok not in TOKENIZER_DIGESTS:
+        backend = getattr(tok, "backend_tokenizer", None)
+        spec = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
+        TOKENIZER_DIGESTS[tok] = sha(spec.encode("utf-8"))
+    return TOKENIZER_DIGESTS[tok]
 
 
 def digest(tok, sources: Sequence[Source]) -> str:
