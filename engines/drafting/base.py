@@ -42,8 +42,8 @@ class SuffixMatch(TypedDict):
 
 class RetrievedContinuation(TypedDict):
     """One branch of a retrieval tree, root to leaf, and how many retrieved continuations began with it."""
-    tokens: list[int]
-    count: int
+    tokens: list[int]   # the branch's tokens after the matched suffix, root to leaf
+    count: int          # retrieved continuations that begin with them (the leaf's count in the trie)
 
 
 class RetrievalMatch(TypedDict):
