@@ -192,6 +192,7 @@ def save(ds: Datastore, folder: Path) -> None:
     there first wins (both were built from the same sources)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    tmp.chmod(0o755)   # mkdtemp's folder is private; the datastore is not
     np.save(tmp / "tokens.npy", ds.tokens)
     np.save(tmp / "order.npy", ds.order)
     (tmp / "meta.json").write_text(json.dumps(ds.meta, indent=1))
