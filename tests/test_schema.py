@@ -37,7 +37,7 @@ RUNS = [("autoregressive", {}), ("autoregressive", {**SAMPLED, "top_k": 20}),
         ("speculative", {"k": 3, "verification": "block", **SAMPLED}),
         ("tree", {}), ("tree", {"tree": "sparse", **SAMPLED}), ("tree", {"drafter": "heads", "tree": "chain"}),
         ("tree", {"drafter": "eagle", **SAMPLED}), ("tree", {"drafter": "suffix"}),
-        ("tree", {"drafter": "recycling"}),
+        ("tree", {"drafter": "recycling"}), ("tree", {"drafter": "retrieval"}),
         ("tree", {"acceptance": "typical", **SAMPLED}),
         ("jacobi", {}), ("jacobi", {"init": "random"}), ("lookahead", {"max_new_tokens": 12}),
         ("lookahead", {"max_new_tokens": 12, "ngram": 2, **SAMPLED}),   # bigrams pool from the first step: draws
@@ -73,7 +73,7 @@ def test_the_schema_is_generated_from_the_records():
     assert "threshold" not in required_keys(speculative.DraftedPosition) and "p" in required_keys(
         speculative.DraftedPosition)
     optional = set(declared_fields(tree.TreeDetail)) - required_keys(tree.TreeDetail)
-    assert {"heads", "suffix_match", "recycling", "residual_top"} <= optional
+    assert {"heads", "suffix_match", "recycling", "retrieval_match", "residual_top"} <= optional
 
 
 # ----------------------------------------------------------------------------- draws and the default dtype

@@ -195,7 +195,7 @@ def training_texts() -> list[str]:
 # The drafters bench.py runs, with its settings: name -> (method, settings, what it needs). The Spec-Bench row each
 # corresponds to is in the name: SpS (a draft model), PLD (prompt lookup), Medusa, EAGLE(-2's dynamic tree),
 # Lookahead; LayerSkip (self-speculation, no row there either; its exit layer is half the target's layers here);
-# SuffixDecoding and Token Recycling have no row there (REST is the nearest, a retrieval drafter).
+# SuffixDecoding and Token Recycling have no row there; REST is the retrieval drafter's row.
 TASK_METHODS: dict[str, tuple[str, dict, str]] = {
     "autoregressive (ours)": ("autoregressive", {}, ""),
     "SpS: tiny draft, k=4": ("speculative", {"drafter": "model", "k": 4}, "draft"),
@@ -209,6 +209,7 @@ TASK_METHODS: dict[str, tuple[str, dict, str]] = {
     "LayerSkip: early exit at half, k=4": ("speculative", {"drafter": "early-exit", "exit_layer": 0, "k": 4}, ""),
     "Token Recycling: adjacency tree": ("tree", {"drafter": "recycling", "tree_budget": 64, "tree_depth": 6,
                                                  "tree_topk": 8}, ""),
+    "REST: retrieval tree": ("tree", {"drafter": "retrieval", "tree_budget": 24, "tree_depth": 8}, ""),
 }
 
 # Spec-Bench's Leaderboard.md (hemingkx/Spec-Bench, commit 09244ff), "Leaderboard on 3090": Vicuna-7B-v1.3, greedy,

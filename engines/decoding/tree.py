@@ -48,7 +48,7 @@ from engines.decoding.stop import until_eos
 from engines.decoding.trees import ROOT, Node, Path
 from engines.decoding.verify_tree import Outcome, verify_greedy, verify_one, verify_typical
 from engines.drafting import registry
-from engines.drafting.base import EarlyExitRecord, HeadsRecord, SuffixMatch
+from engines.drafting.base import Drafter, EarlyExitRecord, HeadsRecord, RetrievalMatch, SuffixMatch
 from engines.drafting.recycling import RecyclingRecord
 from engines.models.adapter import KV, LM
 from engines.models.devices import clock
@@ -126,6 +126,7 @@ class TreeDetail(TypedDict):
     early_exit: NotRequired[EarlyExitRecord]   # the early-exit drafter: the layer it exits after, of how many
     suffix_match: NotRequired[SuffixMatch | None]   # suffix drafter: the match the tree grew from; null before any
     recycling: NotRequired[RecyclingRecord]   # Token Recycling: the table rows drafted from, and their rewrite
+    retrieval_match: NotRequired[RetrievalMatch]   # retrieval drafter (REST): the datastore match the tree grew from
     residual_top: NotRequired[list[TokenProbability]]   # exact sampling, at a rejection: top 5 of the residual
     target_forward_s: NotRequired[float]   # seconds of the target's forward this step (CUDA waited for)
     drafting_s: NotRequired[float]  # seconds the drafter took this step (growing the tree, reading the verdict)
@@ -147,9 +148,11 @@ def verify_forward(target: LM, kv: KV, pending: Sequence[int], paths: Sequence[P
     return target.forward_features(kv, ids, layers, depths=depths, attend=mask)
 
 
-def tree(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: TreeConfig, rng: torch.Generator) -> Iterator[Step]:
-    """Tree speculative decoding; one Step per draft-tree-and-verify iteration."""
-    drafter = registry.start(cfg.drafter, target, draft, cfg)
+def tree(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: TreeConfig, rng: torch.Generator,
+         drafter: Drafter | None = None) -> Iterator[Step]:
+    """Tree speculative decoding; one Step per draft-tree-and-verify iteration. `drafter`: one already built (a
+    retrieval drafter over a datastore of the caller's choosing); by default the registry starts cfg.drafter's."""
+    drafter = drafter or registry.start(cfg.drafter, target, draft, cfg)
     target_kv = target.new_kv()
     committed, pending, produced, index = list(prompt_ids), list(prompt_ids), 0, 0
     while produced < cfg.max_new_tokens:

@@ -48,6 +48,24 @@ class SuffixMatch(TypedDict):
     occurrences: int     # how often it occurred in the prompt and output so far
 
 
+class RetrievedContinuation(TypedDict):
+    """One branch of a retrieval tree, root to leaf, and how many retrieved continuations began with it."""
+    tokens: list[int]   # the branch's tokens after the matched suffix, root to leaf
+    count: int          # retrieved continuations that begin with them (the leaf's count in the trie)
+
+
+class RetrievalMatch(TypedDict):
+    """REST: the text's longest suffix found in the datastore, and the continuations that made the draft tree."""
+    length: int          # the matched suffix's length in tokens; 0 when no suffix of 2 or more tokens occurred
+    tokens: list[int]    # the suffix itself
+    occurrences: int     # how often it occurs in the datastore
+    read: int            # occurrences whose continuations were read (at most the drafter's cap, evenly spaced)
+    continuations: list[RetrievedContinuation]   # the tree's branches with their counts, most frequent first (<= 12)
+    datastore: str       # the datastore's name: what it was built from, and the digest of its sources
+    datastore_tokens: int   # tokens in the datastore
+    datastore_bytes: int    # its size: token array and suffix array
+
+
 @dataclass
 class Draft:
     """What a drafter proposed: the tokens and, for the draft model, its processed and raw distributions."""

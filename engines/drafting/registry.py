@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from engines.drafting.base import Drafter
+from engines.drafting.datastore import target_datastore
 from engines.drafting.early_exit import EarlyExitDrafter
 from engines.drafting.heads import has_head, head_drafter
 from engines.drafting.lookup import LookupDrafter
 from engines.drafting.model import ModelDrafter
 from engines.drafting.recycling import RecyclingDrafter
+from engines.drafting.retrieval import RetrievalDrafter
 from engines.drafting.suffix import SuffixDrafter
 from engines.models.adapter import LM
 
@@ -75,6 +77,11 @@ DRAFTERS = {spec.name: spec for spec in (
                 draft_model=False, start=lambda target, draft, cfg: RecyclingDrafter(),
                 lanes=(("tree, Token Recycling 64", "tree", {"drafter": "recycling", "tree_budget": 64,
                                                             "tree_depth": 6, "tree_topk": 8}),)),
+    DrafterSpec("retrieval", "REST: a frequency-scored tree from what followed the text's longest suffix in a "
+                             "datastore of the shipped corpus and chat answers (no model)", chain=False, tree=True,
+                draft_model=False, start=lambda target, draft, cfg: RetrievalDrafter(
+                    target_datastore(target.tokenizer, target.name)),
+                lanes=(("tree, REST 24", "tree", {"drafter": "retrieval", "tree_budget": 24, "tree_depth": 8}),)),
 )}
 
 

@@ -9,6 +9,13 @@ from pathlib import Path
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 MODELS_DIR = ASSETS / "models"
 CACHE_DIR = Path.home() / ".cache" / "parallel-decoding-explorer"
+# The targets' own chat answers (engines/training/chat_data.py writes them; the retrieval datastore and the
+# trainers read them): in the project, since generating them takes hours on a CPU.
+CHAT_DATA_ROOT = Path(__file__).resolve().parents[2] / "assets" / "data" / "chat"
+
+
+def chat_data_dir(target: str) -> Path:
+    return CHAT_DATA_ROOT / target.replace("/", "_")
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

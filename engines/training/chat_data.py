@@ -33,13 +33,10 @@ SECOND_TURN_TOKENS = 128
 HELD_OUT_EVERY = 20
 
 
-# In the project, not the cache: generating it takes hours on a CPU, and what one session wrote the next one
-# resumes from (and the heads, the datastore and the adapters train on the same shards everywhere).
-DATA_ROOT = Path(__file__).resolve().parents[2] / "assets" / "data" / "chat"
-
-
 def data_dir(target: str) -> Path:
-    return DATA_ROOT / target.replace("/", "_")
+    """In the project, not the cache (presets.chat_data_dir): generating it takes hours on a CPU, and what one
+    session wrote the next one resumes from."""
+    return presets.chat_data_dir(target)
 
 
 def shard_path(folder: Path, index: int) -> Path:

@@ -145,6 +145,7 @@ FREE_DRAFTS = {
     "suffix": "the suffix tree is a lookup in the text so far and runs no model, so c is taken as 0",
     "recycling": "the adjacency table is a lookup in a table the verify forward already filled and runs no model, "
                  "so c is taken as 0",
+    "retrieval": "REST's datastore is a suffix-array lookup and runs no model, so c is taken as 0",
 }
 
 

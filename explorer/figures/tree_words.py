@@ -33,7 +33,8 @@ def words(trace: Trace, index: int) -> str:
     d = step.detail
     nodes = d["nodes"]
     depth = max((n["depth"] for n in nodes), default=0)
-    shape = "dynamic (EAGLE-2)" if d["tree"] == "dynamic" else f"'{d['tree']}'"
+    shape = ("frequency-ranked (REST)" if "retrieval_match" in d else "dynamic (EAGLE-2)" if d["tree"] == "dynamic"
+             else f"'{d['tree']}'")
     if not nodes:
         p = d["final_p_raw"] if not trace.config.get("temperature", 0) else d["final_p"]
         parts = [f"{no_tree(trace, index)[0]}, so no tree was drafted and this step is a plain target forward: it "
@@ -42,14 +43,14 @@ def words(trace: Trace, index: int) -> str:
     else:
         dropped = f"; the budget dropped {d['dropped']} less confident candidates" if d["dropped"] else ""
         who, unit = ((heads.who(d), "head") if d.get("heads") else (theory.exit_who(d), "draft") if d.get("early_exit")
-                     else ("The draft", "draft"))
+                     else ("The datastore", "draft") if "retrieval_match" in d else ("The draft", "draft"))
         grew = (f"{who} grew a {shape} tree of {len(nodes)} node{'s' if len(nodes) != 1 else ''}, {depth} deep, "
                 f"in {step.draft_forwards} {unit} forward{'s' if step.draft_forwards != 1 else ''}{dropped}."
                 if "recycling" not in d else recycled_tree(d, depth))
         parts = [grew,
                  f"One target forward read {step.tokens_fed} tokens ({len(d['pending_ids'])} pending + "
                  f"{len(nodes)} nodes) under the tree mask, each node at position root + depth.",
-                 won(trace, step), failures(trace, step)]
+                 retrieved(trace, d), won(trace, step), failures(trace, step)]
     n = len(step.committed_ids)
     parts += [f"{n} token{'s' if n != 1 else ''} for 1 target forward ({step.wall_s * 1000:.0f} ms).",
               theory.time_split(step)]
@@ -104,10 +105,30 @@ def no_tree(trace: Trace, index: int) -> tuple[str, str]:
                 f"{quoted(trace, d['root_token'])} yet" + (" (the first verification fills it from the prompt)"
                                                            if step.index == 0 else ""),
                 "no table row for the last token yet")
+    if "retrieval_match" in d:
+        m = d["retrieval_match"]
+        return (f"{left} tokens were left, but no suffix of the text of 2 or more tokens occurs in the datastore "
+                f"'{m['datastore']}' with a continuation", "the datastore matched nothing")
     if "suffix_match" in d:
         return (f"{left} tokens were left, but the suffix tree matched nothing: no suffix of the text so far had "
                 "occurred before with a continuation", "the suffix tree matched nothing")
     return f"{left} tokens were left, but the drafter proposed nothing", "nothing drafted"
+
+
+def retrieved(trace: Trace, d: dict) -> str:
+    """REST's lookup in words: the suffix matched, how often it occurs, the branches the tree kept."""
+    m = d.get("retrieval_match")
+    if not m or not m["length"]:
+        return ""
+    read = f"all {m['read']}" if m["read"] == m["occurrences"] else f"{m['read']} of them, evenly spaced,"
+    said = "; ".join(f"{listing(trace, c['tokens'], ' ')} ×{c['count']}" for c in m["continuations"][:4])
+    more = f" and {len(m['continuations']) - 4} more" if len(m["continuations"]) > 4 else ""
+    return (f"It looked the text's last {m['length']} tokens ({listing(trace, m['tokens'], ' ')}) up in the "
+            f"datastore '{m['datastore']}' ({m['datastore_tokens']:,} tokens, {m['datastore_bytes'] / 1e6:.1f} MB), "
+            f"the longest suffix found there: it occurs {m['occurrences']} time{'s' if m['occurrences'] != 1 else ''}; "
+            f"the continuations after {read} were merged into a trie counting how many pass each node, and the "
+            f"most frequent nodes are the tree (each node's q is its share of its parent's count). Its branches: "
+            f"{said}{more}.")
 
 
 def cost_words(trace: Trace, index: int) -> str:
