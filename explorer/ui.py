@@ -96,7 +96,8 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
                             for f in extra:
                                 own[(m.name, f.name)] = control(f, key=f"{m.name}-{f.name}")
             with gr.Column(scale=3, min_width=320, elem_classes="results"):
-                text = gr.HTML(elem_id="text-so-far")
+                # the buttons and the position line above the text: a growing text pushed Stop down the page
+                # during Run to end, away from the pointer about to press it
                 with gr.Row(elem_classes="transport"):
                     reset_btn = gr.Button("|<< Reset", elem_id="reset-btn", size="sm")
                     back_btn = gr.Button("< Back", elem_id="back-btn", size="sm")
@@ -106,6 +107,7 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
                     step_go = gr.Button(visible="hidden", elem_id="step-go")
                     back_go = gr.Button(visible="hidden", elem_id="back-go")
                 position = gr.HTML(elem_id="position")
+                text = gr.HTML(elem_id="text-so-far")
                 history = gr.Slider(0, 1, value=0, step=1, label="History (replays recorded steps)",
                                     elem_id="history")
                 main_plot = gr.Plot(elem_id="main-plot", show_label=False)
