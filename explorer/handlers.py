@@ -97,8 +97,7 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
         with sessions.panel:
             if sessions.owner == owner or sessions.shown is None:
                 return
-            screen = {**on_the_wire(panel.show(render(sessions.get(sessions.shown), sessions.shown, sessions.narrow))),
-                      panel.state: sessions}
+            screen = screen_of(sessions, sessions.shown, sessions.get(sessions.shown))   # the shown run owns it
         yield screen
 
     def reset(sessions: Sessions, progress=gr.Progress(), **values):
