@@ -15,7 +15,6 @@ bytes, the build time.
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
 import json
 import os
@@ -99,7 +98,7 @@ def read_text(path: Path) -> Source:
 
 def read_shard(path: Path) -> Source:
     raw = Path(path).read_bytes()
-    rows = [json.loads(line) for line in gzip.decompress(raw).decode("utf-8").splitlines() if line.strip()]
+    rows = presets.parse_chat_shard(raw)
     return Source(Path(path).name, sha(raw),
                   lambda tok: [r["ids"] for r in rows if r.get("split", "train") == "train"])
 
@@ -108,7 +107,7 @@ def default_sources(target_name: str) -> list[Source]:
     """The shipped corpus's texts, then the target's chat shards where they exist."""
     texts = [text_source(p) for p in sorted(CORPUS_DIR.glob("*.txt"))]
     chat = presets.chat_data_dir(target_name)
-    return texts + [shard_source(p) for p in sorted(chat.glob("shard-*.jsonl.gz"))]
+    return texts + [shard_source(p) for p in presets.chat_shards(chat)]
 
 
 TOKENIZER_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # serialising one takes ~0.1 s

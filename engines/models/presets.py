@@ -1,6 +1,8 @@
 """Presets: the models the explorer offers by name, and where weights and caches live."""
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -16,6 +18,17 @@ CHAT_DATA_ROOT = Path(__file__).resolve().parents[2] / "assets" / "data" / "chat
 
 def chat_data_dir(target: str) -> Path:
     return CHAT_DATA_ROOT / target.replace("/", "_")
+
+
+def chat_shards(folder: Path) -> list[Path]:
+    """The chat-data shards written so far in a folder, in index order (each is written whole: no partial one)."""
+    return sorted(Path(folder).glob("shard-*.jsonl.gz"))
+
+
+def parse_chat_shard(raw: bytes) -> list[dict]:
+    """One shard's conversations from its gzipped bytes: one JSON object per line (token ids under "ids", the
+    split under "split"). The one reader of the format, for the trainers and the retrieval datastore alike."""
+    return [json.loads(line) for line in gzip.decompress(raw).decode("utf-8").splitlines() if line.strip()]
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -124,10 +124,7 @@ def write_shard(path: Path, rows: list[dict]) -> None:
 
 def read_shards(folder: Path, split: str | None = None) -> list[dict]:
     """Every conversation written so far (of one split, if given), in index order."""
-    rows = []
-    for path in sorted(folder.glob("shard-*.jsonl.gz")):
-        with gzip.open(path, "rt") as f:
-            rows += [json.loads(line) for line in f]
+    rows = [row for path in presets.chat_shards(folder) for row in presets.parse_chat_shard(path.read_bytes())]
     return [r for r in rows if split is None or r["split"] == split]
 
 
