@@ -61,9 +61,19 @@ def add_setting_options(p: argparse.ArgumentParser) -> None:
     choices = setting_choices()
     for f in setting_fields().values():
         kind = {"int": int, "float": float}.get(str(f.type), str)
+        if f.metadata.get("auto") is not None:   # the word 'auto' for the value that means it (--tree-budget auto)
+            kind = whole_or_auto(f.metadata["auto"])
         p.add_argument(flag(f.name), dest=f.name, type=kind, default=None, choices=choices.get(f.name),
                        help=f"{f.metadata['help']} (default {f.default})")
 
+
+
+def whole_or_auto(auto: int):
+    """An argparse type: a whole number, or the word 'auto' for the value that means it."""
+    def whole(text: str) -> int:
+        return auto if text.strip().lower() == "auto" else int(text)
+    whole.__name__ = "whole number or 'auto'"   # argparse names the type so in its one-line refusal
+    return whole
 
 
 def refuse_foreign_settings(args: argparse.Namespace) -> None:

@@ -14,9 +14,10 @@ MAX_SEED = 2 ** 63 - 1
 
 
 def option(default: Any, help: str, low: float | None = None, high: float | None = None,
-           choices: tuple[str, ...] | None = None, label: str | None = None) -> Any:
+           choices: tuple[str, ...] | None = None, label: str | None = None, auto: int | None = None) -> Any:
+    """A setting with its help and range. auto: the value the word 'auto' stands for (the CLI takes either)."""
     return field(default=default, metadata={"help": help, "low": low, "high": high, "choices": choices,
-                                            "label": label})
+                                            "label": label, "auto": auto})
 
 
 @dataclass(frozen=True)

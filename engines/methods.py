@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from engines.analysis import calibration, cost
-from engines.analysis.theory import jacobi_drafts, lookahead_drafts, speculative_drafts, tree_drafts
+from engines.analysis.theory import Calibration, jacobi_drafts, lookahead_drafts, speculative_drafts, tree_drafts
 from engines.config import MAX_PROMPT_TOKENS, DecodeConfig, RunSettings, build
 from engines.decoding.autoregressive import AutoregressiveConfig, AutoregressiveDetail, autoregressive
 from engines.decoding.jacobi import JacobiConfig, JacobiDetail, jacobi
@@ -43,6 +43,9 @@ class Method:
     lossless: str = ""                      # what the output equals, if anything
     paper: str = ""
     summary: str = ""
+    # its engine takes verify_seconds(n), the run's measured target forward over n tokens (a tree sized to the
+    # machine reads it)
+    reads_forward_times: bool = False
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -63,6 +66,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                    "rejection is replaced by a draw from norm(max(0, p - q)), and a fully accepted draft earns "
                    "a bonus token from the target."),
     Method("tree", "Tree", TreeConfig, tree, uses_draft=True, record=TreeDetail, drafts=tree_drafts,
+           reads_forward_times=True,
            reach=lambda cfg: cfg.max_new_tokens + 1 + max([cfg.tree_depth, *map(len, SHAPES.get(cfg.tree, ()))]),
            lossless="equals target.generate() under greedy; under sampling it is distributed as the target's "
                     "own sampling",
@@ -183,7 +187,8 @@ class Run:
             else:
                 self._live = calibration.LiveCalibration(target_lm, draft_lm, prompt_ids)
         rng = torch.Generator().manual_seed(run_settings.seed)
-        self._steps = m.start(self.target, self.draft, prompt_ids, cfg, rng)
+        timed = {"verify_seconds": self.verify_seconds} if m.reads_forward_times else {}
+        self._steps = m.start(self.target, self.draft, prompt_ids, cfg, rng, **timed)
 
     @property
     def finished(self) -> bool:
@@ -220,6 +225,15 @@ class Run:
         """Time what the calibration still lacks now, after the steps (a whole run's trace should carry it)."""
         while self._live is not None and self._live.measure_next():
             self._record_calibration(self.trace.steps[-1].index if self.trace.steps else None)
+
+    def verify_seconds(self, n: int) -> float | None:
+        """Seconds of a target forward over n tokens by the run's calibration as it stands (from disk, or what the
+        run has measured so far, interpolated between sizes); None before the one-token forward is timed."""
+        cost_record = self.trace.cost or {}
+        if "verify_n" not in cost_record:
+            return None
+        cal = Calibration.from_dict(cost_record)
+        return cal.target_forward_s * cal.T(n)
 
     def _record_calibration(self, at_step: int | None) -> None:
         done = self._live.finish(at_step)

@@ -312,8 +312,8 @@ def tree_step(rnd: random.Random, index: int, *, shape: str, budget: int, depth:
         room = min(room, MEDUSA_HEADS)
     if room < 1:
         paths, qs, expanded, dropped = [], {}, set(), []
-    elif shape == "dynamic":
-        paths, qs, expanded, dropped = dynamic_paths(rnd, min(room, depth), topk, budget)
+    elif shape == "dynamic":   # an auto budget (0) keeps some number of the drafted nodes, none to all of them
+        paths, qs, expanded, dropped = dynamic_paths(rnd, min(room, depth), topk, budget or rnd.randint(0, 64))
     else:
         paths, qs, expanded, dropped = static_paths(rnd, shape, room)
     parent_of = trees.parents(paths)
@@ -357,6 +357,8 @@ def tree_step(rnd: random.Random, index: int, *, shape: str, budget: int, depth:
         kept = {p: i for i, p in enumerate(paths)}
         detail["dropped_nodes"] = [{"token": word(rnd), "path": list(p), "score": round(score, 6),
                                     "parent": -1 if len(p) == 1 else kept.get(p[:-1])} for p, score in dropped]
+    if budget == 0:
+        detail["sizing"] = sizing_record(rnd, len(paths), len(paths) + detail["dropped"], depth)
     if drafter in HEAD_DRAFTERS:
         detail["heads"] = heads_record(rnd, drafter, 1)     # the target's own token after the path
     if drafter == "early-exit":
@@ -371,6 +373,20 @@ def tree_step(rnd: random.Random, index: int, *, shape: str, budget: int, depth:
     detail.update(timed(rnd, wall_s))
     return Step(index, tuple(new), target_forwards=1, draft_forwards=levels if paths else 0,
                 tokens_fed=len(pending) + len(paths), wall_s=wall_s, final=final_step, detail=detail)
+
+
+def sizing_record(rnd: random.Random, budget: int, candidates: int, depth: int) -> dict:
+    """An auto budget's record: expected tokens rising by less each node, seconds rising by a measured slope (or
+    nothing measured yet)."""
+    expected, gains = [1.0], sorted((prob(rnd, 1e-4) for _ in range(candidates)), reverse=True)
+    for g in gains:
+        expected.append(round(expected[-1] + g, 4))
+    measured = rnd.random() < 0.8
+    drafting, one, slope = rnd.uniform(0, 0.05), rnd.uniform(0.01, 0.2), rnd.uniform(0, 0.01)
+    seconds = [round(drafting + one + slope * n, 6) for n in range(candidates + 1)] if measured else []
+    return {"budget": budget, "candidates": candidates, "draft_depth": depth, "measured": measured,
+            "drafting_s": round(drafting, 6), "expected_tokens": expected, "seconds": seconds,
+            "depth_ratio": [round(rnd.uniform(0.2, 3), 4) for _ in range(depth)]}
 
 
 def medusa_levels(rnd: random.Random, paths: list) -> tuple[list[int], dict]:

@@ -96,3 +96,14 @@ def test_settings_of_the_chosen_method_are_accepted(capsys):
     assert main(["trace", "--method", "jacobi", "--prompt", "Once", "--block", "3", "--max-new-tokens", "3",
                  "--temperature", "0", "--target", "tiny-target"]) == 0
     assert json.loads(capsys.readouterr().out)["config"]["block"] == 3
+
+
+def test_tree_budget_takes_the_word_auto_and_refuses_other_words_in_one_line(cli, tiny_target):
+    r = cli("trace", "--method", "tree", "--tree-budget", "auto", "--prompt", "Once upon a time",
+            "--max-new-tokens", "4", "--target", "tiny-target")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["config"]["tree_budget"] == 0 and all("sizing" in s for s in d["steps"])
+    bad = cli("trace", "--method", "tree", "--tree-budget", "lots", "--prompt", "x", "--target", "tiny-target")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "whole number or 'auto'" in bad.stderr

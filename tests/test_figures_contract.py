@@ -63,7 +63,7 @@ def speculative(rnd: random.Random, i: int):
 
 def tree(rnd: random.Random, i: int):
     return syn.tree_step(rnd, i % 2, shape=rnd.choice(["dynamic", "sparse", "chain", "balanced"]),
-                         budget=rnd.randint(1, 64), depth=rnd.randint(1, 8), topk=rnd.randint(1, 8),
+                         budget=rnd.randint(0, 64), depth=rnd.randint(1, 8), topk=rnd.randint(1, 8),
                          room=rnd.randint(0, 8), greedy=rnd.random() < 0.5, stop_chance=rnd.random(),
                          drafter=rnd.choice(["model", "early-exit", *syn.HEAD_DRAFTERS]))
 
@@ -111,7 +111,8 @@ def random_heads(tiny_target, tmp_path, monkeypatch):
     ("tree", tree, [("Once upon a time", GREEDY), ("Once upon a time", {**SAMPLED, "tree": "sparse"}),
                     ("Once upon a time", SAMPLED), ("Once upon a time", {**GREEDY, "drafter": "heads"}),
                     ("Once upon a time", {**SAMPLED, "drafter": "eagle", "tree": "sparse"}),
-                    ("Once upon a time", {**GREEDY, "drafter": "early-exit", "exit_layer": 2})]),
+                    ("Once upon a time", {**GREEDY, "drafter": "early-exit", "exit_layer": 2}),
+                    ("Once upon a time", {**GREEDY, "tree_budget": 0})]),
     ("jacobi", jacobi, [("Once upon a time", {"max_new_tokens": 6})]),
     ("lookahead", lookahead, [(REPETITIVE, {**GREEDY, "window": 3, "ngram": 3}),
                               (REPETITIVE, {**SAMPLED, "window": 3, "ngram": 3})]),

@@ -198,7 +198,7 @@ def test_speculative_renders_every_k_fully_drafted(k, greedy, drafter):
 # ----------------------------------------------------------------------------- tree
 
 @FAST
-@given(seed=seeds, shape=st.sampled_from(["dynamic", *SHAPES]), budget=st.integers(1, 64), depth=st.integers(1, 8),
+@given(seed=seeds, shape=st.sampled_from(["dynamic", *SHAPES]), budget=st.integers(0, 64), depth=st.integers(1, 8),
        topk=st.integers(1, 8), greedy=st.booleans(), rooms=st.lists(st.integers(0, 8), min_size=1, max_size=3),
        stop_chance=st.floats(0, 1), eos=st.sampled_from(["none", "path", "final"]),
        drafter=st.sampled_from(["model", *syn.HEAD_DRAFTERS]))
@@ -423,7 +423,7 @@ def test_speculative_cost_panels_render_with_and_without_a_calibration(data, see
 
 
 @FAST
-@given(seed=seeds, shape=st.sampled_from(["dynamic", *SHAPES]), budget=st.integers(1, 64), depth=st.integers(1, 8),
+@given(seed=seeds, shape=st.sampled_from(["dynamic", *SHAPES]), budget=st.integers(0, 64), depth=st.integers(1, 8),
        topk=st.integers(1, 8), rooms=st.lists(st.integers(0, 8), min_size=1, max_size=3),
        drafter=st.sampled_from(["model", *syn.HEAD_DRAFTERS]), measured=st.booleans())
 def test_tree_cost_panel_renders_with_and_without_a_calibration(seed, shape, budget, depth, topk, rooms, drafter,

@@ -38,7 +38,7 @@ RUNS = [("autoregressive", {}), ("autoregressive", {**SAMPLED, "top_k": 20}),
         ("tree", {}), ("tree", {"tree": "sparse", **SAMPLED}), ("tree", {"drafter": "heads", "tree": "chain"}),
         ("tree", {"drafter": "eagle", **SAMPLED}), ("tree", {"drafter": "suffix"}),
         ("tree", {"drafter": "recycling"}), ("tree", {"drafter": "retrieval"}),
-        ("tree", {"acceptance": "typical", **SAMPLED}),
+        ("tree", {"acceptance": "typical", **SAMPLED}), ("tree", {"tree_budget": 0}),
         ("jacobi", {}), ("jacobi", {"init": "random"}), ("lookahead", {"max_new_tokens": 12}),
         ("lookahead", {"max_new_tokens": 12, "ngram": 2, **SAMPLED}),   # bigrams pool from the first step: draws
         ("mask-predict", {"length": 6}), ("mask-predict", {"length": 6, "strategy": "diffusion", "block": 3}),

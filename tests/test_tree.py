@@ -334,7 +334,7 @@ def test_cli_runs_the_tree_method_with_its_flags(tiny_target, capsys):
 
 
 @pytest.mark.parametrize("settings, says", [({"tree": "bushy"}, "tree must be one of"),
-                                            ({"tree_budget": 0}, "tree budget must be between"),
+                                            ({"tree_budget": -1}, "tree budget must be between"),
                                             ({"tree_topk": 9}, "tree top-k must be between")])
 def test_bad_settings_are_refused_in_one_sentence(settings, says):
     with pytest.raises(ValueError, match=says):

@@ -18,7 +18,8 @@ q; q recorded per node is the draft's own probability (temperature 1), which ran
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Iterator, Literal, NotRequired, Sequence, TypedDict
 
 import torch
@@ -45,6 +46,7 @@ from engines.decoding.sampling import (
 )
 from engines.decoding.step_time import time_split
 from engines.decoding.stop import until_eos
+from engines.decoding.tree_size import DepthAcceptance, TreeSizing, fit, next_depth
 from engines.decoding.trees import ROOT, Node, Path
 from engines.decoding.verify_tree import Outcome, verify_greedy, verify_one, verify_typical
 from engines.drafting import registry
@@ -54,14 +56,18 @@ from engines.models.adapter import KV, LM
 from engines.models.devices import clock
 from engines.trace import Step
 
+AUTO = 0          # tree_budget's value for a tree sized to the machine (engines/decoding/tree_size.py)
+MAX_BUDGET = 64
+
 
 @dataclass(frozen=True)
 class TreeConfig(DecodeConfig):
     drafter: str = option("model", "what grows the tree: " + registry.described("tree"), choices=registry.names("tree"))
     tree: str = option("dynamic", "the draft tree: 'dynamic' (EAGLE-2, grown by draft confidence) or a fixed shape",
                        choices=("dynamic",) + tuple(trees.SHAPES))
-    tree_budget: int = option(16, "dynamic tree: nodes kept for the target to verify", 1, 64,
-                              label="tree budget")
+    tree_budget: int = option(16, "nodes kept for the target to verify; 0 or 'auto': the number that maximises "
+                                  "expected tokens per second on this machine (measured forward times, the "
+                                  "acceptance seen so far)", 0, MAX_BUDGET, label="tree budget", auto=AUTO)
     tree_depth: int = option(4, "dynamic tree: levels drafted, one draft forward each", 1, 8, label="tree depth")
     tree_topk: int = option(3, "dynamic tree: children per expanded node, and nodes expanded per level", 1, 8,
                             label="tree top-k")
@@ -127,6 +133,7 @@ class TreeDetail(TypedDict):
     suffix_match: NotRequired[SuffixMatch | None]   # suffix drafter: the match the tree grew from; null before any
     recycling: NotRequired[RecyclingRecord]   # Token Recycling: the table rows drafted from, and their rewrite
     retrieval_match: NotRequired[RetrievalMatch]   # retrieval drafter (REST): the datastore match the tree grew from
+    sizing: NotRequired[TreeSizing]         # tree budget auto: the expected tokens and seconds it chose the size by
     residual_top: NotRequired[list[TokenProbability]]   # exact sampling, at a rejection: top 5 of the residual
     target_forward_s: NotRequired[float]   # seconds of the target's forward this step (CUDA waited for)
     drafting_s: NotRequired[float]  # seconds the drafter took this step (growing the tree, reading the verdict)
@@ -149,17 +156,26 @@ def verify_forward(target: LM, kv: KV, pending: Sequence[int], paths: Sequence[P
 
 
 def tree(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: TreeConfig, rng: torch.Generator,
-         drafter: Drafter | None = None) -> Iterator[Step]:
+         drafter: Drafter | None = None, verify_seconds: Callable[[int], float | None] | None = None
+         ) -> Iterator[Step]:
     """Tree speculative decoding; one Step per draft-tree-and-verify iteration. `drafter`: one already built (a
-    retrieval drafter over a datastore of the caller's choosing); by default the registry starts cfg.drafter's."""
+    retrieval drafter over a datastore of the caller's choosing); by default the registry starts cfg.drafter's.
+    verify_seconds(n): the measured seconds of a target forward over n tokens (None where not measured yet),
+    which a tree budget of 'auto' sizes the tree by; without it an auto tree keeps the unmeasured default."""
     drafter = drafter or registry.start(cfg.drafter, target, draft, cfg)
+    auto, seen, draft_depth = cfg.tree_budget == AUTO, DepthAcceptance(), cfg.tree_depth
     target_kv = target.new_kv()
     committed, pending, produced, index = list(prompt_ids), list(prompt_ids), 0, 0
     while produced < cfg.max_new_tokens:
         start = clock(target.device)   # CUDA waited for: timings measure the GPU's work
         # never draft past the budget: the deepest path plus the target's own token fill it exactly
         drafter.begin()   # a step's drafter forwards: its tree levels (heads: and the read of its verification)
-        nodes, dropped = drafter.draft_tree(committed, cfg, cfg.max_new_tokens - produced - 1)
+        drafting = replace(cfg, tree_budget=MAX_BUDGET, tree_depth=draft_depth) if auto else cfg
+        nodes, dropped = drafter.draft_tree(committed, drafting, cfg.max_new_tokens - produced - 1)
+        if auto:   # the size that maximises expected tokens per second, then the drafting depth that serves it
+            nodes, dropped, sizing = sized(nodes + dropped, len(pending), clock(target.device) - start,
+                                           verify_seconds or (lambda n: None), seen, draft_depth)
+            draft_depth = next_depth(nodes, cfg.tree_depth)
         paths, tokens = [n.path for n in nodes], [n.token for n in nodes]
         parent_of = trees.parents(paths)
         drafted_at = clock(target.device)
@@ -195,6 +211,9 @@ def tree(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: TreeConfi
             cache_len=len(target_kv),   # the accepted path is kept above; nothing below changes the target's cache
         )
         detail.update(drafter.tree_record([outcome.final]))
+        if auto:
+            detail["sizing"] = sizing
+            seen.note(nodes, outcome.tested, outcome.path)
         if outcome.residual is not None and resampled:
             detail["residual_top"] = top(outcome.residual, 5)
         final_rows = None
@@ -216,6 +235,15 @@ def tree(target: LM, draft: LM | None, prompt_ids: Sequence[int], cfg: TreeConfi
         index += 1
         if final:
             return
+
+
+def sized(candidates: list[Node], pending: int, drafting_s: float, verify_seconds: Callable[[int], float | None],
+          seen: DepthAcceptance, draft_depth: int) -> tuple[list[Node], list[Node], TreeSizing]:
+    """An auto budget's tree in breadth-first order, the candidates it left out (most confident first), and why."""
+    kept, sizing = fit(candidates, pending, drafting_s, verify_seconds, seen, draft_depth, MAX_BUDGET)
+    kept_paths = {n.path for n in kept}
+    dropped = sorted((n for n in candidates if n.path not in kept_paths), key=lambda n: (-n.logq, len(n.path), n.path))
+    return sorted(kept, key=lambda n: (len(n.path), n.path)), dropped, sizing
 
 
 def node_records(nodes: list[Node], outcome: Outcome, p: torch.Tensor, p_raw: torch.Tensor,

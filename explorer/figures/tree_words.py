@@ -47,7 +47,7 @@ def words(trace: Trace, index: int) -> str:
         grew = (f"{who} grew a {shape} tree of {len(nodes)} node{'s' if len(nodes) != 1 else ''}, {depth} deep, "
                 f"in {step.draft_forwards} {unit} forward{'s' if step.draft_forwards != 1 else ''}{dropped}."
                 if "recycling" not in d else recycled_tree(d, depth))
-        parts = [grew,
+        parts = [grew, sizing(d),
                  f"One target forward read {step.tokens_fed} tokens ({len(d['pending_ids'])} pending + "
                  f"{len(nodes)} nodes) under the tree mask, each node at position root + depth.",
                  retrieved(trace, d), won(trace, step), failures(trace, step)]
@@ -91,12 +91,19 @@ def recycling_words(trace: Trace, d: dict) -> str:
 def no_tree(trace: Trace, index: int) -> tuple[str, str]:
     """Why a step drafted no tree, as a sentence's opening and as a short phrase for the figure's title, read
     from the record: the token budget, heads that had not read a verification yet, a suffix tree that held
-    no continuation of the text, or an adjacency table with no row for the last token."""
+    no continuation of the text, an adjacency table with no row for the last token, or an auto budget for which
+    no tree paid for itself."""
     step = trace.steps[index]
     d = step.detail
     left = trace.config.get("max_new_tokens", 0) - sum(len(s.committed_ids) for s in trace.steps[:index])
     if left <= 1:
         return "Only one token was left to generate", "one token left"
+    if d.get("sizing", {}).get("candidates") and not d["sizing"]["budget"] and d["sizing"]["measured"]:
+        z = d["sizing"]
+        return (f"Tree budget auto verified none of the {z['candidates']} candidates: by the measured forward "
+                f"times, the target's one token alone ({z['seconds'][0] * 1000:.0f} ms) made more tokens per second "
+                f"than any tree (one node: {z['expected_tokens'][1]:.2f} expected tokens in "
+                f"{z['seconds'][1] * 1000:.0f} ms)", "auto budget: no tree paid")
     if d.get("heads") and step.index == 0:
         return ("The heads draft from a verification forward's hidden states and none had run yet",
                 "the heads had nothing to read yet")
@@ -246,3 +253,25 @@ def chips(trace: Trace, index: int) -> list[Chip]:
                             + (f"; also rejected at this position: {others}" if others else "")))
         out.append(Chip(d["final_token"], d["final_kind"], f"p = {d['final_p']:.3f}"))
     return out
+
+
+def sizing(d: dict) -> str:
+    """Why an auto budget chose this size: the expected tokens and seconds of the sizes beside it."""
+    z = d.get("sizing")
+    if not z:
+        return ""
+    n, e, t, m = z["budget"], z["expected_tokens"], z["seconds"], z["candidates"]
+    if not z["measured"]:
+        return (f"Tree budget auto: no target forward of this run has been timed yet, so it kept the {n} likeliest of "
+                f"{m} candidates (the fixed default) until one is.")
+    out = (f"Tree budget auto kept {n} of {m} candidates: {e[n]:.2f} expected tokens in {t[n] * 1000:.0f} ms "
+           f"({e[n] / t[n]:.1f} tokens/s), the most of any size by this machine's measured forward times and the "
+           f"acceptance seen so far.")
+    if n < m:
+        out += (f" One more node would cost {(t[n + 1] - t[n]) * 1000:.1f} ms and earn {e[n + 1] - e[n]:.2f} expected "
+                f"tokens ({e[n + 1] / t[n + 1]:.1f} tokens/s).")
+    if n > 0:
+        out += (f" One fewer would save {(t[n] - t[n - 1]) * 1000:.1f} ms and lose {e[n] - e[n - 1]:.2f} "
+                f"({e[n - 1] / t[n - 1]:.1f} tokens/s).")
+    return out
+
