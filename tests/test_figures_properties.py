@@ -98,8 +98,8 @@ def check_screen(trace: Trace, cursor: int) -> render.Screen:
     screen = render.render(session, trace.method)
     check_figure(screen.main)
     check_figure(screen.side)
-    drafted_by_heads = cursor >= 0 and trace.config.get("drafter") in syn.HEAD_DRAFTERS
-    assert (screen.drafter is not None) == drafted_by_heads   # the head drafter's view, for its runs only
+    own_view = cursor >= 0 and trace.config.get("drafter") in (*syn.HEAD_DRAFTERS, "early-exit")
+    assert (screen.drafter is not None) == own_view   # the heads' and the early exit's view, for their runs only
     if screen.drafter is not None:
         check_figure(screen.drafter)
     assert screen.words.strip() and "Iteration" in screen.position or cursor < 0
