@@ -87,7 +87,8 @@ def tree_traces():
     for drafter, shape, budget, depth, topk, greedy in (
             ("model", "dynamic", 16, 4, 3, True), ("model", "balanced", 64, 8, 8, False),
             ("heads", "sparse", 64, 4, 8, True), ("model", "chain", 8, 8, 1, True),
-            ("eagle", "dynamic", 4, 2, 2, False), ("early-exit", "dynamic", 12, 4, 3, True)):
+            ("eagle", "dynamic", 4, 2, 2, False), ("early-exit", "dynamic", 12, 4, 3, True),
+            ("recycling", "dynamic", 64, 6, 8, True)):
         rnd = random.Random(budget)
         steps = chain(lambda i, made: syn.tree_step(
             rnd, i, shape=shape, budget=budget, depth=depth, topk=topk, room=8, greedy=greedy,

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from explorer.figures import early_exit
+from explorer.figures import early_exit, recycling
 from explorer.figures.speculative import VIEW as SPECULATIVE
 from explorer.figures.tree import VIEW as TREE
 from tests import synthetic as syn
@@ -76,3 +76,73 @@ def test_other_drafters_have_no_early_exit_figure():
                                                                        schedule="constant", max_new_tokens=64))
     assert early_exit.drafter_figure(trace, 0) is None and SPECULATIVE.drafter(trace, 0) is None
     assert early_exit.drafter_figure(early_exit_chain(2, 4, [1]), -1) is None
+
+
+# ----------------------------------------------------------------------------- Token Recycling's table
+
+def recycling_trace(room: int = 6, seed: int = 2):
+    rnd = random.Random(seed)
+    config = syn.tree_config(shape="dynamic", budget=16, depth=4, topk=3, greedy=True, max_new_tokens=64,
+                             drafter="recycling")
+    step = syn.tree_step(rnd, 1, shape="dynamic", budget=16, depth=4, topk=3, room=room, greedy=True, produced=1,
+                         drafter="recycling")
+    first = syn.tree_step(rnd, 0, shape="dynamic", budget=16, depth=4, topk=3, room=0, greedy=True,
+                          drafter="recycling")
+    return syn.trace_of("tree", [first, step], config)
+
+
+def heatmaps(fig) -> list[dict]:
+    return [d for d in fig.to_plotly_json()["data"] if d["type"] == "heatmap"]
+
+
+@pytest.mark.parametrize("narrow", [False, True])
+def test_the_table_shows_each_row_read_before_and_after_with_the_fate_of_its_drafted_cells(narrow):
+    trace = recycling_trace()
+    d = trace.steps[1].detail
+    used = d["recycling"]["used"]
+    fig = TREE.drafter(trace, 1, narrow)
+    before, after = heatmaps(fig)
+    assert len(before["z"]) == len(after["z"]) == len(used) > 0
+    code = {kind: c for kind, (c, _, _) in recycling.CELLS.items()}
+    nodes = d["nodes"]
+    for y, row in enumerate(used):
+        for rank in range(len(row["before"])):
+            # the node drafted from this cell: a node whose parent holds the row's token, at this rank
+            made = [n for n in nodes if n["rank"] == rank and
+                    (d["root_token"] if n["parent"] == -1 else nodes[n["parent"]]["token"]) == row["token"]]
+            want = min((n["status"] for n in made), key=recycling.FATE.index) if made else "idle"
+            assert before["z"][y][rank] == code[want], (y, rank)
+            assert f"(id {row['before'][rank]}) as read" in before["hovertext"][y][rank]
+            t = row["after"][rank]
+            kind = "kept" if row["before"][rank] == t else "moved" if t in row["before"] else "new"
+            assert after["z"][y][rank] == code[kind]
+    # every node was drafted from some cell of a row the record holds
+    shown = {(row["token"], r) for row in used for r in range(len(row["before"]))}
+    assert all(((d["root_token"] if n["parent"] == -1 else nodes[n["parent"]]["token"]), n["rank"]) in shown
+               for n in nodes)
+    assert f"read {d['recycling']['rows_read']} table row" in fig.layout.title.text.replace("<br>", " ")
+
+
+def test_a_row_rewritten_the_same_is_all_kept_and_a_new_token_is_new():
+    trace = recycling_trace()
+    used = trace.steps[1].detail["recycling"]["used"]
+    used[0]["after"] = list(used[0]["before"])
+    used[0]["after"][-1] = next(t for t in syn.WORD_IDS if t not in used[0]["before"])
+    used[0]["after"][0], used[0]["after"][1] = used[0]["before"][1], used[0]["before"][0]
+    after = heatmaps(TREE.drafter(trace, 1))[1]
+    code = {kind: c for kind, (c, _, _) in recycling.CELLS.items()}
+    assert after["z"][0] == [code["moved"]] * 2 + [code["kept"]] * (len(used[0]["before"]) - 3) + [code["new"]]
+    assert "was at rank 2" in after["hovertext"][0][0] and "not in the row" in after["hovertext"][0][-1]
+
+
+def test_a_step_that_read_no_row_says_so_and_other_drafters_have_no_table():
+    trace = recycling_trace(room=0)
+    fig = TREE.drafter(trace, 1)
+    assert not heatmaps(fig) and "no row for the last token" in " ".join(
+        a["text"] for a in fig.to_plotly_json()["layout"]["annotations"]).replace("<br>", " ")
+    assert recycling.table_figure(trace, -1) is None
+    rnd = random.Random(1)
+    step = syn.tree_step(rnd, 0, shape="dynamic", budget=8, depth=3, topk=2, room=6, greedy=True)
+    other = syn.trace_of("tree", [step], syn.tree_config(shape="dynamic", budget=8, depth=3, topk=2, greedy=True,
+                                                         max_new_tokens=64))
+    assert recycling.table_figure(other, 0) is None and TREE.drafter(other, 0) is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from engines.trace import Trace
-from explorer.figures import early_exit, heads
+from explorer.figures import early_exit, heads, recycling
 
 
 def first(*figures) -> go.Figure | None:
@@ -18,4 +18,5 @@ def for_speculative(trace: Trace, index: int, narrow: bool = False) -> go.Figure
 
 
 def for_tree(trace: Trace, index: int, narrow: bool = False) -> go.Figure | None:
-    return first(heads.for_tree(trace, index, narrow), early_exit.drafter_figure(trace, index, narrow))
+    return first(heads.for_tree(trace, index, narrow), early_exit.drafter_figure(trace, index, narrow),
+                 recycling.table_figure(trace, index, narrow))
