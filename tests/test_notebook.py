@@ -57,7 +57,8 @@ def executed() -> tuple[dict, str]:
         with contextlib.redirect_stdout(printed):
             for c in cells():
                 if c["cell_type"] == "code":
-                    exec(compile(source(c), f"notebook.ipynb:{c['id']}", "exec"), namespace)  # noqa: S102 (the cells are ours)
+                    code = compile(source(c), f"notebook.ipynb:{c['id']}", "exec")
+                    exec(code, namespace)  # noqa: S102 - the notebook's own cells, run as a kernel would
     finally:
         torch.set_num_threads(threads)
     return namespace, printed.getvalue()
