@@ -6,6 +6,7 @@
     python -m engines bench
     python -m engines bench --section diffusion --masked tiny-masked,/tmp/diff-export
     python -m engines bench --section tasks --per-family 2 --max-new-tokens 32   # the held-out task suite
+    python -m engines bench --section block   # block against token verification, sampled, on the task suite
     python -m engines bench-table bench.json    # the README's markdown tables from `bench --json bench.json`
     python -m engines schema                    # the published trace schema (JSON Schema 2020-12)
 

@@ -279,7 +279,8 @@ def _ids_in(step: Step) -> set[int]:
             for k, v in value.items():
                 walk(v, k)
         elif isinstance(value, (list, tuple)):
-            if key.endswith(("top", "_ids", "tokens")) or key in ("top", "tokens"):
+            # before / after: a Token Recycling table row's successors, as read and as rewritten
+            if key.endswith(("top", "_ids", "tokens")) or key in ("top", "tokens", "before", "after"):
                 for v in value:
                     if isinstance(v, int):
                         found.add(v)

@@ -38,7 +38,7 @@ class Screen:
     record: dict         # the raw step record
     run_id: str          # the run this screen shows ("<method>:<key>"; "<method>:none" before any run)
     downloadable: bool   # the run has steps to save
-    drafter: go.Figure | None = None   # the head drafter's own figure, for runs drafted by heads
+    drafter: go.Figure | None = None   # the drafter's own figure (heads, early exit, Token Recycling), for their runs
 
 
 def text_chips(trace: Trace, cursor: int) -> list[Chip]:

@@ -363,6 +363,8 @@ def tree_step(rnd: random.Random, index: int, *, shape: str, budget: int, depth:
         detail["heads"] = heads_record(rnd, drafter, 1)     # the target's own token after the path
     if drafter == "early-exit":
         detail["early_exit"] = early_exit_record(rnd)
+    if drafter == "recycling":
+        detail["recycling"] = recycling_record(rnd, pending[-1], nodes)
     if not greedy and resampled:
         detail["residual_top"] = top(rnd, final, rnd.randint(1, 5))
     detail["cache_len"] = committed_len + len(new) - 1
@@ -387,6 +389,29 @@ def sizing_record(rnd: random.Random, budget: int, candidates: int, depth: int) 
     return {"budget": budget, "candidates": candidates, "draft_depth": depth, "measured": measured,
             "drafting_s": round(drafting, 6), "expected_tokens": expected, "seconds": seconds,
             "depth_ratio": [round(rnd.uniform(0.2, 3), 4) for _ in range(depth)]}
+
+
+def recycling_record(rnd: random.Random, root: int, nodes: list[dict], k: int = 8) -> dict:
+    """detail["recycling"] as engines/drafting/recycling.py writes it for this tree: a row read for the root and
+    for every node with children (breadth-first, each token once), holding each child at its rank, the rest of
+    the row distinct other tokens; after the verification some rows keep their order, some shuffle, some take new
+    tokens."""
+    parents = [root] + [n["token"] for n in nodes]
+    children: dict[int, dict[int, int]] = {}
+    for n in nodes:
+        children.setdefault(parents[n["parent"] + 1], {})[n["rank"]] = n["token"]
+    used = []
+    for t in dict.fromkeys(t for t in parents if t in children):
+        fixed = children[t]
+        rest = iter(tokens(rnd, k, list(fixed.values())))
+        before = [fixed[r] if r in fixed else next(rest) for r in range(k)]
+        after = {0: before, 1: rnd.sample(before, k), 2: before[:k // 2] + tokens(rnd, k - k // 2, before)}[
+            rnd.randrange(3)]
+        used.append({"token": t, "before": before, "after": list(after)})
+    return {"k": k, "template": len(nodes) + rnd.randint(0, 8), "rows_known": len(used) + rnd.randint(0, 60),
+            "rows_read": len(used), "used": used[:16], "written": len(nodes) + 1,
+            "recycled": rnd.randint(0, len(nodes)), "new": rnd.randint(0, len(nodes) + 1),
+            "changed": sum(row["after"] != row["before"] for row in used)}
 
 
 def medusa_levels(rnd: random.Random, paths: list) -> tuple[list[int], dict]:

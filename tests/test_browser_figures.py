@@ -67,7 +67,8 @@ def speculative_traces():
     calibration of the cost model."""
     for drafter, greedy, k, schedule in (("model", True, 1, "constant"), ("model", False, 5, "adaptive"),
                                          ("ngram", True, 16, "constant"),
-                                         ("heads", False, 4, "constant"), ("eagle", True, 8, "constant")):
+                                         ("heads", False, 4, "constant"), ("eagle", True, 8, "constant"),
+                                         ("early-exit", False, 6, "constant")):
         rnd = random.Random(k)
         most = min(k, syn.MEDUSA_HEADS) if drafter == "heads" else k
         first = 0 if drafter in syn.HEAD_DRAFTERS else most
@@ -86,7 +87,8 @@ def tree_traces():
     for drafter, shape, budget, depth, topk, greedy in (
             ("model", "dynamic", 16, 4, 3, True), ("model", "balanced", 64, 8, 8, False),
             ("heads", "sparse", 64, 4, 8, True), ("model", "chain", 8, 8, 1, True),
-            ("eagle", "dynamic", 4, 2, 2, False), ("eagle", "dynamic", 0, 6, 4, True)):
+            ("eagle", "dynamic", 4, 2, 2, False), ("early-exit", "dynamic", 12, 4, 3, True),
+            ("recycling", "dynamic", 64, 6, 8, True), ("eagle", "dynamic", 0, 6, 4, True)):
         rnd = random.Random(budget)
         steps = chain(lambda i, made: syn.tree_step(
             rnd, i, shape=shape, budget=budget, depth=depth, topk=topk, room=8, greedy=greedy,

@@ -98,8 +98,9 @@ def check_screen(trace: Trace, cursor: int) -> render.Screen:
     screen = render.render(session, trace.method)
     check_figure(screen.main)
     check_figure(screen.side)
-    drafted_by_heads = cursor >= 0 and trace.config.get("drafter") in syn.HEAD_DRAFTERS
-    assert (screen.drafter is not None) == drafted_by_heads   # the head drafter's view, for its runs only
+    own_view = cursor >= 0 and trace.config.get("drafter") in (*syn.HEAD_DRAFTERS, "early-exit") or \
+        cursor >= 0 and "recycling" in trace.steps[cursor].detail
+    assert (screen.drafter is not None) == own_view   # the heads', early exit's, Token Recycling's, for their runs only
     if screen.drafter is not None:
         check_figure(screen.drafter)
     assert screen.words.strip() and "Iteration" in screen.position or cursor < 0
@@ -201,7 +202,7 @@ def test_speculative_renders_every_k_fully_drafted(k, greedy, drafter):
 @given(seed=seeds, shape=st.sampled_from(["dynamic", *SHAPES]), budget=st.integers(0, 64), depth=st.integers(1, 8),
        topk=st.integers(1, 8), greedy=st.booleans(), rooms=st.lists(st.integers(0, 8), min_size=1, max_size=3),
        stop_chance=st.floats(0, 1), eos=st.sampled_from(["none", "path", "final"]),
-       drafter=st.sampled_from(["model", *syn.HEAD_DRAFTERS]))
+       drafter=st.sampled_from(["model", "recycling", "early-exit", *syn.HEAD_DRAFTERS]))
 def test_tree_views_render(seed, shape, budget, depth, topk, greedy, rooms, stop_chance, eos, drafter):
     rnd = random.Random(seed)
     steps = chain(lambda i, made: syn.tree_step(

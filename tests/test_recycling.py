@@ -162,3 +162,11 @@ def test_a_step_without_a_row_for_the_last_token_says_so():
     assert "no row for the last token" in said and "plain target forward" in said
     assert "no table row for the last token yet" in tree_figures.draft_tree(trace, 1).layout.title.text.replace(
         "<br>", " ")
+
+
+def test_the_trace_names_every_token_of_the_table_rows_it_shows(tiny_target):
+    trace = Run("tree", REPETITIVE, {"drafter": "recycling", "max_new_tokens": 8}, target=tiny_target.source,
+                seed=0).run()
+    rows = [row for s in trace.steps for row in s.detail["recycling"]["used"]]
+    assert rows
+    assert {t for row in rows for t in (row["token"], *row["before"], *row["after"])} <= set(trace.token_texts)

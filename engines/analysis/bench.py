@@ -264,9 +264,23 @@ def bench_tasks(models: Models, prompts: list[str], quick: bool, per_family: int
     return bench_section(models, quick, per_family, new_tokens)
 
 
+def bench_block(models: Models, prompts: list[str], quick: bool) -> list[dict]:
+    """Block against token verification, sampled at temperature 1 with the same seeds, on the held-out task suite
+    (engines/analysis/bench_block.py) rather than `prompts`; prints its own summary."""
+    from engines.analysis import bench_block as block
+    rows = block.compare(models.target, models.draft, 1 if quick else 2, 16 if quick else 32,
+                         (0,) if quick else (0, 1, 2), models.device)
+    for rule, s in block.summary(rows).items():
+        print(f"verification {rule:5s} ({models.target} + {models.draft}, {s['runs']} runs, {s['steps']} drafting "
+              f"steps)  accepted per step={s['accepted_per_step']:.3f}  mean of runs={s['mean_of_runs']:.3f} "
+              f"(sd {s['stdev_of_runs']:.3f})  tokens per target forward={s['tokens_per_forward']:.3f}", flush=True)
+    return rows
+
+
 SECTIONS: list[Callable[[Models, list[str], bool], list[dict]]] = [
     bench_autoregressive, bench_speculative, bench_tree, bench_heads, bench_jacobi_lookahead,
-    bench_mask_predict, bench_diffusion, bench_tasks]
+    bench_mask_predict, bench_diffusion, bench_tasks, bench_block]
+SELF_SUMMARISED = (bench_block,)   # prints its own summary (the tasks section takes more arguments, above)
 SECTION_PROMPTS = {bench_diffusion: DIFFUSION_PROMPTS}   # a section's own prompts, where not PROMPTS
 
 
@@ -306,6 +320,9 @@ def bench(quick: bool = False, device: str | None = None, section: str | None = 
             prompts = SECTION_PROMPTS.get(run, PROMPTS)
             if run is bench_tasks:   # its tables are its summary
                 bench_tasks(models, prompts, quick, per_family, task_tokens)
+                continue
+            if run in SELF_SUMMARISED:
+                run(models, prompts, quick)
                 continue
             summarise(run(models, prompts[:2] if quick else prompts, quick))
 

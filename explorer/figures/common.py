@@ -369,5 +369,6 @@ class View:
     progress: Callable[[Trace, int], tuple[int, int, str]] | None = None
     # the detail fields every step of the method carries: a loaded trace whose steps lack one is refused
     fields: tuple[str, ...] = ()
-    # a figure only some runs have (a head drafter's own view), drawn under the main one; None: not this run
+    # a figure only some runs have (a drafter's own view: heads, early exit, Token Recycling), drawn under the main
+    # one; None: not this run
     drafter: Callable[[Trace, int, bool], go.Figure | None] = lambda trace, index, narrow=False: None

@@ -12,7 +12,7 @@ from engines.analysis.theory import (
     acceptance_rate,
 )
 from engines.trace import Step, Trace
-from explorer.figures import heads, theory
+from explorer.figures import drafters, theory
 from explorer.figures.common import (
     DRAFT_COLOUR,
     FIGURE_WIDTH,
@@ -420,7 +420,7 @@ def next_bars(data: list[dict], notes: list[dict], axes: dict, trace: Trace, d: 
 
 
 VIEW = View(
-    main=draft_check, side=next_token_and_stats, words=words, chips=chips, drafter=heads.for_speculative,
+    main=draft_check, side=next_token_and_stats, words=words, chips=chips, drafter=drafters.for_speculative,
     fields=("draft_tokens", "accepted", "positions", "bonus_p_top", "bonus_p_raw_top", "lookup", "next_token",
             "next_kind", "next_p", "next_top", "drafter", "k", "k_next", "schedule", "ended", "target_cache",
             "draft_cache"),

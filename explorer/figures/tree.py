@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 
 from engines.decoding import trees
 from engines.trace import Step, Trace
-from explorer.figures import heads, theory
+from explorer.figures import drafters, theory
 from explorer.figures.common import (
     FIGURE_WIDTH,
     GRID_COLOUR,
@@ -258,7 +258,7 @@ def cost_panel(data: list[dict], notes: list[dict], g: Grid, trace: Trace, index
 
 
 VIEW = View(
-    main=draft_tree, side=attention_mask, words=words, chips=chips, drafter=heads.for_tree,
+    main=draft_tree, side=attention_mask, words=words, chips=chips, drafter=drafters.for_tree,
     fields=("tree", "root_token", "pending_ids", "nodes", "dropped", "mask", "positions", "accepted_path",
             "accepted_length", "stop_node", "final_token", "final_kind", "final_p", "final_p_raw", "stop_top",
             "stop_raw_top", "eos_cut", "cache_len"),
