@@ -242,10 +242,14 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
 
 
 def target_for(session: Session | None, method: str, current: str | None) -> str:
-    """The target model control on switching to a method: the model of that method's run on screen, else the
-    current choice unless it is a preset of the other kind (causal or masked), else the method's default."""
+    """The target model control on switching to a method: the model of that method's run on screen (what its
+    controls asked for, or a loaded trace's own target), else the current choice unless it is a preset of the
+    other kind (causal or masked), else the method's default. A loaded trace switches the tab, and the switch
+    must not put back the target the page showed before the trace."""
     if session is not None and session.wanted and session.wanted["target"]:
         return session.wanted["target"]
+    if session is not None and session.wanted is None and session.trace.models.get("target"):
+        return session.trace.models["target"]
     other = model_choices("causal" if METHODS[method].model_kind == "masked" else "masked")
     return current if current and current not in other else method_default_target(method)
 

@@ -345,3 +345,13 @@ def test_a_phone_width_page_gets_the_figures_laid_out_for_it(monkeypatch):
     assert sessions.narrow is True and seen and all(seen)
     h["set_narrow"](sessions, "yes")                  # only a true boolean says phone-width
     assert sessions.narrow is False and seen[-1] is False
+
+
+def test_a_loaded_trace_keeps_its_own_target_when_its_tab_is_shown():
+    """Loading a trace switches the tab, and the switch asks which target to show: the trace's, not the one the
+    page showed before (the page used to put SmolLM2 back over a tiny-target trace, and the chat box with it)."""
+    trace = syn.trace_of("speculative", [], {"max_new_tokens": 4})
+    trace.models = {"target": "tiny-target", "draft": "tiny-draft"}
+    replay = Session.replay(trace)
+    assert ui_handlers.target_for(replay, "speculative", "smollm2-135m-instruct") == "tiny-target"
+    assert ui_handlers.target_for(None, "speculative", "smollm2-135m-instruct") == "smollm2-135m-instruct"
