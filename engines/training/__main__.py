@@ -68,7 +68,7 @@ def main(argv=None) -> None:
     hp.add_argument("target")
     common.add_schedule(train_diffusion.add_parser(sub), lr=1e-3, steps=20000, minutes=600)
     train_diffusion.add_export_parser(sub)
-    common.add_schedule(train_cllm.add_parser(sub), lr=2e-4, steps=5000, minutes=35)
+    train_cllm.add_parser(sub)
     for s in (t, e, f, hd, he, hp, *[sub.choices[k] for k in ("causal", "masked")]):
         s.add_argument("--threads", type=int, default=2)
         s.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)

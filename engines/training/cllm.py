@@ -170,8 +170,11 @@ def example(row: dict, generator: torch.Generator, per_block: int = 3) -> dict |
         keep = min(len(states[0]), len(answer) - b["start"])   # slots up to the end token
         if len(states) < 2 or keep < 2:
             continue
+        truth = answer[b["start"]:b["start"] + keep]
         drawn = torch.randperm(len(states) - 1, generator=generator)[:per_block].tolist()
         for j in drawn:
+            if states[j][:keep] == truth:      # wrong only after the end token: nothing to learn from it
+                continue
             # slot i of the block is predicted by the row of slot i - 1, so the noisy rows are slots 0..keep-2
             spans.append((len(ids), p + b["start"], keep, states[j][:keep]))
             ids += states[j][:keep - 1]
@@ -413,13 +416,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
     c.add_argument("--block", type=int, default=BLOCK, help="collect: Jacobi block size n")
     c.add_argument("--max-new", type=int, default=64, help="collect: tokens of greedy continuation per prompt")
     c.add_argument("--conversations", type=int, default=100000, help="collect: at most this many prompts")
-    c.add_argument("--rank", type=int, default=8, help="train: LoRA rank (8 keeps the delta near 5 MB)")
+    c.add_argument("--rank", type=int, default=12, help="train: LoRA rank (12: a 7 MB delta in bfloat16)")
     c.add_argument("--per-block", type=int, default=3, help="train: intermediate states per block per example")
     c.add_argument("--ar-weight", type=float, default=AR_WEIGHT, help="train: weight of the AR loss on y*")
     c.add_argument("--out", default=None, help="export: where to (default: assets/models/NAME)")
     c.add_argument("--only-base", action="store_true", help="eval: measure the base only (kept for later)")
     c.add_argument("--threads", type=int, default=1)
     c.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False)
+    common.add_schedule(c, lr=5e-4, steps=140, minutes=30)
+    # one step: --batch trajectories, gradients accumulated (each is a whole conversation's sequence)
+    c.set_defaults(batch=2, save_every=10)
     return c
 
 
