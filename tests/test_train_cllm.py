@@ -112,3 +112,12 @@ def test_jacobi_and_lookahead_on_the_cllm_equal_its_own_greedy_generate(cllm_mod
     for prompt in ("Name three primary colours.", "Write a haiku about the sea.", "What is 12 times 7?"):
         trace = Run(method, prompt, {"max_new_tokens": 24, **settings}, target=cllm.NAME).run()
         assert trace.output_ids == greedy_reference(cllm_model, trace.prompt_ids, 24), (method, prompt)
+
+
+def test_the_suites_cllm_row_runs_on_the_cllm_only_under_its_base(cllm_model, smollm2, tiny_target):
+    from engines.analysis import task_suite as ts
+    row = "CLLM: Jacobi, block 8"
+    assert ts.TASK_METHODS[row][0] == "jacobi" and ts.ROW_TARGETS[row] == cllm.NAME
+    assert ts.row_target(row, smollm2) is cllm_model
+    assert ts.row_target(row, tiny_target) is None
+    assert ts.row_target("PLD: prompt lookup, k=4", tiny_target) is tiny_target
