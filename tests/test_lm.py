@@ -145,13 +145,14 @@ def test_forwards_use_the_cache_argument_the_installed_transformers_names(tiny_t
     assert kv.cache.get_seq_length() == len(kv) == len(tiny_target.encode(PROMPTS[0])) + 1
 
 
+@pytest.mark.parametrize("delta", [locate.DIFFUSION_FILE, locate.CLLM_FILE])
 @pytest.mark.parametrize("base, expected", [("tiny-target", True), ("no-such-model", False)])
-def test_a_diffusion_adapter_is_available_only_where_its_base_is(base, expected, tmp_path, monkeypatch):
+def test_a_lora_delta_is_available_only_where_its_base_is(base, expected, delta, tmp_path, monkeypatch):
     """The delta alone loads nothing: without its base (SmolLM2's package or the hub) the preset is unavailable,
-    so mask-predict's default falls back to tiny-masked instead of failing to load."""
+    so mask-predict's default falls back to tiny-masked (and the suite skips the CLLM row) instead of failing."""
     for name in ("tiny-target", "adapted"):
         (tmp_path / name).mkdir()
     (tmp_path / "tiny-target" / "config.json").write_text("{}")
-    (tmp_path / "adapted" / locate.DIFFUSION_FILE).write_text(f'{{"base": "{base}", "mask_token": "<m>"}}')
+    (tmp_path / "adapted" / delta).write_text(f'{{"base": "{base}", "mask_token": "<m>"}}')
     monkeypatch.setattr(presets, "MODELS_DIR", tmp_path)
     assert store.available("adapted") is expected

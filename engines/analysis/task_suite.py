@@ -210,7 +210,26 @@ TASK_METHODS: dict[str, tuple[str, dict, str]] = {
     "Token Recycling: adjacency tree": ("tree", {"drafter": "recycling", "tree_budget": 64, "tree_depth": 6,
                                                  "tree_topk": 8}, ""),
     "REST: retrieval tree": ("tree", {"drafter": "retrieval", "tree_budget": 24, "tree_depth": 8}, ""),
+    "CLLM: Jacobi, block 8": ("jacobi", {"block": 8, "init": "repeat"}, ""),
 }
+
+# Rows whose engine runs on another model than the suite's target: a model fine-tuned from the target for the
+# method (the CLLM: SmolLM2 consistency-trained for Jacobi; engines/training/cllm.py), so the row runs only where
+# the suite's target is that model's base. Its output is compared with that model's own generate(); its speedups
+# are over the target's decoding, as the CLLM paper compares with its base model.
+ROW_TARGETS: dict[str, str] = {"CLLM: Jacobi, block 8": "smollm2-135m-cllm"}
+
+
+def row_target(name: str, target: adapter.LM) -> adapter.LM | None:
+    """The model a row runs on: the suite's target, or the row's own model when it adapts that target; None
+    where the row cannot run here (the row's model is missing or adapts another target)."""
+    own = ROW_TARGETS.get(name)
+    if own is None:
+        return target
+    delta = locate.delta_file(presets.MODELS_DIR / own)
+    if delta is None or json.loads(delta.read_text())["base"] != target.name or not store.available(own):
+        return None
+    return store.load(own, target.device.type)
 
 # Spec-Bench's Leaderboard.md (hemingkx/Spec-Bench, commit 09244ff), "Leaderboard on 3090": Vicuna-7B-v1.3, greedy,
 # FP16, batch 1, one RTX 3090. Speedup over vanilla autoregressive decoding per family (FAMILIES order), then the
@@ -233,7 +252,10 @@ def runnable(methods: dict[str, tuple[str, dict, str]], target: adapter.LM, draf
     from engines.drafting.heads import head_folder
     out = {}
     for name, (method, settings, needs) in methods.items():
-        if needs == "draft" and draft is None:
+        if name in ROW_TARGETS and row_target(name, target) is None:
+            print(f"tasks: {name} skipped: {ROW_TARGETS[name]} is missing here or does not adapt {target.name}",
+                  flush=True)
+        elif needs == "draft" and draft is None:
             print(f"tasks: {name} skipped: no draft model here", flush=True)
         elif needs in ("heads", "eagle") and not (head_folder(target, needs) / "head.json").exists():
             print(f"tasks: {name} skipped: no {needs} head trained for {target.name}", flush=True)
@@ -282,26 +304,29 @@ def bench_tasks(target: adapter.LM | str, draft: adapter.LM | str | None = None,
     tasks = per_family(load_suite() if tasks is None else tasks, per_family_count)
     encoded = [(t, prompt_ids(target, t)) for t in tasks]
     warm = encoded[0][1]
+    models = {name: row_target(name, target) for name in chosen}
     greedy_generate(target, warm, new_tokens)
-    for method, settings, needs in chosen.values():
-        run_engine(method, settings, target, draft if needs == "draft" else None, warm, new_tokens)
+    for name, (method, settings, needs) in chosen.items():
+        run_engine(method, settings, models[name], draft if needs == "draft" else None, warm, new_tokens)
     rows = []
     for task, ids in encoded:
         generate_s, reference = timed(lambda: greedy_generate(target, ids, new_tokens))
         ar_s, _ = timed(lambda: run_engine("autoregressive", {}, target, None, ids, new_tokens))
         for name, (method, settings, needs) in chosen.items():
-            wall, steps = timed(lambda: run_engine(method, settings, target, draft if needs == "draft" else None,
+            model = models[name]
+            wall, steps = timed(lambda: run_engine(method, settings, model, draft if needs == "draft" else None,
                                                    ids, new_tokens))
             output = [t for s in steps for t in s.committed_ids]
             counter = METHODS[method].drafts
             accepted, examined = drafts(counter, steps) if counter else (0, 0)
-            rows.append({"method": name, "family": task.family, "task": task.id, "target": target.name,
+            own = reference if model is target else greedy_generate(model, ids, new_tokens)
+            rows.append({"method": name, "family": task.family, "task": task.id, "target": model.name,
                          "prompt_tokens": len(ids), "max_new_tokens": new_tokens,
                          "new_tokens": len(output), "steps": len(steps),
                          "target_forwards": sum(s.target_forwards for s in steps),
                          "accepted": accepted, "examined": examined, "wall_s": wall, "autoregressive_s": ar_s,
                          "generate_s": generate_s, "reference_tokens": len(reference),
-                         "same_as_generate": output == reference})
+                         "same_as_generate": output == own})
     return rows
 
 

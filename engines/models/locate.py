@@ -139,9 +139,19 @@ def resolve(name: str, cache_dir: Path = presets.CACHE_DIR) -> str:
     return materialise(identify(name, cache_dir))
 
 
-DIFFUSION_FILE = "diffusion.json"   # beside a LoRA adapter: the base it adapts and its mask token
+# Beside a LoRA adapter (peft's files), the json naming the base it adapts; its name says what the merged model
+# is: a masked diffusion LM (with its mask token; engines/training/diffusion.py) or a causal LM consistency-trained
+# for Jacobi decoding (engines/training/cllm.py).
+DIFFUSION_FILE = presets.DIFFUSION_FILE
+CLLM_FILE = presets.CLLM_FILE
+DELTA_FILES = (DIFFUSION_FILE, CLLM_FILE)
+
+
+def delta_file(folder: Path | str) -> Path | None:
+    """The json of the LoRA delta saved in `folder`, if it holds one."""
+    return next((Path(folder) / f for f in DELTA_FILES if (Path(folder) / f).is_file()), None)
 
 
 def saved_here(folder: Path) -> bool:
-    """A folder holds a model: save_pretrained's config.json, or a diffusion adapter over a base."""
-    return (folder / "config.json").is_file() or (folder / DIFFUSION_FILE).is_file()
+    """A folder holds a model: save_pretrained's config.json, or a LoRA delta over a base."""
+    return (folder / "config.json").is_file() or delta_file(folder) is not None

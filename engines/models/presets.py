@@ -30,6 +30,22 @@ def parse_chat_shard(raw: bytes) -> list[dict]:
     split under "split"). The one reader of the format, for the trainers and the retrieval datastore alike."""
     return [json.loads(line) for line in gzip.decompress(raw).decode("utf-8").splitlines() if line.strip()]
 
+
+# the json beside a LoRA delta (engines/models/locate.py): a diffusion adapter's, a CLLM's
+DIFFUSION_FILE = "diffusion.json"
+CLLM_FILE = "cllm.json"
+
+
+def jacobi_reference(name: str) -> dict | None:
+    """For a CLLM preset, its base's Jacobi tokens per forward measured on the held-out task suite when the CLLM
+    was evaluated (`python -m engines.training cllm eval` writes it): {model, tokens_per_forward, block, source};
+    None for any other model, or before the evaluation."""
+    path = MODELS_DIR / name / CLLM_FILE if name and "/" not in name else None
+    if path is None or not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("reference")
+
+
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HUB_HOST = "huggingface.co"
@@ -69,6 +85,8 @@ PRESETS = {p.name: p for p in (
     Preset("tiny-masked", "masked", "the project's 4-layer bidirectional masked LM (7M) for mask-predict and diffusion"),
     Preset("smollm2-135m-diffusion", "masked", "SmolLM2-135M-Instruct adapted into a masked diffusion LM (bidirectional, "
            "shifted prediction, a LoRA delta); unavailable until `python -m engines.training diffusion` has trained it"),
+    Preset("smollm2-135m-cllm", "causal", "SmolLM2-135M-Instruct consistency-trained for Jacobi decoding (CLLM, Kou et "
+           "al. 2024; a LoRA delta on its own Jacobi trajectories): more tokens settle per Jacobi iteration"),
     Preset("smollm2-360m-instruct", "causal", "SmolLM2-360M-Instruct (Apache-2.0) from the hub; SmolLM2-135M drafts",
            hub_id="HuggingFaceTB/SmolLM2-360M-Instruct", draft=SMOLLM2),
     Preset("smollm2-1.7b-instruct", "causal", "SmolLM2-1.7B-Instruct (Apache-2.0) from the hub; SmolLM2-135M drafts",

