@@ -26,7 +26,6 @@ refuses a prompt that is a suite prompt.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import random
@@ -50,7 +49,14 @@ MAX_DELTA_BYTES = 8 * 2 ** 20
 
 
 def work_dir(name: str = NAME) -> Path:
+    """The checkpoint and the base's evaluation (under ~/.cache)."""
     return common.WORK_DIR / "cllm" if name == NAME else common.WORK_DIR / name
+
+
+def trajectory_dir(base: str = BASE) -> Path:
+    """The collected trajectories, in the project beside the chat data they come from: collecting takes hours of
+    CPU, and a later session goes on from what an earlier one wrote (shards are written whole, then skipped)."""
+    return presets.CHAT_DATA_ROOT.parent / "cllm" / Path(base).name
 
 
 # ----------------------------------------------------------------------------- collect
@@ -111,7 +117,7 @@ def collect(args) -> None:
     """Trajectories of the shuffled prompts, PER_SHARD to a shard, skipping shards already written; stops
     after --minutes (a shard in progress is finished first)."""
     torch.set_num_threads(args.threads)
-    folder = work_dir(args.name)
+    folder = trajectory_dir(args.base)
     folder.mkdir(parents=True, exist_ok=True)
     target = store.load(args.base, device="cpu", dtype="float32")
     todo = prompts(args.base)[:args.conversations]
@@ -132,11 +138,8 @@ def collect(args) -> None:
 
 
 def read_trajectories(folder: Path) -> list[dict]:
-    rows = []
-    for path in sorted(folder.glob("traj-*.jsonl.gz")):
-        with gzip.open(path, "rt") as f:
-            rows += [json.loads(line) for line in f]
-    return rows
+    paths = sorted(folder.glob("traj-*.jsonl.gz"))
+    return [row for path in paths for row in presets.parse_chat_shard(path.read_bytes())]
 
 
 def status(folder: Path) -> dict:
@@ -247,9 +250,11 @@ def train(args) -> None:
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     torch.set_num_threads(args.threads)
     folder = work_dir(args.name)
-    rows = read_trajectories(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = read_trajectories(trajectory_dir(args.base))
     if len(rows) < 8:
-        raise ValueError(f"Only {len(rows)} trajectories under {folder}; run `cllm collect` first.")
+        raise ValueError(f"Only {len(rows)} trajectories under {trajectory_dir(args.base)}; "
+                         "run `cllm collect` first.")
     held, rows = rows[-4:], rows[:-4]
     peft_model = fresh_adapter(args.base, args.rank)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=args.lr,
@@ -433,7 +438,7 @@ def run(args) -> None:
     if args.action == "collect":
         collect(args)
     elif args.action == "status":
-        print(json.dumps(status(work_dir(args.name)), indent=1))
+        print(json.dumps(status(trajectory_dir(args.base)), indent=1))
     elif args.action == "train":
         train(args)
     elif args.action == "eval" and args.only_base:
