@@ -218,11 +218,11 @@ def dependency_arrows(notes: list[dict], g: Grid, trace: Trace, levels: list[Lev
         cell = g.cell(2, col)
         first = col == 1
         notes.append({"text": fit(f"reads {quoted(trace, level.reads)}", max(40.0, panel_px * 0.9), 10)
-                      or "reads", "x": 0.04 if not first else 0.5, "y": 1.0,
+                      or "reads", "x": 0.04 if not first else 0.5, "y": 0.8,   # under the titles, over the bars' headroom
                       "xref": f"{cell['xaxis']} domain", "yref": f"{cell['yaxis']} domain",
                       "showarrow": True, "arrowhead": 2, "arrowsize": 1, "arrowwidth": 1.5,
                       "arrowcolor": DRAFT_COLOUR, "axref": "pixel", "ayref": "pixel",
-                      "ax": 0 if first else -max(24.0, panel_px * 0.5), "ay": -22 if first else -14,
+                      "ax": 0 if first else -max(24.0, panel_px * 0.5), "ay": -14 if first else 0,
                       "font": {"color": TEXT_COLOUR, "size": 10},
                       "hovertext": f"{level.name} read {quoted(trace, level.reads)} (id {level.reads}): "
                                    + ("the pending token, the target's own" if first else
