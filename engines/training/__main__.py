@@ -59,6 +59,10 @@ def main(argv=None) -> None:
     hd.add_argument("kind", choices=("medusa", "hydra", "eagle"))
     hd.add_argument("target")
     hd.add_argument("--vocab", type=int, default=8192, help="draft vocabulary: the most frequent tokens")
+    hd.add_argument("--windows", type=int, default=0,
+                    help="train on the first this many cached windows only (0: all), so kinds compare on equal data")
+    hd.add_argument("--until-step", type=int, default=0,
+                    help="stop at this step (0: the schedule's --steps), so kinds compare at equal steps")
     common.add_schedule(hd, lr=2e-3, steps=4000, minutes=40)
     he = sub.add_parser("heads-eval", help="held-out agreement of the trained heads with the target")
     he.add_argument("target")

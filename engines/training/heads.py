@@ -324,7 +324,7 @@ def train_head(args) -> None:
     torch.manual_seed(args.seed)
     target = store.load(args.target, dtype="float32")
     folder = work_dir(args.target)
-    data = load_features(folder)
+    data = load_features(folder, math.ceil(args.windows / WINDOWS_PER_SHARD) if args.windows else 0)
     extra = set(target.eos_ids)
     ckpt = folder / f"{args.kind}.ckpt.pt"
     state = torch.load(ckpt) if ckpt.exists() else None
@@ -342,7 +342,7 @@ def train_head(args) -> None:
           f"({n * FEATURE_WINDOW} tokens), draft vocabulary {len(vocab)}", flush=True)
     gen = torch.Generator().manual_seed(args.seed + step)
     deadline, t0 = time.time() + 60 * args.minutes, time.time()
-    while step < args.steps and time.time() < deadline:
+    while step < (args.until_step or args.steps) and time.time() < deadline:
         lr = args.lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
         for g in opt.param_groups:
             g["lr"] = lr
