@@ -427,7 +427,8 @@ def publish(target_name: str, kinds=("medusa", "hydra", "eagle")) -> Path:
         (out / H.HEAD_FILE).write_text(spec.to_json())
     lines = ["# Draft heads", "", "Trained by `python -m engines.training features TARGET` then "
              "`python -m engines.training heads medusa|hydra|eagle TARGET`; figures from `heads-eval` on held-out text "
-             "(the corpus's held-out slice and held-out texts the target wrote), against the target's greedy "
+             "(since Hydra: the chat data's held-out conversations too; before: the corpus's held-out slice and "
+             "held-out texts the target wrote), against the target's greedy "
              "token under teacher forcing.", "", "| head | target | steps | tokens seen | held-out figures |",
              "| --- | --- | --- | --- | --- |"]
     for folder in sorted(HEADS_DIR.glob("*")):
