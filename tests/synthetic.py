@@ -39,9 +39,9 @@ TEXTS = {0: "<unk>", 1: "<s>", EOS: "<|endoftext|>", MASK: "<|mask|>",
          **{i + 3: w for i, w in enumerate(WORDS)}}
 WORD_IDS = [i for i in TEXTS if i not in (0, 1, EOS, MASK)]
 EOS_IDS = frozenset({EOS})
-HEAD_DRAFTERS = ("heads", "eagle")
+HEAD_DRAFTERS = ("heads", "hydra", "eagle")
 MODEL_DRAFTERS = ("model", "early-exit")   # a model (the draft, or the target's first layers) samples the draft
-MEDUSA_HEADS = 4     # Medusa draws at most this many tokens ahead: one per head
+MEDUSA_HEADS = 4     # Medusa and Hydra draw at most this many tokens ahead: one per head
 
 
 # ----------------------------------------------------------------------------- small parts
@@ -213,8 +213,8 @@ def heads_record(rnd: random.Random, drafter: str, count: int) -> dict | None:
     if drafter not in HEAD_DRAFTERS:
         return None
     layers = rnd.randint(1, 32)
-    return {"kind": "medusa" if drafter == "heads" else "eagle", "trained_on": "synthetic",
-            "layers": [layers] if drafter == "heads" else list(fusion_layers(layers)), "target_layers": layers,
+    return {"kind": {"heads": "medusa", "hydra": "hydra"}.get(drafter, "eagle"), "trained_on": "synthetic",
+            "layers": [layers] if drafter != "eagle" else list(fusion_layers(layers)), "target_layers": layers,
             "draft_vocab": rnd.randint(1, 49152), "target_in_vocab": [rnd.random() < 0.8 for _ in range(count)]}
 
 
@@ -226,8 +226,9 @@ def early_exit_record(rnd: random.Random) -> dict:
 
 def draft_forwards(drafter: str, drafted: int) -> int:
     """Drafting's forwards in a chain: the draft model one per token; Medusa one head forward for all (when the
-    heads read the last verification); EAGLE that one and one more per token after the first; lookup none."""
-    if drafter in ("model", "eagle", "early-exit"):
+    heads read the last verification); EAGLE and Hydra that one and one more per token after the first; lookup
+    none."""
+    if drafter in ("model", "eagle", "hydra", "early-exit"):
         return drafted
     return int(drafter == "heads" and drafted > 0)
 
@@ -308,7 +309,7 @@ def tree_step(rnd: random.Random, index: int, *, shape: str, budget: int, depth:
     level is one head's ranks: the same token and q at a rank whatever the parent."""
     if drafter in HEAD_DRAFTERS and index == 0:
         room = 0
-    if drafter == "heads":
+    if drafter in ("heads", "hydra"):
         room = min(room, MEDUSA_HEADS)
     if room < 1:
         paths, qs, expanded, dropped = [], {}, set(), []

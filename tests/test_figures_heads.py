@@ -72,3 +72,59 @@ def test_medusa_tree_levels_are_one_heads_ranks():
     trace = syn.trace_of("tree", steps, syn.tree_config(shape="sparse", budget=16, depth=4, topk=3, greedy=True,
                                                         max_new_tokens=64, drafter="heads"))
     assert TREE.drafter(trace, 1) is not None and "The Medusa heads grew" in TREE.words(trace, 1)
+
+
+def hydra_chain(accepted: list[int], drafted: int = 3):
+    rnd = random.Random(11)
+    steps, made = [syn.speculative_step(rnd, 0, k=4, drafted=0, accepted=0, greedy=True, drafter="hydra")], 1
+    for i, n in enumerate(accepted, start=1):
+        steps.append(syn.speculative_step(rnd, i, k=4, drafted=drafted, accepted=n, greedy=True, drafter="hydra",
+                                          produced=made))
+        made += len(steps[-1].committed_ids)
+    config = syn.speculative_config(k=4, greedy=True, drafter="hydra", schedule="constant", max_new_tokens=64)
+    return syn.trace_of("speculative", steps, config)
+
+
+def arrows(fig) -> list[dict]:
+    return [a for a in fig["layout"]["annotations"] if a.get("showarrow") and a["text"].startswith("reads")]
+
+
+def test_hydra_chain_heads_read_the_token_before_their_guess_drawn_as_arrows():
+    trace = hydra_chain([1, 3])
+    step = trace.steps[2]
+    pending = trace.steps[1].committed_ids[-1]
+    drafted = step.detail["draft_tokens"]
+    levels = heads.step_levels(trace, 2, heads.CHAIN)
+    assert [lv.name for lv in levels] == ["head 1", "head 2", "head 3"]
+    assert [lv.reads for lv in levels] == [pending, *drafted[:-1]]    # head i reads head i - 1's draft
+    fig = SPECULATIVE.drafter(trace, 2).to_plotly_json()
+    drawn = arrows(fig)
+    assert [a["xref"] for a in drawn] == ["x4 domain", "x5 domain", "x6 domain"]     # one into each head's panel
+    assert drawn[1]["text"] == f"reads {quoted(trace, drafted[0])}" and drawn[1]["ax"] < 0   # from the head before
+    words = SPECULATIVE.words(trace, 2)
+    assert "The Hydra heads read the target's last hidden state" in words and "head i the draft of head i - 1" in words
+    assert f"head 2 after reading {quoted(trace, drafted[0])} {quoted(trace, drafted[1])}" in words
+    assert f"{step.draft_forwards} head forwards and no target forward" in words
+    assert not arrows(SPECULATIVE.drafter(medusa_chain([1, 3]), 2).to_plotly_json())   # Medusa heads read none
+
+
+def test_hydra_tree_levels_come_from_different_parents_and_read_the_accepted_path():
+    rnd = random.Random(5)
+    steps = [syn.tree_step(rnd, i, shape="dynamic", budget=16, depth=4, topk=3, room=8, greedy=True,
+                           drafter="hydra") for i in range(2)]
+    d = steps[1].detail
+    assert max(n["depth"] for n in d["nodes"]) <= syn.MEDUSA_HEADS     # one level per head
+    levels = heads.tree_levels(d, d["root_token"])
+    assert [lv.name for lv in levels] == [f"head {i}" for i in range(1, len(levels) + 1)]
+    path = [d["nodes"][i]["token"] for i in d["accepted_path"]]
+    assert levels[0].reads == d["root_token"]
+    assert [lv.reads for lv in levels[1:len(path) + 1]] == path[:len(levels) - 1]
+    per_depth = [sum(n["depth"] == k for n in d["nodes"]) for k in range(1, len(levels) + 1)]
+    assert [len(lv.guesses) for lv in levels] == [min(c, heads.SHOWN) for c in per_depth]   # no rank folding
+    trace = syn.trace_of("tree", steps, syn.tree_config(shape="dynamic", budget=16, depth=4, topk=3, greedy=True,
+                                                        max_new_tokens=64, drafter="hydra"))
+    fig = TREE.drafter(trace, 1).to_plotly_json()
+    assert len(arrows(fig)) == len(levels)
+    assert f"reads {quoted(trace, d['root_token'])}" in arrows(fig)[0]["text"]
+    assert "The Hydra heads grew" in TREE.words(trace, 1)
+    assert f"head 1 after reading {quoted(trace, d['root_token'])} offered" in TREE.words(trace, 1)

@@ -1,4 +1,4 @@
-"""Draft heads on the target's own hidden states (Medusa / blockwise, EAGLE-3) and the suffix-tree drafter:
+"""Draft heads on the target's own hidden states (Medusa / blockwise, Hydra, EAGLE-3) and the suffix-tree drafter:
 exact under greedy, lossless under sampling, no extra target forward, refused by any other target."""
 import dataclasses
 
@@ -14,19 +14,24 @@ from engines.models import heads as H
 from engines.training import heads as train_heads
 from tests.conftest import PROMPTS, greedy_reference
 
-KINDS = ("heads", "eagle")
+KINDS = ("heads", "hydra", "eagle")
 
 
 @pytest.fixture(scope="module")
 def head_dir(tiny_target, tmp_path_factory):
-    """The shipped heads for tiny-target when they are in assets; otherwise randomly initialised ones (the
-    exactness tests hold for any head, so they stay meaningful)."""
+    """The shipped heads for tiny-target where they are in assets; randomly initialised ones for the kinds that
+    are not (the exactness tests hold for any head, so they stay meaningful)."""
+    import shutil
     shipped = drafters.HEADS_DIR
-    if all((shipped / f"{tiny_target.name}-{k}" / H.HEAD_FILE).exists() for k in ("medusa", "eagle")):
+    kinds = ("medusa", "hydra", "eagle")
+    if all((shipped / f"{tiny_target.name}-{k}" / H.HEAD_FILE).exists() for k in kinds):
         return shipped
     folder = tmp_path_factory.mktemp("heads")
     torch.manual_seed(0)
-    for kind in ("medusa", "eagle"):
+    for kind in kinds:
+        if (shipped / f"{tiny_target.name}-{kind}" / H.HEAD_FILE).exists():
+            shutil.copytree(shipped / f"{tiny_target.name}-{kind}", folder / f"{tiny_target.name}-{kind}")
+            continue
         head = train_heads.new_head(kind, tiny_target, torch.arange(4096))
         for p in head.parameters():
             if p.dim() == 2:
@@ -193,15 +198,17 @@ def test_a_few_training_steps_lower_the_head_losses(tiny_target):
     batch = train_heads.target_features(tiny_target, ids, layers)
     vocab = torch.unique(torch.cat([ids.flatten(), batch["top_ids"].flatten().long()]))
     embed, readout, index = train_heads.frozen_target_matrices(tiny_target, vocab)
-    for kind in ("medusa", "eagle"):
+    for kind in ("medusa", "hydra", "eagle"):
         head = train_heads.new_head(kind, tiny_target, vocab)
         if kind == "eagle":
             head = H.build(dataclasses.replace(head.spec, layers=layers)).train()
         opt = torch.optim.AdamW(head.parameters(), lr=3e-3)
 
-        def loss():
+        def loss(kind=kind, head=head):
             if kind == "medusa":
                 return train_heads.medusa_loss(head, batch, readout, index)[0]
+            if kind == "hydra":
+                return train_heads.hydra_loss(head, batch, embed, readout, index)[0]
             return train_heads.eagle_loss(head, batch, embed, readout, index)[0]
 
         before = float(loss())
@@ -217,12 +224,49 @@ def test_a_few_training_steps_lower_the_head_losses(tiny_target):
     (speculative, SpeculativeConfig(k=3, drafter="heads", max_new_tokens=14)),
     (tree, TreeConfig(drafter="eagle", tree_budget=24, tree_depth=6, tree_topk=4, max_new_tokens=14)),
     (tree, TreeConfig(drafter="heads", tree="sparse", max_new_tokens=14)),
+    (speculative, SpeculativeConfig(k=4, drafter="hydra", max_new_tokens=14)),
+    (tree, TreeConfig(drafter="hydra", tree_budget=24, tree_depth=4, tree_topk=4, max_new_tokens=14)),
     (tree, TreeConfig(drafter="suffix", max_new_tokens=14))], ids=["spec-eagle", "spec-heads", "tree-eagle",
-                                                                    "tree-heads", "tree-suffix"])
+                                                                    "tree-heads", "spec-hydra", "tree-hydra",
+                                                                    "tree-suffix"])
 def test_smollm2_with_its_own_heads_equals_greedy_generate(engine, cfg, smollm2):
-    if not (drafters.HEADS_DIR / "smollm2-135m-instruct-eagle" / H.HEAD_FILE).exists():
-        pytest.skip("SmolLM2's heads are not in assets/models/heads")
+    kind = {"heads": "medusa"}.get(cfg.drafter, cfg.drafter)
+    if cfg.drafter != "suffix" and not (drafters.HEADS_DIR / f"smollm2-135m-instruct-{kind}" / H.HEAD_FILE).exists():
+        pytest.skip(f"SmolLM2's {kind} heads are not in assets/models/heads")
     ids = smollm2.encode("User: Give me three tips for staying focused.\nAssistant:")
     steps, out = decode(engine, smollm2, ids, cfg)
     assert out == greedy_reference(smollm2, ids, 14)
     assert len(steps) < 14 or cfg.drafter == "suffix"    # the heads draft tokens the target keeps
+
+
+# ----------------------------------------------------------------------------- Hydra: sequentially dependent
+
+def test_hydra_nodes_of_one_level_get_their_own_guesses_and_medusa_nodes_share_one(tiny_target):
+    """A Hydra head reads the tokens on its node's path, so two parents at the same depth get different
+    distributions; a Medusa level is one head's distribution whatever the parent."""
+    ids = tiny_target.encode(PROMPTS[1])
+    steps, _ = decode(tree, tiny_target, ids, TreeConfig(drafter="hydra", tree="sparse", max_new_tokens=6))
+    assert steps[1].detail["heads"]["kind"] == "hydra"
+    hydra = drafters.head_drafter(tiny_target, "hydra")
+    medusa = drafters.head_drafter(tiny_target, "heads")
+    features = tiny_target.model(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][:, -1:]
+    for d in (hydra, medusa):
+        d.begin()
+        d.observe(features, len(ids) - 1, ids + [5])
+    from engines.decoding.trees import Node
+    level = [Node((0,), 7, 0.5, 0.0), Node((1,), 11, 0.3, 0.0)]
+    h, m = hydra.expand(list(level)), medusa.expand([Node(n.path, n.token, n.q, n.logq) for n in level])
+    assert not torch.allclose(h[0], h[1]) and torch.equal(m[0], m[1])
+    assert hydra.forwards == 2 and hydra.node_tokens[(1,)] == [5, 11]   # the pending token, then the draft
+    other = drafters.head_drafter(tiny_target, "hydra")
+    other.begin()
+    other.observe(features, len(ids) - 1, ids + [9])                    # another pending token
+    assert not torch.allclose(other.root(ids), hydra.root(ids))
+
+
+def test_a_hydra_head_refuses_the_wrong_number_of_drafted_tokens(tiny_target):
+    head = train_heads.new_head("hydra", tiny_target, torch.arange(64))
+    d = head.spec.hidden
+    assert head(2, torch.zeros(1, d), torch.zeros(1, 3, d)).shape == (1, d)
+    with pytest.raises(ValueError, match="Hydra head 2 reads 3 drafted tokens, not 2"):
+        head(2, torch.zeros(1, d), torch.zeros(1, 2, d))

@@ -202,6 +202,8 @@ TASK_METHODS: dict[str, tuple[str, dict, str]] = {
     "PLD: prompt lookup, k=4": ("speculative", {"drafter": "ngram", "lookup_ngram": 3, "k": 4}, ""),
     "Medusa: heads tree": ("tree", {"drafter": "heads", "tree": "dynamic", "tree_budget": 24, "tree_depth": 4,
                                     "tree_topk": 4}, "heads"),
+    "Hydra: heads tree": ("tree", {"drafter": "hydra", "tree": "dynamic", "tree_budget": 24, "tree_depth": 4,
+                                   "tree_topk": 4}, "hydra"),
     "EAGLE: head tree": ("tree", {"drafter": "eagle", "tree": "dynamic", "tree_budget": 24, "tree_depth": 6,
                                   "tree_topk": 4}, "eagle"),
     "Lookahead: W5 N4 G5": ("lookahead", {"window": 5, "ngram": 4, "guesses": 5}, ""),
@@ -257,7 +259,7 @@ def runnable(methods: dict[str, tuple[str, dict, str]], target: adapter.LM, draf
                   flush=True)
         elif needs == "draft" and draft is None:
             print(f"tasks: {name} skipped: no draft model here", flush=True)
-        elif needs in ("heads", "eagle") and not (head_folder(target, needs) / "head.json").exists():
+        elif needs in ("heads", "hydra", "eagle") and not (head_folder(target, needs) / "head.json").exists():
             print(f"tasks: {name} skipped: no {needs} head trained for {target.name}", flush=True)
         else:
             out[name] = (method, settings, needs)

@@ -27,7 +27,7 @@ class LookupMatch(TypedDict):
 
 class HeadsRecord(TypedDict):
     """What a speculative or tree step records about its head drafter."""
-    kind: Literal["medusa", "eagle"]   # Medusa / blockwise heads, or the EAGLE-3 head
+    kind: Literal["medusa", "hydra", "eagle"]   # Medusa / blockwise heads, Hydra heads, or the EAGLE-3 head
     trained_on: str                    # the target preset the head was trained on (the only one it drafts for)
     layers: list[int]                  # the target's hidden-state indices it reads (0: the embeddings' output)
     target_layers: int                 # how many layers the target has

@@ -1,4 +1,4 @@
-"""Drafters that read the target's own hidden states: Medusa / blockwise heads and the EAGLE-3 head.
+"""Drafters that read the target's own hidden states: Medusa / blockwise heads, Hydra heads and the EAGLE-3 head.
 
 A head drafter lives beside one run. Each verification forward hands it the hidden states of the
 positions it committed (`observe`): nothing else about the target is ever recomputed, so drafting
@@ -29,14 +29,14 @@ from engines.models import heads as H
 from engines.models.adapter import LM
 from engines.models.presets import MODELS_DIR
 
-HEAD_KINDS = ("heads", "eagle")     # drafter names -> head folder suffixes below
+HEAD_KINDS = ("heads", "hydra", "eagle")     # drafter names -> head folder suffixes below
 HEADS_DIR = MODELS_DIR / "heads"
-_FOLDER_KIND = {"heads": "medusa", "eagle": "eagle"}
+_FOLDER_KIND = {"heads": "medusa", "hydra": "hydra", "eagle": "eagle"}
 
 # model object -> {(folder, device, dtype): head}. Keyed weakly by the target's model itself: an id() key
 # would outlive the model (its heads kept after the model cache evicted it) and could be reused by a model
 # loaded later at the same address, which would then be handed heads trained for another target.
-_loaded: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, H.MedusaHeads | H.EagleHead]]" = \
+_loaded: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, H.MedusaHeads | H.HydraHeads | H.EagleHead]]" = \
     weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
@@ -50,7 +50,7 @@ def has_head(target: str, drafter: str) -> bool:
     return (HEADS_DIR / f"{target}-{_FOLDER_KIND[drafter]}" / H.HEAD_FILE).exists()
 
 
-def load_head(target: LM, drafter: str, folder: Path | None = None) -> H.MedusaHeads | H.EagleHead:
+def load_head(target: LM, drafter: str, folder: Path | None = None) -> H.MedusaHeads | H.HydraHeads | H.EagleHead:
     """The trained head for this target (once per process), refused in one sentence if there is none or it
     was trained on another target."""
     folder = folder or head_folder(target, drafter)
@@ -66,10 +66,9 @@ def load_head(target: LM, drafter: str, folder: Path | None = None) -> H.MedusaH
         return heads[key]
 
 
-def head_drafter(target: LM, drafter: str) -> "MedusaDrafter | EagleDrafter":
+def head_drafter(target: LM, drafter: str) -> "MedusaDrafter | HydraDrafter | EagleDrafter":
     head = load_head(target, drafter)
-    cls = MedusaDrafter if drafter == "heads" else EagleDrafter
-    return cls(head, target)
+    return {"heads": MedusaDrafter, "hydra": HydraDrafter, "eagle": EagleDrafter}[drafter](head, target)
 
 
 @dataclass
@@ -77,7 +76,7 @@ class HeadDrafter(Drafter):
     """What both head drafters share: the head, the target's frozen read-out rows for the draft vocabulary,
     and the per-iteration count of head forwards. Each verification hands them the target's hidden states of
     the positions it made final (`observe`), so drafting costs head forwards only, never a target forward."""
-    head: H.MedusaHeads | H.EagleHead
+    head: H.MedusaHeads | H.HydraHeads | H.EagleHead
     target: LM
     forwards: int = 0
     fed: list = field(default_factory=list)    # tree nodes fed this iteration (as Drafting.fed)
@@ -133,6 +132,20 @@ class HeadDrafter(Drafter):
     def in_vocab(self, token: int) -> bool:
         return bool((self.vocab == token).any())
 
+    def sequential_chain(self, k: int, stop_ids: frozenset[int]) -> tuple[list[int], torch.Tensor]:
+        """k tokens, each the head's top choice after the ones before it: a one-branch tree, grown with the
+        tree's own `expand` (k - 1 head forwards after the root)."""
+        if not self.ready or k == 0:
+            return [], torch.zeros(0, self.vocab_size)
+        rows, tokens, path = [self.root(())], [], ()
+        while True:
+            tokens.append(int(rows[-1].argmax()))
+            if len(tokens) == k or tokens[-1] in stop_ids or len(tokens) == self.max_depth:
+                break
+            path = path + (0,)
+            rows.append(self.expand([ChainNode(path, tokens[-1])])[0])
+        return tokens, torch.stack(rows[:len(tokens)])
+
 
 class MedusaDrafter(HeadDrafter):
     name = "heads"
@@ -172,6 +185,60 @@ class MedusaDrafter(HeadDrafter):
         probs = self.by_depth[:min(k, self.max_depth)]
         tokens = until_eos(probs.argmax(-1).tolist(), stop_ids)
         return tokens, probs[:len(tokens)]
+
+
+class HydraDrafter(HeadDrafter):
+    name = "hydra"
+    """Hydra heads: head i reads h_t and the embeddings of the tokens before its guess, the pending token the
+    target chose and the i drafted tokens on the node's path, so unlike Medusa every node of a level gets its
+    own distribution (one head forward per level, batched over the level's nodes)."""
+    max_depth: int
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.max_depth = self.head.spec.n_heads
+        self.embed = self.target.model.get_input_embeddings().weight.detach()
+        self.hidden: torch.Tensor | None = None
+        self.pending: int | None = None
+        self.root_probs: torch.Tensor | None = None
+        self.node_tokens: dict[tuple, list[int]] = {}
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return (-1,)
+
+    @torch.inference_mode()
+    def heads_at(self, depth: int, prefixes: list[list[int]]) -> torch.Tensor:
+        """Head `depth`'s distributions [n, V] after each prefix (the pending token, then `depth` drafts)."""
+        ids = torch.tensor(prefixes, device=self.embed.device)
+        h = self.hidden.expand(len(prefixes), -1)
+        self.forwards += 1
+        return self.probabilities(self.head(depth, h, self.embed[ids].to(h.dtype)))
+
+    def observe(self, features: torch.Tensor, start: int, text: Sequence[int]) -> None:
+        """h_t of the last committed position and the pending token after it (the target's own choice)."""
+        n = features.shape[1]
+        self.hidden = features[-1, -1:].to(self.readout.dtype)
+        self.pending = int(text[start + n])
+        self.node_tokens = {(): [self.pending]}
+        self.root_probs = self.heads_at(0, [[self.pending]])[0]
+        self.ready = True
+
+    def root(self, committed: Sequence[int]) -> torch.Tensor:
+        return self.root_probs
+
+    def expand(self, nodes: list) -> torch.Tensor:
+        """Head d over a level of nodes at depth d, each reading the pending token and its own path's tokens."""
+        prefixes = []
+        for n in nodes:
+            n.row = len(self.fed)
+            self.fed.append(n)
+            self.node_tokens[n.path] = self.node_tokens[n.path[:-1]] + [n.token]
+            prefixes.append(self.node_tokens[n.path])
+        return self.heads_at(len(nodes[0].path), prefixes)
+
+    def chain(self, k: int, stop_ids: frozenset[int]) -> tuple[list[int], torch.Tensor]:
+        return self.sequential_chain(k, stop_ids)
 
 
 class EagleDrafter(HeadDrafter):
@@ -237,18 +304,7 @@ class EagleDrafter(HeadDrafter):
         return self.probabilities(self.head.out_norm(a))
 
     def chain(self, k: int, stop_ids: frozenset[int]) -> tuple[list[int], torch.Tensor]:
-        """k tokens, each the head's top choice after the ones before it (k - 1 head forwards)."""
-        if not self.ready or k == 0:
-            return [], torch.zeros(0, self.vocab_size)
-        rows, tokens, path = [self.root_probs], [], ()
-        while True:
-            tokens.append(int(rows[-1].argmax()))
-            if len(tokens) == k or tokens[-1] in stop_ids:
-                break
-            path = path + (0,)
-            node = ChainNode(path, tokens[-1])
-            rows.append(self.expand([node])[0])
-        return tokens, torch.stack(rows[:len(tokens)])
+        return self.sequential_chain(k, stop_ids)
 
 
 @dataclass

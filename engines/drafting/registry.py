@@ -57,6 +57,12 @@ DRAFTERS = {spec.name: spec for spec in (
                 lanes=(("tree, Medusa heads 24", "tree", {"drafter": "heads", "tree": "dynamic", "tree_budget": 24,
                                                         "tree_depth": 4, "tree_topk": 4}),),
                 serves=lambda target: has_head(target, "heads")),
+    DrafterSpec("hydra", "Hydra heads on the target's last hidden state and the tokens drafted before each guess "
+                         "(sequentially dependent Medusa heads)", chain=True, tree=True, draft_model=False,
+                start=lambda target, draft, cfg: head_drafter(target, "hydra"),
+                lanes=(("tree, Hydra heads 24", "tree", {"drafter": "hydra", "tree": "dynamic", "tree_budget": 24,
+                                                       "tree_depth": 4, "tree_topk": 4}),),
+                serves=lambda target: has_head(target, "hydra")),
     DrafterSpec("eagle", "the EAGLE-3 head on the target's fused features, one head forward per token or tree "
                          "level", chain=True, tree=True, draft_model=False,
                 start=lambda target, draft, cfg: head_drafter(target, "eagle"),

@@ -1,17 +1,22 @@
-"""Draft heads that read the target's own hidden states: Medusa / blockwise heads and an EAGLE-3 head.
+"""Draft heads that read the target's own hidden states: Medusa / blockwise heads, Hydra heads and an EAGLE-3
+head.
 
-Both are small modules trained by `python -m engines.training heads ...` (engines/training/heads.py) and saved
+All are small modules trained by `python -m engines.training heads ...` (engines/training/heads.py) and saved
 as a folder with `head.json` (what it is, which target it was trained on) and `model.safetensors`.
 
 - Medusa heads (Stern et al. 2018, blockwise parallel decoding; Cai et al. 2024, arXiv 2401.10774):
   head i is a residual block h + SiLU(W_i h) on the target's last (normed) hidden state h_t, read out by
   the target's own frozen output layer; it guesses the token at t + i + 1.
+- Hydra heads (Ankner et al. 2024, arXiv 2402.05109): Medusa heads made sequentially dependent. Head i
+  reads h_t and the tokens drafted before it, x_{t+1} (the pending token the target chose) .. x_{t+i+1}:
+  h_t + SiLU(W_i [h_t; P e(x_{t+1}); ..; P e(x_{t+i+1})]), e the target's frozen embedding, P a small shared
+  projection; it guesses the token at t + i + 2 after that prefix, so each tree node gets its own guess.
 - EAGLE-3 head (Li et al. 2025, arXiv 2503.01840): a fusion of a low, a middle and a high layer of the
   target, g_t = W_f [l_t; m_t; h_t], is joined with the embedding of the next token, W_in [e_{t+1}; g_t],
   and one decoder layer runs autoregressively at the feature level; its output a_t is read out over a
   reduced draft vocabulary and stands in for the next feature when the head drafts further.
 
-Both read out through rows of the target's frozen output layer restricted to the draft vocabulary (the
+All read out through rows of the target's frozen output layer restricted to the draft vocabulary (the
 corpus's most frequent tokens), so a draft step costs a few percent of a target forward; the mapping
 back to target ids is `vocab`. No weights of the target are copied: the head holds references to the
 target's embedding and output matrices, handed to it when it is attached.
@@ -50,7 +55,7 @@ def fingerprint(model) -> str:
 
 @dataclass(frozen=True)
 class HeadSpec:
-    kind: str                 # "medusa" or "eagle"
+    kind: str                 # "medusa", "hydra" or "eagle"
     target: str               # the preset it was trained on (for messages)
     target_fingerprint: str
     hidden: int
@@ -59,6 +64,7 @@ class HeadSpec:
     layers: tuple[int, ...] = ()   # eagle: the target's hidden-state indices fused (low, middle, high)
     mlp: int = 0              # eagle: MLP width
     rope_theta: float = 10000.0
+    token_width: int = 0      # hydra: width of each drafted token's projected embedding
     training: dict | None = None   # what training reached (held-out figures), for the record
 
     def to_json(self) -> str:
@@ -102,6 +108,30 @@ class MedusaHeads(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h [..., d] -> every head's hidden [heads, ..., d]."""
         return torch.stack([b(h) for b in self.blocks])
+
+
+class HydraHeads(nn.Module):
+    """Head i: h + SiLU(W_i [h; P e_1; ..; P e_{i+1}] + b_i), e_j the target's embeddings of the i + 1 tokens
+    that precede its guess (the pending one first); W_i starts at zero, so each head begins as the target's
+    own next-token guess. The embeddings are the caller's (the target's frozen matrix), never copied here."""
+
+    def __init__(self, spec: HeadSpec):
+        super().__init__()
+        self.spec = spec
+        d, r = spec.hidden, spec.token_width
+        self.project = nn.Linear(d, r, bias=False)
+        self.blocks = nn.ModuleList(nn.Linear(d + (i + 1) * r, d) for i in range(spec.n_heads))
+        for b in self.blocks:
+            nn.init.zeros_(b.weight)
+        self.register_buffer("vocab", torch.zeros(spec.vocab_size, dtype=torch.long))
+
+    def forward(self, i: int, h: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """Head i's hidden [..., d] from h [..., d] and the embeddings [..., i + 1, d] of the tokens before its
+        guess."""
+        if embeddings.shape[-2] != i + 1:
+            raise ValueError(f"Hydra head {i} reads {i + 1} drafted tokens, not {embeddings.shape[-2]}.")
+        x = torch.cat([h, self.project(embeddings).flatten(-2)], -1)
+        return h + F.silu(self.blocks[i](x))
 
 
 def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
@@ -177,11 +207,11 @@ class HeadCache:
             self.k, self.v = self.k[:length], self.v[:length]
 
 
-def build(spec: HeadSpec) -> MedusaHeads | EagleHead:
-    return MedusaHeads(spec) if spec.kind == "medusa" else EagleHead(spec)
+def build(spec: HeadSpec) -> MedusaHeads | HydraHeads | EagleHead:
+    return {"medusa": MedusaHeads, "hydra": HydraHeads}.get(spec.kind, EagleHead)(spec)
 
 
-def save(head: MedusaHeads | EagleHead, folder: Path) -> None:
+def save(head: MedusaHeads | HydraHeads | EagleHead, folder: Path) -> None:
     from safetensors.torch import save_file
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.bfloat16) if v.is_floating_point() else v.detach()
@@ -196,7 +226,7 @@ def read_spec(folder: Path) -> HeadSpec:
     return HeadSpec(**data)
 
 
-def load(folder: Path, target_model, device: torch.device, dtype: torch.dtype) -> MedusaHeads | EagleHead:
+def load(folder: Path, target_model, device: torch.device, dtype: torch.dtype) -> MedusaHeads | HydraHeads | EagleHead:
     """A head folder -> the module on the target's device, refusing a target it was not trained on."""
     from safetensors.torch import load_file
     spec = read_spec(folder)

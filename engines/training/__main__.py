@@ -8,7 +8,7 @@
     python -m engines.training publish tiny-draft       # copy an export that meets its figure into assets/models
     python -m engines.training eval                     # held-out figures -> assets/models/README.md
     python -m engines.training features TARGET          # draft heads: the target's hidden states, cached once
-    python -m engines.training heads medusa|eagle TARGET --minutes 40   # see engines/training/heads.py
+    python -m engines.training heads medusa|hydra|eagle TARGET --minutes 40   # see engines/training/heads.py
     python -m engines.training diffusion | diffusion-export            # see engines/training/diffusion.py
     python -m engines.training cllm collect|train|export|status        # see engines/training/cllm.py
 
@@ -57,15 +57,21 @@ def main(argv=None) -> None:
     f.add_argument("target")
     f.add_argument("--windows", type=int, default=2400, help="training windows of 256 tokens to cache")
     f.add_argument("--dtype", default="bfloat16")
-    hd = sub.add_parser("heads", help="train Medusa heads or an EAGLE-3 head on cached features")
-    hd.add_argument("kind", choices=("medusa", "eagle"))
+    hd = sub.add_parser("heads", help="train Medusa heads, Hydra heads or an EAGLE-3 head on cached features")
+    hd.add_argument("kind", choices=("medusa", "hydra", "eagle"))
     hd.add_argument("target")
     hd.add_argument("--vocab", type=int, default=8192, help="draft vocabulary: the most frequent tokens")
+    hd.add_argument("--windows", type=int, default=0,
+                    help="train on the first this many cached windows only (0: all), so kinds compare on equal data")
+    hd.add_argument("--until-step", type=int, default=0,
+                    help="stop at this step (0: the schedule's --steps), so kinds compare at equal steps")
     common.add_schedule(hd, lr=2e-3, steps=4000, minutes=40)
     he = sub.add_parser("heads-eval", help="held-out agreement of the trained heads with the target")
     he.add_argument("target")
     hp = sub.add_parser("heads-publish", help="copy the trained heads into assets/models/heads with their figures")
     hp.add_argument("target")
+    hp.add_argument("--kinds", nargs="+", choices=("medusa", "hydra", "eagle"), default=("medusa", "hydra", "eagle"),
+                    help="which trained heads to publish (the others in assets stay as they are)")
     common.add_schedule(train_diffusion.add_parser(sub), lr=1e-3, steps=20000, minutes=600)
     train_diffusion.add_export_parser(sub)
     train_cllm.add_parser(sub)
@@ -96,7 +102,7 @@ def main(argv=None) -> None:
     elif args.command == "heads-eval":
         print(json.dumps(train_heads.evaluate_heads(args.target), indent=1))
     elif args.command == "heads-publish":
-        train_heads.publish(args.target)
+        train_heads.publish(args.target, args.kinds)
     elif args.command == "publish":
         shutil.copytree(common.WORK_DIR / args.name / "export", presets.MODELS_DIR / args.name, dirs_exist_ok=True)
         print(f"published {presets.MODELS_DIR / args.name}")

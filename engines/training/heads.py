@@ -2,11 +2,14 @@
 
     python -m engines.training features smollm2-135m-instruct     # target text + hidden states, cached once
     python -m engines.training heads medusa smollm2-135m-instruct --minutes 40
+    python -m engines.training heads hydra smollm2-135m-instruct --minutes 40
     python -m engines.training heads eagle smollm2-135m-instruct --minutes 60
-    python -m engines.training heads-eval smollm2-135m-instruct    # held-out figures of both
+    python -m engines.training heads-eval smollm2-135m-instruct    # held-out figures of all
+    python -m engines.training heads-publish smollm2-135m-instruct --kinds hydra
 
-Data: the corpus's training windows and text the target writes itself from varied prompts (dialogue, lists,
-instructions, code; raw and in its chat template; greedy and sampled), as Medusa-2 and EAGLE recommend.
+Data: the target's own chat answers (assets/data/chat/<target>/), the corpus's training windows and text the
+target writes itself from varied prompts (dialogue, lists, instructions, code; raw and in its chat template;
+greedy and sampled), as Medusa-2 and EAGLE recommend.
 One target pass stores, per position, the fused low/middle/high features, the last normed hidden state and
 the target's top-16 next-token log-probabilities, in shards under ~/.cache (never in the work tree). Heads
 are trained by self-distillation against that distribution, and every command resumes where it stopped.
@@ -28,6 +31,7 @@ FEATURE_WINDOW = 256
 WINDOWS_PER_SHARD = 8
 TEACHER_TOPK = 16
 DRAFT_VOCAB = 8192
+HYDRA_TOKEN_WIDTH = 128   # each drafted token's projected embedding, read by the Hydra heads
 TTT_STEPS = 3          # EAGLE-3's training-time test: the head feeds back its own features this many times
 HELD_OUT_WINDOWS = 24
 
@@ -96,30 +100,45 @@ def generated_text(target: adapter.LM, out: Path, per_prompt: int = 1, new_token
     return texts
 
 
+def chat_texts(target: adapter.LM) -> tuple[list[list[int]], list[list[int]]]:
+    """(train, held-out) conversations the target answered itself, in its chat template
+    (assets/data/chat/<target>/, engines/training/chat_data.py): the data issue 20 wants heads trained on."""
+    from engines.training import chat_data
+    rows = chat_data.read_shards(chat_data.data_dir(target.name))
+    return ([r["ids"] for r in rows if r["split"] == "train"], [r["ids"] for r in rows if r["split"] == "held_out"])
+
+
 def feature_windows(target: adapter.LM, folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """(training windows, held-out windows) of FEATURE_WINDOW ids: corpus and the target's own text
-    interleaved, so a partial pass covers both. Held out: the corpus's held-out slice and 5% of the texts."""
+    """(training windows, held-out windows) of FEATURE_WINDOW ids: the target's chat answers, its own text and
+    the corpus interleaved (two chat windows, then one of its own text, then one corpus window), so a partial
+    pass covers all three. Held out: the chat data's held-out conversations, 5% of the texts and the corpus's
+    held-out slice, a third each."""
     sep = target.tokenizer.convert_tokens_to_ids(common.SEPARATOR)
     texts = generated_text(target, folder / "generated.pt")
     cut = len(texts) - max(1, len(texts) // 20)
     random.Random(0).shuffle(texts)
+    chat_train, chat_held = chat_texts(target)
 
     def stream(rows):
-        return torch.tensor([t for r in rows for t in r + [sep]], dtype=torch.int32)
+        return torch.tensor([t for r in rows for t in r + [sep]], dtype=torch.int32).reshape(-1)
+
+    def win(rows):
+        ids = stream(rows)
+        return common.windows(ids, FEATURE_WINDOW - 1) if len(ids) > FEATURE_WINDOW else torch.zeros(
+            0, FEATURE_WINDOW, dtype=torch.long)
 
     corpus = common.windows(common.token_stream("train", target.tokenizer), FEATURE_WINDOW - 1)
     corpus = corpus[torch.randperm(len(corpus), generator=torch.Generator().manual_seed(0))]
-    own = common.windows(stream(texts[:cut]), FEATURE_WINDOW - 1)
-    mixed, c, o = [], 0, 0
-    while c < len(corpus) or o < len(own):   # two of the target's own windows for every corpus window
-        for _ in range(2):
-            if o < len(own):
-                mixed.append(own[o]); o += 1
-        if c < len(corpus):
-            mixed.append(corpus[c]); c += 1
-    held = torch.cat([common.windows(stream(texts[cut:]), FEATURE_WINDOW - 1)[:HELD_OUT_WINDOWS // 2],
-                      common.windows(common.token_stream("held_out", target.tokenizer), FEATURE_WINDOW - 1)
-                      [:HELD_OUT_WINDOWS // 2]])
+    sources = [(win(chat_train), 2), (win(texts[:cut]), 1), (corpus, 1)]
+    mixed, taken = [], [0] * len(sources)
+    while any(t < len(w) for t, (w, _) in zip(taken, sources)):
+        for i, (w, every) in enumerate(sources):
+            for _ in range(every):
+                if taken[i] < len(w):
+                    mixed.append(w[taken[i]]); taken[i] += 1
+    third = HELD_OUT_WINDOWS // 3
+    held = torch.cat([win(chat_held)[:third], win(texts[cut:])[:third],
+                      common.windows(common.token_stream("held_out", target.tokenizer), FEATURE_WINDOW - 1)[:third]])
     return torch.stack(mixed), held
 
 
@@ -204,6 +223,27 @@ def medusa_loss(heads, batch, readout, index):
     return sum(0.8 ** i * l for i, l in enumerate(losses)), losses
 
 
+def hydra_logits(heads: H.HydraHeads, i: int, last: torch.Tensor, ids: torch.Tensor, embed: torch.Tensor,
+                 readout: torch.Tensor) -> torch.Tensor:
+    """Head i's draft-vocabulary logits [B, T - i - 1, N] at every position t that has its i + 1 input tokens
+    x_{t+1} .. x_{t+i+1} and a target distribution at t + i + 1; teacher-forced: the inputs are the true
+    next tokens, as the pending and accepted tokens are at decode time."""
+    n = last.shape[1] - (i + 1)
+    emb = embed[ids.long()]
+    context = torch.stack([emb[:, 1 + j:1 + j + n] for j in range(i + 1)], -2)   # [B, n, i + 1, d]
+    return heads(i, last[:, :n], context) @ readout.T
+
+
+def hydra_loss(heads, batch, embed, readout, index):
+    """Head i at position t, given the tokens t + 1 .. t + i + 1, against the target's distribution at
+    t + i + 1 (the token at t + i + 2): Medusa's targets, each head told the tokens before its guess."""
+    losses = []
+    for i in range(heads.spec.n_heads):
+        logits = hydra_logits(heads, i, batch["last"].float(), batch["ids"], embed, readout)
+        losses.append(distill(logits, batch["top_ids"][:, i + 1:], batch["top_lp"][:, i + 1:], index).mean())
+    return sum(0.8 ** i * l for i, l in enumerate(losses)), losses
+
+
 def eagle_chain(head: H.EagleHead, fused: torch.Tensor, ids: torch.Tensor, embed: torch.Tensor, steps: int):
     """Training-time test (EAGLE-3): step 1 reads the target's fused features g_t with the next token's
     embedding e_{t+1}; step j reads the head's own output from step j - 1 at t - 1 instead of g_t. A query at
@@ -263,11 +303,12 @@ def frozen_target_matrices(target: adapter.LM, vocab: torch.Tensor):
     return embed, readout, index
 
 
-def new_head(kind: str, target: adapter.LM, vocab: torch.Tensor) -> H.MedusaHeads | H.EagleHead:
+def new_head(kind: str, target: adapter.LM, vocab: torch.Tensor) -> H.MedusaHeads | H.HydraHeads | H.EagleHead:
     cfg = target.model.config
     d = cfg.hidden_size
     spec = H.HeadSpec(kind=kind, target=target.name, target_fingerprint=H.fingerprint(target.model), hidden=d,
-                      vocab_size=len(vocab), n_heads=4 if kind == "medusa" else max(1, d // 64),
+                      vocab_size=len(vocab), n_heads=4 if kind in ("medusa", "hydra") else max(1, d // 64),
+                      token_width=HYDRA_TOKEN_WIDTH if kind == "hydra" else 0,
                       layers=H.fusion_layers(cfg.num_hidden_layers) if kind == "eagle" else (),
                       mlp=cfg.intermediate_size if kind == "eagle" else 0,
                       rope_theta=float(getattr(cfg, "rope_parameters", {}).get("rope_theta", 10000.0)
@@ -283,7 +324,7 @@ def train_head(args) -> None:
     torch.manual_seed(args.seed)
     target = store.load(args.target, dtype="float32")
     folder = work_dir(args.target)
-    data = load_features(folder)
+    data = load_features(folder, math.ceil(args.windows / WINDOWS_PER_SHARD) if args.windows else 0)
     extra = set(target.eos_ids)
     ckpt = folder / f"{args.kind}.ckpt.pt"
     state = torch.load(ckpt) if ckpt.exists() else None
@@ -301,7 +342,7 @@ def train_head(args) -> None:
           f"({n * FEATURE_WINDOW} tokens), draft vocabulary {len(vocab)}", flush=True)
     gen = torch.Generator().manual_seed(args.seed + step)
     deadline, t0 = time.time() + 60 * args.minutes, time.time()
-    while step < args.steps and time.time() < deadline:
+    while step < (args.until_step or args.steps) and time.time() < deadline:
         lr = args.lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
         for g in opt.param_groups:
             g["lr"] = lr
@@ -310,6 +351,8 @@ def train_head(args) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             if args.kind == "medusa":
                 loss, parts = medusa_loss(head, batch, readout, index)
+            elif args.kind == "hydra":
+                loss, parts = hydra_loss(head, batch, embed, readout, index)
             else:
                 loss, parts = eagle_loss(head, batch, embed, readout, index)
         opt.zero_grad(set_to_none=True)
@@ -330,25 +373,27 @@ def train_head(args) -> None:
 
 @torch.inference_mode()
 def evaluate_heads(target_name: str, folder: Path | None = None) -> dict[str, dict]:
-    """Held-out agreement with the target's greedy token: Medusa head i top-1 / top-5 at t + i + 1; EAGLE's
-    drafted token at each training-time-test depth."""
+    """Held-out agreement with the target's greedy token: Medusa and Hydra head i top-1 / top-5 at t + i + 1
+    (Hydra given the true tokens before it); EAGLE's drafted token at each training-time-test depth."""
     target = store.load(target_name, dtype="float32")
     work = work_dir(target_name)
     held = torch.load(work / "held_out.pt")
     greedy = held["top_ids"][..., 0].long()          # the target's argmax at every position
     figures = {}
-    for kind in ("medusa", "eagle"):
+    for kind in ("medusa", "hydra", "eagle"):
         path = (folder or work) / (f"{kind}-export" if folder is None else f"{target_name}-{kind}")
         if not (path / H.HEAD_FILE).exists():
             continue
         head = H.load(path, target.model, torch.device("cpu"), torch.float32)
         embed, readout, _ = frozen_target_matrices(target, head.vocab)
         row = {}
-        if kind == "medusa":
-            logits = medusa_logits(head, held["last"].float(), readout)
+        if kind in ("medusa", "hydra"):
+            logits = medusa_logits(head, held["last"].float(), readout) if kind == "medusa" else None
             for i in range(head.spec.n_heads):
                 want = greedy[:, i + 1:]
-                guess = head.vocab[logits[i, :, :-(i + 1)].topk(5, -1).indices]
+                scores = logits[i, :, :-(i + 1)] if kind == "medusa" else \
+                    hydra_logits(head, i, held["last"].float(), held["ids"], embed, readout)
+                guess = head.vocab[scores.topk(5, -1).indices]
                 row[f"head{i + 1}_top1"] = round(float((guess[..., 0] == want).float().mean()), 4)
                 row[f"head{i + 1}_top5"] = round(float((guess == want[..., None]).any(-1).float().mean()), 4)
         else:
@@ -360,9 +405,9 @@ def evaluate_heads(target_name: str, folder: Path | None = None) -> dict[str, di
     return figures
 
 
-def publish(target_name: str) -> Path:
-    """Copy both exports into assets/models/heads with their held-out figures in head.json, and write the
-    heads' README table from every published head."""
+def publish(target_name: str, kinds=("medusa", "hydra", "eagle")) -> Path:
+    """Copy the exports of `kinds` into assets/models/heads with their held-out figures in head.json, and write
+    the heads' README table from every published head."""
     import dataclasses
     import json
     import shutil
@@ -371,6 +416,8 @@ def publish(target_name: str) -> Path:
     work = work_dir(target_name)
     figures = evaluate_heads(target_name)
     for kind, row in figures.items():
+        if kind not in kinds:
+            continue
         out = HEADS_DIR / f"{target_name}-{kind}"
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(work / f"{kind}-export", out)
@@ -379,8 +426,9 @@ def publish(target_name: str) -> Path:
                                                                "tokens_seen": step * 8 * FEATURE_WINDOW})
         (out / H.HEAD_FILE).write_text(spec.to_json())
     lines = ["# Draft heads", "", "Trained by `python -m engines.training features TARGET` then "
-             "`python -m engines.training heads medusa|eagle TARGET`; figures from `heads-eval` on held-out text "
-             "(the corpus's held-out slice and held-out texts the target wrote), against the target's greedy "
+             "`python -m engines.training heads medusa|hydra|eagle TARGET`; figures from `heads-eval` on held-out text "
+             "(since Hydra: the chat data's held-out conversations too; before: the corpus's held-out slice and "
+             "held-out texts the target wrote), against the target's greedy "
              "token under teacher forcing.", "", "| head | target | steps | tokens seen | held-out figures |",
              "| --- | --- | --- | --- | --- |"]
     for folder in sorted(HEADS_DIR.glob("*")):

@@ -1,4 +1,4 @@
-"""The head drafters' own view (Medusa heads, the EAGLE-3 head), for speculative and tree decoding alike.
+"""The head drafters' own view (Medusa heads, Hydra heads, the EAGLE-3 head), for speculative and tree decoding.
 
 A step drafted by heads carries detail["heads"] (engines/drafters.describe): which target layers the head
 read, the size of its draft vocabulary, and whether the target's token could have been drafted at all.
@@ -6,8 +6,10 @@ Here, one figure shows, top to bottom: the target layers that fed the head; each
 depth's (EAGLE) candidates with their confidences, the guess that was accepted and the target's token;
 and acceptance per head or depth over the run so far. The words say the same with the numbers.
 
-A "level" is one head of Medusa (head i guesses the token i places after the pending one) or one depth of
-EAGLE's chain or tree: the drafted tokens at one position, whichever drafter made them.
+A "level" is one head of Medusa or Hydra (head i guesses the token i places after the pending one) or one
+depth of EAGLE's chain or tree: the drafted tokens at one position, whichever drafter made them. Hydra's head i
+also reads the token drafted before its guess (head 1: the pending token), drawn as an arrow from the level
+before: that dependency is what sets Hydra apart from Medusa.
 """
 from __future__ import annotations
 
@@ -57,6 +59,7 @@ class Level:
     target: int | None         # the target's token at this position, where the record holds one
     target_about: str          # what that token is (argmax at a position, accepted, or the target's own)
     in_vocab: bool | None      # could a head have drafted the target's token (None: not recorded here)
+    reads: int | None = None   # Hydra: the token this head read last on the shown path (head 1: the pending one)
 
 
 @dataclass
@@ -74,37 +77,49 @@ def is_medusa(d: dict) -> bool:
     return d["heads"]["kind"] == "medusa"
 
 
+def is_hydra(d: dict) -> bool:
+    return d["heads"]["kind"] == "hydra"
+
+
+def by_head(d: dict) -> bool:
+    """Whether a level is a head of its own (Medusa, Hydra) rather than a depth of one head (EAGLE)."""
+    return d["heads"]["kind"] in ("medusa", "hydra")
+
+
 def level_name(d: dict, depth: int) -> str:
-    return f"head {depth}" if is_medusa(d) else f"depth {depth}"
+    return f"head {depth}" if by_head(d) else f"depth {depth}"
 
 
 def head_name(d: dict) -> str:
-    return "the Medusa heads" if is_medusa(d) else "the EAGLE head"
+    return {"medusa": "the Medusa heads", "hydra": "the Hydra heads"}.get(d["heads"]["kind"], "the EAGLE head")
 
 
 def who(d: dict) -> str:
     """The drafter as a sentence's subject."""
-    return "The Medusa heads" if is_medusa(d) else "The EAGLE head"
+    return head_name(d)[0].upper() + head_name(d)[1:]
 
 
-def chain_levels(d: dict) -> list[Level]:
-    """Speculative decoding: position i was drafted by head i (Medusa) or by the EAGLE head's i-th step; its
-    recorded top 5 (q_raw_top) are the head's own probabilities, the drafted token is their first."""
+def chain_levels(d: dict, pending: int | None = None) -> list[Level]:
+    """Speculative decoding: position i was drafted by head i (Medusa, Hydra) or by the EAGLE head's i-th step;
+    its recorded top 5 (q_raw_top) are the head's own probabilities, the drafted token is their first. A Hydra
+    head read the token drafted before it (head 1: `pending`, the last committed token)."""
     flags = d["heads"]["target_in_vocab"]
     levels = []
     for i, pos in enumerate(d["positions"]):
         offered = [(t, v) for t, v in (pos["q_raw_top"] or []) if t != pos["token"]]
         guesses = [Guess(pos["token"], pos["q_raw"], pos["status"], "drafted: the head's first choice")]
         guesses += [Guess(t, v, "offered", "in the head's top 5, not drafted") for t, v in offered]
+        reads = (pending if i == 0 else d["positions"][i - 1]["token"]) if is_hydra(d) else None
         levels.append(Level(level_name(d, i + 1), guesses, pos["target_token"],
-                            f"the target's most likely token at position {i + 1}", flags[i]))
+                            f"the target's most likely token at position {i + 1}", flags[i], reads))
     return levels
 
 
-def tree_levels(d: dict) -> list[Level]:
+def tree_levels(d: dict, pending: int | None = None) -> list[Level]:
     """Tree decoding: the nodes at each depth. Medusa's level is one head's ranks (the same token at a rank
-    whatever the parent), so a rank is shown once with the best fate it met; EAGLE's nodes at a depth come
-    from different parents, so the most confident are shown, the accepted one always."""
+    whatever the parent), so a rank is shown once with the best fate it met; Hydra's and EAGLE's nodes at a
+    depth come from different parents, so the most confident are shown, the accepted one always. A Hydra
+    level's input token is its parent's on the accepted path, else the most confident parent's."""
     nodes, path = d["nodes"], d["accepted_path"]
     taken = [nodes[i]["token"] for i in path] + ([] if d["eos_cut"] else [d["final_token"]])
     levels = []
@@ -122,9 +137,15 @@ def tree_levels(d: dict) -> list[Level]:
         own = depth == len(path) + 1
         target = taken[depth - 1] if depth <= len(taken) else None
         about = "accepted" if depth <= len(path) else "the target's own token after the accepted path"
+        reads = None
+        if is_hydra(d):
+            above = [n for n in nodes if n["depth"] == depth - 1]
+            on_path = [n for n in above if n["status"] == "accepted"]
+            reads = d["root_token"] if depth == 1 else \
+                (on_path or sorted(above, key=lambda n: -n["logq"]))[0]["token"]
         levels.append(Level(level_name(d, depth), guesses, target, about,
                             d["heads"]["target_in_vocab"][0] if own and target is not None else
-                            True if depth <= len(path) else None))
+                            True if depth <= len(path) else None, reads))
     return levels
 
 
@@ -161,7 +182,7 @@ def tree_tally(steps: list[Step]) -> list[Tally]:
 @dataclass(frozen=True)
 class Reading:
     """How one method's steps become levels and tallies, and what its tally's second measure counts."""
-    levels: Callable[[dict], list[Level]]
+    levels: Callable[..., list[Level]]   # (detail, the pending token) -> levels
     tally: Callable[[list[Step]], list[Tally]]
     extra: str
 
@@ -172,6 +193,40 @@ TREE = Reading(tree_levels, tree_tally, "accepted with its rank-0 guess")
 
 def rate(part: int, whole: int) -> float | None:
     return part / whole if whole else None
+
+
+def pending_token(trace: Trace, index: int) -> int | None:
+    """The token the heads' first guess follows: the last one committed before this step (tree steps record
+    it as root_token)."""
+    d = trace.steps[index].detail
+    if "root_token" in d:
+        return d["root_token"]
+    before = [t for s in trace.steps[:index] for t in s.committed_ids]
+    return before[-1] if before else None
+
+
+def step_levels(trace: Trace, index: int, reading: Reading) -> list[Level]:
+    return reading.levels(trace.steps[index].detail, pending_token(trace, index))
+
+
+def dependency_arrows(notes: list[dict], g: Grid, trace: Trace, levels: list[Level], panel_px: float) -> None:
+    """Hydra: into each head's panel, an arrow from the level before (head 1: from above) carrying the token
+    that head read, so the heads' sequential dependency is drawn where their guesses are."""
+    for col, level in enumerate(levels, start=1):
+        if level.reads is None:
+            continue
+        cell = g.cell(2, col)
+        first = col == 1
+        notes.append({"text": fit(f"reads {quoted(trace, level.reads)}", max(40.0, panel_px * 0.9), 10)
+                      or "reads", "x": 0.04 if not first else 0.5, "y": 0.8,   # under the titles, over the bars' headroom
+                      "xref": f"{cell['xaxis']} domain", "yref": f"{cell['yaxis']} domain",
+                      "showarrow": True, "arrowhead": 2, "arrowsize": 1, "arrowwidth": 1.5,
+                      "arrowcolor": DRAFT_COLOUR, "axref": "pixel", "ayref": "pixel",
+                      "ax": 0 if first else -max(24.0, panel_px * 0.5), "ay": -14 if first else 0,
+                      "font": {"color": TEXT_COLOUR, "size": 10},
+                      "hovertext": f"{level.name} read {quoted(trace, level.reads)} (id {level.reads}): "
+                                   + ("the pending token, the target's own" if first else
+                                      f"what {levels[col - 2].name} drafted on this path") + ", with h_t"})
 
 
 # ----------------------------------------------------------------------------- the figure
@@ -275,7 +330,7 @@ def drafter_figure(trace: Trace, index: int, reading: Reading, narrow: bool = Fa
         return None
     d = trace.steps[index].detail
     heads = d["heads"]
-    levels = reading.levels(d)
+    levels = step_levels(trace, index, reading)
     tallies = reading.tally(trace.steps[: index + 1])
     cols = max(1, len(levels))
     hspace = min(0.04, 0.4 / cols)
@@ -298,6 +353,7 @@ def drafter_figure(trace: Trace, index: int, reading: Reading, narrow: bool = Fa
         # one probability scale across the levels, so heads compare
         g.yaxis(2, col).update(rangemode="tozero", **({"matches": g.cell(2, 1)["yaxis"], "showticklabels": False}
                                                        if col > 1 else {}))   # the first panel's labels serve all
+    dependency_arrows(notes, g, trace, levels, panel_px)
     level_axes = {g.cell(2, col)["yaxis"] for col in range(1, len(levels) + 1)}
     heights = [y for d in data if d.get("type") == "bar" and d.get("yaxis") in level_axes for y in d["y"] if y]
     if heights:   # headroom above the tallest bar for the note a level may carry at its top
@@ -311,7 +367,7 @@ def drafter_figure(trace: Trace, index: int, reading: Reading, narrow: bool = Fa
     g.yaxis(2, 1)["title"] = {"text": "q (head)"}
     tally_bars(data, spread(g, 3), tallies, reading.extra)
     g.yaxis(3, 1).update(range=[0, 1.2], title={"text": "rate so far"}, tickvals=[0, 0.5, 1])
-    notes.append(heading(g, 3, f"Acceptance per {'head' if is_medusa(d) else 'depth'}, steps 1-{index + 1}"))
+    notes.append(heading(g, 3, f"Acceptance per {'head' if by_head(d) else 'depth'}, steps 1-{index + 1}"))
     # the layer strip's heading in lines the figure's width holds (one line was cut at its right edge)
     about = title_lines(f"{who(d)} (trained on {heads['trained_on']}, {heads['draft_vocab']}-token draft "
                         f"vocabulary) read the filled target hidden states (0 = embeddings, "
@@ -329,83 +385,3 @@ def for_speculative(trace: Trace, index: int, narrow: bool = False) -> go.Figure
 
 def for_tree(trace: Trace, index: int, narrow: bool = False) -> go.Figure | None:
     return drafter_figure(trace, index, TREE, narrow)
-
-
-# ----------------------------------------------------------------------------- words
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def reads_sentence(d: dict) -> str:
-    heads = d["heads"]
-    last = heads["target_layers"]
-    if is_medusa(d):
-        return (f"The Medusa heads read the target's last hidden state (layer {last} of {last}) and guess through "
-                f"a {heads['draft_vocab']}-token draft vocabulary.")
-    layers = ", ".join(str(x) for x in heads["layers"][:-1]) + f" and {heads['layers'][-1]}"
-    return (f"The EAGLE head fuses the outputs of target layers {layers} of {last} (low, middle, high) and drafts "
-            f"at the feature level over a {heads['draft_vocab']}-token draft vocabulary.")
-
-
-def chain_phrase(trace: Trace, level: Level) -> str:
-    x = level.guesses[0]
-    fate = {"accepted": "accepted", "not_reached": "not reached"}.get(x.status, "rejected")
-    if x.status == "rejected" and level.target is not None and level.target != x.token:
-        fate += f"; the target's most likely was {quoted(trace, level.target)}"
-    return f"{level.name} {quoted(trace, x.token)} (q = {x.q:.3f}, {fate})"
-
-
-def tree_phrase(trace: Trace, level: Level) -> str:
-    offered = ", ".join(f"{quoted(trace, x.token)} ({x.q:.3f})" for x in level.guesses[:4])
-    more = f" and {len(level.guesses) - 4} more" if len(level.guesses) > 4 else ""
-    won = [x for x in level.guesses if x.status == "accepted"]
-    if won:
-        verdict = f"the target accepted {quoted(trace, won[0].token)}"
-    elif level.target is not None:
-        verdict = f"none was accepted; the target took {quoted(trace, level.target)}"
-    else:
-        verdict = "not reached" if all(x.status == "not_reached" for x in level.guesses) else "none was accepted"
-    return f"{level.name} offered {offered}{more}: {verdict}"
-
-
-def outside_sentence(trace: Trace, d: dict, levels: list[Level]) -> str:
-    said = [f"{quoted(trace, lv.target)} (at {lv.name})" for lv in levels if lv.in_vocab is False]
-    if not levels and d["heads"]["target_in_vocab"] and d["heads"]["target_in_vocab"][-1] is False:
-        said.append("this step's token")
-    if not said:
-        return ""
-    return (f"The target's token {', '.join(said)} lies outside the {d['heads']['draft_vocab']}-token draft "
-            f"vocabulary: no head could ever have drafted it.")
-
-
-def cost_sentence(step: Step, d: dict) -> str:
-    if not step.draft_forwards:
-        return ("Nothing was drafted: the heads draft from the hidden states of a verification forward, and "
-                "none had run yet (or the budget left no room), so this step is one plain target forward.")
-    return (f"Drafting cost {plural(step.draft_forwards, 'head forward')} and no target forward: "
-            f"{head_name(d)} read the hidden states the previous verification forward had already computed.")
-
-
-def tally_sentence(d: dict, tallies: list[Tally], extra: str) -> str:
-    seen = [t for t in tallies if t.reached]
-    if not seen:
-        return ""
-    return (f"So far, accepted / examined per {'head' if is_medusa(d) else 'depth'}: "
-            + ", ".join(f"{t.name} {t.accepted}/{t.reached}" for t in seen)
-            + f" ({extra}: " + ", ".join(f"{t.extra}/{t.reached}" for t in seen) + ").")
-
-
-def words(trace: Trace, index: int, reading: Reading) -> str:
-    """What the heads did this step, with the record's numbers; empty when no head drafted."""
-    if index < 0 or not trace.steps[index].detail.get("heads"):
-        return ""
-    step = trace.steps[index]
-    d = step.detail
-    levels = reading.levels(d)
-    phrase = chain_phrase if reading is CHAIN else tree_phrase
-    guessed = ("Per " + ("head" if is_medusa(d) else "depth") + ": " + "; ".join(phrase(trace, lv) for lv in levels)
-               + ".") if levels else ""
-    parts = [reads_sentence(d), guessed, outside_sentence(trace, d, levels), cost_sentence(step, d),
-             tally_sentence(d, reading.tally(trace.steps[: index + 1]), reading.extra)]
-    return " ".join(p for p in parts if p)

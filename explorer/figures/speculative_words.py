@@ -14,7 +14,7 @@ from engines.analysis.theory import (
     verdict,
 )
 from engines.trace import Step, Trace
-from explorer.figures import heads, theory
+from explorer.figures import heads, heads_words, theory
 from explorer.figures.common import (
     Chip,
     listing,
@@ -257,7 +257,7 @@ def words(trace: Trace, index: int) -> str:
     if d["schedule"] == "adaptive" and not d["ended"]:
         text += f" Adaptive schedule: k = {d['k_next']} next."
     text += acceptance_words(trace, index)
-    said = heads.words(trace, index, heads.CHAIN)
+    said = heads_words.words(trace, index, heads.CHAIN)
     return "\n\n".join(x for x in (text, cost_words(trace, index), said) if x)
 
 

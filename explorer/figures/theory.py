@@ -140,6 +140,9 @@ FREE_DRAFTS = {
     "typed": "you typed the draft, so it cost no forward: c is taken as 0",
     "heads": "Medusa heads are one small layer each over hidden states the target's verify forward already "
              "computed, a few percent of a target forward: c is taken as 0",
+    "hydra": "Hydra heads are one small layer each over the hidden state the target's verify forward already "
+             "computed and the embeddings of the tokens drafted before, a few percent of a target forward: c is "
+             "taken as 0",
     "eagle": "the EAGLE head is one decoder layer over features the target's verify forward already computed, "
              "a small fraction of a target forward: c is taken as 0",
     "suffix": "the suffix tree is a lookup in the text so far and runs no model, so c is taken as 0",

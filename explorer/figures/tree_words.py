@@ -5,7 +5,7 @@ from __future__ import annotations
 from engines.analysis.theory import drafts, tree_drafts
 from engines.decoding import trees
 from engines.trace import Step, Trace
-from explorer.figures import heads, theory
+from explorer.figures import heads, heads_words, theory
 from explorer.figures.common import (
     Chip,
     listing,
@@ -59,7 +59,7 @@ def words(trace: Trace, index: int) -> str:
                      "min(ε, δ·exp(-H(p))) at its parent, with no coin and no residual: it is lossy, so sampled "
                      "output is not distributed as the target's (under greedy only the argmax passes).")
     parts.append(so_far(trace, index))
-    said = heads.words(trace, index, heads.TREE)
+    said = heads_words.words(trace, index, heads.TREE)
     return "\n\n".join(x for x in (" ".join(p for p in parts if p), recycling_words(trace, d),
                                      cost_words(trace, index), said) if x)
 
