@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from engines.__main__ import main
+from engines.drafting.registry import names
 from tests.conftest import greedy_reference
 
 
@@ -33,7 +34,8 @@ def test_tree_takes_every_tree_drafter_and_speculative_refuses_one_it_cannot_use
     assert json.loads(r.stdout)["config"]["drafter"] == "suffix"
     r = cli("trace", "--method", "speculative", "--drafter", "suffix", "--prompt", "x", "--target", "tiny-target")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "error: drafter must be one of model, ngram, heads, eagle, early-exit, not 'suffix'."]
+        f"error: drafter must be one of {', '.join(names('chain'))}, not 'suffix'."]
+    assert "suffix" not in names("chain") and "suffix" in names("tree")
 
 
 @pytest.mark.parametrize("which", ["tiny_target", "smollm2"])
