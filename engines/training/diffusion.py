@@ -1,6 +1,7 @@
 """Adapt SmolLM2-135M-Instruct into a masked diffusion LM, the preset `smollm2-135m-diffusion`.
 
-    python -m engines.training diffusion --minutes 600          # resumable; checkpoints outside the work tree
+    python -m engines.training diffusion --minutes 600          # resumable; checkpoints outside the work tree;
+                                                                # without one it continues the published adapter
     python -m engines.training diffusion-export --out DIR       # the latest checkpoint's adapter, while training goes on
     python -m engines.training publish smollm2-135m-diffusion   # copy the adapter into assets/models once it is good
 
@@ -22,6 +23,7 @@ import json
 import math
 import pickle
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,10 +52,35 @@ def noise(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, to
     return masked, t
 
 
-def diffusion_loss(model, x: torch.Tensor, mask_id: int, generator: torch.Generator) -> torch.Tensor:
+def draw_t(rows: int, generator: torch.Generator, high: bool) -> torch.Tensor:
+    """Each row's mask ratio t in (0, 1]: uniform (LLaDA), or with density 1 / (2 sqrt(1 - t)), most of
+    it (1/sqrt 2, 71%) above 0.5, so more of the training sees what a decoder taking several tokens per forward sees."""
+    u = torch.rand(rows, 1, generator=generator, dtype=torch.float32)
+    return (1 - u * u if high else 1 - u).clamp(min=1e-3)
+
+
+def training_noise(maskable: torch.Tensor, generator: torch.Generator, *, high: bool = False,
+                   complementary: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(masked, t) over rows whose `maskable` positions may be masked (a chat row's answers, a book row's text).
+    Complementary masking (LaViDa, Li et al. 2025, arXiv 2505.16839, section 3.1): rows come in pairs of the same
+    text, the second masking exactly what the first left visible, with ratio 1 - t; every token is then in some
+    loss, where a single draw leaves out a fraction 1 - t of them."""
+    rows = maskable.shape[0]
+    draws = rows // 2 if complementary else rows
+    t = draw_t(draws, generator, high)
+    masked = (torch.rand(draws, maskable.shape[1], generator=generator, dtype=torch.float32) < t) & maskable[:draws]
+    if complementary:
+        masked = torch.cat([masked, maskable[draws:] & ~masked])
+        t = torch.cat([t, (1 - t).clamp(min=1e-3)])
+    return masked, t
+
+
+def diffusion_loss(model, x: torch.Tensor, mask_id: int, generator: torch.Generator,
+                   drawn: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """LLaDA eq. 3 with the shift: -(1/t) sum over masked i of log p(x_i | x_t) read at position i - 1, averaged
-    over the batch's positions. `model` is a LlamaForCausalLM-like module (with LoRA layers in place)."""
-    masked, t = noise(x, generator)
+    over the batch's positions. `model` is a LlamaForCausalLM-like module (with LoRA layers in place); `drawn`
+    is (masked, t) when the caller drew them, else `noise` draws them."""
+    masked, t = drawn if drawn is not None else noise(x, generator)
     hidden = model.model(input_ids=x.masked_fill(masked, mask_id),
                          attention_mask=all_visible(*x.shape, model.dtype)).last_hidden_state
     target = masked[:, 1:]                    # token i is predicted at i - 1
@@ -62,6 +89,39 @@ def diffusion_loss(model, x: torch.Tensor, mask_id: int, generator: torch.Genera
     ce = F.cross_entropy(logits, x[:, 1:][target], reduction="none")
     weight = (1 / t).expand_as(target)[target]
     return (ce * weight).sum() / target.numel()
+
+
+def chat_rows(target: str, split: str, length: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target's own chat conversations (engines/training/chat_data.py) of a split as (ids, maskable), each
+    cut or padded to `length`: only the assistant's tokens and the padding after the last answer may be masked,
+    so the model learns to answer a prompt it sees whole (LLaDA's supervised fine-tuning, section 2.3), and to
+    write end-of-text after an answer that is done."""
+    ids, maskable = [], []
+    for shard in presets.chat_shards(presets.chat_data_dir(target)):
+        for conv in presets.parse_chat_shard(shard.read_bytes()):
+            if conv["split"] != split:
+                continue
+            row = conv["ids"][:length] + [pad_id] * max(0, length - len(conv["ids"]))
+            may = torch.zeros(length, dtype=torch.bool)
+            for start, end in conv["answers"]:
+                may[start:end] = True
+            may[len(conv["ids"]):] = len(conv["ids"]) < length    # the padding after a conversation that ended
+            ids.append(row)
+            maskable.append(may)
+    if not ids:
+        return torch.empty(0, length, dtype=torch.long), torch.empty(0, length, dtype=torch.bool)
+    return torch.tensor(ids, dtype=torch.long), torch.stack(maskable)
+
+
+def book_maskable(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Which positions of book rows may be masked: all but the first, and in half the rows only those after a
+    random cut (a prompt followed by a span, as decoding sees it; common.draw_mask's rule)."""
+    b, n = x.shape
+    suffix_only = torch.rand(b, 1, generator=generator, dtype=torch.float32) < 0.5
+    cut = (torch.rand(b, 1, generator=generator, dtype=torch.float32) * n).long()
+    may = ~suffix_only | (torch.arange(n)[None, :] >= cut)
+    may[:, 0] = False
+    return may
 
 
 def adapt(model, mask_id: int, rank: int):
@@ -80,21 +140,49 @@ def fresh_adapter(base: str, rank: int):
     return adapt(model, causal.tokenizer.convert_tokens_to_ids(MASK_TOKEN), rank)
 
 
+@dataclass(frozen=True)
+class Mix:
+    """What each training batch is drawn from and how it is masked. The default is the published adapter's first
+    3.7M tokens: book windows only, t uniform, one draw per row."""
+    chat: tuple[torch.Tensor, torch.Tensor] | None = None   # chat_rows' (ids, maskable)
+    chat_share: float = 0.0
+    high_t: bool = False
+    complementary: bool = False
+
+
+def draw_batch(data: torch.Tensor, mix: Mix, batch: int, generator: torch.Generator):
+    """(x, (masked, t)) of one batch: book windows of `data` and, a `chat_share` of them, chat rows; with
+    complementary masking, batch / 2 texts each twice."""
+    if mix == Mix():
+        x = data[torch.randint(len(data), (batch,), generator=generator)]
+        return x, noise(x, generator)
+    sources = batch // 2 if mix.complementary else batch
+    chats = round(sources * mix.chat_share) if mix.chat is not None and len(mix.chat[0]) else 0
+    books = data[torch.randint(len(data), (sources - chats,), generator=generator)]
+    x, maskable = books, book_maskable(books, generator)
+    if chats:
+        pick = torch.randint(len(mix.chat[0]), (chats,), generator=generator)
+        x, maskable = torch.cat([mix.chat[0][pick], x]), torch.cat([mix.chat[1][pick], maskable])
+    if mix.complementary:
+        x, maskable = torch.cat([x, x]), torch.cat([maskable, maskable])
+    return x, training_noise(maskable, generator, high=mix.high_t, complementary=mix.complementary)
+
+
 def train_steps(peft_model, data: torch.Tensor, mask_id: int, *, steps: int, batch: int, lr: float,
                 generator: torch.Generator, opt: torch.optim.Optimizer, start: int = 0, total: int | None = None,
-                bf16: bool = False, on_step=None) -> int:
-    """Run steps [start, steps) of AdamW on random windows of `data`, warm-up then cosine decay over `total`;
-    `on_step(step, loss, tokens)` after each. Returns the step reached."""
+                bf16: bool = False, on_step=None, mix: Mix = Mix(), warmup: int = 50) -> int:
+    """Run steps [start, steps) of AdamW on batches drawn by `draw_batch`, warm-up then cosine decay over
+    `total`; `on_step(step, loss, tokens)` after each. Returns the step reached."""
     core = peft_model.get_base_model()
     total = total or steps
     step = start
     peft_model.train()
     while step < steps:
         for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 50) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / total)))
-        x = data[torch.randint(len(data), (batch,), generator=generator)]
+            group["lr"] = lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / total)))
+        x, drawn = draw_batch(data, mix, batch, generator)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = diffusion_loss(core, x, mask_id, generator)
+            loss = diffusion_loss(core, x, mask_id, generator, drawn)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in peft_model.parameters() if p.requires_grad], 1.0)
@@ -111,6 +199,15 @@ def held_out_loss(peft_model, data: torch.Tensor, mask_id: int, seed: int = 0) -
     peft_model.eval()
     generator = torch.Generator().manual_seed(seed)
     return diffusion_loss(peft_model.get_base_model(), data, mask_id, generator).item()
+
+
+@torch.no_grad()
+def held_out_chat_loss(peft_model, rows: tuple[torch.Tensor, torch.Tensor], mask_id: int, seed: int = 0) -> float:
+    """The same on held-out chat conversations, masking answers only, t uniform: how well it answers."""
+    peft_model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    drawn = training_noise(rows[1], generator)
+    return diffusion_loss(peft_model.get_base_model(), rows[0], mask_id, generator, drawn).item()
 
 
 def save_adapter(peft_model, out: Path, base: str) -> None:
@@ -174,6 +271,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
     d.add_argument("--seq", type=int, default=256)
     d.add_argument("--threads", type=int, default=2)
     d.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    d.add_argument("--chat-share", type=float, default=0.5,
+                   help="the share of each batch taken from the target's own chat answers (the rest: books)")
+    d.add_argument("--high-t", action=argparse.BooleanOptionalAction, default=False,
+                   help="draw mask ratios weighted toward 1 (draw_t) instead of uniformly")
+    d.add_argument("--complementary", action=argparse.BooleanOptionalAction, default=False,
+                   help="complementary masking: each text twice, the second masking what the first left visible")
+    d.add_argument("--init", choices=("published", "fresh"), default="published",
+                   help="where a run without a checkpoint starts: the adapter in assets/models, or a new LoRA")
     return d
 
 
@@ -196,14 +301,35 @@ def export_latest(args) -> Path:
     return out
 
 
+def published_state(peft_model, name: str) -> dict:
+    """Load the adapter published in assets/models/NAME into `peft_model`; its diffusion.json (step, tokens, curve),
+    so a continued run's curve goes on from it. {} when nothing is published."""
+    from peft import set_peft_model_state_dict
+    folder = presets.MODELS_DIR / name
+    if not (folder / "adapter_model.safetensors").is_file():
+        return {}
+    weights = {k: v.float() for k, v in load_file(folder / "adapter_model.safetensors").items()}
+    result = set_peft_model_state_dict(peft_model, weights)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"{name}'s published adapter does not fit this LoRA: {result.unexpected_keys[:3]}")
+    return json.loads((folder / locate.DIFFUSION_FILE).read_text())
+
+
 def train(args) -> None:
-    """Resumable training on assets/corpus: the checkpoint holds the adapter, the optimiser, the step and the
-    loss curve; the export goes to NAME/export under the training folder."""
+    """Resumable training on the books and the target's chat answers (Mix): the checkpoint holds the adapter,
+    the optimiser, the step and the loss curve; the export goes to NAME/export under the training folder. A run
+    without a checkpoint starts from the published adapter (--init published) and goes on with its curve."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     torch.set_num_threads(args.threads)
-    mask_id = store.load(args.base, device="cpu", dtype="float32").tokenizer.convert_tokens_to_ids(MASK_TOKEN)
+    base = store.load(args.base, device="cpu", dtype="float32")
+    mask_id = base.tokenizer.convert_tokens_to_ids(MASK_TOKEN)
     data = common.windows(common.token_stream("train", common.tokenizer()), args.seq - 1)
     held = common.windows(common.token_stream("heldout", common.tokenizer()), args.seq - 1)[:16]
+    pad_id = base.tokenizer.eos_token_id
+    chat = chat_rows(base.name, "train", args.seq, pad_id) if args.chat_share > 0 else None
+    held_chat = chat_rows(base.name, "held_out", args.seq, pad_id)
+    held_chat = (held_chat[0][:16], held_chat[1][:16])
+    mix = Mix(chat=chat, chat_share=args.chat_share, high_t=args.high_t, complementary=args.complementary)
     peft_model = fresh_adapter(args.base, args.rank)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=args.lr,
                             betas=(0.9, 0.98), weight_decay=0.0)
@@ -217,12 +343,19 @@ def train(args) -> None:
         opt.load_state_dict(state["opt"])
         step, seen, curve = state["step"], state["tokens"], state["curve"]
         print(f"resumed at step {step}", flush=True)
+    elif args.init == "published" and (info := published_state(peft_model, NAME)):
+        step, seen, curve = info["step"], info["tokens_seen"], info["curve"]
+        print(f"continuing the published adapter from step {step} ({seen} tokens)", flush=True)
+    print(f"{len(data)} book windows, {len(chat[0]) if chat is not None else 0} chat rows; {mix.chat_share:.0%} "
+          f"chat, t {'high' if mix.high_t else 'uniform'}, complementary {'on' if mix.complementary else 'off'}",
+          flush=True)
     generator = torch.Generator().manual_seed(args.seed + step)
     deadline, began, tokens0 = time.time() + 60 * args.minutes, time.time(), seen
 
     def save() -> None:
         checkpoint.save({"adapter": get_peft_model_state_dict(peft_model), "opt": opt.state_dict(), "step": step,
-                    "tokens": seen, "curve": curve}, ckpt)
+                    "tokens": seen, "curve": curve, "mix": {"chat_share": mix.chat_share, "high_t": mix.high_t,
+                                                            "complementary": mix.complementary}}, ckpt)
 
     def on_step(at: int, loss: float, tokens: int) -> None:
         nonlocal step, seen
@@ -230,15 +363,17 @@ def train(args) -> None:
         if at % 20 == 0:
             print(f"step {at}  loss {loss:.3f}  {(seen - tokens0) / (time.time() - began):.0f} tok/s", flush=True)
         if at % args.save_every == 0:
-            curve.append({"step": at, "tokens": seen, "held_out_loss": held_out_loss(peft_model, held, mask_id)})
-            print(f"held-out loss {curve[-1]['held_out_loss']:.3f} after {seen} tokens", flush=True)
+            curve.append({"step": at, "tokens": seen, "held_out_loss": held_out_loss(peft_model, held, mask_id),
+                          "held_out_chat_loss": held_out_chat_loss(peft_model, held_chat, mask_id)})
+            print(f"held-out loss {curve[-1]['held_out_loss']:.3f}, chat {curve[-1]['held_out_chat_loss']:.3f} "
+                  f"after {seen} tokens", flush=True)
             save()
         if time.time() > deadline:
             raise TimeoutError
 
     try:
         train_steps(peft_model, data, mask_id, steps=args.steps, batch=args.batch, lr=args.lr, generator=generator,
-                    opt=opt, start=step, bf16=args.bf16, on_step=on_step)
+                    opt=opt, start=step, bf16=args.bf16, on_step=on_step, mix=mix)
     except TimeoutError:
         print(f"time is up at step {step}", flush=True)
     save()
