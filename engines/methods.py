@@ -100,10 +100,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            record=MaskPredictDetail,
            reach=lambda cfg: cfg.length or cfg.max_new_tokens,   # the span; the length beam stays within the budget
            paper="Ghazvininejad et al. 2019, Mask-Predict (arXiv 1904.09324); LLaDA, Nie et al. 2025 "
-                 "(arXiv 2502.09992)",
+                 "(arXiv 2502.09992); ReMDM, Wang et al. 2025 (arXiv 2503.00307)",
            summary="A span of masks after the prompt is filled in over T forwards of a masked LM: mask-predict "
                    "re-masks the least confident tokens each time; masked diffusion commits the most confident "
-                   "and never re-masks, optionally block by block."),
+                   "and never re-masks, optionally block by block; ReMDM's remasking lets diffusion take a "
+                   "committed token back at random, to be predicted again."),
 )}
 
 # the methods whose views read the cost model: a run of them records its calibration in the trace

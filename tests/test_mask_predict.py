@@ -146,11 +146,12 @@ CASES = [(n, t, b) for n in (1, 2, 3, 7, 16, 24) for t in (1, 2, 3, 5, 10, 30) f
          if len(block_bounds(n, b)) <= t]
 
 
-@pytest.mark.parametrize("strategy", ["mask-predict", "diffusion", "random"])
+@pytest.mark.parametrize("strategy", ["mask-predict", "diffusion", "random", "remdm"])
 def test_engine_follows_the_schedule(strategy):
     for n, t_total, b in CASES:
         model = Toy(Table())
-        steps = run(model, [1, 2, 3], length=n, iterations=t_total, block=b, strategy=strategy, max_new_tokens=64)
+        steps = run(model, [1, 2, 3], length=n, iterations=t_total, block=b, strategy=strategy, max_new_tokens=64,
+                    remask=0.5)
         assert len(steps) == t_total
         for step in steps:
             r = span(step)
@@ -165,6 +166,9 @@ def test_engine_follows_the_schedule(strategy):
             assert all(tok == MASK for tok in r["input_tokens"][end:])        # later blocks untouched
             if strategy == "mask-predict":
                 assert len(r["remasked"]) == after
+            elif strategy == "remdm":   # each re-mask of a committed token buys one more commit
+                assert len(r["unmasked"]) == counts[t] - after + len(r["remasked"])
+                assert not set(r["remasked"]) & set(r["masked_before"]) and len(r["remasked"]) <= after
             else:
                 assert len(r["unmasked"]) == counts[t] - after and r["remasked"] == []
             assert step.target_forwards == (1 if counts[t] else 0)
@@ -175,7 +179,7 @@ def test_engine_follows_the_schedule(strategy):
         assert plan_masks == [span(s)["scheduled_masks"] for s in steps]
 
 
-@pytest.mark.parametrize("strategy", ["mask-predict", "diffusion", "random"])
+@pytest.mark.parametrize("strategy", ["mask-predict", "diffusion", "random", "remdm"])
 def test_a_toy_with_a_known_argmax_converges_to_it(strategy):
     table = Table(seed=4)
     for n, t_total, b in [(12, 1, 0), (12, 4, 0), (12, 6, 4), (5, 9, 0)]:
@@ -485,7 +489,7 @@ class CausalCache:
         return self.logits(torch.stack(kv))[start:]
 
 
-@pytest.mark.parametrize("strategy", ["diffusion", "threshold", "mask-predict"])
+@pytest.mark.parametrize("strategy", ["diffusion", "threshold", "mask-predict", "remdm"])
 def test_the_cached_prefix_equals_the_exact_forward_where_the_model_is_causal(strategy):
     plain = run(CausalCache(), [1, 2, 3, 4], length=12, iterations=6, block=4, strategy=strategy, threshold=0.5)
     model = CausalCache()
@@ -515,3 +519,169 @@ def test_the_mask_token_is_never_predicted_even_where_the_model_ranks_it_first()
     logits[:, 7] = 1.0
     predict(span, logits, [0, 1, 2], 0, MaskPredictConfig(length=3, iterations=3), torch.Generator())
     assert span.predicted == [7, 7, 7] and logits[0, mask_id] == 9.0   # the caller's logits are left as they were
+
+
+# ----------------------------------------------------------------------------- ReMDM remasking
+
+def decisions(steps, keep_strategy=False) -> list[dict]:
+    """Every step as the trace records it, less the wall time, the strategy's name and ReMDM's own record."""
+    out = []
+    for s in steps:
+        d = s.to_dict()
+        d.pop("wall_s")
+        d["spans"] = [{k: v for k, v in r.items() if k != "remasking"} for r in d["spans"]]
+        if not keep_strategy:
+            d.pop("strategy")
+        out.append(d)
+    return out
+
+
+@pytest.mark.parametrize("settings", [
+    {"length": 16, "iterations": 6},
+    {"length": 16, "iterations": 8, "block": 4, "temperature": 1.0, "top_k": 5},
+    {"length": 0, "length_beam": 3, "iterations": 4, "max_new_tokens": 12, "temperature": 0.7},
+    {"length": 12, "iterations": 6, "block": 4, "cache": "prefix"},
+    {"length": 16, "iterations": 16, "curve": "on", "remask_schedule": "conf"},
+])
+def test_eta_zero_is_the_diffusion_strategy_token_for_token(settings):
+    """remask = 0: no coin is drawn and nothing is re-masked, so every recorded decision (and, sampled, every draw
+    from the generator) is diffusion's, whatever the schedule."""
+    model = (lambda: CausalCache()) if settings.get("cache") == "prefix" else (lambda: Toy(Table(seed=12)))
+    plain = run(model(), [1, 2, 3], seed=5, strategy="diffusion", **settings)
+    remdm = run(model(), [1, 2, 3], seed=5, strategy="remdm", remask=0.0, **settings)
+    assert decisions(remdm) == decisions(plain)
+    assert all(r["remasking"]["coins"] == [] and r["remasked"] == [] for s in remdm for r in s.detail["spans"])
+
+
+def test_eta_zero_is_diffusion_on_the_masked_lm(tiny_masked):
+    ids = tiny_masked.encode(PROMPTS[0])
+    for temperature in (0.0, 1.0):
+        plain = run(tiny_masked, ids, seed=2, length=12, iterations=4, strategy="diffusion", temperature=temperature)
+        remdm = run(tiny_masked, ids, seed=2, length=12, iterations=4, strategy="remdm", remask=0.0,
+                    temperature=temperature)
+        assert [s.committed_ids for s in remdm] == [s.committed_ids for s in plain]
+        assert decisions(remdm) == decisions(plain)
+
+
+def replay_remasking(r: dict, block_after: int, mask: int) -> None:
+    """Check one recorded iteration against ReMDM's rule, from its own numbers."""
+    rm = r["remasking"]
+    start, end = r["block"]
+    assert rm["decoded"] == [i for i in range(start, end) if r["input_tokens"][i] != mask]
+    assert rm["confidence"] == [r["confidence"][i] for i in rm["decoded"]]
+    if not rm["decoded"]:
+        assert rm["sigma_max"] == rm["sigma"] == 0 and rm["coins"] == [] and r["remasked"] == []
+        return
+    assert rm["sigma_max"] == pytest.approx(min(1.0, block_after / len(rm["decoded"])), abs=1e-6)
+    sigma = rm["eta"] * rm["sigma_max"] if rm["schedule"] == "rescale" else min(rm["eta"], rm["sigma_max"])
+    assert rm["sigma"] == pytest.approx(sigma, abs=1e-6)
+    if rm["schedule"] == "conf":   # sigma_t spread by softmax(-psi): the least confident most likely
+        weights = torch.softmax(-torch.tensor(rm["confidence"], dtype=torch.float64), 0).tolist()
+        assert rm["probability"] == pytest.approx([sigma * w for w in weights], abs=1e-6)
+        assert sum(rm["probability"]) == pytest.approx(sigma, abs=1e-5)
+    else:
+        assert rm["probability"] == pytest.approx([sigma] * len(rm["decoded"]), abs=1e-6)
+    assert len(rm["coins"]) == (len(rm["decoded"]) if any(rm["probability"]) else 0)
+    under = [i for i, u, p in zip(rm["decoded"], rm["coins"], rm["probability"]) if u < p]
+    assert sorted(r["remasked"] + rm["no_room"]) == under and len(r["remasked"]) <= block_after
+    if rm["no_room"]:   # the schedule was full: the least confident of the coins under went
+        assert len(r["remasked"]) == block_after
+        assert max(r["confidence"][i] for i in r["remasked"]) <= min(r["confidence"][i] for i in rm["no_room"])
+    assert all(r["tokens"][i] == mask for i in r["remasked"])
+
+
+@pytest.mark.parametrize("schedule", ["cap", "rescale", "conf"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_remdm_records_every_coin_and_follows_the_rule(tiny_masked, schedule, temperature):
+    """Each iteration's remasking replays from its record; a re-masked token is masked going into the next
+    forward, which predicts it again; the schedule's mask count holds and the last iteration leaves no mask."""
+    ids = tiny_masked.encode(PROMPTS[2])
+    for block in (0, 8):
+        steps = run(tiny_masked, ids, seed=4, length=16, iterations=8, block=block, strategy="remdm", remask=1.0,
+                    remask_schedule=schedule, temperature=temperature)
+        for k, s in enumerate(steps):
+            r = span(s)
+            end = r["block"][1]
+            counts = schedule_of(r)
+            after = counts[r["block_iteration"] + 1] if r["block_iteration"] + 1 < len(counts) else 0
+            replay_remasking(r, after, tiny_masked.mask_id)
+            assert r["masks_after"] == after + (16 - end)
+            if r["remasked"]:
+                nxt = span(steps[k + 1])
+                assert set(r["remasked"]) <= set(nxt["masked_before"])
+                assert all(nxt["top"][i] for i in r["remasked"])   # predicted again by the next forward
+        assert tiny_masked.mask_id not in steps[-1].committed_ids and span(steps[-1])["masks_after"] == 0
+        assert span(steps[-1])["remasking"]["sigma_max"] == 0
+        if schedule != "conf":   # eta 1 remasks plenty; conf only about sigma_t tokens an iteration in all
+            assert sum(len(span(s)["remasked"]) for s in steps) >= 4
+
+
+def schedule_of(r: dict) -> list[int]:
+    start, end = r["block"]
+    return schedule(end - start, r["block_iterations"], "remdm")
+
+
+def test_remasked_tokens_can_change_when_predicted_again():
+    """On the chain (a token is right only after the right one on its left), a token committed too early is
+    wrong; taken back by ReMDM and predicted again after its left neighbour is written, it becomes right."""
+    chain = Chain()
+    prompt = chain.answer[:3].tolist()
+    changed = 0
+    for seed in range(4):
+        steps = run(Toy(chain), prompt, seed=seed, length=10, iterations=5, strategy="remdm", remask=1.0,
+                    remask_schedule="rescale")
+        for k, s in enumerate(steps[:-1]):
+            for i in span(s)["remasked"]:
+                old = span(s)["predicted_tokens"][i]
+                changed += span(steps[k + 1])["predicted_tokens"][i] != old
+    assert changed
+
+
+def test_remdm_same_seed_same_trace_and_the_json_replays(tiny_masked):
+    settings = {"length": 10, "iterations": 5, "strategy": "remdm", "remask": 0.8, "temperature": 1.0}
+    traces = [Run("mask-predict", PROMPTS[0], settings, target=tiny_masked.source, seed=s).run() for s in (7, 7, 8)]
+    strip = lambda t: [{k: v for k, v in s.to_dict().items() if k != "wall_s"} for s in t.steps]
+    assert strip(traces[0]) == strip(traces[1]) and strip(traces[0]) != strip(traces[2])
+    again = Trace.from_json(traces[0].to_json())
+    assert again.to_dict() == traces[0].to_dict()
+    assert any(span(s)["remasking"]["coins"] for s in again.steps)
+    view = VIEWS["mask-predict"]
+    for i in range(len(again.steps)):
+        assert view.words(again, i) == view.words(traces[0], i)
+
+
+def test_remdm_cli(tiny_masked, cli):
+    r = cli("trace", "--method", "mask-predict", "--prompt", PROMPTS[0], "--length", "12", "--iterations", "6",
+            "--strategy", "remdm", "--remask", "0.7", "--remask-schedule", "conf", "--target", tiny_masked.source)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["config"]["strategy"] == "remdm" and d["config"]["remask"] == 0.7
+    assert all(s["spans"][0]["remasking"]["schedule"] == "conf" for s in d["steps"])
+    assert d["steps"][-1]["spans"][0]["masks_after"] == 0
+    r = cli("trace", "--method", "mask-predict", "--prompt", "x", "--strategy", "remdm", "--remask", "1.5",
+            "--target", tiny_masked.source)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "remask" in r.stderr
+
+
+def test_remdm_words_chips_and_heatmap_show_the_remasking():
+    trace = toy_trace(length=12, iterations=6, strategy="remdm", remask=1.0, remask_schedule="rescale")
+    view = VIEWS["mask-predict"]
+    hit = next(s.index for s in trace.steps if span(s)["remasked"])
+    r = span(trace.steps[hit])
+    text = view.words(trace, hit)
+    assert "ReMDM-rescale" in text and "sigma_max = min(1, masks left after / tokens committed) = " in text
+    assert "Re-masked, to be predicted again" in text and "Re-masked as the least confident" not in text
+    first = r["remasked"][0]
+    k = r["remasking"]["decoded"].index(first)
+    assert f"u = {r['remasking']['coins'][k]:.3g} < {r['remasking']['probability'][k]:.3g}" in text
+    chips = view.chips(trace, hit)
+    assert [i for i, c in enumerate(chips) if c.status == "rejected"] == r["remasked"]
+    fig = view.main(trace, hit).to_dict()
+    outline = next(t for t in fig["data"] if t.get("name", "").startswith("re-masked"))
+    shown = [trace.steps[y - 1] for y in next(t for t in fig["data"] if t.get("name") == "confidence")["y"]]
+    assert outline["x"].count(None) == sum(len(span(s)["remasked"]) for s in shown)
+    conf = next(t for t in fig["data"] if t.get("name") == "confidence")
+    assert "re-mask coin u" in conf["customdata"][-1][first]
+    assert "ReMDM: no token of this block was committed" in view.words(trace, 0)
+    assert "no coin was drawn (the last iteration" in view.words(trace, len(trace.steps) - 1)
+    assert all(c.status != "masked" for c in view.chips(trace, len(trace.steps) - 1))

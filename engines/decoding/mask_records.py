@@ -8,12 +8,27 @@ from engines.decoding.prefix_cache import KVState
 from engines.decoding.sampling import TokenProbability
 
 
+class Remasking(TypedDict):
+    """ReMDM's remasking in one iteration (Wang et al. 2025, arXiv 2503.00307, section 4): every token of the block
+    decoded before this iteration is re-masked with probability sigma_t (per position under conf), one coin each."""
+    schedule: Literal["cap", "rescale", "conf"]   # how sigma_t follows from eta: min(eta, max), eta * max, conf
+    eta: float                   # the remask setting
+    sigma_max: float             # min(1, masks the schedule leaves after this iteration / decoded positions)
+    sigma: float                 # sigma_t: min(eta, sigma_max) (cap, conf) or eta * sigma_max (rescale)
+    decoded: list[int]           # the candidates: block positions holding a token when the iteration began
+    confidence: list[float]      # each candidate's confidence when it was committed (the paper's psi)
+    probability: list[float]     # each candidate's chance of a re-mask: sigma_t, or sigma_t * softmax(-psi) (conf)
+    coins: list[float]           # the uniform per candidate, re-masked when below; none when every probability is 0
+    no_room: list[int]           # coins under their probability the schedule had no room for: kept, the most sure
+
+
 class Commitment(TypedDict):
     """What the strategy did after one iteration's predictions, in span positions."""
     unmasked: list[int]          # positions that now hold their prediction
-    remasked: list[int]          # mask-predict: positions masked again, the least confident
+    remasked: list[int]          # positions masked again: mask-predict's least confident, ReMDM's coins
     eos_held: list[int]          # end-of-text guesses held back: a position before them is still masked (eos hold)
     draws: NotRequired[list[float]]   # random strategy: the uniform drawn per masked position; the lowest commit
+    remasking: NotRequired[Remasking]   # remdm strategy: every re-mask decision of the iteration
 
 
 class SpanUpdate(Commitment):
@@ -63,7 +78,7 @@ class MaskPredictDetail(TypedDict):
     """One iteration over every candidate span (several with the length beam); the text exists at the last."""
     iteration: int                        # this iteration, from 0
     iterations: int                       # iterations the chosen span is planned for (threshold: at most its length)
-    strategy: Literal["mask-predict", "diffusion", "threshold", "random"]   # the rule choosing what to commit
+    strategy: Literal["mask-predict", "diffusion", "threshold", "random", "remdm"]   # the rule choosing what to commit
     lengths: list[int]                    # the candidate span lengths
     best: int                             # index of the candidate with the best mean log-probability
     spans: list[SpanRecord]               # one per candidate length

@@ -81,9 +81,25 @@ def hover(trace: Trace, r: dict, i: int, iteration: int, mask: int, candidates: 
         text += f"<br>{show(token(trace, guess))} (id {guess}) conf {fmt(r['confidence'][i])} p {fmt(r['p'][i])}"
         if r["settled"][i] is not None:
             text += f"<br>unchanged since iter {r['settled'][i] + 1}"
+    text += coin_note(r, i)
     if candidates and r["top"][i]:
         text += "<br>candidates: " + ", ".join(f"{show(token(trace, t))} {fmt(p)}" for t, p in r["top"][i][:candidates])
     return text
+
+
+def coin_note(r: dict, i: int) -> str:
+    """ReMDM: the coin a committed position drew and the chance it was held to, or nothing."""
+    rm = r.get("remasking")
+    if not rm or i not in rm["decoded"]:
+        return ""
+    k = rm["decoded"].index(i)
+    chance = rm["probability"][k]
+    if not rm["coins"]:
+        return f"<br>re-mask chance {fmt(chance)}: no coin drawn"
+    u = rm["coins"][k]
+    verdict = ("re-masked" if i in r["remasked"] else "kept: the schedule had no room" if i in rm["no_room"]
+               else "kept")
+    return f"<br>re-mask coin u {fmt(u)} {'<' if u < chance else '>='} chance {fmt(chance)}: {verdict}"
 
 
 def unmasking(trace: Trace, index: int, narrow: bool = False) -> go.Figure:
@@ -336,7 +352,9 @@ def words(trace: Trace, index: int) -> str:
                  f"{'s' if len(r['masked_before']) != 1 else ''}.")
     if r["unmasked"]:
         text += f" Unmasked: {listed(trace, r, r['unmasked'])}."
-    if r["remasked"]:
+    if r.get("remasking"):
+        text += remdm_words(trace, r)
+    elif r["remasked"]:
         text += f" Re-masked as the least confident: {listed(trace, r, r['remasked'])}."
     if d["strategy"] == "threshold":
         tau = trace.config.get("threshold")
@@ -353,6 +371,37 @@ def words(trace: Trace, index: int) -> str:
                  f"mean log-probability is length {r['length']} ({fmt(r['mean_logprob'])}).")
     if step.committed_ids:
         text += f" The span is final: {len(step.committed_ids)} tokens committed."
+    return text
+
+
+SIGMA_RULES = {"cap": "min(eta {eta}, sigma_max)", "rescale": "eta {eta} x sigma_max",
+               "conf": "min(eta {eta}, sigma_max), spread by softmax(-confidence)"}
+
+
+def remdm_words(trace: Trace, r: dict) -> str:
+    """ReMDM's remasking in one iteration, with its recorded chances and coins."""
+    rm = r["remasking"]
+    decoded = rm["decoded"]
+    if not decoded:
+        return " ReMDM: no token of this block was committed before this iteration, so none could be re-masked."
+    rule = SIGMA_RULES[rm["schedule"]].format(eta=fmt(rm["eta"]))
+    text = (f" ReMDM-{rm['schedule']}: {len(decoded)} token{'s' if len(decoded) != 1 else ''} committed earlier "
+            f"could be re-masked; sigma_max = min(1, masks left after / tokens committed) = {fmt(rm['sigma_max'])}, "
+            f"sigma_t = {rule} = {fmt(rm['sigma'])}")
+    if rm["schedule"] == "conf":
+        text += f", so each chance is between {fmt(min(rm['probability']))} and {fmt(max(rm['probability']))}"
+    if not rm["coins"]:
+        return text + ("; every chance is 0, so no coin was drawn" +
+                       (" (the last iteration of the block must leave no mask)." if not rm["sigma_max"] else "."))
+    hits = [f"{i} {quoted(trace, r['predicted_tokens'][i])} (conf {fmt(c)}, u = {fmt(u)} < {fmt(p)})"
+            for i, c, u, p in zip(decoded, rm["confidence"], rm["coins"], rm["probability"]) if i in r["remasked"]]
+    text += (f"; {len(rm['coins'])} coins drawn. " + (f"Re-masked, to be predicted again: {', '.join(hits[:6])}"
+             + (f" and {len(hits) - 6} more" if len(hits) > 6 else "") +
+             f"; so {len(hits)} more masked position{'s' if len(hits) != 1 else ''} committed than the schedule's "
+             f"share." if hits else "No coin fell under its chance: nothing re-masked."))
+    if rm["no_room"]:
+        text += (f" Coins also fell under at {', '.join(map(str, rm['no_room']))}, but the schedule had no room left: "
+                 f"kept, as the most confident.")
     return text
 
 
@@ -447,8 +496,11 @@ VIEW = View(
          "span of masks after the prompt with a bidirectional masked LM. Every iteration is one forward that "
          "predicts all masked positions at once. *Mask-predict* then masks again the N(T-t)/T least confident "
          "tokens anywhere in the span, so a token can change; *diffusion* commits the most confident masked "
-         "positions and never takes them back, block by block when a block size is set; *random* commits at "
-         "random, a control. The heatmap shows positions (across) by iterations (down): the token in every "
+         "positions and never takes them back, block by block when a block size is set; *remdm* (ReMDM, Wang et "
+         "al. 2025) is diffusion that may take them back: before each commit, every token committed earlier in "
+         "the block draws a coin and is re-masked with chance sigma_t (at most eta, and at most what the schedule "
+         "has room for; by lower confidence with the conf schedule), and the next forward predicts it again; "
+         "*random* commits at random, a control. The heatmap shows positions (across) by iterations (down): the token in every "
          "cell, its confidence as colour, masks grey, a solid outline where a position was unmasked, a dotted "
          "one where it was re-masked. The strip below colours the text by the iteration that unmasked each token. "
          "In the side figure, one panel under another: "
