@@ -127,6 +127,7 @@ def mask_predict_traces():
               {"bidirectional": False}),
              ({"length": 16, "strategy": "diffusion", "block": 4, "cache": "prefix", "iterations": 8}, {}),
              ({"length": 64, "strategy": "random", "iterations": 8}, {}),
+             ({"length": 24, "strategy": "remdm", "iterations": 6, "remask": 1.0, "remask_schedule": "rescale"}, {}),
              ({"length": 0, "strategy": "mask-predict", "length_beam": 3, "curve": "on", "max_new_tokens": 12}, {})]
     for settings, stub in cases:
         settings = {"max_new_tokens": max(1, settings["length"]), "iterations": 4, "curve": "off", **settings}

@@ -252,8 +252,8 @@ CURVE_UP_TO = 24   # the quality curve decodes the span again at T = length .. l
 @st.composite
 def mask_predict_settings(draw) -> dict:
     """Valid settings over their whole ranges: span length (0: the length beam), every strategy, iterations,
-    blocks, tau in [0, 1] (1.0: above every confidence), the cached prefix, end-of-text hold or allow, and the
-    quality curve on or off, kept within WORK."""
+    blocks, tau in [0, 1] (1.0: above every confidence), ReMDM's eta in [0, 1] and its schedules, the cached
+    prefix, end-of-text hold or allow, and the quality curve on or off, kept within WORK."""
     length = draw(st.integers(0, 256))
     strategy = draw(st.sampled_from(STRATEGIES))
     # the length beam runs up to 16 spans around max_new_tokens / 2: small ones keep the stub engine quick
@@ -271,6 +271,8 @@ def mask_predict_settings(draw) -> dict:
     return {"max_new_tokens": max_new_tokens, "length": length, "block": block, "iterations": iterations,
             "length_beam": draw(st.integers(1, 16)), "temperature": draw(st.sampled_from([0.0, 0.9])),
             "strategy": strategy, "threshold": draw(st.sampled_from([0.0, 1.0]) | st.floats(0, 1)),
+            "remask": draw(st.sampled_from([0.0, 1.0]) | st.floats(0, 1)),
+            "remask_schedule": draw(st.sampled_from(["cap", "rescale", "conf"])),
             "confidence": draw(st.sampled_from(["probability", "margin"])),
             "cache": draw(st.sampled_from(["off", "prefix"])) if length else "off",
             "eos": draw(st.sampled_from(["hold", "allow"])),
@@ -299,6 +301,25 @@ def check_mask_predict_screen(trace: Trace, cursor: int) -> None:
     check_committed_counts(screen.side, trace, cursor)
     check_marks_clear_of_text(screen.main, trace, cursor)
     check_mask_predict_words(screen.words, r, d)
+    check_remasking_shown(screen, trace, cursor, r)
+
+
+def check_remasking_shown(screen: render.Screen, trace: Trace, cursor: int, r: dict) -> None:
+    """ReMDM: the words name the schedule and every re-masked position with its coin; the chips strike exactly
+    the re-masked positions; every candidate's hover carries its chance (and its coin when one was drawn)."""
+    rm = r.get("remasking")
+    assert (rm is not None) == (trace.config["strategy"] == "remdm")
+    if rm is None:
+        return
+    if rm["decoded"]:
+        assert f"ReMDM-{rm['schedule']}" in screen.words
+    hits = [(i, u, p) for i, u, p in zip(rm["decoded"], rm["coins"], rm["probability"]) if i in r["remasked"]]
+    for i, u, p in hits[:6]:
+        assert render.markdown_words(f"u = {mp_figures.fmt(u)} < {mp_figures.fmt(p)}") in screen.words
+    assert [k for k, c in enumerate(mp_figures.chips(trace, cursor)) if c.status == "rejected"] == r["remasked"]
+    heat = by_name(screen.main, "confidence")[0]
+    for i in rm["decoded"]:
+        assert "re-mask c" in heat["customdata"][-1][i]
 
 
 def check_cache_row(main: go.Figure, r: dict) -> None:
@@ -383,6 +404,10 @@ def mp_settings(length: int, strategy: str, **more) -> dict:
          bidirectional=True, eos_pull=0.0)
 @example(seed=6, cfg={**mp_settings(0, "random", length_beam=3, curve="on"), "max_new_tokens": 12}, sharpness=3.0,
          bidirectional=True, eos_pull=0.0)
+@example(seed=7, cfg=mp_settings(16, "remdm", iterations=8, block=8, remask=1.0, remask_schedule="rescale"),
+         sharpness=3.0, bidirectional=True, eos_pull=4.0)
+@example(seed=8, cfg=mp_settings(24, "remdm", iterations=6, remask=0.5, remask_schedule="conf", cache="prefix"),
+         sharpness=0.5, bidirectional=True, eos_pull=0.0)
 def test_mask_predict_views_render(seed, cfg, sharpness, bidirectional, eos_pull):
     steps, config = syn.mask_predict_steps(seed, cfg, sharpness, bidirectional=bidirectional, eos_pull=eos_pull)
     trace = syn.trace_of("mask-predict", steps, config)

@@ -44,6 +44,7 @@ RUNS = [("autoregressive", {}), ("autoregressive", {**SAMPLED, "top_k": 20}),
         ("mask-predict", {"length": 6}), ("mask-predict", {"length": 6, "strategy": "diffusion", "block": 3}),
         ("mask-predict", {"length": 6, "strategy": "threshold", "threshold": 0.3, "curve": "off"}),
         ("mask-predict", {"length": 6, "strategy": "random", "curve": "off", **SAMPLED}),
+        ("mask-predict", {"length": 6, "strategy": "remdm", "remask": 1.0, "remask_schedule": "conf", **SAMPLED}),
         ("mask-predict", {"length": 0, "length_beam": 2, "curve": "off"})]
 
 
@@ -138,7 +139,7 @@ def recorded(tiny_target, tiny_draft, tiny_masked, head_dir):  # noqa: F811
         step = verify_draft(tiny_target, ids, ids[-3:], s, torch.Generator().manual_seed(1))
         out.append(json.loads(json.dumps({"method": "speculative", "steps": [step.to_dict()]})))
     out += [prefix_cache_trace(model(), strategy) for model in (CausalCache, BidirectionalCache)
-            for strategy in ("diffusion", "threshold")]
+            for strategy in ("diffusion", "threshold", "remdm")]
     return out
 
 
