@@ -258,6 +258,18 @@ def test_threshold_steps_in_the_browser(page, tiny_masked):
     assert "at least tau = 0.5 sure" in words and words.startswith(f"Iteration {iteration(page)} of")
 
 
+def test_remdm_steps_in_the_browser(page, tiny_masked):
+    """ReMDM from the strategy dropdown, with its eta and schedule: the second iteration's words give its
+    sigma_t and coins, and the heatmap keeps its re-masked outline."""
+    open_mask_predict(page, tiny_masked.source, {"strategy": "remdm", "remask": "1", "remask_schedule": "rescale",
+                                                 "length": "12", "iterations": "6"})
+    page.wait_for_function("() => (document.querySelector('#words')?.innerText || '').includes('ReMDM-rescale')",
+                           timeout=60_000)
+    words = page.locator("#words").inner_text()
+    assert "sigma_t = eta 1 x sigma_max" in words and "coins drawn" in words
+    assert "re-masked (may change)" in trace_names(page, "main-plot")
+
+
 def test_block_and_prefix_cache_step_in_the_browser(page, toy_diffusion):
     """tiny-masked keeps no cache, so the cached prefix runs on a toy adapted diffusion LM (a causal architecture
     read bidirectionally, the only kind that can cache)."""
