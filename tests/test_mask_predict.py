@@ -670,6 +670,7 @@ def test_remdm_words_chips_and_heatmap_show_the_remasking():
     r = span(trace.steps[hit])
     text = view.words(trace, hit)
     assert "ReMDM-rescale" in text and "sigma_max = min(1, masks left after / tokens committed) = " in text
+    assert f"= min(1, {r['masks_after']} / {len(r['remasking']['decoded'])}) = {r['remasking']['sigma_max']:.3g}" in text
     assert "Re-masked, to be predicted again" in text and "Re-masked as the least confident" not in text
     first = r["remasked"][0]
     k = r["remasking"]["decoded"].index(first)

@@ -385,9 +385,10 @@ def remdm_words(trace: Trace, r: dict) -> str:
     if not decoded:
         return " ReMDM: no token of this block was committed before this iteration, so none could be re-masked."
     rule = SIGMA_RULES[rm["schedule"]].format(eta=fmt(rm["eta"]))
+    left = r["masks_after"] - (r["length"] - r["block"][1])   # the block's masks after this iteration
     text = (f" ReMDM-{rm['schedule']}: {len(decoded)} token{'s' if len(decoded) != 1 else ''} committed earlier "
-            f"could be re-masked; sigma_max = min(1, masks left after / tokens committed) = {fmt(rm['sigma_max'])}, "
-            f"sigma_t = {rule} = {fmt(rm['sigma'])}")
+            f"could be re-masked; sigma_max = min(1, masks left after / tokens committed) = min(1, {left} / "
+            f"{len(decoded)}) = {fmt(rm['sigma_max'])}, sigma_t = {rule} = {fmt(rm['sigma'])}")
     if rm["schedule"] == "conf":
         text += f", so each chance is between {fmt(min(rm['probability']))} and {fmt(max(rm['probability']))}"
     if not rm["coins"]:
