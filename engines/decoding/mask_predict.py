@@ -13,16 +13,8 @@ iteration spreads the block evenly over its iterations; with a block size B the 
 block, left to right (semi-autoregressive). "random" commits positions chosen uniformly at random: a
 control that shows what confidence ordering buys.
 
-ReMDM (Wang et al. 2025, "Remasking Discrete Diffusion Models with Inference-Time Scaling", arXiv 2503.00307,
-section 4): diffusion whose committed tokens may be taken back. Before an iteration commits, every token of the
-block decoded in an earlier iteration is re-masked with probability sigma_t, one recorded coin each; sigma_t is at
-most sigma_max = min(1, (1 - alpha_s) / alpha_t), here the masks the schedule leaves after the iteration over the
-tokens decoded before it, so re-masking never outruns the schedule. ReMDM-cap takes sigma_t = min(eta, sigma_max),
-ReMDM-rescale eta * sigma_max, and ReMDM-conf spreads the cap's sigma_t over the decoded tokens by softmax(-psi),
-psi the confidence a token had when committed, so the least sure go first. The paper's step is one independent
-draw per position, so its mask count is right only on average; here the count follows the diffusion schedule
-exactly: each re-mask buys one more commit among the masked positions, and the last iteration (sigma_max = 0)
-leaves no mask. A re-masked token is predicted again by the next forward. eta = 0 is the diffusion strategy.
+ReMDM (Wang et al. 2025, arXiv 2503.00307): diffusion whose committed tokens may be re-masked by recorded coins
+and predicted again, the mask count still following the schedule (engines/decoding/remasking.py).
 
 Threshold (Fast-dLLM, Wu et al. 2025, arXiv 2505.22618, section 3.3, eq. 6): each iteration commits every masked
 position of the current block whose confidence is at least tau, and at least the most confident one, so the
@@ -60,12 +52,12 @@ from engines.decoding.mask_records import (
     Commitment,
     MaskPredictDetail,
     QualityPoint,
-    Remasking,
     SpanRecord,
     SpanUpdate,
 )
 from engines.decoding.mask_schedule import Phase, block_bounds, plan, schedule, worst_plan
 from engines.decoding.prefix_cache import Audit, Prefix, cached_forward
+from engines.decoding.remasking import REMASK_SCHEDULES, draw_remasks
 from engines.decoding.sampling import (
     choose,
     probabilities,
@@ -78,7 +70,6 @@ from engines.trace import Step
 STRATEGIES = ("mask-predict", "diffusion", "threshold", "random", "remdm")
 FIXED = ("mask-predict", "diffusion", "random", "remdm")   # the strategies whose iterations are set, not found by tau
 HOLDING = ("diffusion", "threshold", "remdm")   # the strategies that may hold an end-of-text guess back
-REMASK_SCHEDULES = ("cap", "rescale", "conf")
 CURVE_DIVISORS = (1, 2, 4, 8)                        # the quality curve: T = length / each
 
 
@@ -284,50 +275,16 @@ def commit_random(span: Span, masked: list[int], commit: int, rng: torch.Generat
 
 def remask_and_commit(span: Span, phase: Phase, masked: list[int], held: list[int], after: int,
                       cfg: MaskPredictConfig, rng: torch.Generator) -> Commitment:
-    """ReMDM: re-mask committed tokens of the block by their coins, and commit the most confident masked
-    predictions, one more for each re-mask, so the block still has `after` masks when the iteration ends. The
-    commit only touches positions masked going in, which were never candidates, so the order does not matter."""
-    remasked, remasking = remask_coins(span, phase, after, cfg, rng)
+    """ReMDM: re-mask the block's committed tokens by their coins (the candidates: decoded before this iteration),
+    and commit the most confident masked predictions, one more per re-mask, leaving `after` masks in the block."""
+    decoded = [i for i in range(phase.start, phase.end) if span.tokens[i] != span.mask_id]
+    remasked, remasking = draw_remasks(decoded, [span.confidence[i] for i in decoded], after, cfg.remask,
+                                       cfg.remask_schedule, rng)
     commitment = commit_most_confident(span, masked, held, len(masked) - after + len(remasked))
     for i in remasked:
         span.tokens[i] = span.mask_id
     return Commitment(unmasked=commitment["unmasked"], remasked=remasked, eos_held=commitment["eos_held"],
                       remasking=remasking)
-
-
-def remask_chances(confidence: list[float], after: int, eta: float, schedule: str) -> tuple[float, float, list[float]]:
-    """sigma_max, sigma_t and each decoded token's chance of a re-mask (the paper's sigma_t^(l)). sigma_max =
-    min(1, (1 - alpha_s) / alpha_t) with alpha the share unmasked: the masks left after this iteration over the
-    tokens decoded before it, so the expected re-masks never exceed the masks the schedule still has."""
-    if not confidence:
-        return 0.0, 0.0, []
-    sigma_max = min(1.0, after / len(confidence))
-    sigma = eta * sigma_max if schedule == "rescale" else min(eta, sigma_max)
-    if schedule != "conf":
-        return sigma_max, sigma, [sigma] * len(confidence)
-    # softmax(-psi) over the decoded tokens: the least confident weigh most, and the chances add up to sigma_t
-    weights = torch.softmax(-torch.tensor(confidence, dtype=torch.float64), dim=0).tolist()
-    return sigma_max, sigma, [sigma * w for w in weights]
-
-
-def remask_coins(span: Span, phase: Phase, after: int, cfg: MaskPredictConfig,
-                 rng: torch.Generator) -> tuple[list[int], Remasking]:
-    """One coin per token of the block decoded before this iteration, re-masked when below its chance. No coin
-    is drawn when every chance is 0 (eta 0, the first and the last iteration), so eta 0 uses the generator as
-    diffusion does. Coins that fall under beyond the schedule's room keep their tokens, the most confident first
-    (the paper's independent draws can overshoot; this schedule's count is exact)."""
-    decoded = [i for i in range(phase.start, phase.end) if span.tokens[i] != span.mask_id]
-    confidence = [span.confidence[i] for i in decoded]
-    sigma_max, sigma, chances = remask_chances(confidence, after, cfg.remask, cfg.remask_schedule)
-    # float32 whatever the default dtype, as the random strategy's draws: the same seed, the same coins
-    coins = torch.rand(len(decoded), generator=rng, dtype=torch.float32).tolist() if any(chances) else []
-    under = [k for k, u in enumerate(coins) if u < chances[k]]
-    room = sorted(under, key=lambda k: (confidence[k], decoded[k]))[:after]
-    remasked = sorted(decoded[k] for k in room)
-    return remasked, Remasking(
-        schedule=cfg.remask_schedule, eta=cfg.remask, sigma_max=round(sigma_max, 6), sigma=round(sigma, 6),
-        decoded=decoded, confidence=confidence, probability=[round(c, 6) for c in chances],
-        coins=[round(u, 6) for u in coins], no_room=sorted(decoded[k] for k in under if k not in room))
 
 
 def planned_masks(phase: Phase, length: int, strategy: str) -> tuple[int, float]:
