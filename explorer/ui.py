@@ -10,6 +10,7 @@ check every one themselves, so whatever a raw HTTP call sends is answered in one
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from explorer.controls import (
     COMMON,
     DEFAULT_PROMPT,
     Controls,
+    budget_followers,
+    budget_for_drafter,
     chat_for_target,
     control,
     draft_choices,
@@ -171,6 +174,15 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
                       inputs_kwargs=drafter_choice, api_name="show_method", **one_place)
         gr.on([c.change for c in drafter_choice.values()], friendly(draft_visibility), [method], draft,
               inputs_kwargs=drafter_choice, api_visibility="private", show_progress="hidden", preprocess=False)
+        # the tree budget follows the drafter the person picks (auto for heads) until they type into it; the rule
+        # is beside budget_for_drafter in explorer/controls.py
+        for m in budget_followers(own):
+            budget_box, drafter_box = own[(m, "tree_budget")], own[(m, "drafter")]
+            typed = gr.State(False)
+            budget_box.input(lambda: True, None, typed, api_visibility="private", show_progress="hidden")
+            drafter_box.input(friendly(functools.partial(budget_for_drafter, m)), None, budget_box,
+                              inputs_kwargs={"drafter": drafter_box, "typed": typed}, api_visibility="private",
+                              show_progress="hidden")
         # the chat box follows the target: on for an instruct model, off for the embedded and masked ones
         target.change(friendly(chat_for_target), [target], chat_box, api_visibility="private",
                       show_progress="hidden", preprocess=False)

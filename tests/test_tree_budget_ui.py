@@ -1,0 +1,55 @@
+"""The tree budget box follows the drafter the person picks (auto for heads on the target) until they type into it."""
+import gradio as gr
+import pytest
+
+from engines.decoding.tree import AUTO, TreeConfig
+from engines.drafting import registry
+from explorer import controls
+from explorer.ui import build
+
+
+def test_heads_come_from_the_registry_and_draw_trees():
+    assert registry.heads() and set(registry.heads()) <= set(registry.names("tree"))
+    assert {"hydra", "eagle"} <= set(registry.heads())                  # the issue's drafters among them
+    assert not {"model", "early-exit", "recycling", "retrieval"} & set(registry.heads())
+
+
+@pytest.mark.parametrize("drafter", registry.names("tree"))
+def test_a_head_starts_at_auto_and_any_other_drafter_at_the_fixed_default(drafter):
+    expected = AUTO if drafter in registry.heads() else TreeConfig().tree_budget
+    assert controls.tree_budget_default("tree", drafter) == expected
+
+
+def test_an_unknown_drafter_is_one_sentence():
+    with pytest.raises(ValueError, match="There is no drafter 'medusa2'"):
+        controls.tree_budget_default("tree", "medusa2")
+
+
+def test_a_typed_budget_is_never_replaced():
+    assert controls.budget_for_drafter("tree", "hydra", typed=True) == gr.skip()
+    assert controls.budget_for_drafter("tree", "hydra", typed=False).value == AUTO
+    assert controls.budget_for_drafter("tree", "model", typed=False).value == TreeConfig().tree_budget
+
+
+def by_elem_id(demo: gr.Blocks, elem_id: str):
+    return next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+
+
+def listeners(demo: gr.Blocks, component, event: str) -> list:
+    return [f for f in demo.fns.values() if (component._id, event) in f.targets]
+
+
+def test_the_page_wires_the_drafter_pick_to_the_budget_box_by_name():
+    demo = build()
+    drafter, budget = by_elem_id(demo, "opt-tree-drafter"), by_elem_id(demo, "opt-tree-tree_budget")
+    assert budget.value == controls.tree_budget_default("tree", drafter.value)    # the page opens consistent
+    assert not listeners(demo, drafter, "change") or all(budget not in f.outputs
+                                                         for f in listeners(demo, drafter, "change"))
+    [follow] = [f for f in listeners(demo, drafter, "input") if f.outputs == [budget]]   # the person's pick only
+    named = dict(zip(follow.input_parameter_names, follow.inputs))
+    assert named["drafter"] is drafter and isinstance(named["typed"], gr.State)
+    [typing] = [f for f in listeners(demo, budget, "input") if f.outputs == [named["typed"]]]
+    assert typing.fn() is True                                                   # typing sets the page's flag
+    assert follow.fn(drafter="eagle", typed=False).value == AUTO
+    assert follow.fn(drafter="recycling", typed=False).value == TreeConfig().tree_budget
+    assert follow.fn(drafter="eagle", typed=typing.fn()) == gr.skip()
