@@ -110,6 +110,8 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
                     step_go = gr.Button(visible="hidden", elem_id="step-go")
                     back_go = gr.Button(visible="hidden", elem_id="back-go")
                 position = gr.HTML(elem_id="position")
+                # while the controls differ from the run on screen: what changed, and what the next press does
+                settings_note = gr.HTML(elem_id="settings-note")
                 text = gr.HTML(elem_id="text-so-far")
                 history = gr.Slider(0, 1, value=0, step=1, label="History (replays recorded steps)",
                                     elem_id="history")
@@ -146,18 +148,20 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
         # badge on every panel. Control values arrive as sent; the handlers check each one (see the docstring).
         # Their outputs are sent as the handlers made them (explorer/wire.py): screens reach the page in order.
         one_place = {"show_progress_on": [position], "preprocess": False, "postprocess": False}
-        reset_btn.click(h["reset"], [sessions], screen, inputs_kwargs=named, api_name="reset",
-                        **model_work(limits), **one_place)
+        reset_click = reset_btn.click(h["reset"], [sessions], screen, inputs_kwargs=named, api_name="reset",
+                                      **model_work(limits), **one_place)
         # Every press is a step, in order: the page queues Step and Back presses and sends the next one when the
         # last one's screen has come (pdePress in assets/shortcuts.js), through the hidden senders below.
         step_btn.click(None, js="() => pdePress('step-go')")
         back_btn.click(None, js="() => pdePress('back-go')")
-        step_go.click(h["step"], [sessions], screen, inputs_kwargs=named, api_name="step", trigger_mode="multiple",
-                      show_progress="minimal", **model_work(limits), **one_place).then(None, js=NEXT_PRESS)
+        step_press = step_go.click(h["step"], [sessions], screen, inputs_kwargs=named, api_name="step",
+                                   trigger_mode="multiple", show_progress="minimal", **model_work(limits),
+                                   **one_place)
+        step_press.then(None, js=NEXT_PRESS)
         back_go.click(h["back"], [sessions, method], screen, api_name="back", show_progress="hidden",
                       trigger_mode="multiple", **one_place).then(None, js=NEXT_PRESS)
-        run_btn.click(h["run"], [sessions], screen, inputs_kwargs=named, api_name="run", show_progress="minimal",
-                      **model_work(limits), **one_place)
+        run_press = run_btn.click(h["run"], [sessions], screen, inputs_kwargs=named, api_name="run",
+                                  show_progress="minimal", **model_work(limits), **one_place)
         # not queued behind model work, so that it reaches a Run that holds a model worker
         stop_btn.click(h["stop"], [sessions, method], None, api_name="stop", show_progress="hidden",
                        concurrency_limit=None, preprocess=False)
@@ -191,6 +195,12 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
         theme.click(None, js="() => document.body.classList.toggle('dark')")
         demo.load(h["show_method"], [sessions, method, target], [*method_parts, *screen],
                   inputs_kwargs=drafter_choice, api_visibility="undocumented", **one_place)
+        # the settings note follows every control, and is read again once a press has made or replaced the run
+        note = {"fn": h["settings_note"], "inputs": [sessions], "outputs": settings_note, "inputs_kwargs": named,
+                "api_visibility": "private", "show_progress": "hidden", "preprocess": False}
+        gr.on([c.change for c in named.values()], trigger_mode="always_last", **note)
+        for press in (reset_click, step_press, run_press):
+            press.then(**note)
         # the page says whether it is phone-width; the figures then stack their panels rather than shrink them
         demo.load(None, None, narrow, js=f"() => window.innerWidth < {NARROW_PX}")
         narrow.change(h["set_narrow"], [sessions, narrow], screen, api_visibility="private", show_progress="hidden",

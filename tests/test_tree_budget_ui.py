@@ -53,3 +53,25 @@ def test_the_page_wires_the_drafter_pick_to_the_budget_box_by_name():
     assert follow.fn(drafter="eagle", typed=False).value == AUTO
     assert follow.fn(drafter="recycling", typed=False).value == TreeConfig().tree_budget
     assert follow.fn(drafter="eagle", typed=typing.fn()) == gr.skip()
+
+
+# ----------------------------------------------------------------------------- the settings note: never a stale run
+
+def test_the_note_says_when_the_controls_no_longer_describe_the_run_on_screen():
+    from explorer import handlers
+    from explorer.session import Session, Sessions
+    from tests.test_session import PANEL, tree_trace, values
+    from tests.test_session import controls as by_hand
+    c = by_hand()
+    h = handlers.make_handlers(c, PANEL)
+    asked = values(c, "tree", "Once upon a time", "tiny-target", drafter="hydra", tree_budget=0)
+    sessions = Sessions()
+    assert h["settings_note"](sessions, **asked) == ""                        # no run yet: nothing to say
+    session = sessions.put("tree", Session.recorded(tree_trace(), c.wanted(asked)))
+    assert h["settings_note"](sessions, **asked) == ""                        # the controls made this run
+    note = h["settings_note"](sessions, **{**asked, "tree_drafter": "eagle", "tree_tree_budget": 64})
+    assert "drafter and tree budget" in note and "next Step or Run to end starts a new run" in note
+    session.running = True
+    assert "until it ends or you press Stop" in h["settings_note"](sessions, **{**asked, "tree_drafter": "eagle"})
+    assert h["settings_note"](sessions, **{**asked, "tree_tree_budget": None}) == ""   # half typed: Step says why
+    assert h["settings_note"](sessions, **{**asked, "method": "nonsense"}) == ""
