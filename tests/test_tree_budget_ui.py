@@ -75,3 +75,14 @@ def test_the_note_says_when_the_controls_no_longer_describe_the_run_on_screen():
     assert "until it ends or you press Stop" in h["settings_note"](sessions, **{**asked, "tree_drafter": "eagle"})
     assert h["settings_note"](sessions, **{**asked, "tree_tree_budget": None}) == ""   # half typed: Step says why
     assert h["settings_note"](sessions, **{**asked, "method": "nonsense"}) == ""
+
+
+def test_a_one_node_tree_is_one_node_in_the_words():
+    import random
+
+    from explorer.figures.tree import VIEW as TREE
+    from tests import synthetic as syn
+    step = syn.tree_step(random.Random(3), 0, shape="dynamic", budget=1, depth=1, topk=1, room=6, greedy=True)
+    trace = syn.trace_of("tree", [step], syn.tree_config(shape="dynamic", budget=1, depth=1, topk=1, greedy=True,
+                                                         max_new_tokens=64))
+    assert len(step.detail["nodes"]) == 1 and "+ 1 node) under the tree mask" in TREE.words(trace, 0)
