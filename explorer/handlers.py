@@ -236,7 +236,9 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
         if wanted == session.wanted:
             return ""
         what = " and ".join(changes(session.wanted, wanted))
-        now = ("goes on with the settings it began with until it ends or you press Stop" if session.running
+        # while Run to end streams, in words that stay true once it has ended (the page clears the note only
+        # on the next press)
+        now = ("keeps the settings it began with, to its end or Stop" if session.running
                else "was made with the settings before")
         return (f'<span class="note">Changed: {html.escape(what)}. The run on screen {now}; the next Step or '
                 f'Run to end starts a new run with the settings shown.</span>')

@@ -148,16 +148,14 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
         # badge on every panel. Control values arrive as sent; the handlers check each one (see the docstring).
         # Their outputs are sent as the handlers made them (explorer/wire.py): screens reach the page in order.
         one_place = {"show_progress_on": [position], "preprocess": False, "postprocess": False}
-        reset_click = reset_btn.click(h["reset"], [sessions], screen, inputs_kwargs=named, api_name="reset",
-                                      **model_work(limits), **one_place)
+        reset_btn.click(h["reset"], [sessions], screen, inputs_kwargs=named, api_name="reset",
+                        **model_work(limits), **one_place)
         # Every press is a step, in order: the page queues Step and Back presses and sends the next one when the
         # last one's screen has come (pdePress in assets/shortcuts.js), through the hidden senders below.
         step_btn.click(None, js="() => pdePress('step-go')")
         back_btn.click(None, js="() => pdePress('back-go')")
-        step_press = step_go.click(h["step"], [sessions], screen, inputs_kwargs=named, api_name="step",
-                                   trigger_mode="multiple", show_progress="minimal", **model_work(limits),
-                                   **one_place)
-        step_press.then(None, js=NEXT_PRESS)
+        step_go.click(h["step"], [sessions], screen, inputs_kwargs=named, api_name="step", trigger_mode="multiple",
+                      show_progress="minimal", **model_work(limits), **one_place).then(None, js=NEXT_PRESS)
         back_go.click(h["back"], [sessions, method], screen, api_name="back", show_progress="hidden",
                       trigger_mode="multiple", **one_place).then(None, js=NEXT_PRESS)
         run_press = run_btn.click(h["run"], [sessions], screen, inputs_kwargs=named, api_name="run",
@@ -195,12 +193,16 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
         theme.click(None, js="() => document.body.classList.toggle('dark')")
         demo.load(h["show_method"], [sessions, method, target], [*method_parts, *screen],
                   inputs_kwargs=drafter_choice, api_visibility="undocumented", **one_place)
-        # the settings note follows every control, and is read again once a press has made or replaced the run
+        # the settings note follows every control; a press that runs the controls' settings (Step, Reset, Run to
+        # end) makes the run on screen theirs, so the page clears the note itself, with no call to the server.
+        # The page also clears it when a Run to end ends (a js listener on its button runs again then), so the
+        # note is read once more after it: a control changed during the run still says so.
         note = {"fn": h["settings_note"], "inputs": [sessions], "outputs": settings_note, "inputs_kwargs": named,
                 "api_visibility": "private", "show_progress": "hidden", "preprocess": False}
         gr.on([c.change for c in named.values()], trigger_mode="always_last", **note)
-        for press in (reset_click, step_press, run_press):
-            press.then(**note)
+        for press in (reset_btn, step_go, run_btn):
+            press.click(None, None, settings_note, js="() => ''")
+        run_press.then(**note)
         # the page says whether it is phone-width; the figures then stack their panels rather than shrink them
         demo.load(None, None, narrow, js=f"() => window.innerWidth < {NARROW_PX}")
         narrow.change(h["set_narrow"], [sessions, narrow], screen, api_visibility="private", show_progress="hidden",

@@ -72,7 +72,7 @@ def test_the_note_says_when_the_controls_no_longer_describe_the_run_on_screen():
     note = h["settings_note"](sessions, **{**asked, "tree_drafter": "eagle", "tree_tree_budget": 64})
     assert "drafter and tree budget" in note and "next Step or Run to end starts a new run" in note
     session.running = True
-    assert "until it ends or you press Stop" in h["settings_note"](sessions, **{**asked, "tree_drafter": "eagle"})
+    assert "keeps the settings it began with, to its end or Stop" in h["settings_note"](sessions, **{**asked, "tree_drafter": "eagle"})
     assert h["settings_note"](sessions, **{**asked, "tree_tree_budget": None}) == ""   # half typed: Step says why
     assert h["settings_note"](sessions, **{**asked, "method": "nonsense"}) == ""
 
@@ -86,3 +86,14 @@ def test_a_one_node_tree_is_one_node_in_the_words():
     trace = syn.trace_of("tree", [step], syn.tree_config(shape="dynamic", budget=1, depth=1, topk=1, greedy=True,
                                                          max_new_tokens=64))
     assert len(step.detail["nodes"]) == 1 and "+ 1 node) under the tree mask" in TREE.words(trace, 0)
+
+
+def test_the_note_follows_the_controls_and_a_run_press_clears_it_in_the_page():
+    demo = build()
+    note = by_elem_id(demo, "settings-note")
+    drafter = by_elem_id(demo, "opt-tree-drafter")
+    [follow] = [f for f in listeners(demo, drafter, "change") if f.outputs == [note]]
+    assert "tree_drafter" in follow.input_parameter_names and "method" in follow.input_parameter_names
+    for press in ("reset-btn", "step-go", "run-btn"):   # the page clears it; no call to the server
+        [clear] = [f for f in listeners(demo, by_elem_id(demo, press), "click") if f.outputs == [note]]
+        assert clear.fn is None and clear.js
