@@ -173,6 +173,34 @@ def draft_visibility(method: str, **drafters) -> gr.Dropdown:
     return gr.Dropdown(visible=uses_draft_model(method, drafters.get(own_name(method, "drafter"))))
 
 
+# ----------------------------------------------------------------------------- the tree budget follows the drafter
+# The rule: until the person types into a tree budget box, it holds the default of the drafter on screen (auto, 0,
+# for a head on the target; the config's fixed default for any other drafter) and follows each drafter they pick.
+# Once they have typed into it (during this page visit), picking a drafter never changes it: a value typed by hand
+# is kept, even one that happens to equal a default. Only the person's own picks move it (the drafter's `input`
+# event): a loaded trace sets drafter and budget together, and its budget stays.
+
+
+def budget_followers(own: dict[tuple[str, str], Any]) -> list[str]:
+    """The methods whose options hold both a drafter and a tree budget (the tree method)."""
+    return [m for (m, name) in own if name == "tree_budget" and (m, "drafter") in own]
+
+
+def tree_budget_default(method: str, drafter: Any) -> int:
+    """The tree budget a method's box starts at for this drafter: auto for a head (engines/drafting/registry.py
+    says which drafters are heads), else the config's default."""
+    if not isinstance(drafter, str) or drafter not in DRAFTERS:
+        raise ValueError(f"There is no drafter {str(drafter)[:40]!r}; the drafters are {', '.join(DRAFTERS)}.")
+    budget = next(f for f in fields(METHODS[method].config) if f.name == "tree_budget")
+    return budget.metadata["auto"] if DRAFTERS[drafter].head else budget.default
+
+
+def budget_for_drafter(method: str, drafter: Any, typed: Any):
+    """The tree budget box once the person picks `drafter`: the drafter's default, or left as it is when they
+    have typed into the box (`typed`, the page's flag)."""
+    return gr.skip() if typed is True else gr.Number(value=tree_budget_default(method, drafter))
+
+
 def own_name(method: str, setting: str) -> str:
     return f"{method.replace('-', '_')}_{setting}"
 

@@ -3,6 +3,7 @@ run: handlers answer with dicts keyed by its components, and a screen of any oth
 from __future__ import annotations
 
 import dataclasses
+import html
 import logging
 import time
 from typing import Any
@@ -24,7 +25,7 @@ from explorer.controls import (
 from explorer.figures import VIEWS
 from explorer.limits import ServerLimits, read_upload, whole_number
 from explorer.render import Screen, check_trace, render, save_trace
-from explorer.session import Session, Sessions
+from explorer.session import Session, Sessions, changes
 from explorer.wire import on_the_wire
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,28 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
             screen = screen_of(sessions, method, sessions.get(method))
         yield {**method_view(sessions, method, target, **drafters), **screen}
 
+    def settings_note(sessions: Sessions, **values) -> str:
+        """One line under the position while the controls ask for another run than the one on screen, so that
+        the screen is never taken for a run of the new settings: which changed, and that the next Step or Run
+        to end starts a new run ('' when they match, before any run, and for a loaded trace)."""
+        method = values.get("method")
+        session = sessions.get(method) if method in METHODS else None
+        if session is None or session.wanted is None:
+            return ""
+        try:
+            wanted = controls.wanted(values)
+        except ValueError:   # a box half typed; Step says in one sentence what is wrong with it
+            return ""
+        if wanted == session.wanted:
+            return ""
+        what = " and ".join(changes(session.wanted, wanted))
+        # while Run to end streams, in words that stay true once it has ended (the page clears the note only
+        # on the next press)
+        now = ("keeps the settings it began with, to its end or Stop" if session.running
+               else "was made with the settings before")
+        return (f'<span class="note">Changed: {html.escape(what)}. The run on screen {now}; the next Step or '
+                f'Run to end starts a new run with the settings shown.</span>')
+
     def set_narrow(sessions: Sessions, narrow: Any):
         """The page told its width: at phone width the figures stack their panels rather than shrink them."""
         sessions.narrow = narrow is True
@@ -238,7 +261,8 @@ def make_handlers(controls: Controls, panel: Panel, limits: ServerLimits = Serve
 
     return {name: friendly(fn) for name, fn in dict(reset=reset, step=step, back=back, seek=seek, run=run,
                                                      stop=stop, load_trace=load_trace, show_method=show_method,
-                                                     download_trace=download_trace, set_narrow=set_narrow).items()}
+                                                     download_trace=download_trace, set_narrow=set_narrow,
+                                                     settings_note=settings_note).items()}
 
 
 def target_for(session: Session | None, method: str, current: str | None) -> str:

@@ -10,6 +10,7 @@ check every one themselves, so whatever a raw HTTP call sends is answered in one
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from explorer.controls import (
     COMMON,
     DEFAULT_PROMPT,
     Controls,
+    budget_followers,
+    budget_for_drafter,
     chat_for_target,
     control,
     draft_choices,
@@ -107,6 +110,8 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
                     step_go = gr.Button(visible="hidden", elem_id="step-go")
                     back_go = gr.Button(visible="hidden", elem_id="back-go")
                 position = gr.HTML(elem_id="position")
+                # while the controls differ from the run on screen: what changed, and what the next press does
+                settings_note = gr.HTML(elem_id="settings-note")
                 text = gr.HTML(elem_id="text-so-far")
                 history = gr.Slider(0, 1, value=0, step=1, label="History (replays recorded steps)",
                                     elem_id="history")
@@ -153,8 +158,8 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
                       show_progress="minimal", **model_work(limits), **one_place).then(None, js=NEXT_PRESS)
         back_go.click(h["back"], [sessions, method], screen, api_name="back", show_progress="hidden",
                       trigger_mode="multiple", **one_place).then(None, js=NEXT_PRESS)
-        run_btn.click(h["run"], [sessions], screen, inputs_kwargs=named, api_name="run", show_progress="minimal",
-                      **model_work(limits), **one_place)
+        run_press = run_btn.click(h["run"], [sessions], screen, inputs_kwargs=named, api_name="run",
+                                  show_progress="minimal", **model_work(limits), **one_place)
         # not queued behind model work, so that it reaches a Run that holds a model worker
         stop_btn.click(h["stop"], [sessions, method], None, api_name="stop", show_progress="hidden",
                        concurrency_limit=None, preprocess=False)
@@ -171,6 +176,15 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
                       inputs_kwargs=drafter_choice, api_name="show_method", **one_place)
         gr.on([c.change for c in drafter_choice.values()], friendly(draft_visibility), [method], draft,
               inputs_kwargs=drafter_choice, api_visibility="private", show_progress="hidden", preprocess=False)
+        # the tree budget follows the drafter the person picks (auto for heads) until they type into it; the rule
+        # is beside budget_for_drafter in explorer/controls.py
+        for m in budget_followers(own):
+            budget_box, drafter_box = own[(m, "tree_budget")], own[(m, "drafter")]
+            typed = gr.State(False)
+            budget_box.input(lambda: True, None, typed, api_visibility="private", show_progress="hidden")
+            drafter_box.input(friendly(functools.partial(budget_for_drafter, m)), None, budget_box,
+                              inputs_kwargs={"drafter": drafter_box, "typed": typed}, api_visibility="private",
+                              show_progress="hidden")
         # the chat box follows the target: on for an instruct model, off for the embedded and masked ones
         target.change(friendly(chat_for_target), [target], chat_box, api_visibility="private",
                       show_progress="hidden", preprocess=False)
@@ -179,6 +193,16 @@ def build(start: Starter = live_session, limits: ServerLimits = ServerLimits()) 
         theme.click(None, js="() => document.body.classList.toggle('dark')")
         demo.load(h["show_method"], [sessions, method, target], [*method_parts, *screen],
                   inputs_kwargs=drafter_choice, api_visibility="undocumented", **one_place)
+        # the settings note follows every control; a press that runs the controls' settings (Step, Reset, Run to
+        # end) makes the run on screen theirs, so the page clears the note itself, with no call to the server.
+        # The page also clears it when a Run to end ends (a js listener on its button runs again then), so the
+        # note is read once more after it: a control changed during the run still says so.
+        note = {"fn": h["settings_note"], "inputs": [sessions], "outputs": settings_note, "inputs_kwargs": named,
+                "api_visibility": "private", "show_progress": "hidden", "preprocess": False}
+        gr.on([c.change for c in named.values()], trigger_mode="always_last", **note)
+        for press in (reset_btn, step_go, run_btn):
+            press.click(None, None, settings_note, js="() => ''")
+        run_press.then(**note)
         # the page says whether it is phone-width; the figures then stack their panels rather than shrink them
         demo.load(None, None, narrow, js=f"() => window.innerWidth < {NARROW_PX}")
         narrow.change(h["set_narrow"], [sessions, narrow], screen, api_visibility="private", show_progress="hidden",

@@ -128,3 +128,20 @@ def test_hydra_tree_levels_come_from_different_parents_and_read_the_accepted_pat
     assert f"reads {quoted(trace, d['root_token'])}" in arrows(fig)[0]["text"]
     assert "The Hydra heads grew" in TREE.words(trace, 1)
     assert f"head 1 after reading {quoted(trace, d['root_token'])} offered" in TREE.words(trace, 1)
+
+
+def test_the_layer_strip_numbers_fit_side_by_side_at_phone_width():
+    """At 420 px the numbers 0 to 30 ran together: the narrow figure numbers every few layers instead."""
+    trace = hydra_chain([1, 3])
+    layers = trace.steps[2].detail["heads"]["target_layers"]
+    for narrow in (False, True):
+        axis = SPECULATIVE.drafter(trace, 2, narrow=narrow).to_plotly_json()["layout"]["xaxis"]
+        per_tick = (heads.FIGURE_WIDTH[narrow] - 70) / (layers + 1) * axis["dtick"]
+        assert per_tick >= heads.LAYER_TICK_PX and axis["tick0"] == 0
+    assert heads.layer_tick_step(30, narrow=False) == 1 and heads.layer_tick_step(30, narrow=True) == 2
+
+
+def test_head_one_reads_label_stands_clear_of_head_twos():
+    """Head 2's arrow comes in over head 1's panel at the same height: head 1's label stands a line higher."""
+    drawn = arrows(SPECULATIVE.drafter(hydra_chain([1, 3]), 2, narrow=True).to_plotly_json())
+    assert drawn[0]["ay"] <= -heads.FIRST_READS_RISE and all(a["ay"] == 0 for a in drawn[1:])

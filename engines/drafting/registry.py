@@ -29,6 +29,9 @@ class DrafterSpec:
     start: Callable[[LM, LM | None, Any], Drafter]   # (target, draft model, the method's config) -> the run's drafter
     lanes: tuple[tuple[str, str, dict], ...] = ()    # its lanes in the race: (label, method, settings)
     serves: Callable[[str], bool] = lambda target: True   # whether it can draft for this target (by preset name)
+    # a head trained on the target: its q tracks the target's acceptance well enough that the UI's tree budget
+    # starts at auto (engines/decoding/tree_size.py) rather than a fixed count
+    head: bool = False
 
 
 def start_model(target: LM, draft: LM | None, cfg: Any) -> ModelDrafter:
@@ -56,19 +59,19 @@ DRAFTERS = {spec.name: spec for spec in (
                 start=lambda target, draft, cfg: head_drafter(target, "heads"),
                 lanes=(("tree, Medusa heads 24", "tree", {"drafter": "heads", "tree": "dynamic", "tree_budget": 24,
                                                         "tree_depth": 4, "tree_topk": 4}),),
-                serves=lambda target: has_head(target, "heads")),
+                serves=lambda target: has_head(target, "heads"), head=True),
     DrafterSpec("hydra", "Hydra heads on the target's last hidden state and the tokens drafted before each guess "
                          "(sequentially dependent Medusa heads)", chain=True, tree=True, draft_model=False,
                 start=lambda target, draft, cfg: head_drafter(target, "hydra"),
                 lanes=(("tree, Hydra heads 24", "tree", {"drafter": "hydra", "tree": "dynamic", "tree_budget": 24,
                                                        "tree_depth": 4, "tree_topk": 4}),),
-                serves=lambda target: has_head(target, "hydra")),
+                serves=lambda target: has_head(target, "hydra"), head=True),
     DrafterSpec("eagle", "the EAGLE-3 head on the target's fused features, one head forward per token or tree "
                          "level", chain=True, tree=True, draft_model=False,
                 start=lambda target, draft, cfg: head_drafter(target, "eagle"),
                 lanes=(("tree, EAGLE dynamic 24", "tree", {"drafter": "eagle", "tree": "dynamic", "tree_budget": 24,
                                                            "tree_depth": 6, "tree_topk": 4}),),
-                serves=lambda target: has_head(target, "eagle")),
+                serves=lambda target: has_head(target, "eagle"), head=True),
     DrafterSpec("early-exit", "the target's own first --exit-layer layers and its output head (LayerSkip's "
                               "self-speculation)", chain=True, tree=True, draft_model=False,
                 start=lambda target, draft, cfg: EarlyExitDrafter(target, cfg.exit_layer),
@@ -94,6 +97,11 @@ DRAFTERS = {spec.name: spec for spec in (
 def names(kind: str) -> tuple[str, ...]:
     """The drafters that draft a `kind` ("chain" or "tree"), in table order."""
     return tuple(name for name, spec in DRAFTERS.items() if getattr(spec, kind))
+
+
+def heads() -> tuple[str, ...]:
+    """The drafters that are heads on the target (Medusa, Hydra, EAGLE), in table order."""
+    return tuple(name for name, spec in DRAFTERS.items() if spec.head)
 
 
 def described(kind: str) -> str:

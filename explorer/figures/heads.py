@@ -209,6 +209,9 @@ def step_levels(trace: Trace, index: int, reading: Reading) -> list[Level]:
     return reading.levels(trace.steps[index].detail, pending_token(trace, index))
 
 
+FIRST_READS_RISE = 24   # px head 1's "reads" label stands above its arrow's tip (one line of 10 px text and a gap)
+
+
 def dependency_arrows(notes: list[dict], g: Grid, trace: Trace, levels: list[Level], panel_px: float) -> None:
     """Hydra: into each head's panel, an arrow from the level before (head 1: from above) carrying the token
     that head read, so the heads' sequential dependency is drawn where their guesses are."""
@@ -222,7 +225,9 @@ def dependency_arrows(notes: list[dict], g: Grid, trace: Trace, levels: list[Lev
                       "xref": f"{cell['xaxis']} domain", "yref": f"{cell['yaxis']} domain",
                       "showarrow": True, "arrowhead": 2, "arrowsize": 1, "arrowwidth": 1.5,
                       "arrowcolor": DRAFT_COLOUR, "axref": "pixel", "ayref": "pixel",
-                      "ax": 0 if first else -max(24.0, panel_px * 0.5), "ay": -14 if first else 0,
+                      # head 1's label stands a line above the others': head 2's arrow comes in from the left
+                      # over head 1's panel, and at phone width the two labels overlapped
+                      "ax": 0 if first else -max(24.0, panel_px * 0.5), "ay": -FIRST_READS_RISE if first else 0,
                       "font": {"color": TEXT_COLOUR, "size": 10},
                       "hovertext": f"{level.name} read {quoted(trace, level.reads)} (id {level.reads}): "
                                    + ("the pending token, the target's own" if first else
@@ -230,6 +235,16 @@ def dependency_arrows(notes: list[dict], g: Grid, trace: Trace, levels: list[Lev
 
 
 # ----------------------------------------------------------------------------- the figure
+
+LAYER_TICK_PX = 20   # room a layer number of two digits needs beside the next one
+
+
+def layer_tick_step(target_layers: int, narrow: bool) -> int:
+    """Every how many layers the strip is numbered: each layer where the numbers fit side by side, else every
+    2nd, 5th or 10th (at phone width, 0 to 30 ran together into one smear of digits)."""
+    per_layer = (FIGURE_WIDTH[narrow] - 70) / (target_layers + 1)
+    return next((step for step in (1, 2, 5, 10) if per_layer * step >= LAYER_TICK_PX), 10)
+
 
 def layer_strip(data: list[dict], axes: dict, heads: dict) -> None:
     """The target's hidden states 0 (embeddings) .. L as squares; the ones the head reads filled and named."""
@@ -344,7 +359,7 @@ def drafter_figure(trace: Trace, index: int, reading: Reading, narrow: bool = Fa
         g.xaxis(2, col)["automargin"] = False
     data, notes = [], []
     layer_strip(data, spread(g, 1), heads)
-    g.xaxis(1, 1).update(tickmode="linear", dtick=1,
+    g.xaxis(1, 1).update(tickmode="linear", tick0=0, dtick=layer_tick_step(heads["target_layers"], narrow),
                           range=[-0.5, heads["target_layers"] + 0.5])
     g.yaxis(1, 1).update(visible=False, range=[-0.6, 1.2])
     for col, level in enumerate(levels, start=1):

@@ -49,7 +49,7 @@ def words(trace: Trace, index: int) -> str:
                 if "recycling" not in d else recycled_tree(d, depth))
         parts = [grew, sizing(d),
                  f"One target forward read {step.tokens_fed} tokens ({len(d['pending_ids'])} pending + "
-                 f"{len(nodes)} nodes) under the tree mask, each node at position root + depth.",
+                 f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}) under the tree mask, each node at position root + depth.",
                  retrieved(trace, d), won(trace, step), failures(trace, step)]
     n = len(step.committed_ids)
     parts += [f"{n} token{'s' if n != 1 else ''} for 1 target forward ({step.wall_s * 1000:.0f} ms).",
