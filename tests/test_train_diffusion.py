@@ -13,6 +13,7 @@ from engines.methods import Run
 from engines.models import locate, presets, store
 from engines.training import common
 from engines.training import diffusion as td
+from engines.training import lora
 from engines.training.__main__ import main as training_cli
 from tests.conftest import PROMPTS
 
@@ -216,4 +217,4 @@ def test_a_checkpoint_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.load(ckpt)["step"] == 1
     checkpoint.save({"step": 3}, ckpt)
-    assert torch.load(ckpt)["step"] == 3 and td.read_checkpoint(ckpt)["step"] == 3
+    assert torch.load(ckpt)["step"] == 3 and lora.read_checkpoint(ckpt)["step"] == 3

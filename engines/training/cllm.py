@@ -36,8 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from engines.models import locate, presets, store
-from engines.training import chat_data, checkpoint, common
-from engines.training import diffusion as train_diffusion
+from engines.training import chat_data, common, lora
 
 NAME = "smollm2-135m-cllm"
 BASE = presets.SMOLLM2
@@ -222,14 +221,8 @@ def cllm_losses(model, ex: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fresh_adapter(base: str, rank: int):
-    """LoRA on every projection of a private float32 copy of the base (the shared cache's model stays plain)."""
-    from peft import LoraConfig, get_peft_model
-    causal = store.load(base, device="cpu", dtype="float32")
-    model = type(causal.model)(causal.model.config)
-    model.load_state_dict(causal.model.state_dict())
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
-                        target_modules=list(train_diffusion.LORA_MODULES))
-    return get_peft_model(model, config)
+    """LoRA on every projection of a private float32 copy of the base."""
+    return lora.adapt(lora.private_copy(base), rank)
 
 
 @torch.no_grad()
@@ -247,7 +240,6 @@ def held_out_losses(peft_model, rows: list[dict], seed: int = 0) -> dict:
 def train(args) -> None:
     """Resumable: the checkpoint holds the adapter, the optimiser, the step and the loss curve. One step is
     --batch trajectories (gradients accumulated); the last 4 collected prompts are held out for the curve."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
     torch.set_num_threads(args.threads)
     folder = work_dir(args.name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -257,14 +249,10 @@ def train(args) -> None:
                          "run `cllm collect` first.")
     held, rows = rows[-4:], rows[:-4]
     peft_model = fresh_adapter(args.base, args.rank)
-    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=args.lr,
-                            betas=(0.9, 0.98), weight_decay=0.0)
+    opt = lora.optimizer(peft_model, args.lr)
     ckpt = folder / "ckpt.pt"
     step, seen, curve = 0, 0, []
-    if ckpt.exists():
-        state = torch.load(ckpt)
-        set_peft_model_state_dict(peft_model, state["adapter"])
-        opt.load_state_dict(state["opt"])
+    if state := lora.resume(ckpt, peft_model, opt):
         step, seen, curve = state["step"], state["tokens"], state["curve"]
         print(f"resumed at step {step}", flush=True)
     else:
@@ -275,14 +263,12 @@ def train(args) -> None:
     deadline, began, seen0 = time.time() + 60 * args.minutes, time.time(), seen
 
     def save() -> None:
-        checkpoint.save({"adapter": get_peft_model_state_dict(peft_model), "opt": opt.state_dict(), "step": step,
-                         "tokens": seen, "curve": curve, "rank": args.rank, "ar_weight": args.ar_weight,
-                         "trajectories": len(rows)}, ckpt)
+        lora.save_state(ckpt, peft_model, opt, step=step, tokens=seen, curve=curve, rank=args.rank,
+                        ar_weight=args.ar_weight, trajectories=len(rows))
 
     peft_model.train()
     while step < args.steps and time.time() < deadline:
-        for group in opt.param_groups:
-            group["lr"] = args.lr * min(1.0, (step + 1) / 20) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / args.steps)))
+        lora.set_learning_rate(opt, lora.learning_rate(args.lr, step, 20, args.steps))
         opt.zero_grad(set_to_none=True)
         cons_sum = ar_sum = 0.0
         for _ in range(args.batch):
@@ -315,7 +301,7 @@ def train(args) -> None:
 
 def export(peft_model, out: Path, base: str, info: dict) -> Path:
     """The adapter (peft's files, bfloat16) and cllm.json naming the base, which makes store.load merge it."""
-    train_diffusion.save_adapter(peft_model, out, base)
+    lora.save_adapter(peft_model, out, base)
     (out / locate.CLLM_FILE).write_text(json.dumps({"base": base, **info}, indent=1))
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     if size > MAX_DELTA_BYTES:
@@ -330,8 +316,8 @@ def export_latest(args) -> Path:
     ckpt = work_dir(args.name) / "ckpt.pt"
     if not ckpt.is_file():
         raise ValueError(f"There is no checkpoint in {ckpt.parent}; run `python -m engines.training cllm train` first.")
-    state = train_diffusion.read_checkpoint(ckpt)
-    peft_model = fresh_adapter(args.base, train_diffusion.adapter_rank(state["adapter"]))
+    state = lora.read_checkpoint(ckpt, "python -m engines.training cllm train")
+    peft_model = fresh_adapter(args.base, lora.adapter_rank(state["adapter"]))
     set_peft_model_state_dict(peft_model, state["adapter"])
     out = Path(args.out) if args.out else presets.MODELS_DIR / args.name
     out.mkdir(parents=True, exist_ok=True)

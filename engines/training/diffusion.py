@@ -20,23 +20,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from engines.models import locate, presets, store
-from engines.training import checkpoint, common
+from engines.training import common, lora
 
 NAME = "smollm2-135m-diffusion"
 BASE = presets.SMOLLM2
 MASK_TOKEN = "<empty_output>"
-LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 MAX_DELTA_BYTES = 40 * 2 ** 20
 
 
@@ -126,18 +123,13 @@ def book_maskable(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def adapt(model, mask_id: int, rank: int):
     """The base model with LoRA on every projection and the mask token's embedding row trainable."""
-    from peft import LoraConfig, get_peft_model
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(LORA_MODULES),
-                        trainable_token_indices={"embed_tokens": [mask_id]})
-    return get_peft_model(model, config)
+    return lora.adapt(model, rank, token_rows=(mask_id,))
 
 
 def fresh_adapter(base: str, rank: int):
-    """`adapt` on a private copy of the causal base: the shared cache's model must stay the plain causal one."""
+    """`adapt` on a private copy of the causal base."""
     causal = store.load(base, device="cpu", dtype="float32")
-    model = type(causal.model)(causal.model.config)
-    model.load_state_dict(causal.model.state_dict())
-    return adapt(model, causal.tokenizer.convert_tokens_to_ids(MASK_TOKEN), rank)
+    return adapt(lora.private_copy(base), causal.tokenizer.convert_tokens_to_ids(MASK_TOKEN), rank)
 
 
 @dataclass(frozen=True)
@@ -178,8 +170,7 @@ def train_steps(peft_model, data: torch.Tensor, mask_id: int, *, steps: int, bat
     step = start
     peft_model.train()
     while step < steps:
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / total)))
+        lora.set_learning_rate(opt, lora.learning_rate(lr, step, warmup, total))
         x, drawn = draw_batch(data, mix, batch, generator)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = diffusion_loss(core, x, mask_id, generator, drawn)
@@ -210,24 +201,9 @@ def held_out_chat_loss(peft_model, rows: tuple[torch.Tensor, torch.Tensor], mask
     return diffusion_loss(peft_model.get_base_model(), rows[0], mask_id, generator, drawn).item()
 
 
-def save_adapter(peft_model, out: Path, base: str) -> None:
-    """peft's adapter files, naming `base` (a preset) and in bfloat16; cllm.py's export writes these too."""
-    peft_model.save_pretrained(out)
-    # peft's blank model card and the base's local path say nothing true about this delta: diffusion.json names
-    # the base as a preset, and assets/models/README.md holds the figures
-    (out / "README.md").unlink(missing_ok=True)
-    config = json.loads((out / "adapter_config.json").read_text())
-    config.update(base_model_name_or_path=base, target_modules=sorted(config["target_modules"]))
-    (out / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    # bfloat16 halves the delta in git (19 MB for rank 32); loading casts it back to the base's dtype before the
-    # merge, and the rounding is far below what another training step changes
-    weights = out / "adapter_model.safetensors"
-    save_file({k: v.to(torch.bfloat16) for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})
-
-
 def export(peft_model, out: Path, base: str, info: dict) -> Path:
     """The adapter (peft's save_pretrained) and diffusion.json, which makes store.load see a diffusion LM."""
-    save_adapter(peft_model, out, base)
+    lora.save_adapter(peft_model, out, base)
     (out / locate.DIFFUSION_FILE).write_text(json.dumps({"base": base, "mask_token": MASK_TOKEN, **info}, indent=1))
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     if size > MAX_DELTA_BYTES:
@@ -235,28 +211,12 @@ def export(peft_model, out: Path, base: str, info: dict) -> Path:
     return out
 
 
-def read_checkpoint(path: Path) -> dict:
-    """The checkpoint's state; the run writing it may go on, since it replaces the file whole (checkpoint.save)."""
-    if not path.is_file():
-        raise ValueError(f"There is no checkpoint {path.name} in {path.parent}; train with "
-                         f"`python -m engines.training diffusion` first.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        raise ValueError(f"{path.name} could not be read ({type(e).__name__}); it is damaged.") from e
-
-
-def adapter_rank(adapter: dict) -> int:
-    """The LoRA rank of a saved adapter state dict: the rows of any lora_A matrix."""
-    return next(w.shape[0] for k, w in adapter.items() if "lora_A" in k)
-
-
 def export_checkpoint(ckpt: Path, out: Path, base: str = BASE) -> Path:
     """What `train` exports at its end, made from a checkpoint instead, without training: a checkpoint can be
     evaluated while the run that writes it goes on."""
     from peft import set_peft_model_state_dict
-    state = read_checkpoint(ckpt)
-    peft_model = fresh_adapter(base, adapter_rank(state["adapter"]))
+    state = lora.read_checkpoint(ckpt, "python -m engines.training diffusion")
+    peft_model = fresh_adapter(base, lora.adapter_rank(state["adapter"]))
     set_peft_model_state_dict(peft_model, state["adapter"])
     return export(peft_model, out, base, {"step": state["step"], "tokens_seen": state["tokens"],
                                           "curve": state["curve"]})
@@ -319,7 +279,6 @@ def train(args) -> None:
     """Resumable training on the books and the target's chat answers (Mix): the checkpoint holds the adapter,
     the optimiser, the step and the loss curve; the export goes to NAME/export under the training folder. A run
     without a checkpoint starts from the published adapter (--init published) and goes on with its curve."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
     torch.set_num_threads(args.threads)
     base = store.load(args.base, device="cpu", dtype="float32")
     mask_id = base.tokenizer.convert_tokens_to_ids(MASK_TOKEN)
@@ -331,16 +290,12 @@ def train(args) -> None:
     held_chat = (held_chat[0][:16], held_chat[1][:16])
     mix = Mix(chat=chat, chat_share=args.chat_share, high_t=args.high_t, complementary=args.complementary)
     peft_model = fresh_adapter(args.base, args.rank)
-    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=args.lr,
-                            betas=(0.9, 0.98), weight_decay=0.0)
+    opt = lora.optimizer(peft_model, args.lr)
     folder = common.WORK_DIR / args.name
     folder.mkdir(parents=True, exist_ok=True)
     ckpt = folder / "ckpt.pt"
     step, seen, curve = 0, 0, []
-    if ckpt.exists():
-        state = torch.load(ckpt)
-        set_peft_model_state_dict(peft_model, state["adapter"])
-        opt.load_state_dict(state["opt"])
+    if state := lora.resume(ckpt, peft_model, opt):
         step, seen, curve = state["step"], state["tokens"], state["curve"]
         print(f"resumed at step {step}", flush=True)
     elif args.init == "published" and (info := published_state(peft_model, NAME)):
@@ -353,9 +308,8 @@ def train(args) -> None:
     deadline, began, tokens0 = time.time() + 60 * args.minutes, time.time(), seen
 
     def save() -> None:
-        checkpoint.save({"adapter": get_peft_model_state_dict(peft_model), "opt": opt.state_dict(), "step": step,
-                    "tokens": seen, "curve": curve, "mix": {"chat_share": mix.chat_share, "high_t": mix.high_t,
-                                                            "complementary": mix.complementary}}, ckpt)
+        lora.save_state(ckpt, peft_model, opt, step=step, tokens=seen, curve=curve,
+                        mix={"chat_share": mix.chat_share, "high_t": mix.high_t, "complementary": mix.complementary})
 
     def on_step(at: int, loss: float, tokens: int) -> None:
         nonlocal step, seen
