@@ -74,3 +74,11 @@ def test_a_suite_prompt_reaches_the_masked_lm_in_its_chat_template(tiny_masked):
                                                "strategy": "diffusion"}, tiny_masked.source, None, None, chat=True)
     text = tiny_masked.decode(trace.prompt_ids)
     assert trace.chat and text.rstrip().endswith("assistant") and prompt[-1]["content"] in text
+
+
+def test_an_unknown_masked_lm_is_refused_in_one_sentence_before_any_run(capsys, tmp_path):
+    """`--masked` takes presets and adapter folders, two arms in one process; one that is neither exits 2."""
+    from engines.__main__ import main
+    assert main(["bench", "--section", "diffusion", "--masked", f"tiny-masked,{tmp_path / 'no-such-export'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no-such-export" in err and "folder" in err
