@@ -182,7 +182,13 @@ def test_the_diffusion_bench_gives_every_figure(tiny_masked, toy_diffusion, tiny
     for method in scored:
         for r in by[method]:
             assert r["gen_ppl"] > 1 and 0 < r["distinct2"] <= 1 and r["scored_tokens"] > 0
-    assert [r["iterations"] for r in by["dlm:diffusion T=2"]] == [2, 2]
+    assert [r["iterations"] for r in by["dlm:diffusion T=2"]] == [2, 2, 2, 2]   # 2 models x 2 prompt sets
+    # both prompt sets, the suite's in the chat family, for the scorer's text and every masked LM's
+    for method in scored:
+        assert {r["prompt_set"] for r in by[method]} == {"bench", "suite"}
+        assert {r["family"] for r in by[method] if r["prompt_set"] == "suite"} == {"multi_turn"}
+    from engines.analysis.bench_diffusion import ITERATED
+    assert all(f"dlm:{s} T={t}" in by for s in ITERATED for t in (8, 4, 2))
     assert len(by["dlm:masked top-1"]) == 2
     for r in by["dlm:masked top-1"]:
         assert all(0 <= r[k] <= 1 for k in ("top1_at_15pct", "top1_at_50pct", "commonest_at_15pct",

@@ -292,8 +292,8 @@ def section_name(section: Callable) -> str:
 def summarise(rows: list[dict]) -> None:
     by_method: dict[tuple, list[dict]] = {}
     for r in rows:
-        by_method.setdefault((r["method"], r.get("target", "")), []).append(r)
-    for (method, _), rs in by_method.items():
+        by_method.setdefault((r["method"], r.get("target", ""), r.get("prompt_set", "")), []).append(r)
+    for (method, _, prompt_set), rs in by_method.items():
         keys = [k for k in rs[0] if isinstance(rs[0][k], (int, float)) and not isinstance(rs[0][k], bool)]
         means = {k: statistics.mean(r[k] for r in rs if r.get(k) is not None) for k in keys if "wall_ratio" not in k}
         # a wall ratio (this / reference, recorded as such) is printed as the speedup every view shows: above 1
@@ -301,7 +301,8 @@ def summarise(rows: list[dict]) -> None:
         means.update({k.replace("wall_ratio", "speedup"): statistics.mean(1 / r[k] for r in rs if r.get(k))
                       for k in keys if "wall_ratio" in k})
         text = "  ".join(f"{k}={v:.3f}" for k, v in means.items())
-        print(f"{method:16s} ({rs[0].get('target', '')}; mean over {len(rs)} prompts)  {text}", flush=True)
+        where = f"{rs[0].get('target', '')}{f', {prompt_set} prompts' if prompt_set else ''}"
+        print(f"{method:16s} ({where}; mean over {len(rs)} prompts)  {text}", flush=True)
 
 
 def bench(quick: bool = False, device: str | None = None, section: str | None = None,

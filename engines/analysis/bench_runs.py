@@ -8,6 +8,7 @@ from typing import Callable
 
 from engines.methods import Run
 from engines.models import devices, store
+from engines.models.chat import Prompt
 from engines.trace import Trace
 
 PROMPTS = [
@@ -41,10 +42,11 @@ def timed(fn: Callable[[], object], repeats: int = 1) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def run_trace(method: str, prompt: str, settings: dict, target: str, draft: str | None,
-              device: str | None) -> Trace:
-    """A whole recorded run, as the CLI and the UI make it."""
-    return Run(method, prompt, settings, target=target, draft=draft, device=device).run()
+def run_trace(method: str, prompt: Prompt, settings: dict, target: str, draft: str | None,
+              device: str | None, chat: bool | None = None) -> Trace:
+    """A whole recorded run, as the CLI and the UI make it (`chat` as Run takes it: None reads the prompt as the
+    target reads prompts by default)."""
+    return Run(method, prompt, settings, target=target, draft=draft, device=device, chat=chat).run()
 
 
 def timed_trace(method: str, prompt: str, settings: dict, target: str, draft: str | None, device: str | None,
