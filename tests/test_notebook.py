@@ -138,3 +138,17 @@ def test_the_figure_and_the_saved_trace(executed):
     assert isinstance(ns["figure"], go.Figure) and ns["figure"].layout.title.text.startswith("Step 1")
     assert ns["loaded"].to_json() == ns["sampled"].to_json()
     assert "same output: True; same trace: True" in printed
+
+
+def test_every_mask_predict_strategy_runs_and_remdm_prints_its_recorded_coins(executed):
+    ns, printed = executed
+    from engines.decoding.mask_predict import STRATEGIES
+    runs = ns["strategy_runs"]
+    assert set(runs) == set(STRATEGIES)
+    for strategy, trace in runs.items():
+        assert trace.config["strategy"] == strategy and len(trace.output_ids) == ns["N"]
+        assert re.search(rf"^{strategy} +{len(trace.steps)} forwards: ", printed, re.M), strategy
+    recorded = [[f"{c:.2f}" for c in s.detail["spans"][s.detail["best"]]["remasking"]["coins"]]
+                for s in runs["remdm"].steps if s.detail["spans"][s.detail["best"]].get("remasking", {}).get("coins")]
+    shown = [re.findall(r"'([0-9.]+)'", line) for line in re.findall(r"sigma_t [0-9.]+, coins (\[.*?\])", printed)]
+    assert shown == recorded and len(recorded) >= 2   # eta 0.5 over 6 iterations: coins in the middle ones
