@@ -60,11 +60,13 @@ def test_chat_off_reads_the_bare_prompt_and_on_equals_apply_chat_template(tiny_t
     assert auto.trace.prompt_ids == off.trace.prompt_ids and auto.trace.chat is False
 
 
-def test_masked_models_read_plain_text_unless_asked(tiny_masked):
+def test_masked_models_read_plain_text_unless_their_preset_learnt_chat(tiny_masked):
     auto = Run("mask-predict", QUESTION, {"length": 4, "iterations": 1}, target=tiny_masked.source)
     assert auto.trace.chat is False and auto.trace.prompt_ids == tiny_masked.encode(QUESTION)
     assert chat.chat_by_default_for("tiny-masked") is False and chat.chat_by_default_for("tiny-target") is False
     assert chat.chat_by_default_for("smollm2-135m-instruct") is True and chat.chat_by_default_for("/a/b") is None
+    # the diffusion adapter was trained on SmolLM2's own chat answers: the Mask-predict tab answers a question
+    assert chat.chat_by_default_for("smollm2-135m-diffusion") is True
 
 
 def test_a_conversation_is_templated_whole_and_recorded(tiny_target):

@@ -80,6 +80,7 @@ class Chain(torch.nn.Module):
 
 def run(model, prompt_ids, seed=0, **settings):
     settings.setdefault("curve", "off")   # the quality curve's extra runs would count as the model's batches
+    settings.setdefault("strategy", "mask-predict")   # these tests were written for it; diffusion is the default
     return list(mask_predict(model, prompt_ids, MaskPredictConfig(**settings), torch.Generator().manual_seed(seed)))
 
 
@@ -331,6 +332,7 @@ def test_cli(tiny_masked, cli):
 # ----------------------------------------------------------------------------- figures
 
 def toy_trace(length=12, iterations=5, text="tok", **settings) -> Trace:
+    settings.setdefault("strategy", "mask-predict")
     cfg = MaskPredictConfig(length=length, iterations=iterations, max_new_tokens=max(64, length), **settings)
     prompt = [1, 2, 3]
     chain = Chain(positions=max(64, length) + 8)

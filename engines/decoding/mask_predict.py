@@ -80,7 +80,8 @@ class MaskPredictConfig(DecodeConfig):
     length_beam: int = option(5, "how many span lengths to try at once when length is 0", 1, 16,
                               label="length beam")
     iterations: int = option(10, "forward passes (T) to fill the span", 1, 256)
-    strategy: str = option("mask-predict", "mask-predict re-masks the least confident tokens; diffusion commits "
+    # the default: on smollm2-135m-diffusion it wrote the best text of all strategies at T = 32, 16 and 8 (bench)
+    strategy: str = option("diffusion", "mask-predict re-masks the least confident tokens; diffusion commits "
                                            "the most confident and never re-masks; threshold commits every position "
                                            "at least tau sure (at least one), so tau sets the iterations; random "
                                            "commits at random; remdm is diffusion that may re-mask committed tokens "

@@ -27,19 +27,22 @@ def has_template(lm: LM) -> bool:
 
 def chat_by_default(lm: LM) -> bool:
     """What `chat=None` means for this model."""
-    if lm.is_masked or not has_template(lm):
+    if not has_template(lm):
         return False
     preset = presets.PRESETS.get(lm.name)
+    if lm.is_masked:   # a masked LM answers a conversation only if it was trained on them: its preset says so
+        return bool(preset and preset.chat)
     return preset is None or preset.chat is None or preset.chat
 
 
 def chat_by_default_for(name: str) -> bool | None:
     """`chat_by_default` by model name, without loading the model: known for a preset (every causal preset but
-    the embedded ones is an instruct model with a template); None for a folder or hub id."""
+    the embedded ones is an instruct model with a template; a masked one only where its preset says so); None for
+    a folder or hub id."""
     preset = presets.PRESETS.get(name)
     if preset is None:
         return None
-    return False if preset.kind == "masked" else preset.chat is not False
+    return bool(preset.chat) if preset.kind == "masked" else preset.chat is not False
 
 
 def wants_chat(lm: LM, chat: bool | None) -> bool:

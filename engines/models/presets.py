@@ -83,8 +83,10 @@ PRESETS = {p.name: p for p in (
     Preset("tiny-draft", "causal", "the project's 4-layer draft (16M), distilled from SmolLM2 on assets/corpus",
            chat=False),
     Preset("tiny-masked", "masked", "the project's 4-layer bidirectional masked LM (7M) for mask-predict and diffusion"),
+    # trained on SmolLM2's own chat answers as well as books, so it answers a prompt wrapped in the chat template
     Preset("smollm2-135m-diffusion", "masked", "SmolLM2-135M-Instruct adapted into a masked diffusion LM (bidirectional, "
-           "shifted prediction, a LoRA delta); unavailable until `python -m engines.training diffusion` has trained it"),
+           "shifted prediction, a LoRA delta); unavailable until `python -m engines.training diffusion` has trained it",
+           chat=True),
     Preset("smollm2-135m-cllm", "causal", "SmolLM2-135M-Instruct consistency-trained for Jacobi decoding (CLLM, Kou et "
            "al. 2024; a LoRA delta on its own Jacobi trajectories): more tokens settle per Jacobi iteration"),
     Preset("smollm2-360m-instruct", "causal", "SmolLM2-360M-Instruct (Apache-2.0) from the hub; SmolLM2-135M drafts",
